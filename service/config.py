@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     models: str = Field("", description="Comma list of models to load; empty = every model found.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where engines and the face detector run.")
     onnx_intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime CPU threads per session (0 = runtime default).")
+    engine_cache: Path | None = Field(
+        None, description="Where TensorRT engines built at first start are cached (a volume in containers)."
+    )
     ensemble_weights: str = Field("", description="Comma list name=weight for the ensemble; missing names weigh 1.")
     threshold: float = Field(0.5, gt=0, lt=1, description="P(fake) at or above which a video is FAKE.")
 

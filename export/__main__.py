@@ -1,0 +1,196 @@
+"""``python -m export``: checkpoint -> ONNX (-> TensorRT) + manifest in a model repository.
+
+    python -m export --model ftcn --checkpoint ftcn_tt.pth --out model_repository/
+    python -m export --model ftcn --random-init --out model_repository/   # untrained demo engine
+
+The engine is written to a temporary folder, compared with the torch model on random inputs, and
+moved into ``<out>/<model>/<version>/`` only when the parity error is within tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from export.manifest import ENGINE_FILES, Calibration, Manifest, Parity, SourceCheckpoint, TensorInfo
+from export.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx, measure_parity
+from models.registry import create_model, file_sha256, get_spec, list_models, read_checkpoint
+
+log = logging.getLogger("export")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def next_version(model_dir: Path) -> int:
+    existing = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(existing, default=0) + 1
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def export_model(
+    name: str,
+    out: Path,
+    *,
+    checkpoint: Path | None = None,
+    random_init: bool = False,
+    seed: int = 0,
+    version: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = 1e-3,
+    parity_batches: list[int] | None = None,
+    command: str | None = None,
+) -> Path:
+    """Export one model; returns the version folder. Raises :class:`ExportError` on parity failure."""
+    spec = get_spec(name)
+    if (checkpoint is None) == (not random_init):
+        raise ExportError("give exactly one of --checkpoint PATH or --random-init")
+    torch.manual_seed(seed)
+    ckpt = read_checkpoint(checkpoint) if checkpoint else None
+    model = create_model(name, checkpoint=ckpt) if ckpt is not None else create_model(name)
+    model.eval()
+    if ckpt is not None and ckpt.get("spec") and ckpt["spec"] != spec.to_dict():
+        log.warning("checkpoint spec differs from the registered spec; exporting with the registered one")
+
+    model_dir = out / name
+    version = version or next_version(model_dir)
+    final = model_dir / str(version)
+    if final.exists():
+        raise ExportError(f"{final} exists already; choose another --version")
+    batches = parity_batches or ([1, 2] if spec.kind == "clip" else [1, 7])
+
+    with tempfile.TemporaryDirectory(prefix=f"export-{name}-") as tmp:
+        staging = Path(tmp) / str(version)
+        staging.mkdir()
+        engine_path = staging / ENGINE_FILES["onnx"]
+        started = time.perf_counter()
+        exporter = export_onnx(model, spec, engine_path, opset=opset)
+        log.info("%s: exported with %s in %.1f s", name, exporter, time.perf_counter() - started)
+        parity = measure_parity(model, spec, engine_path, batch_sizes=batches, seed=seed + 1)
+        log.info("%s: parity max|dP| = %.2e (logit %.2e), tolerance %.1e",
+                 name, parity.max_abs_diff_prob, parity.max_abs_diff_logit, tolerance)
+        if parity.max_abs_diff_prob > tolerance:
+            raise ExportError(
+                f"{name}: onnxruntime differs from torch by {parity.max_abs_diff_prob:.3e} in P(fake) "
+                f"(tolerance {tolerance:.1e}); nothing was written"
+            )
+        batch_dim: int | str = "batch"
+        manifest = Manifest(
+            name=name,
+            version=version,
+            format="onnx",
+            file=ENGINE_FILES["onnx"],
+            spec=spec.to_dict(),
+            inputs=[TensorInfo(name=INPUT_NAME, shape=[batch_dim, *spec.input_shape(1)[1:]])],
+            outputs=[TensorInfo(name=OUTPUT_NAME, shape=[batch_dim])],
+            dynamic_batch=True,
+            opset=opset,
+            source=SourceCheckpoint(
+                path=str(checkpoint) if checkpoint else None,
+                sha256=file_sha256(checkpoint) if checkpoint else None,
+                layout=("ours" if ckpt and ckpt.get("model") == name else "reference") if ckpt else "random-init",
+            ),
+            untrained=random_init,
+            parity=Parity(
+                runtime="onnxruntime CPUExecutionProvider",
+                max_abs_diff_logit=parity.max_abs_diff_logit,
+                max_abs_diff_prob=parity.max_abs_diff_prob,
+                tolerance_prob=tolerance,
+                batch_sizes=parity.batch_sizes,
+                samples=parity.samples,
+            ),
+            calibration=Calibration(**(ckpt.get("calibration") or {})) if ckpt else Calibration(),
+            metrics=dict(ckpt.get("metrics") or {}) if ckpt else {},
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            exporter={**_versions(), "exporter": exporter},
+            command=command,
+        )
+        manifest.write(staging)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), final)
+    log.info("%s: wrote %s", name, final)
+    return final
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description=(
+            "Export a detector to ONNX (dynamic batch) in a Triton-style model repository, after checking "
+            "that onnxruntime reproduces the torch model on random inputs. Checkpoints may be our training "
+            "checkpoints or the reference implementations' layouts (e.g. FTCN's official ftcn_tt.pth)."
+        ),
+    )
+    parser.add_argument("--model", required=True, choices=list_models(), help="detector to export")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="weights file (ours or the reference layout)")
+    source.add_argument(
+        "--random-init", action="store_true",
+        help="export untrained random weights (for tests and demos; marked untrained in the manifest)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("model_repository"), help="model repository (default: %(default)s)")
+    parser.add_argument("--version", type=int, help="version folder number (default: next free)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--tolerance", type=float, default=1e-3,
+                        help="largest |P_torch - P_onnx| accepted on random inputs (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random init and parity inputs")
+    parser.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs the tensorrt package and a GPU)")
+    parser.add_argument("--fp16", action="store_true", help="with --tensorrt: allow fp16 kernels")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.tensorrt:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            print(
+                "error: --tensorrt needs NVIDIA's TensorRT Python package, which PyPI does not serve: "
+                "pip install --extra-index-url https://pypi.nvidia.com tensorrt-cu13",
+                file=sys.stderr,
+            )
+            return 2
+    command = "python -m export " + shlex.join(sys.argv[1:] if argv is None else argv)
+    try:
+        folder = export_model(
+            args.model,
+            args.out,
+            checkpoint=args.checkpoint,
+            random_init=args.random_init,
+            seed=args.seed,
+            version=args.version,
+            opset=args.opset,
+            tolerance=args.tolerance,
+            command=command,
+        )
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.tensorrt:
+        from export.tensorrt import build_engine
+
+        build_engine(folder, fp16=args.fp16)
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

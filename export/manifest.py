@@ -1,0 +1,92 @@
+"""``manifest.json``: the contract between export (writer) and the service (reader).
+
+One manifest sits beside each engine in ``model_repository/<model>/<version>/``. It says what the
+engine is (spec, I/O, precision), where it came from (checkpoint + sha256, the command), how far it
+may be trusted (measured parity against torch, calibration, evaluation metrics), so serving never
+guesses — the same role as Triton's ``config.pbtxt``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from models.spec import ModelSpec
+
+MANIFEST_NAME = "manifest.json"
+ENGINE_FILES = {"onnx": "model.onnx", "tensorrt": "model.plan"}
+
+
+class Calibration(BaseModel):
+    """Maps a model's raw fake logit onto the shared scale: ``z = (logit - logit(threshold)) / temperature``.
+
+    After it, P(fake) = sigmoid(z) and 0.5 means "at this model's own decision threshold", so one
+    service threshold means the same for every model. Identity by default.
+    """
+
+    temperature: float = Field(1.0, gt=0)
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+    def apply(self, logit: float) -> float:
+        return (logit - math.log(self.threshold / (1 - self.threshold))) / self.temperature
+
+
+class Parity(BaseModel):
+    reference: str = "torch fp32 eager (CPU)"
+    runtime: str
+    precision: str = "fp32"
+    max_abs_diff_logit: float
+    max_abs_diff_prob: float
+    tolerance_prob: float
+    batch_sizes: list[int]
+    samples: int
+
+
+class TensorInfo(BaseModel):
+    name: str
+    shape: list[int | str]
+    dtype: str = "float32"
+
+
+class SourceCheckpoint(BaseModel):
+    path: str | None = None
+    sha256: str | None = None
+    layout: str = "random-init"
+
+
+class Manifest(BaseModel):
+    name: str
+    version: int
+    format: Literal["onnx", "tensorrt"] = "onnx"
+    file: str = "model.onnx"
+    spec: dict[str, Any]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    dynamic_batch: bool = True
+    max_batch: int | None = None
+    opset: int | None = None
+    source: SourceCheckpoint
+    untrained: bool = Field(False, description="Random-init weights: scores carry no information.")
+    parity: Parity | None = None
+    calibration: Calibration = Field(default_factory=Calibration)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: str
+    exporter: dict[str, str] = Field(default_factory=dict)
+    command: str | None = None
+    tensorrt: dict[str, Any] | None = None
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.spec)
+
+    def write(self, folder: Path) -> Path:
+        path = folder / MANIFEST_NAME
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        return cls.model_validate_json((folder / MANIFEST_NAME).read_text())

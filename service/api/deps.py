@@ -1,0 +1,28 @@
+"""FastAPI dependencies as ``Annotated`` aliases (the full-stack template's ``deps.py``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.admission import Admission
+from service.config import Settings
+from service.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def get_admission(request: Request) -> Admission:
+    return request.app.state.admission
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.runtime.settings
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -1,0 +1,25 @@
+"""Probes: ``/healthcheck`` (ready: models loaded) and ``/livez`` (process alive, always cheap)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from service.api.deps import RuntimeDep
+from service.api.schemas import HealthResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthcheck", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def healthcheck(runtime: RuntimeDep) -> JSONResponse:
+    """200 ``{"healthy": true}`` once every model is loaded; 503 with the reason before or on failure."""
+    if runtime.ready:
+        return JSONResponse({"healthy": True})
+    return JSONResponse({"healthy": False, "reason": runtime.reason}, status_code=503)
+
+
+@router.get("/livez", response_model=HealthResponse)
+async def livez() -> dict:
+    """Liveness: the event loop answers. Never touches models, so slow loading is not a restart."""
+    return {"healthy": True}

@@ -1,0 +1,81 @@
+"""The FastAPI application: ``create_app()`` builds it; ``python -m service`` serves it.
+
+Routers live in ``service/api/routes``; the pipeline stages in ``service/pipeline``. Creating the
+app loads nothing: engines load in the background once the server starts (see ``Runtime``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import metrics
+from service.admission import Admission
+from service.api.errors import error_response, install_error_handlers
+from service.api.routes import health, models, predict
+from service.config import Settings, get_settings
+from service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+_UPLOAD_SLACK_BYTES = 1 << 20  # multipart framing around the file
+# Paths used as the metrics label; anything else is "other" so scanners cannot explode label sets.
+_KNOWN_PATHS = frozenset({"/predict", "/predict/upload", "/healthcheck", "/livez", "/models", "/metrics", "/docs", "/openapi.json"})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime: Runtime = app.state.runtime
+        loading = asyncio.create_task(runtime.load(), name="load-models")
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await runtime.close()
+
+    app = FastAPI(
+        title="Deepfake detection service",
+        version="0.1.0",
+        description="POST a video URL, get P(fake) per face track, per model and for the video.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = Runtime(settings)
+    app.state.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(predict.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.request_id = predict.new_request_id(request.headers.get("x-request-id"))
+        route = request.url.path if request.url.path in _KNOWN_PATHS else "other"
+        started = time.perf_counter()
+        declared = request.headers.get("content-length", "")
+        if route == "/predict/upload" and declared.isdigit() and int(declared) > settings.max_download_bytes + _UPLOAD_SLACK_BYTES:
+            response: Response = error_response(
+                request, 413, "too_large", f"upload exceeds the limit of {settings.max_download_bytes} bytes"
+            )
+        else:
+            response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.request_id
+        if route != "/metrics":
+            metrics.REQUESTS.labels(route, str(response.status_code)).inc()
+            metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    return app

@@ -1,0 +1,43 @@
+"""Prometheus metrics, all prefixed ``dfs_``. The Grafana dashboard in ``deploy/`` reads these names."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
+
+REQUESTS = Counter("dfs_requests_total", "Finished API requests.", ["endpoint", "status"])
+REQUEST_SECONDS = Histogram(
+    "dfs_request_duration_seconds", "Wall time of API requests.", ["endpoint"], buckets=LATENCY_BUCKETS
+)
+STAGE_SECONDS = Histogram(
+    "dfs_stage_duration_seconds",
+    "Wall time per pipeline stage (fetch, decode, faces, crops, inference, total).",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge("dfs_requests_in_flight", "Videos being processed now.")
+WAITING = Gauge("dfs_requests_waiting", "Videos admitted but waiting for a processing slot.")
+REJECTED = Counter("dfs_requests_rejected_total", "Requests refused with 503 because the queue was full.")
+
+BATCH_SIZE = Histogram(
+    "dfs_batch_size",
+    "Items (clips or frames) per engine batch.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BATCH_REQUESTS = Histogram(
+    "dfs_batch_requests",
+    "Distinct requests whose items share one engine batch (>1 means cross-request batching).",
+    ["model"],
+    buckets=(1, 2, 3, 4, 8, 16, 32),
+)
+QUEUE_DEPTH = Gauge("dfs_queue_depth", "Items waiting in a model's batcher.", ["model"])
+INFERENCE_SECONDS = Histogram(
+    "dfs_inference_seconds", "Engine run time per batch.", ["model"], buckets=LATENCY_BUCKETS
+)
+FACES_FOUND = Histogram(
+    "dfs_face_tracks", "Face tracks analysed per video.", buckets=(0, 1, 2, 3, 4, 6, 8, 16)
+)
+MODELS_LOADED = Gauge("dfs_models_loaded", "Engines loaded and serving.")
+GPU_MEMORY_BYTES = Gauge("dfs_gpu_memory_bytes", "GPU memory allocated by this process.", ["device"])

@@ -1,0 +1,192 @@
+"""One video through the stages: decode -> faces -> tracks -> crops -> engines -> scores.
+
+Fetching happens before (the caller owns the file's lifetime). CPU-heavy stages run in worker
+threads (PyAV, OpenCV, mediapipe and ONNX Runtime release the GIL), inference goes through the
+shared per-model batchers, so many requests progress at once on one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import metrics
+from service.config import Settings
+from service.pipeline import scores
+from service.pipeline.crops import CropItem, SamplingOptions, extract_crops, plan_crops
+from service.pipeline.decode import VideoInfo, iter_frames, probe
+from service.pipeline.faces import Face, FaceDetector
+from service.pipeline.tracks import IouTracker, Track
+from service.runtime import Runtime
+
+_DETECT_CHUNK = 8  # frames per detector call: RetinaFace batches them in one forward
+
+
+@dataclass
+class AnalysisOptions:
+    models: list[str]
+    max_frames: int
+    sampling: SamplingOptions
+
+
+@dataclass
+class StageClock:
+    """Milliseconds spent per stage, accumulated."""
+
+    ms: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.ms[stage] = self.ms.get(stage, 0.0) + seconds * 1000.0
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 1) for k, v in self.ms.items()}
+
+
+def _keep(face: Face, settings: Settings) -> bool:
+    side = min(face.box[2] - face.box[0], face.box[3] - face.box[1])
+    return face.score >= settings.min_face_score and side >= settings.min_face_size
+
+
+def find_tracks(
+    path: Path, info: VideoInfo, detector: FaceDetector, settings: Settings, max_frames: int, clock: StageClock
+) -> tuple[list[Track], int]:
+    """Decode at detection size, detect every ``detect_every`` frames, link detections into tracks."""
+    tracker = IouTracker(iou_threshold=settings.track_iou, max_gap=settings.track_max_gap)
+    wanted = range(0, max_frames, settings.detect_every)
+    pending: list[tuple[int, np.ndarray]] = []
+    frames_read = 0
+
+    def flush() -> None:
+        started = time.perf_counter()
+        found = detector.detect([rgb for _, rgb in pending])
+        clock.add("faces", time.perf_counter() - started)
+        for (index, rgb), faces in zip(pending, found, strict=True):
+            to_original = info.width / rgb.shape[1]
+            tracker.update(index, [f for f in (face.scaled(to_original) for face in faces) if _keep(f, settings)])
+        pending.clear()
+
+    started = time.perf_counter()
+    for frame in iter_frames(
+        path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side, threads=settings.decode_threads
+    ):
+        frames_read = frame.index + 1
+        pending.append((frame.index, frame.rgb))
+        if len(pending) == _DETECT_CHUNK:
+            flush()
+    if pending:
+        flush()
+    clock.add("decode", time.perf_counter() - started - clock.ms.get("faces", 0.0) / 1000.0)
+    min_detections = max(1, min(settings.min_track_frames, -(-frames_read // settings.detect_every)))
+    return tracker.finish(min_detections=min_detections, max_tracks=settings.max_tracks), frames_read
+
+
+async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict[str, Any]:
+    """Score one local video file; returns the response body without fetch timing and request id."""
+    settings = runtime.settings
+    assert runtime.detector is not None
+    clock = StageClock()
+
+    started = time.perf_counter()
+    info = await asyncio.to_thread(
+        probe, path, max_side=settings.max_video_side, max_duration_s=settings.max_duration_s
+    )
+    clock.add("decode", time.perf_counter() - started)
+
+    tracks, frames_read = await asyncio.to_thread(
+        find_tracks, path, info, runtime.detector, settings, options.max_frames, clock
+    )
+    metrics.FACES_FOUND.observe(len(tracks))
+
+    specs = {name: runtime.models[name].spec for name in options.models}
+    items: list[CropItem] = plan_crops(tracks, specs, options.sampling)
+    started = time.perf_counter()
+    crops = await asyncio.to_thread(
+        extract_crops, path, items, specs, max_frames=frames_read, threads=settings.decode_threads
+    )
+    clock.add("crops", time.perf_counter() - started)
+
+    started = time.perf_counter()
+    logits_per_model = await asyncio.gather(
+        *[
+            runtime.models[name].batcher.infer(
+                request_id,
+                [crop if specs[name].kind == "clip" else crop[0] for item, crop in zip(items, crops) if item.model == name],
+            )
+            for name in options.models
+        ]
+    )
+    clock.add("inference", time.perf_counter() - started)
+
+    body = build_scores(tracks, items, dict(zip(options.models, logits_per_model)), runtime, settings)
+    body["video"] = {
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+        "frames": info.frames,
+        "duration_s": info.duration_s,
+        "frames_analyzed": frames_read,
+    }
+    body["timings_ms"] = clock.rounded()
+    for stage, ms in body["timings_ms"].items():
+        metrics.STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
+    return body
+
+
+def build_scores(
+    tracks: list[Track],
+    items: list[CropItem],
+    logits: dict[str, np.ndarray],
+    runtime: Runtime,
+    settings: Settings,
+) -> dict[str, Any]:
+    """Apply the formula in :mod:`service.pipeline.scores` and shape the response fields."""
+    weights = settings.ensemble_weight_map
+    per_model_items: dict[str, list[CropItem]] = {name: [i for i in items if i.model == name] for name in logits}
+    faces = []
+    for track in tracks:
+        model_scores: dict[str, dict[str, Any]] = {}
+        for name, model_logits in logits.items():
+            mine = [v for item, v in zip(per_model_items[name], model_logits) if item.track_id == track.track_id]
+            if not mine:
+                continue
+            result = scores.track_model_score(mine, runtime.models[name].version.manifest.calibration)
+            model_scores[name] = {"score": round(result.score, 6), "items": result.items}
+        track_score = scores.ensemble({n: s["score"] for n, s in model_scores.items()}, weights) if model_scores else None
+        faces.append(
+            {
+                "track_id": track.track_id,
+                "first_frame": track.first_frame,
+                "last_frame": track.last_frame,
+                "frames_detected": int(track.detected.sum()),
+                "box": [round(float(v), 1) for v in track.mean_box],
+                "score": None if track_score is None else round(track_score, 6),
+                "models": model_scores,
+            }
+        )
+    scored = [f for f in faces if f["score"] is not None]
+    df_probability = max((f["score"] for f in scored), default=None)
+    models_out: dict[str, Any] = {}
+    for name in logits:
+        kind = runtime.models[name].spec.kind
+        track_scores = [f["models"][name]["score"] for f in scored if name in f["models"]]
+        models_out[name] = {
+            "score": max(track_scores) if track_scores else None,
+            "clips" if kind == "clip" else "frames": len(per_model_items[name]),
+            "version": runtime.models[name].version.version,
+        }
+    if df_probability is None:
+        prediction = "NO_FACE"
+    else:
+        prediction = "FAKE" if df_probability >= settings.threshold else "REAL"
+    return {
+        "df_probability": df_probability,
+        "prediction": prediction,
+        "threshold": settings.threshold,
+        "models": models_out,
+        "faces": faces,
+    }

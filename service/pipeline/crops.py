@@ -1,0 +1,140 @@
+"""Stage 5, crops: decide which clips/frames each model scores, and cut them out.
+
+Planning is cheap and pure (tracks + spec -> :class:`CropItem` list with one affine matrix per
+frame). Extraction decodes the video a second time at full resolution and warps only the frames
+some item needs, straight into the model's input size, so what travels onward are small uint8
+crops, never frames. Normalisation to float happens in the engine, at batch time.
+
+Crop rules come from each model's :class:`models.spec.CropRule`:
+- ``align``: a least-squares similarity transform (Umeyama, via scikit-image) from the five
+  landmarks to the template; for clip models ONE transform is fitted on all frames of the clip
+  jointly, as FTCN was trained, so the face does not jitter inside a clip;
+- ``box``: a square of ``scale`` x the box's longer side around the box centre, per frame.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from skimage.transform import SimilarityTransform
+
+from models.spec import ModelSpec
+from service.pipeline.decode import iter_frames
+from service.pipeline.tracks import Track
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    clip_stride: int = 32
+    max_clips_per_track: int = 8
+    frames_per_track: int = 8
+
+
+@dataclass
+class CropItem:
+    """One engine input: a clip (T frames) or a single frame (T = 1) of one track."""
+
+    model: str
+    track_id: int
+    frame_indices: np.ndarray  # (T,) video frame indices, may repeat (mirror padding)
+    matrices: np.ndarray  # (T, 2, 3) float64, frame pixels -> crop pixels
+
+
+def clip_windows(track_length: int, num_frames: int, stride: int, max_clips: int) -> list[np.ndarray]:
+    """Positions (into the track) of each clip: consecutive frames, evenly chosen starts.
+
+    A track shorter than a clip is padded with mirrored positions (0,1,..,L-1,L-2,..), as FTCN does.
+    """
+    if track_length >= num_frames:
+        starts = np.arange(0, track_length - num_frames + 1, stride)
+        if len(starts) > max_clips:
+            starts = starts[np.unique(np.linspace(0, len(starts) - 1, max_clips).round().astype(int))]
+        return [np.arange(s, s + num_frames) for s in starts]
+    positions = np.arange(track_length)
+    mode = "reflect" if track_length > 1 else "edge"
+    return [np.pad(positions, (0, num_frames - track_length), mode=mode)]
+
+
+def frame_positions(track_length: int, count: int) -> np.ndarray:
+    """``count`` positions spread evenly over a track (all of them when it is short)."""
+    return np.unique(np.linspace(0, track_length - 1, min(count, track_length)).round().astype(int))
+
+
+def _template_points(spec: ModelSpec) -> np.ndarray:
+    crop = spec.crop
+    assert crop.template is not None and crop.template_size
+    return np.asarray(crop.template, dtype=np.float64) * (spec.input_size / crop.template_size)
+
+
+def similarity_matrix(landmarks: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, shift) mapping landmarks onto template.
+
+    ``landmarks`` is (K, 5, 2): several frames fitted jointly against the same template.
+    """
+    src = landmarks.reshape(-1, 2).astype(np.float64)
+    dst = np.tile(template, (len(src) // len(template), 1))
+    transform = SimilarityTransform.from_estimate(src, dst)
+    if not transform:  # degenerate (e.g. all points equal): fall back to the identity
+        return np.eye(3)[:2]
+    return transform.params[:2]
+
+
+def box_matrix(box: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """Affine matrix cutting a ``scale`` x longer-side square around ``box``, resized to ``size``."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = max(float(box[2] - box[0]), float(box[3] - box[1]), 1.0) * scale
+    zoom = size / side
+    return np.array([[zoom, 0, size / 2 - cx * zoom], [0, zoom, size / 2 - cy * zoom]], dtype=np.float64)
+
+
+def plan_crops(tracks: list[Track], specs: dict[str, ModelSpec], options: SamplingOptions) -> list[CropItem]:
+    """Every item each model will score, for every track."""
+    items: list[CropItem] = []
+    for name, spec in specs.items():
+        template = _template_points(spec) if spec.crop.method == "align" else None
+        for track in tracks:
+            length = len(track.frame_indices)
+            if spec.kind == "clip":
+                groups = clip_windows(length, spec.num_frames, options.clip_stride, options.max_clips_per_track)
+            else:
+                groups = [np.array([p]) for p in frame_positions(length, options.frames_per_track)]
+            for positions in groups:
+                if template is not None:
+                    matrix = similarity_matrix(track.landmarks[positions], template)
+                    matrices = np.repeat(matrix[None], len(positions), axis=0)
+                else:
+                    matrices = np.stack(
+                        [box_matrix(track.boxes[p], spec.crop.scale, spec.input_size) for p in positions]
+                    )
+                items.append(CropItem(name, track.track_id, track.frame_indices[positions], matrices))
+    return items
+
+
+def extract_crops(
+    path: Path, items: list[CropItem], specs: dict[str, ModelSpec], *, max_frames: int, threads: int = 0
+) -> list[np.ndarray]:
+    """Decode the needed frames once and warp every item: returns, per item, uint8 (T, S, S, 3)."""
+    outputs = [np.zeros((len(it.frame_indices), specs[it.model].input_size, specs[it.model].input_size, 3), np.uint8)
+               for it in items]
+    uses: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for item_no, item in enumerate(items):
+        for position, frame_index in enumerate(item.frame_indices):
+            uses[int(frame_index)].append((item_no, position))
+    if not uses:
+        return outputs
+    for frame in iter_frames(path, max_frames=max_frames, wanted=uses.keys(), threads=threads):
+        for item_no, position in uses[frame.index]:
+            size = specs[items[item_no].model].input_size
+            cv2.warpAffine(
+                frame.rgb,
+                items[item_no].matrices[position],
+                (size, size),
+                dst=outputs[item_no][position],
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+            )
+    return outputs

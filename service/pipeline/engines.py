@@ -1,0 +1,188 @@
+"""Stage 6, engines: run exported models, batching crops across all concurrent requests.
+
+Each loaded model gets one :class:`DynamicBatcher`. Requests submit their crops (uint8) and await
+one fake logit per crop; a single worker per model gathers crops from whichever requests are
+waiting — up to ``max_batch`` items or ``max_wait`` seconds after the first — normalises them and
+runs the engine in its own thread. So two requests' clips share a forward pass, and a model never
+runs two batches at once (which on one GPU would only contend).
+
+If a batch fails (e.g. out of memory at that size) it is split in halves and retried, down to single
+items; only an item that fails alone fails its request, with an error naming the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from models.spec import ModelSpec
+from service import metrics
+from service.errors import InferenceFailed
+
+log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    runtime: str
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Normalised float32 batch -> fake logits (N,)."""
+        ...
+
+
+def normalize(spec: ModelSpec, crops: np.ndarray) -> np.ndarray:
+    """uint8 crops ``(N, T, S, S, 3)`` (clip) or ``(N, S, S, 3)`` (frame) -> engine input layout."""
+    scale = np.asarray(spec.std, dtype=np.float32) * 255.0
+    shift = np.asarray(spec.mean, dtype=np.float32) * 255.0
+    batch = (crops.astype(np.float32) - shift) / scale
+    if spec.kind == "clip":
+        return np.ascontiguousarray(batch.transpose(0, 4, 1, 2, 3))  # N,T,H,W,C -> N,C,T,H,W
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))  # N,H,W,C -> N,C,H,W
+
+
+def onnx_providers(device: str, engine_cache: Path | None = None) -> list[str | tuple[str, dict]]:
+    """ONNX Runtime providers in preference order TensorRT -> CUDA -> CPU, as installed."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    chosen: list[str | tuple[str, dict]] = []
+    if device in ("auto", "cuda"):
+        if "TensorrtExecutionProvider" in available:
+            options: dict[str, object] = {}
+            if engine_cache is not None:
+                options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_cache)}
+            chosen.append(("TensorrtExecutionProvider", options))
+        if "CUDAExecutionProvider" in available:
+            chosen.append("CUDAExecutionProvider")
+        if device == "cuda" and not chosen:
+            raise RuntimeError("DFS_DEVICE=cuda but onnxruntime has no CUDA/TensorRT provider (install onnxruntime-gpu)")
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxEngine:
+    """An ONNX Runtime session with the input ``input`` and the output ``logit``."""
+
+    def __init__(self, path: Path, *, device: str = "auto", threads: int = 0, engine_cache: Path | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(device, engine_cache))
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.runtime = f"onnxruntime:{self.session.get_providers()[0]}"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([self.output_name], {self.input_name: batch})
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+
+@dataclass
+class _Pending:
+    request_id: str
+    crop: np.ndarray
+    future: asyncio.Future
+
+
+class DynamicBatcher:
+    """Cross-request batching for one model (see module docstring)."""
+
+    def __init__(self, name: str, engine: Engine, spec: ModelSpec, *, max_batch: int, max_wait_s: float) -> None:
+        self.name = name
+        self.engine = engine
+        self.spec = spec
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run_forever(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def infer(self, request_id: str, crops: list[np.ndarray]) -> np.ndarray:
+        """Fake logits for ``crops`` (one per crop, same order)."""
+        if not crops:
+            return np.zeros(0, dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        futures = []
+        for crop in crops:
+            future = loop.create_future()
+            self._queue.put_nowait(_Pending(request_id, crop, future))
+            futures.append(future)
+        metrics.QUEUE_DEPTH.labels(self.name).set(self._queue.qsize())
+        try:
+            return np.asarray(await asyncio.gather(*futures), dtype=np.float32)
+        finally:
+            for future in futures:  # a cancelled request leaves no work behind
+                future.cancel()
+
+    async def _collect(self) -> list[_Pending]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    batch.append(self._queue.get_nowait())
+                else:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+        return batch
+
+    async def _run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [p for p in await self._collect() if not p.future.done()]
+            metrics.QUEUE_DEPTH.labels(self.name).set(self._queue.qsize())
+            if not batch:
+                continue
+            metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+            metrics.BATCH_REQUESTS.labels(self.name).observe(len({p.request_id for p in batch}))
+            results = await loop.run_in_executor(self._executor, self._run_split, [p.crop for p in batch])
+            for pending, result in zip(batch, results, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    pending.future.set_exception(
+                        InferenceFailed(f"model {self.name} failed: {type(result).__name__}: {result}", code="inference_failed")
+                    )
+                else:
+                    pending.future.set_result(result)
+
+    def _run_split(self, crops: list[np.ndarray]) -> list[float | Exception]:
+        """Run a batch; on failure retry its halves, so only items that fail alone fail."""
+        started = time.perf_counter()
+        try:
+            logits = self.engine.run(normalize(self.spec, np.stack(crops)))
+            metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+            if logits.shape != (len(crops),):
+                raise RuntimeError(f"engine returned shape {logits.shape} for {len(crops)} inputs")
+            return [float(v) for v in logits]
+        except Exception as exc:  # noqa: BLE001 - any engine error is retried smaller, then reported
+            if len(crops) == 1:
+                log.exception("model %s failed on a single item", self.name)
+                return [exc]
+            log.warning("model %s failed on a batch of %d (%s); retrying in halves", self.name, len(crops), exc)
+            half = len(crops) // 2
+            return self._run_split(crops[:half]) + self._run_split(crops[half:])

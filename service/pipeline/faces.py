@@ -1,0 +1,160 @@
+"""Stage 3, faces: find faces and five landmarks in frames.
+
+Two detectors share one interface (:class:`FaceDetector`):
+- ``retinaface``: the network in :mod:`models.retinaface` with public Pytorch_Retinaface weights
+  (MobileNet-0.25 or ResNet-50) — the detector FTCN was trained with, batched, GPU-capable;
+- ``blazeface``: mediapipe's BlazeFace (full-range model), whose weights ship inside the mediapipe
+  wheel, so it works offline with nothing configured. It is the default when no RetinaFace weights
+  are set.
+
+Landmarks are always five points in the order left eye, right eye, nose, left mouth corner,
+right mouth corner, "left" meaning image-left, in the pixel coordinates of the frame passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Face:
+    box: np.ndarray  # (4,) float32 x1, y1, x2, y2
+    score: float
+    landmarks: np.ndarray  # (5, 2) float32
+
+    def scaled(self, factor: float) -> Face:
+        return Face(self.box * factor, self.score, self.landmarks * factor)
+
+
+class FaceDetector(Protocol):
+    name: str
+
+    def detect(self, frames: list[np.ndarray]) -> list[list[Face]]:
+        """Faces per frame; ``frames`` are RGB uint8 arrays of one size."""
+        ...
+
+
+# Mouth corners relative to the mouth centre, in units of the eye-to-eye vector, taken from the
+# FTCN alignment template (corner spread 76.6 px vs eye spread 83.2 px at 256 scale).
+_MOUTH_HALF_SPREAD = 0.5 * (167.31 - 90.70) / (169.05 - 85.83)
+
+
+class BlazeFaceDetector:
+    """mediapipe BlazeFace, full-range model; thread-safe through one graph per thread.
+
+    BlazeFace gives six keypoints (two eyes, nose tip, mouth centre, two ear tragions) but no mouth
+    corners. We place the corners on the line through the mouth centre parallel to the eyes, at the
+    spread the alignment template has: the similarity fit then sees the mouth's true position and
+    the face's roll, which is all a five-point similarity transform can use anyway.
+    """
+
+    name = "blazeface"
+
+    def __init__(self, min_score: float = 0.5) -> None:
+        import mediapipe as mp  # heavy import, kept out of module import time
+
+        self._solution = mp.solutions.face_detection
+        self._min_score = min_score
+        self._local = threading.local()
+
+    def _graph(self):  # noqa: ANN202 - mediapipe type
+        graph = getattr(self._local, "graph", None)
+        if graph is None:
+            graph = self._solution.FaceDetection(model_selection=1, min_detection_confidence=self._min_score)
+            self._local.graph = graph
+        return graph
+
+    def detect(self, frames: list[np.ndarray]) -> list[list[Face]]:
+        graph = self._graph()
+        return [self._detect_one(graph, frame) for frame in frames]
+
+    @staticmethod
+    def _detect_one(graph, frame: np.ndarray) -> list[Face]:  # noqa: ANN001 - mediapipe type
+        height, width = frame.shape[:2]
+        result = graph.process(np.ascontiguousarray(frame))
+        faces: list[Face] = []
+        for detection in result.detections or []:
+            data = detection.location_data
+            rel = data.relative_bounding_box
+            box = np.array(
+                [rel.xmin * width, rel.ymin * height, (rel.xmin + rel.width) * width, (rel.ymin + rel.height) * height],
+                dtype=np.float32,
+            )
+            points = np.array([[k.x * width, k.y * height] for k in data.relative_keypoints], dtype=np.float32)
+            if len(points) < 4:
+                continue
+            eye_a, eye_b, nose, mouth = points[0], points[1], points[2], points[3]
+            left_eye, right_eye = (eye_a, eye_b) if eye_a[0] <= eye_b[0] else (eye_b, eye_a)
+            offset = (right_eye - left_eye) * _MOUTH_HALF_SPREAD
+            landmarks = np.stack([left_eye, right_eye, nose, mouth - offset, mouth + offset]).astype(np.float32)
+            faces.append(Face(box=box, score=float(detection.score[0]), landmarks=landmarks))
+        return faces
+
+
+class RetinaFaceDetector:
+    """RetinaFace from :mod:`models.retinaface`; one forward per batch of frames."""
+
+    name = "retinaface"
+
+    def __init__(self, weights: Path, device: str = "cpu", min_score: float = 0.5) -> None:
+        import torch
+
+        from models.retinaface import load_retinaface
+
+        self._torch = torch
+        self._device = device
+        self._net = load_retinaface(weights, device=device)
+        self._min_score = min_score
+        # torch modules are not safe to run from several threads at once on one device stream
+        self._lock = threading.Lock()
+
+    def detect(self, frames: list[np.ndarray]) -> list[list[Face]]:
+        if not frames:
+            return []
+        batch = self._torch.from_numpy(np.stack(frames)).to(self._device).permute(0, 3, 1, 2).float()
+        with self._lock, self._torch.inference_mode():
+            results = self._net.detect(batch, score_threshold=self._min_score)
+        return [
+            [Face(box=r.boxes[i].astype(np.float32), score=float(r.scores[i]), landmarks=r.landmarks[i].astype(np.float32))
+             for i in range(len(r.scores))]
+            for r in results
+        ]
+
+
+def resolve_device(setting: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+    if setting != "auto":
+        return setting
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def create_detector(settings: Settings) -> FaceDetector:
+    """Pick the detector the settings ask for (``auto``: RetinaFace when weights are configured)."""
+    choice = settings.face_detector
+    if choice == "auto":
+        choice = "retinaface" if settings.retinaface_weights else "blazeface"
+    if choice == "retinaface":
+        if not settings.retinaface_weights:
+            raise ValueError("DFS_FACE_DETECTOR=retinaface needs DFS_RETINAFACE_WEIGHTS")
+        detector: FaceDetector = RetinaFaceDetector(
+            settings.retinaface_weights, device=resolve_device(settings.device), min_score=settings.min_face_score
+        )
+    else:
+        detector = BlazeFaceDetector(min_score=settings.min_face_score)
+    log.info("face detector: %s", detector.name)
+    return detector

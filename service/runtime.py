@@ -1,0 +1,80 @@
+"""What the running service holds: the face detector and one batcher per loaded model.
+
+Loading happens in the background after start-up (``/healthcheck`` answers 503 with the reason
+meanwhile), so orchestrators can probe the pod while engines load or TensorRT engines build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from models.spec import ModelSpec
+from service import metrics
+from service.config import Settings
+from service.model_repository import ModelVersion, discover
+from service.pipeline.engines import DynamicBatcher, OnnxEngine
+from service.pipeline.faces import FaceDetector, create_detector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    version: ModelVersion
+    spec: ModelSpec
+    batcher: DynamicBatcher
+
+    @property
+    def runtime(self) -> str:
+        return self.batcher.engine.runtime
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    detector: FaceDetector | None = None
+    ready: bool = False
+    reason: str = "models are loading"
+
+    async def load(self) -> None:
+        """Load detector and engines off the event loop; record why if it fails."""
+        try:
+            self.detector = await asyncio.to_thread(create_detector, self.settings)
+            versions = await asyncio.to_thread(
+                discover, self.settings.model_repository, self.settings.model_names or None
+            )
+            for name, version in versions.items():
+                engine = await asyncio.to_thread(self._open_engine, version)
+                spec = version.manifest.model_spec()
+                max_batch = self.settings.batch_max_clips if spec.kind == "clip" else self.settings.batch_max_frames
+                batcher = DynamicBatcher(
+                    name, engine, spec, max_batch=max_batch, max_wait_s=self.settings.batch_max_wait_ms / 1000
+                )
+                batcher.start()
+                self.models[name] = LoadedModel(version, spec, batcher)
+                if version.manifest.untrained:
+                    log.warning("model %s v%d is UNTRAINED (random init): its scores carry no information",
+                                name, version.version)
+                log.info("loaded %s v%d (%s) from %s", name, version.version, engine.runtime, version.folder)
+            metrics.MODELS_LOADED.set(len(self.models))
+            self.ready, self.reason = True, ""
+        except Exception as exc:  # noqa: BLE001 - any load failure must surface in /healthcheck
+            self.ready, self.reason = False, f"{type(exc).__name__}: {exc}"
+            log.error("model loading failed: %s", self.reason)
+
+    def _open_engine(self, version: ModelVersion) -> OnnxEngine:
+        if version.manifest.format != "onnx":
+            raise RuntimeError(f"{version.folder}: engine format {version.manifest.format!r} is not supported yet")
+        return OnnxEngine(
+            version.engine_path,
+            device=self.settings.device,
+            threads=self.settings.onnx_intra_op_threads,
+            engine_cache=self.settings.engine_cache,
+        )
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            await model.batcher.stop()
