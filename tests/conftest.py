@@ -1,0 +1,196 @@
+"""Shared fixtures: test media, a loopback file server, exported engines, a live service process."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import media
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout (test media and RetinaFace weights)."""
+    path = SHARED / "data"
+    if not path.is_dir():
+        pytest.skip(f"shared test media not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real H.264 MP4s and broken files, written once per test session."""
+    folder = tmp_path_factory.mktemp("videos")
+    files = {
+        "one_face": media.face_video(folder / "one_face.mp4", faces=1),
+        "two_faces": media.face_video(folder / "two_faces.mp4", faces=2),
+        "no_face": media.no_face_video(folder / "no_face.mp4"),
+        "audio_only": media.audio_only_file(folder / "audio_only.mp4"),
+    }
+    (folder / "empty.mp4").write_bytes(b"")
+    files["empty"] = folder / "empty.mp4"
+    whole = files["one_face"].read_bytes()
+    (folder / "truncated.mp4").write_bytes(whole[: len(whole) // 3])
+    files["truncated"] = folder / "truncated.mp4"
+    png = media.astronaut_face(64)
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", png)
+    assert ok
+    (folder / "image.mp4").write_bytes(encoded.tobytes())
+    files["png_named_mp4"] = folder / "image.mp4"
+    (folder / "large.mp4").write_bytes(os.urandom(3 * 1024 * 1024))
+    files["large"] = folder / "large.mp4"
+    return files
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _MediaHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the media folder, plus /stall (never sends a body) and /redirect?to=URL."""
+
+    def log_message(self, *args: object) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        if self.path.startswith("/stall"):
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"\x00" * 10)
+            self.wfile.flush()
+            time.sleep(30)
+            return
+        if self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path.split("=", 1)[1])
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+@dataclass
+class FileServer:
+    base_url: str
+    folder: Path
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+
+@pytest.fixture(scope="session")
+def file_server(videos: dict[str, Path]) -> Iterator[FileServer]:
+    """A real HTTP server on 127.0.0.1 serving the test videos."""
+    folder = videos["one_face"].parent
+
+    def handler(*args: object, **kwargs: object) -> _MediaHandler:
+        return _MediaHandler(*args, directory=str(folder), **kwargs)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield FileServer(f"http://127.0.0.1:{server.server_address[1]}", folder)
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ftcn_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding FTCN exported from a random-init checkpoint in the official layout."""
+    import torch
+
+    from export.__main__ import export_model
+    from models import create_model
+
+    folder = tmp_path_factory.mktemp("repo")
+    torch.manual_seed(0)
+    model = create_model("ftcn")
+    checkpoint = folder / "ftcn_tt.pth"
+    # the official release is a bare state_dict saved from DataParallel
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, checkpoint)
+    export_model("ftcn", folder / "model_repository", checkpoint=checkpoint)
+    return folder / "model_repository"
+
+
+@dataclass
+class LiveService:
+    base_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def client(self, timeout: float = 300.0) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_service(env_overrides: dict[str, str], log_path: Path, ready_timeout: float = 180.0) -> LiveService:
+    """Run ``python -m service`` as a real process on loopback and wait for /healthcheck."""
+    port = free_port()
+    env = {**os.environ, "DFS_HOST": "127.0.0.1", "DFS_PORT": str(port), "PYTHONUNBUFFERED": "1", **env_overrides}
+    handle = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"service exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{base_url}/healthcheck", timeout=2).status_code == 200:
+                return LiveService(base_url, process, log_path)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.terminate()
+    raise RuntimeError(f"service not healthy after {ready_timeout} s:\n{log_path.read_text()}")
+
+
+def stop_service(service: LiveService) -> None:
+    service.process.terminate()
+    try:
+        service.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        service.process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_service(ftcn_repository: Path, videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """The service with FTCN, loopback fetches allowed (the default refuses them), small limits."""
+    logs = tmp_path_factory.mktemp("logs")
+    service = start_service(
+        {
+            "DFS_MODEL_REPOSITORY": str(ftcn_repository),
+            "DFS_ALLOW_PRIVATE_URLS": "true",
+            "DFS_LOCAL_ROOTS": str(videos["one_face"].parent),
+            "DFS_MAX_DOWNLOAD_BYTES": str(2 * 1024 * 1024),
+            "DFS_FETCH_TIMEOUT_S": "3",
+            "DFS_MAX_CLIPS_PER_TRACK": "1",
+            "DFS_BATCH_MAX_WAIT_MS": "200",
+            "DFS_MAX_CONCURRENT_REQUESTS": "8",
+        },
+        logs / "service.log",
+    )
+    yield service
+    stop_service(service)

@@ -1,0 +1,191 @@
+"""End to end: a real `python -m service` process, a real file server, real MP4s, FTCN in ONNX."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import FileServer, LiveService, start_service, stop_service
+
+pytestmark = pytest.mark.slow
+
+TRUEMEDIA_KEYS = {"df_probability", "prediction"}
+
+
+def predict(client: httpx.Client, url: str, **extra: object) -> httpx.Response:
+    return client.post("/predict", json={"file_path": url, **extra})
+
+
+def test_healthcheck_and_models(live_service: LiveService) -> None:
+    with live_service.client() as client:
+        assert client.get("/healthcheck").json() == {"healthy": True}
+        assert client.get("/livez").status_code == 200
+        models = client.get("/models").json()
+    assert [m["name"] for m in models] == ["ftcn"]
+    ftcn = models[0]
+    assert ftcn["runtime"].startswith("onnxruntime:")
+    assert ftcn["spec"]["kind"] == "clip" and ftcn["spec"]["num_frames"] == 32
+    assert ftcn["parity"]["max_abs_diff_prob"] <= ftcn["parity"]["tolerance_prob"]
+
+
+def test_one_face_video(live_service: LiveService, file_server: FileServer) -> None:
+    with live_service.client() as client:
+        response = predict(client, file_server.url("one_face.mp4"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert TRUEMEDIA_KEYS <= body.keys()
+    assert body["prediction"] in ("REAL", "FAKE")
+    assert 0.0 <= body["df_probability"] <= 1.0
+    assert len(body["faces"]) == 1
+    face = body["faces"][0]
+    # the astronaut is pasted at x 24..184+20, y 24..184+10 (see tests/media.py)
+    x1, y1, x2, y2 = face["box"]
+    assert 20 <= x1 < x2 <= 210 and 20 <= y1 < y2 <= 200
+    assert face["first_frame"] == 0 and face["last_frame"] == 39
+    assert face["models"]["ftcn"]["items"] == 1
+    assert body["models"]["ftcn"]["score"] == pytest.approx(face["score"], abs=1e-6)
+    assert body["models"]["ftcn"]["clips"] == 1
+    assert body["video"]["frames_analyzed"] == 40 and body["video"]["width"] == 272
+    assert set(body["timings_ms"]) >= {"fetch", "decode", "faces", "inference", "total"}
+    assert body["warnings"] == []  # exported from a checkpoint, not --random-init
+
+
+def test_same_video_same_score(live_service: LiveService, file_server: FileServer) -> None:
+    with live_service.client() as client:
+        first = predict(client, file_server.url("one_face.mp4")).json()
+        second = predict(client, file_server.url("one_face.mp4")).json()
+    assert first["df_probability"] == second["df_probability"]
+    assert first["request_id"] != second["request_id"]
+
+
+def test_two_faces_give_two_tracks_and_max_rule(live_service: LiveService, file_server: FileServer) -> None:
+    with live_service.client() as client:
+        body = predict(client, file_server.url("two_faces.mp4")).json()
+    assert len(body["faces"]) == 2
+    left, right = sorted(body["faces"], key=lambda f: f["box"][0])
+    assert left["box"][2] < right["box"][0], "the two tracks must be the two separate heads"
+    assert body["df_probability"] == max(f["score"] for f in body["faces"])
+
+
+def test_no_face_video(live_service: LiveService, file_server: FileServer) -> None:
+    with live_service.client() as client:
+        response = predict(client, file_server.url("no_face.mp4"))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["prediction"] == "NO_FACE" and body["df_probability"] is None and body["faces"] == []
+
+
+def test_upload(live_service: LiveService, videos: dict[str, Path]) -> None:
+    with live_service.client() as client:
+        with videos["one_face"].open("rb") as handle:
+            response = client.post("/predict/upload", files={"file": ("clip.mp4", handle, "video/mp4")})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["faces"]) == 1
+
+
+def test_local_path_under_root(live_service: LiveService, videos: dict[str, Path]) -> None:
+    with live_service.client() as client:
+        response = predict(client, str(videos["one_face"]))
+    assert response.status_code == 200, response.text
+
+
+def _histogram_total(metrics_text: str, name: str, model: str) -> tuple[float, float]:
+    """(count, count in the le=1 bucket) of a labelled histogram."""
+    count = re.search(rf'^{name}_count{{model="{model}"}} (\S+)$', metrics_text, re.M)
+    le1 = re.search(rf'^{name}_bucket{{le="1.0",model="{model}"}} (\S+)$', metrics_text, re.M)
+    assert count and le1, metrics_text[:2000]
+    return float(count.group(1)), float(le1.group(1))
+
+
+def test_concurrent_requests_share_batches(live_service: LiveService, file_server: FileServer) -> None:
+    with live_service.client() as client:
+        before_count, before_single = _histogram_total(client.get("/metrics").text, "dfs_batch_requests", "ftcn")
+        names = ["one_face.mp4", "two_faces.mp4"] * 4
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda n: predict(client, file_server.url(n)), names))
+        after_count, after_single = _histogram_total(client.get("/metrics").text, "dfs_batch_requests", "ftcn")
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses if r.status_code != 200]
+    assert all(0 <= r.json()["df_probability"] <= 1 for r in responses)
+    multi_request_batches = (after_count - before_count) - (after_single - before_single)
+    assert multi_request_batches >= 1, "no batch held clips of more than one request"
+
+
+# ---- bad input: each gets its JSON error, and the server stays healthy -----------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({}, 422, "invalid_request"),
+        ({"file_path": ""}, 422, "invalid_request"),
+        ({"file_path": "ftp://example.com/a.mp4"}, 400, "unsupported_scheme"),
+        ({"file_path": "file:///etc/passwd"}, 403, "path_not_allowed"),
+        ({"file_path": "/etc/passwd"}, 403, "path_not_allowed"),
+        ({"file_path": "http://example.com/a.mp4", "models": ["nope"]}, 400, "unknown_model"),
+    ],
+)
+def test_bad_bodies(live_service: LiveService, body: dict, status: int, code: str) -> None:
+    with live_service.client() as client:
+        response = client.post("/predict", json=body)
+        assert response.status_code == status, response.text
+        assert response.json()["error"] == code
+        assert response.json()["detail"]
+        assert client.get("/healthcheck").status_code == 200
+
+
+def test_malformed_json(live_service: LiveService) -> None:
+    with live_service.client() as client:
+        response = client.post("/predict", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert response.status_code == 400
+        assert response.json()["error"] == "malformed_json"
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("missing.mp4", 502, "upstream_status"),
+        ("stall", 504, "fetch_timeout"),
+        ("large.mp4", 413, "too_large"),
+        ("empty.mp4", 415, "empty_file"),
+        ("truncated.mp4", 415, None),
+        ("image.mp4", 415, "not_a_video"),
+        ("audio_only.mp4", 415, "no_video_stream"),
+    ],
+)
+def test_bad_media(live_service: LiveService, file_server: FileServer, name: str, status: int, code: str | None) -> None:
+    with live_service.client() as client:
+        response = predict(client, file_server.url(name))
+        assert response.status_code == status, response.text
+        body = response.json()
+        assert set(body) == {"error", "detail", "request_id"}
+        if code:
+            assert body["error"] == code
+        assert client.get("/healthcheck").status_code == 200
+        assert predict(client, file_server.url("no_face.mp4")).status_code == 200
+
+
+def test_default_settings_refuse_private_addresses(
+    ftcn_repository: Path, file_server: FileServer, tmp_path: Path
+) -> None:
+    """Without DFS_ALLOW_PRIVATE_URLS, loopback/private/link-local targets are refused (no SSRF)."""
+    service = start_service({"DFS_MODEL_REPOSITORY": str(ftcn_repository)}, tmp_path / "service.log")
+    try:
+        with service.client() as client:
+            for url in (
+                file_server.url("one_face.mp4"),
+                "http://localhost:9/x.mp4",
+                "http://10.1.2.3/x.mp4",
+                "http://169.254.169.254/latest/meta-data",
+                "http://[::1]/x.mp4",
+                "file:///etc/passwd",
+            ):
+                response = predict(client, url)
+                assert response.status_code in (400, 403), (url, response.text)
+                assert response.json()["error"] in ("address_not_allowed", "unsupported_scheme"), url
+            assert client.get("/healthcheck").status_code == 200
+    finally:
+        stop_service(service)
