@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with its CPU runtime, test and training extras.
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch/torchvision pinned: these builds are on the dev/CI machines' local disk (see README).
+python -m pip install -q torch==2.14.1 torchvision==0.29.1
+python -m pip install -q -e ".[cpu,dev,training]"
+# mediapipe 0.10.21's metadata pins numpy<2 and pulls jax/opencv-contrib it does not need for the
+# face solutions; its real needs are in our own dependencies, so install it without its pins.
+python -m pip install -q --no-deps mediapipe==0.10.21
+python - <<'PY'
+import mediapipe, onnxruntime, torch, av
+print(f"environment ready: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+      f"PyAV {av.__version__}, mediapipe {mediapipe.__version__}")
+PY
