@@ -14,7 +14,7 @@ from models.spec import ModelSpec
 from service import metrics
 from service.config import Settings
 from service.model_repository import ModelVersion, discover
-from service.pipeline.engines import DynamicBatcher, OnnxEngine
+from service.pipeline.engines import DynamicBatcher, Engine, OnnxEngine
 from service.pipeline.faces import FaceDetector, create_detector
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,12 @@ class Runtime:
             self.ready, self.reason = False, f"{type(exc).__name__}: {exc}"
             log.error("model loading failed: %s", self.reason)
 
-    def _open_engine(self, version: ModelVersion) -> OnnxEngine:
-        if version.manifest.format != "onnx":
-            raise RuntimeError(f"{version.folder}: engine format {version.manifest.format!r} is not supported yet")
+    def _open_engine(self, version: ModelVersion) -> Engine:
+        if version.manifest.format == "tensorrt":
+            from export.tensorrt import TensorRTEngine, check_compatible
+
+            check_compatible(version.manifest)
+            return TensorRTEngine(version.engine_path.read_bytes(), max_batch=version.manifest.max_batch or 64)
         return OnnxEngine(
             version.engine_path,
             device=self.settings.device,
