@@ -1,0 +1,239 @@
+"""Datasets over ``training.preprocess`` output, cropping exactly as the service does.
+
+Each stored frame is a loose crop cut by matrix ``B`` from the video frame; landmarks and boxes
+are stored in frame coordinates. For a model we build the service's frame->crop matrix ``M`` with
+the same functions (``service.pipeline.crops``) and warp the loose crop by ``M @ inverse(B)``:
+the same pixels the service would give the model, with one extra resampling.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from models.spec import ModelSpec
+from service.pipeline.crops import box_matrix, clip_windows, similarity_matrix
+
+
+@dataclass
+class TrackRecord:
+    """One face track on disk (a ``track.json`` and its loose crops)."""
+
+    folder: Path
+    label: int
+    split: str
+    identity: str
+    video: str
+    data: dict = field(repr=False, default_factory=dict)
+
+    @cached_property
+    def meta(self) -> dict:
+        return self.data or json.loads((self.folder / "track.json").read_text())
+
+    @property
+    def frame_indices(self) -> list[int]:
+        return self.meta["frame_indices"]
+
+    def __len__(self) -> int:
+        return len(self.frame_indices)
+
+    def image(self, position: int) -> np.ndarray:
+        """Loose crop at ``position`` as RGB uint8."""
+        path = self.folder / f"{self.frame_indices[position]:06d}.jpg"
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(path)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def loose_matrix(self, position: int) -> np.ndarray:
+        return np.asarray(self.meta["matrices"][position], dtype=np.float64)
+
+    def landmarks5(self, positions: Sequence[int]) -> np.ndarray:
+        return np.asarray([self.meta["landmarks5"][p] for p in positions], dtype=np.float64)
+
+    def box(self, position: int) -> np.ndarray:
+        return np.asarray(self.meta["boxes"][position], dtype=np.float64)
+
+    def landmarks68_loose(self, position: int) -> np.ndarray | None:
+        marks = self.meta.get("landmarks68")
+        if not marks or marks[position] is None:
+            return None
+        return np.asarray(marks[position], dtype=np.float64)
+
+
+def load_index(root: Path, splits: Sequence[str] | None = None) -> list[TrackRecord]:
+    """Tracks listed in ``root/index.csv`` (optionally only some splits)."""
+    index = root / "index.csv"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index} not found: run `python -m training.preprocess --input ... --output {root}` first")
+    records = []
+    with index.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if splits and row["split"] not in splits:
+                continue
+            records.append(TrackRecord(root / row["track"], int(row["label"]), row["split"], row["identity"], row["source"]))
+    return records
+
+
+def _as3x3(matrix: np.ndarray) -> np.ndarray:
+    return np.vstack([matrix, [0.0, 0.0, 1.0]])
+
+
+def loose_to_model(spec: ModelSpec, record: TrackRecord, positions: Sequence[int]) -> list[np.ndarray]:
+    """Matrices mapping each loose crop onto the model input, as the service would crop the frame."""
+    if spec.crop.method == "align":
+        assert spec.crop.template is not None and spec.crop.template_size
+        template = np.asarray(spec.crop.template) * (spec.input_size / spec.crop.template_size)
+        frame_to_model = [similarity_matrix(record.landmarks5(positions), template)] * len(positions)
+    else:
+        frame_to_model = [box_matrix(record.box(p), spec.crop.scale, spec.input_size) for p in positions]
+    return [
+        (_as3x3(m) @ np.linalg.inv(_as3x3(record.loose_matrix(p))))[:2]
+        for m, p in zip(frame_to_model, positions, strict=True)
+    ]
+
+
+def warp(image: np.ndarray, matrix: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_CONSTANT)
+
+
+def normalize(spec: ModelSpec, rgb: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float tensor (3, ..., H, W) normalised per the spec."""
+    array = (rgb.astype(np.float32) / 255.0 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    tensor = torch.from_numpy(array)
+    return tensor.movedim(-1, 0).contiguous()
+
+
+@dataclass
+class Sample:
+    """What a frame dataset returns: model input, label, manipulation mask at input size, video."""
+
+    image: torch.Tensor
+    label: int
+    mask: torch.Tensor
+    video: str
+
+
+FakeMaker = Callable[[TrackRecord, int, np.random.Generator], tuple[np.ndarray, np.ndarray] | None]
+
+
+class FrameDataset(Dataset):
+    """Single frames of tracks for frame models.
+
+    ``fake_maker`` (real-only training, ``--fakes blended``) turns a real loose crop into a blended
+    fake and its mask; with it, every real frame is also offered once as a fake. ``augment`` works
+    on the model-size uint8 crop and its mask together.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[TrackRecord],
+        spec: ModelSpec,
+        *,
+        frames_per_track: int | None = None,
+        fake_maker: FakeMaker | None = None,
+        use_data_fakes: bool = True,
+        augment: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.records = list(records)
+        self.fake_maker = fake_maker
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.items: list[tuple[int, int, bool]] = []  # (record, position, make_blended_fake)
+        for r_index, record in enumerate(self.records):
+            if record.label == 1 and not use_data_fakes:
+                continue
+            count = len(record)
+            positions = range(count) if not frames_per_track else np.unique(
+                np.linspace(0, count - 1, min(count, frames_per_track)).round().astype(int))
+            for position in positions:
+                self.items.append((r_index, int(position), False))
+                if fake_maker is not None and record.label == 0:
+                    self.items.append((r_index, int(position), True))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def labels(self) -> list[int]:
+        return [1 if blended else self.records[r].label for r, _, blended in self.items]
+
+    def __getitem__(self, index: int) -> Sample:
+        r_index, position, blended = self.items[index]
+        record = self.records[r_index]
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        loose = record.image(position)
+        mask_loose = np.zeros(loose.shape[:2], np.float32)
+        label = record.label
+        if blended:
+            assert self.fake_maker is not None
+            made = self.fake_maker(record, position, rng)
+            if made is not None:
+                loose, mask_loose = made
+                label = 1
+        matrix = loose_to_model(self.spec, record, [position])[0]
+        size = self.spec.input_size
+        crop, mask = warp(loose, matrix, size), warp(mask_loose, matrix, size)
+        if label == 1 and not blended:
+            mask = np.ones_like(mask)  # a dataset fake without a mask: the whole face is suspect
+        if self.augment is not None:
+            crop, mask = self.augment(crop, mask, rng)
+        return Sample(normalize(self.spec, crop), label, torch.from_numpy(np.ascontiguousarray(mask, np.float32)), record.video)
+
+
+class ClipDataset(Dataset):
+    """Clips of ``spec.num_frames`` consecutive frames of a track (clip models), one transform per clip."""
+
+    def __init__(self, records: Sequence[TrackRecord], spec: ModelSpec, *, stride: int, max_clips_per_track: int,
+                 flip: bool = False, seed: int = 0) -> None:
+        self.spec = spec
+        self.records = list(records)
+        self.flip = flip
+        self.seed = seed
+        self.epoch = 0
+        self.items: list[tuple[int, np.ndarray]] = []
+        for r_index, record in enumerate(self.records):
+            consecutive = np.all(np.diff(record.frame_indices) == 1) if len(record) > 1 else True
+            if not consecutive:
+                raise ValueError(f"{record.folder}: clip models need consecutive frames (preprocess with --frame-step 1)")
+            for window in clip_windows(len(record), spec.num_frames, stride, max_clips_per_track):
+                self.items.append((r_index, window))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def labels(self) -> list[int]:
+        return [self.records[r].label for r, _ in self.items]
+
+    def __getitem__(self, index: int) -> Sample:
+        r_index, window = self.items[index]
+        record = self.records[r_index]
+        size = self.spec.input_size
+        matrices = loose_to_model(self.spec, record, list(window))
+        clip = np.stack([warp(record.image(int(p)), m, size) for p, m in zip(window, matrices, strict=True)])
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        if self.flip and rng.random() < 0.5:
+            clip = clip[:, :, ::-1]
+        mask = torch.full((size, size), float(record.label))
+        return Sample(normalize(self.spec, clip), record.label, mask, record.video)
+
+
+def collate(samples: list[Sample]) -> dict[str, object]:
+    return {
+        "image": torch.stack([s.image for s in samples]),
+        "label": torch.tensor([s.label for s in samples], dtype=torch.long),
+        "mask": torch.stack([s.mask for s in samples]),
+        "video": [s.video for s in samples],
+    }
