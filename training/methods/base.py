@@ -1,0 +1,109 @@
+"""What a training method provides to the shared loop in ``training.loop``.
+
+Each method is its own class with its own losses and moving parts (PCL's consistency volume,
+DCL's key encoder and queues, the adversarial game's generators, ...). The loop only owns what is
+common: epochs, AMP, gradient accumulation, DDP, logging, validation, checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from models import create_model, get_spec
+from models.spec import ModelSpec
+from training.data import TrackRecord
+
+
+@dataclass
+class StepContext:
+    """Handed to ``training_step``: how to backpropagate under AMP with accumulation."""
+
+    scaler: torch.amp.GradScaler
+    accumulation: int
+    micro_step: int  # 0..accumulation-1 within the current optimiser step
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    grad_clip: float | None = None
+
+    @property
+    def is_update_step(self) -> bool:
+        return self.micro_step == self.accumulation - 1
+
+    def autocast(self) -> torch.autocast:
+        enabled = self.autocast_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=enabled)
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
+        """Scale, accumulate; step the optimiser (and clip) only on the last micro-step."""
+        self.scaler.scale(loss / self.accumulation).backward()
+        if self.is_update_step:
+            if self.grad_clip:
+                self.scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+
+
+class Method(ABC):
+    """One training recipe. Subclasses set ``name`` (= the registered model name)."""
+
+    name: str
+    #: defaults the CLI uses when the user gives none (each reference's own settings)
+    default_lr: float = 1e-4
+    default_batch_size: int = 32
+    default_epochs: int = 20
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.spec: ModelSpec = get_spec(self.name)
+        #: set by the loop from :meth:`optimizers`; ``training_step`` reads it via :meth:`optimizer`
+        self.optims: dict[str, tuple[torch.optim.Optimizer, Any]] = {}
+
+    def optimizer(self, name: str) -> torch.optim.Optimizer:
+        return self.optims[name][0]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Method-specific options (``--help`` lists them under the method's name)."""
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def build_model(self) -> nn.Module:
+        return create_model(self.name, **self.model_kwargs()).train()
+
+    @abstractmethod
+    def datasets(self, train: Sequence[TrackRecord], val: Sequence[TrackRecord]) -> tuple[Dataset, Dataset]:
+        """Training and validation datasets (validation: real data only, no blending)."""
+
+    @abstractmethod
+    def optimizers(self, model: nn.Module) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
+        """Named (optimiser, per-step scheduler or None) pairs; saved and resumed by name."""
+
+    @abstractmethod
+    def training_step(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
+        """One micro-batch: compute the losses, call ``ctx.backward_and_step``; return numbers to log."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Method state outside the model/optimisers (EMA encoders, queues, generators) for resume."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    @torch.no_grad()
+    def predict_logits(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Fake logits for validation: the exported inference path, so validation scores what serves."""
+        return model(batch["image"]).float()

@@ -1,0 +1,65 @@
+"""FTCN + Temporal Transformer: a clip classifier trained with BCE on its logit.
+
+The authors released no training code; this follows the fine-tuning fork (METHODS.md): Adam
+lr 3e-4, BCEWithLogits, AMP, batch 6, 20 epochs, ``--init ftcn_tt.pth`` to fine-tune and
+``--freeze-backbone`` to train only the temporal transformer head (parameters named ``head``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from training.data import ClipDataset, TrackRecord
+from training.methods.base import Method, StepContext
+
+
+class FtcnMethod(Method):
+    name = "ftcn"
+    default_lr = 3e-4
+    default_batch_size = 6
+    default_epochs = 20
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("ftcn")
+        group.add_argument("--clip-stride", type=int, default=8, help="frames between training clip starts (default 8)")
+        group.add_argument("--clips-per-track", type=int, default=16, help="clips drawn from one track at most (default 16)")
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        if self.args.freeze_backbone:
+            for name, param in model.named_parameters():
+                param.requires_grad = ".head." in f".{name}" or name.startswith("head")
+        return model
+
+    def datasets(self, train: Sequence[TrackRecord], val: Sequence[TrackRecord]) -> tuple[Dataset, Dataset]:
+        if self.args.fakes == "blended":
+            from training.blended_clips import BlendedClipDataset
+
+            train_set: Dataset = BlendedClipDataset(train, self.spec, stride=self.args.clip_stride,
+                                                    max_clips_per_track=self.args.clips_per_track, seed=self.args.seed)
+        else:
+            train_set = ClipDataset(train, self.spec, stride=self.args.clip_stride,
+                                    max_clips_per_track=self.args.clips_per_track, flip=True, seed=self.args.seed)
+        val_set = ClipDataset(val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4)
+        return train_set, val_set
+
+    def optimizers(self, model: nn.Module) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return {"model": (torch.optim.Adam(params, lr=self.args.lr), None)}
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
+        optimizer = self.optimizer("model")
+        with ctx.autocast():
+            logits = model(batch["image"]).float()
+        loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
+        ctx.backward_and_step(loss, optimizer, [p for p in model.parameters() if p.requires_grad])
+        accuracy = ((logits > 0).long() == batch["label"]).float().mean()
+        return {"loss": float(loss), "accuracy": float(accuracy)}
