@@ -24,6 +24,10 @@ from service.errors import NotAVideo, TooLarge
 log = logging.getLogger(__name__)
 
 
+# FFmpeg opens still images as one-frame "videos"; a photo named .mp4 is not what the caller meant.
+_IMAGE_DEMUXERS = {"image2", "png", "apng", "bmp", "webp", "tiff", "jpeg_pipe", "png_pipe"}
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the header says, with width/height as displayed (after rotation)."""
@@ -59,6 +63,9 @@ def _frame_rotation(frame: av.VideoFrame) -> int:
 def probe(path: Path, *, max_side: int, max_duration_s: float) -> VideoInfo:
     """Read the header only and refuse what cannot or should not be decoded."""
     with _open(path) as container:
+        demuxer = container.format.name
+        if demuxer in _IMAGE_DEMUXERS or demuxer.endswith("_pipe"):
+            raise NotAVideo(f"the file is a still image ({demuxer}), not a video", code="not_a_video")
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["nothing"]
             raise NotAVideo(f"the file has no video stream (it holds {', '.join(kinds)})", code="no_video_stream")
