@@ -179,11 +179,12 @@ def stop_service(service: LiveService) -> None:
 def live_service(ftcn_repository: Path, videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     """The service with FTCN, loopback fetches allowed (the default refuses them), small limits."""
     logs = tmp_path_factory.mktemp("logs")
+    roots = [str(videos["one_face"].parent)] + ([str(SHARED / "data")] if (SHARED / "data").is_dir() else [])
     service = start_service(
         {
             "DFS_MODEL_REPOSITORY": str(ftcn_repository),
             "DFS_ALLOW_PRIVATE_URLS": "true",
-            "DFS_LOCAL_ROOTS": str(videos["one_face"].parent),
+            "DFS_LOCAL_ROOTS": ",".join(roots),
             "DFS_MAX_DOWNLOAD_BYTES": str(2 * 1024 * 1024),
             "DFS_FETCH_TIMEOUT_S": "3",
             "DFS_MAX_CLIPS_PER_TRACK": "1",

@@ -65,9 +65,13 @@ def find_tracks(
         started = time.perf_counter()
         found = detector.detect([rgb for _, rgb in pending])
         clock.add("faces", time.perf_counter() - started)
+        limits = np.array([info.width, info.height, info.width, info.height], np.float32)
         for (index, rgb), faces in zip(pending, found, strict=True):
             to_original = info.width / rgb.shape[1]
-            tracker.update(index, [f for f in (face.scaled(to_original) for face in faces) if _keep(f, settings)])
+            originals = [face.scaled(to_original) for face in faces]
+            # boxes may overhang the frame edge; clip them (landmarks stay as found)
+            clipped = [Face(np.clip(f.box, 0, limits), f.score, f.landmarks) for f in originals]
+            tracker.update(index, [f for f in clipped if _keep(f, settings)])
         pending.clear()
 
     started = time.perf_counter()

@@ -93,6 +93,22 @@ def test_local_path_under_root(live_service: LiveService, videos: dict[str, Path
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.parametrize("name", ["wild_real_Obama.mp4", "facerec_real_short_hamilton_clip.mp4"])
+def test_shared_real_videos(live_service: LiveService, shared_data: Path, name: str) -> None:
+    """Real footage: faces are found and tracked; every track's frames lie inside the video."""
+    with live_service.client() as client:
+        response = predict(client, str(shared_data / "videos" / name), max_frames=64)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["faces"], "a face must be found in real footage of people"
+    for face in body["faces"]:
+        assert 0 <= face["first_frame"] <= face["last_frame"] < body["video"]["frames_analyzed"] <= 64
+        assert 0 <= face["score"] <= 1
+        x1, y1, x2, y2 = face["box"]
+        assert 0 <= x1 < x2 <= body["video"]["width"] and 0 <= y1 < y2 <= body["video"]["height"]
+    assert body["df_probability"] == max(f["score"] for f in body["faces"])
+
+
 def _histogram_total(metrics_text: str, name: str, model: str) -> tuple[float, float]:
     """(count, count in the le=1 bucket) of a labelled histogram."""
     count = re.search(rf'^{name}_count{{model="{model}"}} (\S+)$', metrics_text, re.M)
