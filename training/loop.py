@@ -169,7 +169,13 @@ def train(method: Method, args: argparse.Namespace) -> Path:
         state = torch.load(resume, map_location="cpu", weights_only=False)
         unwrap(model).load_state_dict(state["state_dict"])
         for name, (optimizer, scheduler) in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
+            try:
+                optimizer.load_state_dict(state["optimizers"][name])
+            except (KeyError, ValueError) as exc:
+                raise ValueError(
+                    f"{resume}: optimiser {name!r} does not match this run's trainable parameters ({exc}); "
+                    "resume with the same method options (e.g. --freeze-backbone) as the original run"
+                ) from exc
             if scheduler is not None and name in state.get("schedulers", {}):
                 scheduler.load_state_dict(state["schedulers"][name])
         scaler.load_state_dict(state["scaler"])

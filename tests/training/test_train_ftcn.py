@@ -35,7 +35,7 @@ def test_ftcn_two_steps_resume_export_serve(crops_copy: Path, tmp_path: Path) ->
     assert not torch.equal(initial["resnet.head.time_T.mlp_head.1.weight"], trained["resnet.head.time_T.mlp_head.1.weight"])
 
     # resume continues from step 2 up to the new limit
-    resumed = [*args[:-1], "--resume", "auto"]
+    resumed = [*args, "--resume", "auto"]
     resumed[resumed.index("--max-steps") + 1] = "3"
     assert train_main(resumed) == 0
     assert torch.load(run / "last.pt", map_location="cpu", weights_only=False)["step"] == 3

@@ -62,4 +62,4 @@ class FtcnMethod(Method):
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
         ctx.backward_and_step(loss, optimizer, [p for p in model.parameters() if p.requires_grad])
         accuracy = ((logits > 0).long() == batch["label"]).float().mean()
-        return {"loss": float(loss), "accuracy": float(accuracy)}
+        return {"loss": loss.item(), "accuracy": accuracy.item()}
