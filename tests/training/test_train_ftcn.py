@@ -41,9 +41,19 @@ def test_ftcn_two_steps_resume_export_serve(crops_copy: Path, tmp_path: Path) ->
     assert torch.load(run / "last.pt", map_location="cpu", weights_only=False)["step"] == 3
 
     from export.__main__ import export_model
+    from export.manifest import Manifest
     from service.pipeline.engines import OnnxEngine
+    from training.evaluate import main as evaluate_main
+
+    assert evaluate_main(["--checkpoint", str(run / "last.pt"), "--data", str(crops_copy), "--split", "train", "--write"]) == 0
+    calibration = torch.load(run / "last.pt", map_location="cpu", weights_only=False)["calibration"]
+    assert calibration["temperature"] > 0 and 0 < calibration["threshold"] < 1
+    assert (run / "last_roc_train.png").is_file()
 
     folder = export_model("ftcn", tmp_path / "repo", checkpoint=run / "last.pt", parity_batches=[1])
+    manifest = Manifest.read(folder)
+    assert manifest.calibration.temperature == pytest.approx(calibration["temperature"])
+    assert manifest.source.layout == "ours" and not manifest.untrained
     engine = OnnxEngine(folder / "model.onnx", device="cpu")
     logits = engine.run(np.zeros((1, 3, 32, 224, 224), np.float32))
     assert logits.shape == (1,) and np.isfinite(logits).all()
