@@ -96,7 +96,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(raw).__name__}")
     if "state_dict" in raw and isinstance(raw["state_dict"], dict):
         return dict(raw)
-    for key in ("model", "net", "model_state_dict"):
+    for key in ("model", "net", "model_state_dict", "state"):
         if isinstance(raw.get(key), dict) and all(torch.is_tensor(v) for v in raw[key].values()):
             return {"state_dict": raw[key]}
     return {"state_dict": raw}

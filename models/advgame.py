@@ -1,0 +1,150 @@
+"""Deepfake forensics via an adversarial game (Wang et al., TIP 2022).
+
+Detector: an EfficientNet (B7 by default; B5/B3/B0 options), global average pooling, dropout,
+Linear(C, 2). Training plays it against two blur generators (one for real, one for fake inputs)
+that predict a per-pixel Gaussian-blur strength to fool it; they live here too (training only).
+
+Reference checkpoints (ah651/deepfake_adv) are ``{"state": ...}`` with an EfficientNet-PyTorch
+(lukemelas) body under ``feature_model.`` (``_conv_stem``, ``_bn0``, ``_blocks.{i}.*``,
+``_conv_head``, ``_bn1``) and ``_fc``; :func:`filter_reference_checkpoint` maps them onto timm's
+``tf_efficientnet_*`` (same TF "same" padding and BN epsilon). Labels there: 0 = FAKE, 1 = REAL.
+"""
+
+from __future__ import annotations
+
+import re
+
+import timm
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.registry import CheckpointError, StateDict, register_model
+from models.spec import HALF_MEAN_STD, CropRule, ModelSpec
+
+ADVGAME_SPEC = ModelSpec(
+    name="advgame",
+    kind="frame",
+    input_size=256,
+    mean=HALF_MEAN_STD,
+    std=HALF_MEAN_STD,
+    # The reference scales FF++ face crops (about 1.3 x the face box) so the shorter side is 256.
+    crop=CropRule(method="box", scale=1.3),
+    output="logit of P(fake) = l_fake - l_real",
+    description="Adversarial-game detector (TIP 2022): EfficientNet-B7 at 256, [-1, 1] input.",
+)
+
+VARIANTS = {"b7": "tf_efficientnet_b7", "b5": "tf_efficientnet_b5", "b3": "tf_efficientnet_b3", "b0": "tf_efficientnet_b0"}
+FAKE_CLASS, REAL_CLASS = 0, 1  # reference order
+
+
+class AdvGameDetector(nn.Module):
+    def __init__(self, variant: str = "b7", dropout: float = 0.4) -> None:
+        super().__init__()
+        self.spec = ADVGAME_SPEC
+        self.variant = variant
+        self.feature_model = timm.create_model(VARIANTS[variant], pretrained=False, num_classes=0, global_pool="")
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.feature_model.num_features, 2)
+
+    def class_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Reference-order logits (0 = fake, 1 = real)."""
+        pooled = self.feature_model.forward_features(images).mean(dim=(2, 3))
+        return self.fc(self.dropout(pooled))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.class_logits(images)
+        return logits[:, FAKE_CLASS] - logits[:, REAL_CLASS]
+
+
+# ---- the blur generator (training only) --------------------------------------------------------
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.BatchNorm2d(channels), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class BlurGenerator(nn.Module):
+    """Predicts a per-pixel blur strength s >= 1 (s = y^2 clamped to [1, 1e12])."""
+
+    def __init__(self, width: int = 64, blocks: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, width, 7), nn.BatchNorm2d(width), nn.ReLU(True)]
+        for mult in (1, 2):
+            layers += [nn.Conv2d(width * mult, width * mult * 2, 3, 2, 1), nn.BatchNorm2d(width * mult * 2), nn.ReLU(True)]
+        layers += [_ResBlock(width * 4) for _ in range(blocks)]
+        for mult in (4, 2):
+            layers += [nn.ConvTranspose2d(width * mult, width * mult // 2, 3, 2, 1, output_padding=1),
+                       nn.BatchNorm2d(width * mult // 2), nn.ReLU(True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, 1, 7)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).pow(2).clamp(1.0, 1e12)
+
+
+def per_pixel_blur(images: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """Blur each pixel with its own 3x3 Gaussian: w_ab(p) = exp(-((a-1)^2 + (b-1)^2) / 2 * s(p)).
+
+    Weights are normalised over the window and the image is reflect-padded, so s = 1 is a mild
+    blur and a large s leaves the pixel unchanged (the centre weight dominates).
+    """
+    batch, channels, height, width = images.shape
+    patches = F.unfold(F.pad(images, (1, 1, 1, 1), mode="reflect"), 3).view(batch, channels, 9, height, width)
+    offsets = torch.tensor([(a - 1) ** 2 + (b - 1) ** 2 for a in range(3) for b in range(3)],
+                           dtype=images.dtype, device=images.device).view(1, 9, 1, 1)
+    weights = torch.softmax(-offsets / 2 * strength, dim=1)  # (N, 9, H, W), normalised
+    return (patches * weights.unsqueeze(1)).sum(dim=2)
+
+
+# ---- reference checkpoint layout -----------------------------------------------------------------
+
+_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
+_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
+                        "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                      "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl",
+                      "_bn2": "bn3"}
+
+
+def filter_reference_checkpoint(state_dict: StateDict, model: nn.Module) -> StateDict:
+    """EfficientNet-PyTorch keys (flat ``_blocks.{i}``) -> timm keys (``blocks.{stage}.{j}``)."""
+    if not any(k.startswith("feature_model._") for k in state_dict):
+        return state_dict  # already our layout
+    assert isinstance(model, AdvGameDetector)
+    positions = [(s, j) for s, stage in enumerate(model.feature_model.blocks) for j in range(len(stage))]
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        if key.startswith("_fc."):
+            out["fc." + key[4:]] = value
+            continue
+        match = re.fullmatch(r"feature_model\._blocks\.(\d+)\.(_\w+?)\.(.+)", key)
+        if match:
+            index, part, rest = int(match.group(1)), match.group(2), match.group(3)
+            if index >= len(positions):
+                raise CheckpointError(f"{key}: block {index} does not exist in {VARIANTS[model.variant]}")
+            stage, j = positions[index]
+            table = _DEPTHWISE_SEPARABLE if stage == 0 else _INVERTED_RESIDUAL
+            if part not in table:
+                raise CheckpointError(f"unexpected key {key!r} in the reference layout")
+            out[f"feature_model.blocks.{stage}.{j}.{table[part]}.{rest}"] = value
+            continue
+        match = re.fullmatch(r"feature_model\.(_\w+?)\.(.+)", key)
+        if match and match.group(1) in _TOP_LEVEL:
+            out[f"feature_model.{_TOP_LEVEL[match.group(1)]}.{match.group(2)}"] = value
+            continue
+        raise CheckpointError(f"unexpected key {key!r} in the reference layout")
+    return out
+
+
+@register_model(ADVGAME_SPEC, checkpoint_filter=filter_reference_checkpoint)
+def advgame(variant: str = "b7", dropout: float = 0.4) -> AdvGameDetector:
+    return AdvGameDetector(variant=variant, dropout=dropout)
