@@ -131,6 +131,20 @@ def ftcn_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "model_repository"
 
 
+@pytest.fixture(scope="session")
+def full_repository(ftcn_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All five detectors: FTCN from the fixture above plus the four frame models, random init."""
+    import shutil
+
+    from export.__main__ import export_model
+
+    folder = tmp_path_factory.mktemp("full") / "model_repository"
+    shutil.copytree(ftcn_repository, folder)
+    for name in ("pcl_i2g", "dcl", "lib", "advgame"):
+        export_model(name, folder, random_init=True, seed=3)
+    return folder
+
+
 @dataclass
 class LiveService:
     base_url: str

@@ -122,6 +122,7 @@ class Sample:
     label: int
     mask: torch.Tensor
     video: str
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 FakeMaker = Callable[[TrackRecord, int, np.random.Generator], tuple[np.ndarray, np.ndarray] | None]
@@ -170,10 +171,10 @@ class FrameDataset(Dataset):
     def labels(self) -> list[int]:
         return [1 if blended else self.records[r].label for r, _, blended in self.items]
 
-    def __getitem__(self, index: int) -> Sample:
+    def crop(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int, str]:
+        """Model-size uint8 crop, its manipulation mask, label and video, before augmentation."""
         r_index, position, blended = self.items[index]
         record = self.records[r_index]
-        rng = np.random.default_rng((self.seed, self.epoch, index))
         loose = record.image(position)
         mask_loose = np.zeros(loose.shape[:2], np.float32)
         label = record.label
@@ -188,9 +189,14 @@ class FrameDataset(Dataset):
         crop, mask = warp(loose, matrix, size), warp(mask_loose, matrix, size)
         if label == 1 and not blended:
             mask = np.ones_like(mask)  # a dataset fake without a mask: the whole face is suspect
+        return crop, mask, label, record.video
+
+    def __getitem__(self, index: int) -> Sample:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        crop, mask, label, video = self.crop(index, rng)
         if self.augment is not None:
             crop, mask = self.augment(crop, mask, rng)
-        return Sample(normalize(self.spec, crop), label, torch.from_numpy(np.ascontiguousarray(mask, np.float32)), record.video)
+        return Sample(normalize(self.spec, crop), label, torch.from_numpy(np.ascontiguousarray(mask, np.float32)), video)
 
 
 class ClipDataset(Dataset):
@@ -231,9 +237,12 @@ class ClipDataset(Dataset):
 
 
 def collate(samples: list[Sample]) -> dict[str, object]:
-    return {
+    batch: dict[str, object] = {
         "image": torch.stack([s.image for s in samples]),
         "label": torch.tensor([s.label for s in samples], dtype=torch.long),
         "mask": torch.stack([s.mask for s in samples]),
         "video": [s.video for s in samples],
     }
+    for key in samples[0].extra:
+        batch[key] = torch.stack([s.extra[key] for s in samples])
+    return batch

@@ -90,9 +90,8 @@ def checkpoint_payload(method: Method, model: nn.Module, optimizers: dict, scale
 
 
 @torch.no_grad()
-def validate(method: Method, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+def validate(method: Method, raw: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
     """Frame/clip-level and video-level metrics of P(fake) on the validation set."""
-    raw = unwrap(model)
     raw.eval()
     labels: list[int] = []
     scores: list[float] = []
@@ -152,6 +151,8 @@ def train(method: Method, args: argparse.Namespace) -> Path:
         model = model.to(memory_format=torch.channels_last)
     optimizers = method.optimizers(model)
     method.optims = optimizers
+    raw_model = model
+    model = method.training_module(raw_model)
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                         find_unused_parameters=True)
@@ -167,7 +168,7 @@ def train(method: Method, args: argparse.Namespace) -> Path:
         resume = output / "last.pt" if (output / "last.pt").is_file() else None
     if resume:
         state = torch.load(resume, map_location="cpu", weights_only=False)
-        unwrap(model).load_state_dict(state["state_dict"])
+        raw_model.load_state_dict(state["state_dict"])
         for name, (optimizer, scheduler) in optimizers.items():
             try:
                 optimizer.load_state_dict(state["optimizers"][name])
@@ -232,14 +233,14 @@ def train(method: Method, args: argparse.Namespace) -> Path:
                     break
         epoch += 1
         if is_main:
-            metrics = validate(method, model, val_loader, device) if val_loader is not None else {}
+            metrics = validate(method, raw_model, val_loader, device) if val_loader is not None else {}
             auc = metrics.get("val_video/auc", metrics.get("val/auc", float("nan")))
             summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith(("auc", "accuracy")))
             log.info("epoch %d done (step %d)%s", epoch, step, f": {summary}" if summary else "")
             if writer is not None:
                 for key, value in metrics.items():
                     writer.add_scalar(key, value, step)
-            payload = checkpoint_payload(method, model, optimizers, scaler, epoch, step, best, metrics, args)
+            payload = checkpoint_payload(method, raw_model, optimizers, scaler, epoch, step, best, metrics, args)
             torch.save(payload, output / "last.pt")
             if math.isfinite(auc) and auc > best:
                 best = auc
@@ -250,11 +251,11 @@ def train(method: Method, args: argparse.Namespace) -> Path:
             dist.barrier()
     if is_main:
         final = output / "best.pt" if (output / "best.pt").is_file() else output / "last.pt"
-        (output / "final_params.txt").write_text(_param_digest(unwrap(model)))
+        (output / "final_params.txt").write_text(_param_digest(raw_model))
     else:
         final = output / "last.pt"
     if world > 1:
-        (output / f"params_rank{rank}.txt").write_text(_param_digest(unwrap(model)))
+        (output / f"params_rank{rank}.txt").write_text(_param_digest(raw_model))
         dist.barrier()
         dist.destroy_process_group()
     if writer is not None:

@@ -15,7 +15,7 @@ def method_class(name: str) -> type[Method]:
         raise KeyError(f"unknown method {name!r}; choose from {', '.join(_MODULES)}")
     module = importlib.import_module(f"training.methods.{_MODULES[name]}")
     classes = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, Method) and c is not Method]
-    return next(c for c in classes if c.name == name)
+    return next(c for c in classes if getattr(c, "name", None) == name)
 
 
 METHOD_NAMES = list(_MODULES)

@@ -53,6 +53,17 @@ class StepContext:
             optimizer.zero_grad(set_to_none=True)
 
 
+class TrainForward(nn.Module):
+    """Calls ``model.forward_train`` from ``forward``, so DDP sees the training graph."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.model.forward_train(images)
+
+
 class Method(ABC):
     """One training recipe. Subclasses set ``name`` (= the registered model name)."""
 
@@ -80,6 +91,15 @@ class Method(ABC):
 
     def build_model(self) -> nn.Module:
         return create_model(self.name, **self.model_kwargs()).train()
+
+    def training_module(self, model: nn.Module) -> nn.Module:
+        """The module whose forward ``training_step`` calls (and DDP wraps).
+
+        Frame methods need more than the exported logit (patch logits, feature maps, heads), so
+        they return a :class:`TrainForward` view; DDP must wrap the module actually called, or
+        gradients would not be synchronised.
+        """
+        return model
 
     @abstractmethod
     def datasets(self, train: Sequence[TrackRecord], val: Sequence[TrackRecord]) -> tuple[Dataset, Dataset]:

@@ -1,0 +1,124 @@
+"""LIB (Exposing the Deception): local and global information losses over four backbones.
+
+Losses (METHODS.md): classification CE on p(y|z), on f_all and on every f_-i; the global
+information loss KL(log softmax(f_all.detach()/T) || softmax(z/T)) and the local information loss
+exp(-sum_i KL(log softmax(f_all.detach()/T) || softmax(f_-i/T))), T = 1.5 (``--distance sinkhorn``
+swaps KL for an entropic Wasserstein distance). The three are weighted automatically
+(sum 0.5/s_i^2 L_i + log(1 + s_i^2), s learnable from 1) or by fixed weights [1, 2, 10].
+Mixup (alpha 0.5) on the inputs. Adam lr 1e-3, wd 1e-6, cosine annealing per iteration, T_max 150.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.methods.base import StepContext, TrainForward
+from training.methods.frames import FrameMethod
+
+TEMPERATURE = 1.5
+FIXED_WEIGHTS = (1.0, 2.0, 10.0)
+
+
+def kl_term(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The reference's F.kl_div(log softmax(reference / T), softmax(logits / T))."""
+    return F.kl_div(F.log_softmax(reference_logits / TEMPERATURE, 1), F.softmax(logits / TEMPERATURE, 1), reduction="batchmean")
+
+
+def sinkhorn_term(reference_logits: torch.Tensor, logits: torch.Tensor, eps: float = 0.01, iters: int = 100) -> torch.Tensor:
+    """Entropic optimal-transport cost between the two class distributions (cost |i - j|)."""
+    p = F.softmax(reference_logits / TEMPERATURE, 1)
+    q = F.softmax(logits / TEMPERATURE, 1)
+    classes = p.shape[1]
+    grid = torch.arange(classes, dtype=p.dtype, device=p.device)
+    cost = (grid[:, None] - grid[None, :]).abs()
+    kernel = torch.exp(-cost / eps)
+    u = torch.ones_like(p)
+    for _ in range(iters):
+        v = q / (u @ kernel + 1e-9)
+        u = p / (v @ kernel.T + 1e-9)
+    plan = u[:, :, None] * kernel[None] * v[:, None, :]
+    return (plan * cost).sum(dim=(1, 2)).mean()
+
+
+class AutomaticWeights(nn.Module):
+    """sum_i 0.5 / s_i^2 * L_i + log(1 + s_i^2), with s_i learnable from 1."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.ones(count))
+
+    def forward(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        return sum(0.5 / self.s[i] ** 2 * loss + torch.log1p(self.s[i] ** 2) for i, loss in enumerate(losses))
+
+
+class LibMethod(FrameMethod):
+    name = "lib"
+    default_lr = 1e-3
+    default_batch_size = 32
+    default_epochs = 20
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("lib")
+        group.add_argument("--backbone", choices=["resnet34", "mobilenet"], default="resnet34", help="LIB backbone")
+        group.add_argument("--distance", choices=["kl", "sinkhorn"], default="kl", help="information-loss distance")
+        group.add_argument("--weighting", choices=["auto", "hyper"], default="auto", help="loss weighting")
+        group.add_argument("--mixup", type=float, default=0.5, help="mixup alpha (0 disables)")
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        self.weights = AutomaticWeights(3)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"backbone": self.args.backbone}
+
+    def training_module(self, model: nn.Module) -> nn.Module:
+        return TrainForward(model)
+
+    def optimizers(self, model: nn.Module) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
+        self.weights.to(next(model.parameters()).device)
+        params = list(model.parameters()) + (list(self.weights.parameters()) if self.args.weighting == "auto" else [])
+        optimizer = torch.optim.Adam(params, lr=self.args.lr, weight_decay=1e-6)
+        return {"model": (optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=150))}
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
+        images, labels = batch["image"], batch["label"]
+        lam, partner = 1.0, torch.arange(len(labels), device=labels.device)
+        if self.args.mixup > 0 and len(labels) > 1:
+            lam = float(np.random.default_rng().beta(self.args.mixup, self.args.mixup))
+            partner = torch.randperm(len(labels), device=labels.device)
+            images = lam * images + (1 - lam) * images[partner]
+
+        def ce(logits: torch.Tensor) -> torch.Tensor:
+            return lam * F.cross_entropy(logits, labels) + (1 - lam) * F.cross_entropy(logits, labels[partner])
+
+        with ctx.autocast():
+            out = model(images)
+        z, f_all = out["p_y_given_z"].float(), out["p_y_given_f_all"].float()
+        local = [t.float() for t in out["p_y_given_f_except_i"]]
+        distance = kl_term if self.args.distance == "kl" else sinkhorn_term
+        loss_cls = ce(z) + ce(f_all) + sum(ce(t) for t in local)
+        loss_global = distance(f_all.detach(), z)
+        loss_local = torch.exp(-sum(distance(f_all.detach(), t) for t in local))
+        parts = [loss_cls, loss_global, loss_local]
+        if self.args.weighting == "auto":
+            loss = self.weights(parts)
+        else:
+            loss = sum(w * p for w, p in zip(FIXED_WEIGHTS, parts, strict=True))
+        params = list(model.parameters()) + list(self.weights.parameters())
+        ctx.backward_and_step(loss, self.optimizer("model"), params)
+        return {"loss": loss.item(), "loss_cls": loss_cls.item(), "loss_global": loss_global.item(),
+                "loss_local": loss_local.item()}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"weights": self.weights.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "weights" in state:
+            self.weights.load_state_dict(state["weights"])
