@@ -41,7 +41,7 @@ class FtcnMethod(Method):
 
     def datasets(self, train: Sequence[TrackRecord], val: Sequence[TrackRecord]) -> tuple[Dataset, Dataset]:
         if self.args.fakes == "blended":
-            from training.blended_clips import BlendedClipDataset
+            from training.blended import BlendedClipDataset
 
             train_set: Dataset = BlendedClipDataset(train, self.spec, stride=self.args.clip_stride,
                                                     max_clips_per_track=self.args.clips_per_track, seed=self.args.seed)

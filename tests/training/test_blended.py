@@ -1,0 +1,92 @@
+"""I2G blending: mask and image properties, sources from other identities, and real-only training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+from training.blended import BlendRecipe, SourcePool, blend, face_mask
+from training.data import load_index
+
+MARKS = np.array([[100.0, 120.0], [156.0, 118.0], [128.0, 150.0], [106.0, 180.0], [150.0, 178.0]])
+
+
+def test_mask_shape_range_and_recipe_variants() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        mask = face_mask(MARKS, 256, BlendRecipe.draw(rng))
+        assert mask.shape == (256, 256) and mask.dtype == np.float32
+        assert 0.0 <= mask.min() and mask.max() <= 1.0 and mask.max() > 0.5
+        assert mask[0, 0] == 0 and mask[128, 140] > 0 or mask[118, 100] > 0  # something of the face is covered
+
+
+def test_blend_changes_only_the_masked_region_and_is_deterministic() -> None:
+    rng = np.random.default_rng(1)
+    target = np.full((256, 256, 3), 90, np.uint8)
+    source = np.zeros((256, 256, 3), np.uint8)
+    source[..., 0] = 200  # a differently coloured "face"
+    source[::8] = 30  # with texture, so colour transfer cannot flatten it away
+    recipe = BlendRecipe.draw(rng)
+    image, mask = blend(target, MARKS, source, MARKS + 3, recipe)
+    untouched = mask == 0
+    assert untouched.any() and (~untouched).any()
+    assert np.array_equal(image[untouched], target[untouched])
+    assert np.abs(image[mask > 0.5].astype(int) - 90).max() > 10
+    # colour transfer: inside the mask the mean moved to the target's
+    assert abs(image[mask > 0.99].mean() - 90) < abs(source[mask > 0.99].mean() - 90)
+    again, again_mask = blend(target, MARKS, source, MARKS + 3, recipe)
+    assert np.array_equal(image, again) and np.array_equal(mask, again_mask)
+    other = BlendRecipe.draw(np.random.default_rng(2))
+    assert not np.array_equal(face_mask(MARKS, 256, other), mask)
+
+
+def test_sources_come_from_other_identities(crops_dataset: Path) -> None:
+    records = load_index(crops_dataset)
+    pool = SourcePool(records)
+    for record in pool.records:
+        found = pool.nearest(MARKS, record.identity)
+        if found is not None:
+            assert found[0].identity != record.identity
+    lonely = SourcePool(records[:1])
+    assert lonely.nearest(MARKS, records[0].identity) is None
+
+
+@pytest.mark.slow
+def test_real_only_pcl_run_drives_the_loss_down(shared_data: Path, tmp_path: Path) -> None:
+    from training.preprocess import main as preprocess
+    from training.train import main as train
+
+    photos = tmp_path / "photos" / "real"
+    photos.mkdir(parents=True)
+    for name in ("facerec_obama.jpg", "facerec_biden.jpg", "facerec_two_people.jpg", "facenet_angelina_jolie.jpg",
+                 "facenet_paul_rudd.jpg", "facerec_alex-lacamoire.png", "facerec_lin-manuel-miranda.png", "facenet_kate_siegel.jpg"):
+        shutil.copy(shared_data / "photos" / name, photos / name)
+    assert preprocess(["--input", str(photos.parent), "--output", str(tmp_path / "crops"), "--crop-size", "256"]) == 0
+    run = tmp_path / "run"
+    assert train(["--method", "pcl_i2g", "--data", str(tmp_path / "crops"), "--output", str(run), "--fakes", "blended",
+                  "--batch-size", "8", "--epochs", "12", "--max-steps", "24", "--lr", "5e-4", "--workers", "0",
+                  "--val-fraction", "0", "--no-tensorboard"]) == 0
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) >= 16
+    first, last = np.mean(losses[:4]), np.mean(losses[-4:])
+    assert last < 0.7 * first, f"loss did not drop: {first:.3f} -> {last:.3f}"
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_agree(crops_copy: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+               "-m", "training.train", "--method", "pcl_i2g", "--data", str(crops_copy), "--output", str(run),
+               "--batch-size", "2", "--max-steps", "2", "--workers", "0", "--val-fraction", "0", "--no-tensorboard"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = {(run / f"params_rank{r}.txt").read_text() for r in (0, 1)}
+    assert len(digests) == 1, f"ranks disagree: {digests}"
+    assert (run / "last.pt").is_file()

@@ -1,0 +1,203 @@
+"""I2G blended fakes from real faces only (``--fakes blended``), for frames and for clips.
+
+The recipe of PCL-I2G's generator (METHODS.md §2), adapted to what our preprocessing stores —
+box-centred loose crops with five landmarks — rather than 256 px aligned crops with 68 points:
+
+1. source: a face of a *different* identity whose landmarks are nearest the target's (sum of L2
+   distances in loose-crop coordinates, where every face has the same scale);
+2. the source is warped onto the target by the similarity transform between their landmarks
+   (the reference's crops are pre-aligned, ours are not);
+3. mask: 50% the convex hull of the face (the five points pushed outwards from their centroid so
+   the hull spans brows to chin, as the 68-point hull does), 50% a random non-empty union of part
+   regions (eyes with their brows, nose, mouth) — the five-point stand-in for the 8 part hulls;
+4. elastic deformation of the mask (a random displacement on a 6x6 grid, sigma 4 px, smoothly
+   upsampled), then a Gaussian blur of 35 px at 256 px scale;
+5. colour transfer: the source's per-channel mean inside the mask is moved to the target's;
+6. blend: out = M * source + (1 - M) * target; the returned mask is M ("1 where forged").
+
+JPEG and flips come afterwards from the datasets' augmentation. For clips, one recipe (mask shape
+and deformation) and one source track serve every frame, so the forgery is temporally coherent
+the way face-swap videos are, and only its artefacts, not flicker, give it away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from models.spec import ModelSpec
+from service.pipeline.crops import similarity_matrix
+from training.data import ClipDataset, Sample, TrackRecord, loose_to_model, normalize, warp
+
+HULL_SPREAD = 1.8  # five-point hull pushed outwards: eyes/mouth -> brows/chin
+GRID = 6
+DEFORM_SIGMA = 4.0
+BLUR_AT_256 = 35
+PARTS = ("left_eye", "right_eye", "nose", "mouth")
+
+
+@dataclass(frozen=True)
+class BlendRecipe:
+    """Everything random about one blend, drawn once (per frame, or per clip)."""
+
+    hull: bool
+    parts: tuple[str, ...]
+    displacement: np.ndarray  # (GRID, GRID, 2) pixels
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> BlendRecipe:
+        hull = bool(rng.random() < 0.5)
+        chosen = tuple(p for p in PARTS if rng.random() < 0.5) or (PARTS[int(rng.integers(len(PARTS)))],)
+        return cls(hull, chosen, rng.normal(0.0, DEFORM_SIGMA, size=(GRID, GRID, 2)))
+
+
+def landmarks_in_crop(record: TrackRecord, position: int) -> np.ndarray:
+    """The five landmarks of a stored frame in its loose crop's pixel coordinates."""
+    points = record.landmarks5([position])[0]
+    matrix = record.loose_matrix(position)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def face_mask(landmarks: np.ndarray, size: int, recipe: BlendRecipe) -> np.ndarray:
+    """Blending mask M in [0, 1] (size x size) for five landmarks, per the recipe."""
+    mask = np.zeros((size, size), np.float32)
+    eye_l, eye_r, nose, mouth_l, mouth_r = landmarks
+    eye_distance = max(float(np.linalg.norm(eye_r - eye_l)), 1.0)
+    if recipe.hull:
+        centre = landmarks.mean(axis=0)
+        spread = centre + (landmarks - centre) * HULL_SPREAD
+        cv2.fillConvexPoly(mask, cv2.convexHull(spread.astype(np.int32)), 1.0)
+    else:
+        angle = float(np.degrees(np.arctan2(*(eye_r - eye_l)[::-1])))
+        brow_lift = np.array([0.0, -0.18 * eye_distance])
+        regions = {
+            "left_eye": (eye_l + brow_lift, (0.38 * eye_distance, 0.32 * eye_distance)),
+            "right_eye": (eye_r + brow_lift, (0.38 * eye_distance, 0.32 * eye_distance)),
+            "nose": (nose - np.array([0.0, 0.12 * eye_distance]), (0.28 * eye_distance, 0.45 * eye_distance)),
+            "mouth": ((mouth_l + mouth_r) / 2, (0.62 * float(np.linalg.norm(mouth_r - mouth_l)) + 2, 0.3 * eye_distance)),
+        }
+        for part in recipe.parts:
+            centre, axes = regions[part]
+            cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (int(axes[0]), int(axes[1])), angle, 0, 360, 1.0, -1)
+    return deform_and_blur(mask, recipe.displacement)
+
+
+def deform_and_blur(mask: np.ndarray, displacement: np.ndarray) -> np.ndarray:
+    """Elastic deformation from a coarse displacement grid, then the I2G Gaussian blur."""
+    size = mask.shape[0]
+    field = cv2.resize(displacement.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+    grid_x, grid_y = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32))
+    deformed = cv2.remap(mask, grid_x + field[..., 0], grid_y + field[..., 1], cv2.INTER_LINEAR, borderValue=0)
+    kernel = max(3, int(round(BLUR_AT_256 * size / 256)) | 1)
+    return np.clip(cv2.GaussianBlur(deformed, (kernel, kernel), 0), 0.0, 1.0)
+
+
+def colour_transfer(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shift the source's per-channel mean inside the mask onto the target's."""
+    weights = mask[..., None].astype(np.float64)
+    total = max(float(weights.sum()), 1e-6)
+    shift = ((target * weights).sum(axis=(0, 1)) - (source * weights).sum(axis=(0, 1))) / total
+    return np.clip(source.astype(np.float64) + shift, 0, 255)
+
+
+def blend(target: np.ndarray, target_marks: np.ndarray, source: np.ndarray, source_marks: np.ndarray,
+          recipe: BlendRecipe) -> tuple[np.ndarray, np.ndarray]:
+    """The blended fake (uint8) and its mask M (float32), both at the target's size."""
+    size = target.shape[0]
+    aligned = cv2.warpAffine(source, similarity_matrix(source_marks[None], target_marks), (size, size),
+                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    mask = face_mask(target_marks, size, recipe)
+    shifted = colour_transfer(aligned, target, mask)
+    out = mask[..., None] * shifted + (1 - mask[..., None]) * target.astype(np.float64)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), mask
+
+
+class SourcePool:
+    """Real faces to blend from, searched by landmark distance across identities."""
+
+    def __init__(self, records: Sequence[TrackRecord], per_track: int = 4) -> None:
+        self.records = [r for r in records if r.label == 0]
+        entries, marks = [], []
+        for r_index, record in enumerate(self.records):
+            for position in np.unique(np.linspace(0, len(record) - 1, min(per_track, len(record))).round().astype(int)):
+                entries.append((r_index, int(position)))
+                marks.append(landmarks_in_crop(record, int(position)))
+        self.entries = entries
+        self.marks = np.asarray(marks).reshape(len(entries), 5, 2) if entries else np.zeros((0, 5, 2))
+        self.identities = np.array([self.records[r].identity for r, _ in entries])
+
+    def nearest(self, target_marks: np.ndarray, identity: str) -> tuple[TrackRecord, int] | None:
+        """The nearest face (sum of point distances) of another identity, or None if there is none."""
+        allowed = self.identities != identity
+        if not allowed.any():
+            return None
+        distances = np.linalg.norm(self.marks - target_marks[None], axis=2).sum(axis=1)
+        distances[~allowed] = np.inf
+        r_index, position = self.entries[int(np.argmin(distances))]
+        return self.records[r_index], position
+
+
+class BlendedFakes:
+    """A ``FakeMaker`` for :class:`training.data.FrameDataset`: real loose crop -> blended fake."""
+
+    def __init__(self, records: Sequence[TrackRecord], seed: int = 0) -> None:
+        self.pool = SourcePool(records)
+        self.seed = seed
+
+    def __call__(self, record: TrackRecord, position: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+        target_marks = landmarks_in_crop(record, position)
+        found = self.pool.nearest(target_marks, record.identity)
+        if found is None:
+            return None
+        source_record, source_position = found
+        return blend(record.image(position), target_marks, source_record.image(source_position),
+                     landmarks_in_crop(source_record, source_position), BlendRecipe.draw(rng))
+
+
+class BlendedClipDataset(Dataset):
+    """Real clips, each offered twice: as itself (label 0) and blended with another identity (label 1)."""
+
+    def __init__(self, records: Sequence[TrackRecord], spec: ModelSpec, *, stride: int, max_clips_per_track: int,
+                 seed: int = 0) -> None:
+        reals = [r for r in records if r.label == 0]
+        self.clips = ClipDataset(reals, spec, stride=stride, max_clips_per_track=max_clips_per_track, seed=seed)
+        self.pool = SourcePool(reals)
+        self.spec = spec
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return 2 * len(self.clips)
+
+    def labels(self) -> list[int]:
+        return [0, 1] * len(self.clips)
+
+    def __getitem__(self, index: int) -> Sample:
+        clip_index, make_fake = divmod(index, 2)
+        if not make_fake:
+            return self.clips[clip_index]
+        r_index, window = self.clips.items[clip_index]
+        record = self.clips.records[r_index]
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        recipe = BlendRecipe.draw(rng)
+        found = self.pool.nearest(landmarks_in_crop(record, int(window[0])), record.identity)
+        size = self.spec.input_size
+        matrices = loose_to_model(self.spec, record, list(window))
+        frames, masks = [], []
+        for t, (position, matrix) in enumerate(zip(window, matrices, strict=True)):
+            image = record.image(int(position))
+            mask = np.zeros(image.shape[:2], np.float32)
+            if found is not None:
+                source_record, start = found
+                source_position = min(start + t, len(source_record) - 1)
+                image, mask = blend(image, landmarks_in_crop(record, int(position)), source_record.image(source_position),
+                                    landmarks_in_crop(source_record, source_position), recipe)
+            frames.append(warp(image, matrix, size))
+            masks.append(warp(mask, matrix, size))
+        label = 1 if found is not None else 0
+        return Sample(normalize(self.spec, np.stack(frames)), label, torch.from_numpy(np.mean(masks, axis=0)), record.video)
