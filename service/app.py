@@ -29,6 +29,18 @@ _UPLOAD_SLACK_BYTES = 1 << 20  # multipart framing around the file
 _KNOWN_PATHS = frozenset({"/predict", "/predict/upload", "/healthcheck", "/livez", "/models", "/metrics", "/docs", "/openapi.json"})
 
 
+def _sample_gpu_memory() -> None:
+    """Device memory in use (all allocators: ONNX Runtime, TensorRT, torch), when CUDA is in use."""
+    import sys
+
+    torch = sys.modules.get("torch")  # never import torch (or initialise CUDA) just for a metric
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return
+    for index in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(index)
+        metrics.GPU_MEMORY_BYTES.labels(str(index)).set(total - free)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -58,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
+        _sample_gpu_memory()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.middleware("http")
