@@ -22,7 +22,9 @@ WORKDIR /src
 # (tests/deploy/test_docker_install.py resolves this exact set on CI).
 ARG TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
 # TensorRT comes from NVIDIA's index; build with --build-arg TENSORRT_SPEC= to leave it out.
-ARG TENSORRT_SPEC="tensorrt-cu13==10.14.1.48.post1"
+# Unpinned on purpose: NVIDIA's index serves the build matching CUDA 13; pin it (tensorrt-cu13==X)
+# for reproducible images once you have chosen one.
+ARG TENSORRT_SPEC="tensorrt-cu13"
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY export ./export
@@ -36,7 +38,9 @@ RUN pip install ${TORCH_SPEC} \
 FROM python AS weights
 # Set to 0 to build an image without baked-in weights (then mount a model repository).
 ARG BAKE_WEIGHTS=1
-ARG RETINAFACE_URL=https://github.com/biubug6/Pytorch_Retinaface/releases/download/v1.0/mobilenet0.25_Final.pth
+# Pytorch_Retinaface's ResNet-50 weights as republished on GitHub releases by facexlib (the
+# original is a Google Drive link); the MobileNet-0.25 file is detection_mobilenet0.25_Final.pth.
+ARG RETINAFACE_URL=https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth
 ARG RETINAFACE_SHA256=""
 ARG FTCN_URL=https://github.com/yinglinzheng/FTCN/releases/download/weights/ftcn_tt.pth
 ARG FTCN_SHA256=""
@@ -63,6 +67,7 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
     DFS_HOST=0.0.0.0 DFS_PORT=8000 DFS_WORKERS=1 \
     DFS_MODEL_REPOSITORY=/opt/dfs/model_repository \
     DFS_ENGINE_CACHE=/var/cache/dfs/engines \
+    DFS_RETINAFACE_WEIGHTS=/opt/dfs/weights/retinaface.pth \
     DFS_TEMP_DIR=/tmp/dfs \
     DFS_DEVICE=auto
 WORKDIR /src

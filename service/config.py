@@ -58,7 +58,7 @@ class Settings(BaseSettings):
 
     # --- faces and tracks -------------------------------------------------------------------
     face_detector: Literal["auto", "blazeface", "retinaface"] = Field(
-        "auto", description="auto = RetinaFace when weights are set, else mediapipe BlazeFace."
+        "auto", description="auto = RetinaFace when its weights file exists, else mediapipe BlazeFace."
     )
     retinaface_weights: Path | None = Field(None, description="Pytorch_Retinaface weights (MobileNet-0.25 or ResNet-50).")
     detection_max_side: int = Field(640, ge=64, description="Frames are downscaled to this longer side for detection.")

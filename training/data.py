@@ -63,12 +63,6 @@ class TrackRecord:
     def box(self, position: int) -> np.ndarray:
         return np.asarray(self.meta["boxes"][position], dtype=np.float64)
 
-    def landmarks68_loose(self, position: int) -> np.ndarray | None:
-        marks = self.meta.get("landmarks68")
-        if not marks or marks[position] is None:
-            return None
-        return np.asarray(marks[position], dtype=np.float64)
-
 
 def load_index(root: Path, splits: Sequence[str] | None = None) -> list[TrackRecord]:
     """Tracks listed in ``root/index.csv`` (optionally only some splits)."""

@@ -11,7 +11,7 @@ Output::
 
     OUT/index.csv                      one row per track: track, source, label, split, identity, frames
     OUT/tracks/<key>/t<k>/000123.jpg   loose crops
-    OUT/tracks/<key>/t<k>/track.json   frame indices, matrices, landmarks, boxes, optional 68 points
+    OUT/tracks/<key>/t<k>/track.json   frame indices, matrices, five landmarks, boxes
     OUT/errors.csv                     sources that could not be read, and why
 
 Re-running skips sources already done (resumable); ``--force`` redoes them.
@@ -52,7 +52,6 @@ class CropOptions:
     scale: float = 2.0
     max_frames: int = 256
     frame_step: int = 1
-    landmarks68: bool = False
     jpeg_quality: int = 95
 
 
@@ -77,10 +76,9 @@ def image_tracks(image_rgb: np.ndarray, detector: FaceDetector, settings: Settin
     return tracker.finish(max_tracks=settings.max_tracks)
 
 
-def _write_track(folder: Path, track: Track, frames: dict[int, np.ndarray], source: Source, options: CropOptions,
-                 landmarker: object | None) -> int:
+def _write_track(folder: Path, track: Track, frames: dict[int, np.ndarray], source: Source, options: CropOptions) -> int:
     folder.mkdir(parents=True, exist_ok=True)
-    kept, matrices, marks68 = [], [], []
+    kept, matrices = [], []
     for position, frame_index in enumerate(track.frame_indices):
         if int(frame_index) not in frames or position % options.frame_step:
             continue
@@ -88,9 +86,6 @@ def _write_track(folder: Path, track: Track, frames: dict[int, np.ndarray], sour
         crop = cv2.warpAffine(frames[int(frame_index)], matrix, (options.size, options.size), flags=cv2.INTER_LINEAR)
         cv2.imwrite(str(folder / f"{int(frame_index):06d}.jpg"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality])
-        if landmarker is not None:
-            points = landmarker(crop)  # type: ignore[operator]
-            marks68.append(None if points is None else np.asarray(points, float).round(2).tolist())
         kept.append(position)
         matrices.append(matrix.round(6).tolist())
     record = {
@@ -107,14 +102,12 @@ def _write_track(folder: Path, track: Track, frames: dict[int, np.ndarray], sour
         "boxes": [track.boxes[p].round(2).tolist() for p in kept],
         "detected": [bool(track.detected[p]) for p in kept],
     }
-    if landmarker is not None:
-        record["landmarks68"] = marks68
     (folder / "track.json").write_text(json.dumps(record))
     return len(kept)
 
 
 def process_source(source: Source, out: Path, key: str, detector: FaceDetector, settings: Settings,
-                   options: CropOptions, landmarker: object | None) -> int:
+                   options: CropOptions) -> int:
     """Crop every face track of one source; returns the number of tracks written."""
     target = out / "tracks" / key
     if source.is_image:
@@ -130,7 +123,7 @@ def process_source(source: Source, out: Path, key: str, detector: FaceDetector, 
         # Frames of all tracks of this source: bounded by max_frames and only those with faces.
         frames = {f.index: f.rgb for f in iter_frames(source.path, max_frames=frames_read, wanted=wanted)}
     for track in tracks:
-        _write_track(target / f"t{track.track_id}", track, frames, source, options, landmarker)
+        _write_track(target / f"t{track.track_id}", track, frames, source, options)
     (target / ".done").write_text(str(len(tracks)))
     return len(tracks)
 
@@ -173,8 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "FTCN needs consecutive frames, frame models train fine on k=4)")
     parser.add_argument("--crop-size", type=int, default=320, help="loose crop side in px (default 320)")
     parser.add_argument("--crop-scale", type=float, default=2.0, help="loose crop side / face box side (default 2)")
-    parser.add_argument("--landmarks68", action="store_true",
-                        help="also store 68-point landmarks (mediapipe FaceMesh) for I2G blending")
     parser.add_argument("--retinaface-weights", type=Path, help="use RetinaFace instead of BlazeFace")
     parser.add_argument("--force", action="store_true", help="redo sources already processed")
     return parser
@@ -187,12 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(retinaface_weights=args.retinaface_weights, max_frames=args.max_frames)
     detector = create_detector(settings)
     options = CropOptions(size=args.crop_size, scale=args.crop_scale, max_frames=args.max_frames,
-                          frame_step=args.frame_step, landmarks68=args.landmarks68)
-    landmarker = None
-    if args.landmarks68:
-        from training.blending.landmarks import FaceMesh68
-
-        landmarker = FaceMesh68()
+                          frame_step=args.frame_step)
     args.output.mkdir(parents=True, exist_ok=True)
     root = args.input if args.input.is_dir() else args.input.parent
     errors: list[tuple[str, str]] = []
@@ -203,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped += 1
             continue
         try:
-            process_source(source, args.output, key, detector, settings, options, landmarker)
+            process_source(source, args.output, key, detector, settings, options)
             done += 1
         except (ServiceError, ValueError, OSError) as exc:
             message = getattr(exc, "detail", None) or str(exc)

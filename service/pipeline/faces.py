@@ -147,7 +147,10 @@ def create_detector(settings: Settings) -> FaceDetector:
     """Pick the detector the settings ask for (``auto``: RetinaFace when weights are configured)."""
     choice = settings.face_detector
     if choice == "auto":
-        choice = "retinaface" if settings.retinaface_weights else "blazeface"
+        weights = settings.retinaface_weights
+        choice = "retinaface" if weights and weights.is_file() else "blazeface"
+        if weights and not weights.is_file():
+            log.warning("RetinaFace weights %s not found; using BlazeFace", weights)
     if choice == "retinaface":
         if not settings.retinaface_weights:
             raise ValueError("DFS_FACE_DETECTOR=retinaface needs DFS_RETINAFACE_WEIGHTS")

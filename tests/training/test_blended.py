@@ -90,3 +90,19 @@ def test_ddp_two_processes_agree(crops_copy: Path, tmp_path: Path) -> None:
     digests = {(run / f"params_rank{r}.txt").read_text() for r in (0, 1)}
     assert len(digests) == 1, f"ranks disagree: {digests}"
     assert (run / "last.pt").is_file()
+
+
+def test_blended_clips_for_real_only_ftcn(crops_dataset: Path) -> None:
+    from models import get_spec
+    from training.blended import BlendedClipDataset
+
+    records = load_index(crops_dataset)
+    dataset = BlendedClipDataset(records, get_spec("ftcn"), stride=32, max_clips_per_track=1)
+    assert dataset.labels()[:2] == [0, 1] and len(dataset) == 2 * len(dataset.clips)
+    real, fake = dataset[0], dataset[1]
+    assert real.label == 0 and fake.label == 1
+    assert real.image.shape == fake.image.shape == (3, 32, 224, 224)
+    assert float(real.mask.max()) == 0.0 and 0.0 < float(fake.mask.mean()) < 1.0
+    assert not np.allclose(real.image.numpy(), fake.image.numpy())
+    again = dataset[1]
+    assert np.array_equal(again.image.numpy(), fake.image.numpy()), "blends are deterministic under the seed"
