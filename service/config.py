@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     models: str = Field("", description="Comma list of models to load; empty = every model found.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where engines and the face detector run.")
     onnx_intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime CPU threads per session (0 = runtime default).")
+    runtime: Literal["auto", "torch"] = Field(
+        "auto",
+        description="auto = the exported engine (ONNX Runtime TensorRT/CUDA/CPU provider, or a TensorRT plan); "
+        "torch = eager PyTorch from the manifest's source checkpoint (the reference runtime).",
+    )
+    torch_dtype: Literal["fp32", "bf16"] = Field("fp32", description="Precision of the torch runtime (bf16 on GPUs).")
     engine_cache: Path | None = Field(
         None, description="Where TensorRT engines built at first start are cached (a volume in containers)."
     )

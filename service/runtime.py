@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from models.spec import ModelSpec
 from service import metrics
 from service.config import Settings
 from service.model_repository import ModelVersion, discover
-from service.pipeline.engines import DynamicBatcher, Engine, OnnxEngine
+from service.pipeline.engines import DynamicBatcher, Engine, OnnxEngine, TorchEngine
 from service.pipeline.faces import FaceDetector, create_detector
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,14 @@ class Runtime:
             log.error("model loading failed: %s", self.reason)
 
     def _open_engine(self, version: ModelVersion) -> Engine:
+        if self.settings.runtime == "torch":
+            source = version.manifest.source.path
+            if not source or not Path(source).is_file():
+                raise RuntimeError(
+                    f"{version.name} v{version.version}: DFS_RUNTIME=torch needs the source checkpoint "
+                    f"({source or 'none: exported with --random-init'}), which is not readable here"
+                )
+            return TorchEngine(version.name, Path(source), device=self.settings.device, dtype=self.settings.torch_dtype)
         if version.manifest.format == "tensorrt":
             from export.tensorrt import TensorRTEngine, check_compatible
 

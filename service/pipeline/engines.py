@@ -87,6 +87,31 @@ class OnnxEngine:
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
 
+class TorchEngine:
+    """Eager PyTorch from a checkpoint: the reference the exported engines are measured against.
+
+    fp32 by default; ``bf16`` autocast and channels-last on CUDA for the fast path measured in
+    GPU.md. Crops arrive normalised exactly as for the other engines.
+    """
+
+    def __init__(self, name: str, checkpoint: Path, *, device: str = "auto", dtype: str = "fp32") -> None:
+        import torch
+
+        from models import create_model
+
+        self._torch = torch
+        self.device = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        self.model = create_model(name, checkpoint=checkpoint).to(self.device).eval()
+        self.autocast = dtype == "bf16"
+        self.runtime = f"torch:{self.device.type}:{dtype}"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.model(torch.from_numpy(batch).to(self.device))
+        return out.float().cpu().numpy().reshape(-1)
+
+
 @dataclass
 class _Pending:
     request_id: str
