@@ -200,4 +200,5 @@ class BlendedClipDataset(Dataset):
             frames.append(warp(image, matrix, size))
             masks.append(warp(mask, matrix, size))
         label = 1 if found is not None else 0
-        return Sample(normalize(self.spec, np.stack(frames)), label, torch.from_numpy(np.mean(masks, axis=0)), record.video)
+        video = record.video + ("#blended" if label else "")
+        return Sample(normalize(self.spec, np.stack(frames)), label, torch.from_numpy(np.mean(masks, axis=0)), video)

@@ -183,7 +183,8 @@ class FrameDataset(Dataset):
         crop, mask = warp(loose, matrix, size), warp(mask_loose, matrix, size)
         if label == 1 and not blended:
             mask = np.ones_like(mask)  # a dataset fake without a mask: the whole face is suspect
-        return crop, mask, label, record.video
+        # a blended twin counts as its own (fake) video in video-level metrics
+        return crop, mask, label, record.video + ("#blended" if blended and label == 1 else "")
 
     def __getitem__(self, index: int) -> Sample:
         rng = np.random.default_rng((self.seed, self.epoch, index))

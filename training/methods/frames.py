@@ -39,12 +39,12 @@ class FrameMethod(Method):
     frames_per_track_train: int = 32
     frames_per_track_val: int = 8
 
-    def fake_maker(self, train: Sequence[TrackRecord]):  # noqa: ANN201 - a FakeMaker or None
+    def fake_maker(self, sources: Sequence[TrackRecord]):  # noqa: ANN201 - a FakeMaker or None
         if self.args.fakes == "data":
             return None
         from training.blended import BlendedFakes
 
-        return BlendedFakes(train, seed=self.args.seed)
+        return BlendedFakes(sources, seed=self.args.seed)
 
     def datasets(self, train: Sequence[TrackRecord], val: Sequence[TrackRecord]) -> tuple[Dataset, Dataset]:
         train_set = FrameDataset(
@@ -56,5 +56,8 @@ class FrameMethod(Method):
             augment=basic_augment,
             seed=self.args.seed,
         )
-        val_set = FrameDataset(val, self.spec, frames_per_track=self.frames_per_track_val)
+        # With blended fakes the validation reals get blended twins too (fixed seed), or real-only
+        # data would have one class in validation and no AUC to select the best checkpoint by.
+        val_set = FrameDataset(val, self.spec, frames_per_track=self.frames_per_track_val,
+                               fake_maker=self.fake_maker([*train, *val]), seed=self.args.seed + 1)
         return train_set, val_set

@@ -48,7 +48,13 @@ class FtcnMethod(Method):
         else:
             train_set = ClipDataset(train, self.spec, stride=self.args.clip_stride,
                                     max_clips_per_track=self.args.clips_per_track, flip=True, seed=self.args.seed)
-        val_set = ClipDataset(val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4)
+        if self.args.fakes == "blended":  # real-only data: validate on blended twins of the val clips
+            from training.blended import BlendedClipDataset
+
+            val_set: Dataset = BlendedClipDataset(val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4,
+                                                  seed=self.args.seed + 1)
+        else:
+            val_set = ClipDataset(val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4)
         return train_set, val_set
 
     def optimizers(self, model: nn.Module) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
