@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import APIRouter, File, Request, UploadFile
@@ -46,6 +47,16 @@ def _options(body: PredictRequest, runtime: Runtime) -> AnalysisOptions:
     )
 
 
+async def _fetch_and_score(
+    source: AbstractAsyncContextManager[FetchedVideo], options: AnalysisOptions, request: Request, runtime: Runtime
+) -> dict:
+    """Bring the video in (download or upload, timed as "fetch"), score it, always clean up."""
+    started = time.perf_counter()
+    async with source as video:
+        fetch_ms = (time.perf_counter() - started) * 1000.0
+        return await _score(video, options, request, runtime, fetch_ms)
+
+
 async def _score(video: FetchedVideo, options: AnalysisOptions, request: Request, runtime: Runtime, fetch_ms: float) -> dict:
     started = time.perf_counter()
     try:
@@ -81,10 +92,7 @@ async def predict(body: PredictRequest, request: Request, runtime: RuntimeDep, a
     _require_ready(runtime)
     options = _options(body, runtime)
     async with admission.slot():
-        started = time.perf_counter()
-        async with fetched_video(body.file_path, runtime.settings) as video:
-            fetch_ms = (time.perf_counter() - started) * 1000.0
-            return await _score(video, options, request, runtime, fetch_ms)
+        return await _fetch_and_score(fetched_video(body.file_path, runtime.settings), options, request, runtime)
 
 
 @router.post("/predict/upload", response_model=PredictResponse, responses=_ERRORS)
@@ -100,10 +108,8 @@ async def predict_upload(
             yield chunk
 
     async with admission.slot():
-        started = time.perf_counter()
-        async with staged_upload(chunks(), runtime.settings, file.filename or "upload") as video:
-            fetch_ms = (time.perf_counter() - started) * 1000.0
-            return await _score(video, options, request, runtime, fetch_ms)
+        source = staged_upload(chunks(), runtime.settings, file.filename or "upload")
+        return await _fetch_and_score(source, options, request, runtime)
 
 
 def new_request_id(header: str | None) -> str:
