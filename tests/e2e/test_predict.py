@@ -87,6 +87,17 @@ def test_upload(live_service: LiveService, videos: dict[str, Path]) -> None:
     assert len(response.json()["faces"]) == 1
 
 
+def test_upload_over_the_cap_is_refused(live_service: LiveService, videos: dict[str, Path]) -> None:
+    with live_service.client() as client:
+        with videos["large"].open("rb") as handle:
+            response = client.post("/predict/upload", files={"file": ("big.mp4", handle, "video/mp4")})
+        assert response.status_code == 413 and response.json()["error"] == "too_large"
+        with videos["png_named_mp4"].open("rb") as handle:
+            response = client.post("/predict/upload", files={"file": ("x.mp4", handle, "video/mp4")})
+        assert response.status_code == 415 and response.json()["error"] == "not_a_video"
+        assert client.get("/healthcheck").status_code == 200
+
+
 def test_local_path_under_root(live_service: LiveService, videos: dict[str, Path]) -> None:
     with live_service.client() as client:
         response = predict(client, str(videos["one_face"]))
