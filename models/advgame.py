@@ -1,13 +1,22 @@
 """Deepfake forensics via an adversarial game (Wang et al., TIP 2022).
 
-Detector: an EfficientNet (B7 by default; B5/B3/B0 options), global average pooling, dropout,
-Linear(C, 2). Training plays it against two blur generators (one for real, one for fake inputs)
-that predict a per-pixel Gaussian-blur strength to fool it; they live here too (training only).
+Detector: an EfficientNet (B7 by default; B5/B3 as in the reference, B0 for quick runs), global
+average pooling, dropout, Linear(C, 2). Training plays it against two blur generators (one for
+real, one for fake inputs) that predict a per-pixel Gaussian-blur strength to fool it; they live
+here too (training only) so their weights and the detector's share one definition.
 
-Reference checkpoints (ah651/deepfake_adv) are ``{"state": ...}`` with an EfficientNet-PyTorch
-(lukemelas) body under ``feature_model.`` (``_conv_stem``, ``_bn0``, ``_blocks.{i}.*``,
-``_conv_head``, ``_bn1``) and ``_fc``; :func:`filter_reference_checkpoint` maps them onto timm's
-``tf_efficientnet_*`` (same TF "same" padding and BN epsilon). Labels there: 0 = FAKE, 1 = REAL.
+Reference checkpoints (ah651/deepfake_adv, ``ForensicNet``) are ``{"state": model.state_dict(),
+"epoch": ...}`` with an EfficientNet-PyTorch (lukemelas) body under ``feature_model.``
+(``_conv_stem``, ``_bn0``, ``_blocks.{i}.*``, ``_conv_head``, ``_bn1``) and the head ``_fc``.
+:func:`filter_reference_checkpoint` maps them onto timm's ``tf_efficientnet_*``: same blocks in the
+same flat order, SiLU, SE widths from the block input, BN eps 1e-3 and TF "same" padding. The
+reference pads statically for the variant's native size (600/456/300), which on even sizes equals
+timm's dynamic "same" padding; at 256 px every strided convolution sees an even size (256 ... 16),
+so outputs agree exactly.
+
+Labels there: 0 = FAKE, 1 = REAL. We keep that row order in ``fc`` (reference weights load
+untouched) and convert once in :meth:`AdvGameDetector.forward`; the reference's ``--multi``
+5-class heads are not supported (the shape check names ``fc.weight``).
 """
 
 from __future__ import annotations
@@ -28,19 +37,24 @@ ADVGAME_SPEC = ModelSpec(
     input_size=256,
     mean=HALF_MEAN_STD,
     std=HALF_MEAN_STD,
-    # The reference scales FF++ face crops (about 1.3 x the face box) so the shorter side is 256.
+    # The reference resizes its FF++ face crops (shorter side 256) without stating their margin;
+    # 1.3 x the detector box is the common FF++ crop (unverified for this paper).
     crop=CropRule(method="box", scale=1.3),
     output="logit of P(fake) = l_fake - l_real",
     description="Adversarial-game detector (TIP 2022): EfficientNet-B7 at 256, [-1, 1] input.",
 )
 
-VARIANTS = {"b7": "tf_efficientnet_b7", "b5": "tf_efficientnet_b5", "b3": "tf_efficientnet_b3", "b0": "tf_efficientnet_b0"}
+VARIANTS = {f"b{i}": f"tf_efficientnet_b{i}" for i in (7, 5, 3, 0)}
 FAKE_CLASS, REAL_CLASS = 0, 1  # reference order
 
 
 class AdvGameDetector(nn.Module):
+    """timm EfficientNet features -> GAP -> dropout -> Linear(C, 2) in reference order (0 = fake)."""
+
     def __init__(self, variant: str = "b7", dropout: float = 0.4) -> None:
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
         self.spec = ADVGAME_SPEC
         self.variant = variant
         self.feature_model = timm.create_model(VARIANTS[variant], pretrained=False, num_classes=0, global_pool="")
@@ -53,6 +67,7 @@ class AdvGameDetector(nn.Module):
         return self.fc(self.dropout(pooled))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Fake logit (N,): ``l_fake - l_real``, i.e. the reference's softmax[:, 0] through a logit."""
         logits = self.class_logits(images)
         return logits[:, FAKE_CLASS] - logits[:, REAL_CLASS]
 
@@ -61,34 +76,58 @@ class AdvGameDetector(nn.Module):
 
 
 class _ResBlock(nn.Module):
+    """CycleGAN ResNet block (reflect pad, conv, BN, ReLU, reflect pad, conv, BN) + identity."""
+
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.BatchNorm2d(channels), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.BatchNorm2d(channels),
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), nn.BatchNorm2d(channels),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), nn.BatchNorm2d(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        return x + self.conv_block(x)
 
 
 class BlurGenerator(nn.Module):
-    """Predicts a per-pixel blur strength s >= 1 (s = y^2 clamped to [1, 1e12])."""
+    """Predicts a per-pixel blur strength s >= 1 (s = y^2 clamped to [1, 1e12]).
+
+    The reference's ``PixelKernelGenerator`` with its defaults (BatchNorm, 3 ResNet blocks, one
+    output channel): convolutions followed by BN carry no bias, and the layer indices of ``model``
+    equal the reference's, so its generator weights would load by name. Initialisation follows
+    the reference's ``init_weights`` ("kaiming"): He-normal conv weights, zero biases, BN weights
+    N(1, 0.02).
+    """
 
     def __init__(self, width: int = 64, blocks: int = 3) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, width, 7), nn.BatchNorm2d(width), nn.ReLU(True)]
-        for mult in (1, 2):
-            layers += [nn.Conv2d(width * mult, width * mult * 2, 3, 2, 1), nn.BatchNorm2d(width * mult * 2), nn.ReLU(True)]
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3), nn.Conv2d(3, width, 7, bias=False), nn.BatchNorm2d(width), nn.ReLU(True),
+        ]
+        for mult in (1, 2):  # two stride-2 downsamplings: 64 -> 128 -> 256 channels
+            layers += [nn.Conv2d(width * mult, width * mult * 2, 3, 2, 1, bias=False),
+                       nn.BatchNorm2d(width * mult * 2), nn.ReLU(True)]
         layers += [_ResBlock(width * 4) for _ in range(blocks)]
-        for mult in (4, 2):
-            layers += [nn.ConvTranspose2d(width * mult, width * mult // 2, 3, 2, 1, output_padding=1),
+        for mult in (4, 2):  # two stride-2 upsamplings back to 64 channels
+            layers += [nn.ConvTranspose2d(width * mult, width * mult // 2, 3, 2, 1, output_padding=1, bias=False),
                        nn.BatchNorm2d(width * mult // 2), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, 1, 7)]
-        self.net = nn.Sequential(*layers)
+        self.model = nn.Sequential(*layers)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(module.weight, a=0, mode="fan_in")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images).pow(2).clamp(1.0, 1e12)
+        return self.model(images).pow(2).clamp(1.0, 1e12)
 
 
 def per_pixel_blur(images: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,13 @@ global average -> dropout 0.2 -> Linear(1792, 2). ``feature_squeeze`` (a 1x1 con
 channel) gives the 100-d embedding the inter-instance contrastive loss uses; training builds the
 EMA key encoder, queues and prototypes around this module (``training/methods/dcl.py``).
 
-Reference checkpoints (Tencent/TFace) hold the MoCo pair ``encoder_q.*`` / ``encoder_k.*``; we
-load the query encoder. Class order there: 0 = real, 1 = fake (P(fake) = 1 - softmax[:, 0]).
+Reference checkpoints (Tencent/TFace, ``DCL(BinaryClassifier("tf_efficientnet_b4_ns"))``) wrap
+the weights under ``state_dict`` and hold the MoCo pair ``encoder_q.*`` / ``encoder_k.*`` plus the
+prototype and hard-sample queues. Each encoder is a ``BinaryClassifier`` whose attribute names we
+share (``encoder`` = the timm network, ``feature_squeeze``, ``fc``), so the filter only keeps the
+query encoder and drops the rest, including timm's 1000-class ``encoder.classifier`` that the
+reference builds but never calls. Class order there and here: 0 = real, 1 = fake (the reference
+scores P(fake) = 1 - softmax[:, 0]), so ``fc`` loads untouched.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ DCL_SPEC = ModelSpec(
 
 
 class DCL(nn.Module):
+    """The query encoder: timm EfficientNet features -> GAP -> dropout -> Linear(C, 2)."""
+
     def __init__(self, backbone: str = "tf_efficientnet_b4", drop_rate: float = 0.2) -> None:
         super().__init__()
         self.spec = DCL_SPEC
@@ -54,12 +61,16 @@ class DCL(nn.Module):
         return nn.functional.normalize(self.feature_squeeze(feature_map).flatten(1), dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Fake logit (N,): ``l_fake - l_real``, whose sigmoid is the reference's 1 - softmax[:, 0]."""
         logits, _ = self.forward_train(images)
         return logits[:, 1] - logits[:, 0]
 
 
 def filter_reference_checkpoint(state_dict: StateDict, model: nn.Module) -> StateDict:
-    """Keep ``encoder_q.*`` (drop the key encoder, queues and timm's unused classifier)."""
+    """Keep ``encoder_q.*``; drop the key encoder, the queues and timm's unused classifier.
+
+    A bare ``BinaryClassifier`` state dict (no ``encoder_q.`` prefix) is accepted as it is.
+    """
     if any(k.startswith("encoder_q.") for k in state_dict):
         state_dict = {k[len("encoder_q."):]: v for k, v in state_dict.items() if k.startswith("encoder_q.")}
     return {k: v for k, v in state_dict.items() if not k.startswith("encoder.classifier.")}
