@@ -144,6 +144,13 @@ async def _download(url: str, target: Path, settings: Settings) -> tuple[int, st
     raise UpstreamFailed(f"more than {settings.max_redirects} redirects", code="too_many_redirects")
 
 
+def _staging_dir(settings: Settings, prefix: str) -> Path:
+    """A fresh private folder under DFS_TEMP_DIR (created if missing), or the system temp."""
+    if settings.temp_dir is not None:
+        settings.temp_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=settings.temp_dir))
+
+
 def _check_not_empty(size: int, source: str) -> None:
     if size == 0:
         raise NotAVideo(f"{source} is empty (0 bytes)", code="empty_file")
@@ -165,7 +172,7 @@ async def fetched_video(file_path: str, settings: Settings) -> AsyncIterator[Fet
         yield FetchedVideo(path=path, size_bytes=size, source=str(path))
         return
 
-    workdir = Path(tempfile.mkdtemp(prefix="dfs-fetch-", dir=settings.temp_dir))
+    workdir = _staging_dir(settings, "dfs-fetch-")
     try:
         target = workdir / "video"
         try:
@@ -187,7 +194,7 @@ async def fetched_video(file_path: str, settings: Settings) -> AsyncIterator[Fet
 @asynccontextmanager
 async def staged_upload(chunks: AsyncIterator[bytes], settings: Settings, name: str) -> AsyncIterator[FetchedVideo]:
     """Write an uploaded body to a temporary file under the same byte cap as downloads."""
-    workdir = Path(tempfile.mkdtemp(prefix="dfs-upload-", dir=settings.temp_dir))
+    workdir = _staging_dir(settings, "dfs-upload-")
     try:
         target = workdir / "video"
         size = 0

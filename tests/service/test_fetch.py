@@ -34,6 +34,12 @@ def test_download_is_streamed_and_removed(file_server: FileServer, videos: dict[
     assert not path.exists() and not path.parent.exists(), "temp download must be deleted"
 
 
+def test_temp_dir_is_created_when_missing(file_server: FileServer, tmp_path: Path) -> None:
+    staging = tmp_path / "not" / "yet"
+    size, path = run_fetch(file_server.url("one_face.mp4"), Settings(allow_private_urls=True, temp_dir=staging))
+    assert size > 0 and path.parent.parent == staging and staging.is_dir() and not any(staging.iterdir())
+
+
 def test_loopback_refused_by_default(file_server: FileServer) -> None:
     error = error_of(file_server.url("one_face.mp4"), Settings())
     assert (error.status_code, error.code) == (403, "address_not_allowed")
