@@ -1,14 +1,21 @@
-"""FTCN + Temporal Transformer (Zheng et al., ICCV 2021): a clip classifier for face videos.
+"""FTCN + Temporal Transformer (Zheng et al., ICCV 2021): a clip classifier for aligned face videos.
 
-A SlowFast-style ResNet-50 whose 3D convolutions keep their temporal kernels but have spatial
-kernel 1 ("fully temporal convolution"): the network cannot read spatial texture directly and must
-look at temporal coherence. Spatial down-sampling happens in max-pools placed after the batch norms
-that followed the original strided convolutions, which is why those norms are ``Sequential(bn,
-pool)`` and their checkpoint keys end in ``.0.*``. A one-layer transformer over the 16 temporal
-tokens gives the clip's logit.
+The backbone is SlowFast's "i3d" ResNet-50 cut after stage 4, with every 3D convolution reduced to
+spatial kernel 1 while keeping its temporal kernel ("fully temporal convolution"): no layer can read
+spatial texture, so the network must judge temporal coherence. The reference gets there by building
+the standard network and rewriting its convolutions afterwards; here the module tree is built with
+those shapes directly. Where the original convolution had spatial stride 2 the reference keeps
+stride 1 and puts ``MaxPool3d((1, 2, 2))`` right after that convolution's batch norm, turning the
+norm into ``Sequential(bn, pool)``; that is why some checkpoint keys end in ``.0.weight``. We keep
+the same nesting so ``state_dict()`` keys are exactly those of the official ``ftcn_tt.pth``:
 
-The module tree is built so that ``state_dict()`` keys are exactly those of the official
-``ftcn_tt.pth`` (see METHODS.md), so the official weights load without renaming.
+- ``resnet.s1.pathway0_stem.{conv, bn.0}``: the stem (conv 5x1x1, BN, pool);
+- ``resnet.s{2,3,4}.pathway0_res{i}.{branch1, branch1_bn, branch2.{a,b,c}, branch2.{a,b,c}_bn}``;
+  ``branch1_bn`` and ``branch2.b_bn`` are ``Sequential`` in the first block of s3 and s4;
+- ``resnet.head.time_T.*``: the one-layer transformer over the 16 temporal tokens.
+
+The reference ends with a sigmoid; ``forward`` stops one step earlier and returns the logit, because
+the service applies the sigmoid once for every model.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import StateDict, load_state_dict_strict, register_model
+from models.registry import StateDict, register_model
 from models.spec import IMAGENET_MEAN, IMAGENET_STD, CropRule, ModelSpec
 
+# Five-point alignment template of the reference (test_tools), at 256 px; scaled to 224 by the crop.
 FTCN_TEMPLATE_256 = ((85.83, 85.78), (169.05, 84.34), (127.57, 137.00), (90.70, 174.70), (167.31, 173.37))
 
 FTCN_SPEC = ModelSpec(
@@ -29,47 +37,80 @@ FTCN_SPEC = ModelSpec(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     crop=CropRule(method="align", template=FTCN_TEMPLATE_256, template_size=256),
-    output="logit of P(fake) (reference: sigmoid of this logit)",
-    description="FTCN + Temporal Transformer (ICCV 2021): 32-frame aligned face clips at 224, temporal-only 3D ResNet-50.",
+    output="logit of P(fake) (the reference applies a sigmoid to this logit)",
+    description=(
+        "FTCN + Temporal Transformer (ICCV 2021): temporal-only 3D ResNet-50 and a one-layer "
+        "transformer over 32-frame face clips aligned jointly per clip, 224 px, ImageNet mean/std."
+    ),
 )
 
-_BN_EPS = 1e-5
-_BN_MOMENTUM = 0.1
+# SlowFast's ResBlock/stem defaults (eps 1e-5, PyTorch momentum 0.1); the config never overrides them.
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+
+# (stage name, input channels, output channels, bottleneck width, temporal kernel of each block's
+# conv "a", spatial down-sampling in the first block). The kernels are SlowFast's i3d basis [3],
+# [3, 1], [3, 1] repeated over NUM_BLOCK_TEMP_KERNEL = 3, 4, 6 blocks.
+STAGES: tuple[tuple[str, int, int, int, tuple[int, ...], bool], ...] = (
+    ("s2", 64, 256, 64, (3, 3, 3), False),
+    ("s3", 256, 512, 128, (3, 1, 3, 1), True),
+    ("s4", 512, 1024, 256, (3, 1, 3, 1, 3, 1), True),
+)
+FEATURE_CHANNELS = 1024  # s4 output; s5 is cut (the reference's stop_point = 5)
+TEMPORAL_TOKENS = 16  # 32 frames halved by the temporal pool after s2
+FEATURE_SIZE = 14  # 224 / 16: stem pool, stem max-pool, s3 and s4 each halve the side
 
 
-def _norm(channels: int, downsample: bool) -> nn.Module:
-    """BatchNorm3d, followed by the spatial max-pool that replaced a stride-2 convolution."""
-    bn = nn.BatchNorm3d(channels, eps=_BN_EPS, momentum=_BN_MOMENTUM)
-    return nn.Sequential(bn, nn.MaxPool3d((1, 2, 2), (1, 2, 2))) if downsample else bn
+def batch_norm(channels: int, downsample: bool = False) -> nn.Module:
+    """BatchNorm3d; with ``downsample`` followed by the max-pool that replaced a stride-2 conv.
+
+    The ``Sequential`` wrapper is what the reference's surgery produced, so it fixes key names
+    (``….0.weight``) rather than behaviour.
+    """
+    norm = nn.BatchNorm3d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+    if not downsample:
+        return norm
+    return nn.Sequential(norm, nn.MaxPool3d(kernel_size=(1, 2, 2), stride=(1, 2, 2)))
+
+
+def temporal_conv(dim_in: int, dim_out: int, temporal_kernel: int = 1) -> nn.Conv3d:
+    """Conv3d with kernel (t, 1, 1), 'same' temporal padding, no bias (BN follows every conv)."""
+    return nn.Conv3d(
+        dim_in, dim_out, kernel_size=(temporal_kernel, 1, 1), padding=(temporal_kernel // 2, 0, 0), bias=False
+    )
 
 
 class Stem(nn.Module):
-    """conv 5x1x1 -> BN -> pool(1,2,2) -> ReLU -> max-pool 1x3x3 stride 2 (keys: conv, bn.0)."""
+    """conv 5x1x1 (3 -> 64) -> BN + pool (1,2,2) -> ReLU -> max-pool 1x3x3 stride (1,2,2): 224 -> 56."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(3, 64, (5, 1, 1), padding=(2, 0, 0), bias=False)
-        self.bn = _norm(64, downsample=True)
+        self.conv = temporal_conv(3, 64, temporal_kernel=5)
+        self.bn = batch_norm(64, downsample=True)
         self.relu = nn.ReLU(inplace=True)
-        self.pool_layer = nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
+        self.pool_layer = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool_layer(self.relu(self.bn(self.conv(x))))
 
 
 class BottleneckTransform(nn.Module):
-    """a: temporal conv (k x1x1) -> b: 1x1x1 (spatially strided via pool) -> c: 1x1x1 expand."""
+    """Branch 2 of a block: a (t x1x1) -> b (1x1x1, carries the down-sampling) -> c (1x1x1 expand).
+
+    SlowFast puts the stride on the 3x3 conv "b" (STRIDE_1X1 = False), so after the rewrite the
+    pool sits behind ``b_bn``.
+    """
 
     def __init__(self, dim_in: int, dim_out: int, dim_inner: int, temporal_kernel: int, downsample: bool) -> None:
         super().__init__()
-        self.a = nn.Conv3d(dim_in, dim_inner, (temporal_kernel, 1, 1), padding=(temporal_kernel // 2, 0, 0), bias=False)
-        self.a_bn = _norm(dim_inner, downsample=False)
+        self.a = temporal_conv(dim_in, dim_inner, temporal_kernel)
+        self.a_bn = batch_norm(dim_inner)
         self.a_relu = nn.ReLU(inplace=True)
-        self.b = nn.Conv3d(dim_inner, dim_inner, 1, bias=False)
-        self.b_bn = _norm(dim_inner, downsample=downsample)
+        self.b = temporal_conv(dim_inner, dim_inner)
+        self.b_bn = batch_norm(dim_inner, downsample)
         self.b_relu = nn.ReLU(inplace=True)
-        self.c = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
-        self.c_bn = _norm(dim_out, downsample=False)
+        self.c = temporal_conv(dim_inner, dim_out)
+        self.c_bn = batch_norm(dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.a_relu(self.a_bn(self.a(x)))
@@ -78,38 +119,43 @@ class BottleneckTransform(nn.Module):
 
 
 class ResBlock(nn.Module):
+    """Bottleneck residual block; a projection shortcut (``branch1``) where shape or size changes."""
+
     def __init__(self, dim_in: int, dim_out: int, dim_inner: int, temporal_kernel: int, downsample: bool) -> None:
         super().__init__()
-        if dim_in != dim_out or downsample:
-            self.branch1 = nn.Conv3d(dim_in, dim_out, 1, bias=False)
-            self.branch1_bn = _norm(dim_out, downsample=downsample)
-        else:
-            self.branch1 = None
+        self.has_projection = dim_in != dim_out or downsample
+        if self.has_projection:
+            self.branch1 = temporal_conv(dim_in, dim_out)
+            self.branch1_bn = batch_norm(dim_out, downsample)
         self.branch2 = BottleneckTransform(dim_in, dim_out, dim_inner, temporal_kernel, downsample)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.branch1 is None else self.branch1_bn(self.branch1(x))
+        shortcut = self.branch1_bn(self.branch1(x)) if self.has_projection else x
         return self.relu(shortcut + self.branch2(x))
 
 
-class Stage(nn.Module):
-    """Blocks named ``pathway0_res{i}`` as in SlowFast's ResStage."""
+class ResStage(nn.Module):
+    """Blocks registered as ``pathway0_res{i}`` (SlowFast's single-pathway naming)."""
 
-    def __init__(self, dim_in: int, dim_out: int, dim_inner: int, temporal_kernels: list[int], downsample: bool) -> None:
+    def __init__(
+        self, dim_in: int, dim_out: int, dim_inner: int, temporal_kernels: tuple[int, ...], downsample: bool
+    ) -> None:
         super().__init__()
-        self.num_blocks = len(temporal_kernels)
-        for i, kernel in enumerate(temporal_kernels):
-            block = ResBlock(dim_in if i == 0 else dim_out, dim_out, dim_inner, kernel, downsample and i == 0)
-            self.add_module(f"pathway0_res{i}", block)
+        self.block_names = [f"pathway0_res{i}" for i in range(len(temporal_kernels))]
+        for i, (name, kernel) in enumerate(zip(self.block_names, temporal_kernels, strict=True)):
+            block_in = dim_in if i == 0 else dim_out
+            self.add_module(name, ResBlock(block_in, dim_out, dim_inner, kernel, downsample and i == 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i in range(self.num_blocks):
-            x = getattr(self, f"pathway0_res{i}")(x)
+        for name in self.block_names:
+            x = getattr(self, name)(x)
         return x
 
 
 class StemStage(nn.Module):
+    """Holds the stem as ``pathway0_stem`` so its keys read ``s1.pathway0_stem.*``."""
+
     def __init__(self) -> None:
         super().__init__()
         self.pathway0_stem = Stem()
@@ -118,33 +164,20 @@ class StemStage(nn.Module):
         return self.pathway0_stem(x)
 
 
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float) -> None:
+class Residual(nn.Module):
+    """``x + fn(x)``; a module of its own only to reproduce the reference's ``layers.0.0.fn`` keys."""
+
+    def __init__(self, fn: nn.Module) -> None:
         super().__init__()
-        inner = heads * dim_head
-        self.heads = heads
-        self.scale = dim_head**-0.5
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        self.fn = fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, _ = x.shape
-        q, k, v = self.to_qkv(x).reshape(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        attention = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.scale, dim=-1)
-        out = torch.matmul(attention, v).transpose(1, 2).reshape(batch, tokens, -1)
-        return self.to_out(out)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.fn(x) + x
 
 
 class PreNorm(nn.Module):
+    """LayerNorm before ``fn`` (pre-norm transformer); keys ``norm.*`` and ``fn.*``."""
+
     def __init__(self, dim: int, fn: nn.Module) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
@@ -154,16 +187,43 @@ class PreNorm(nn.Module):
         return self.fn(self.norm(x))
 
 
-class Residual(nn.Module):
-    def __init__(self, fn: nn.Module) -> None:
+class Attention(nn.Module):
+    """Multi-head self-attention with one bias-free qkv projection laid out as [q | k | v] x (heads, dim)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float) -> None:
         super().__init__()
-        self.fn = fn
+        self.heads = heads
+        self.dim_head = dim_head
+        self.scale = dim_head**-0.5
+        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x) + x
+        batch, tokens, _ = x.shape
+        # (N, T, 3*H*D) -> 3 x (N, H, T, D); only the batch size is dynamic, so this exports cleanly.
+        qkv = self.to_qkv(x).reshape(batch, tokens, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv[0], qkv[1], qkv[2]
+        weights = torch.softmax(torch.matmul(query, key.transpose(-1, -2)) * self.scale, dim=-1)
+        mixed = torch.matmul(weights, value).transpose(1, 2).reshape(batch, tokens, self.heads * self.dim_head)
+        return self.to_out(mixed)
+
+
+class FeedForward(nn.Module):
+    """Linear -> GELU -> Dropout -> Linear -> Dropout (``net.0`` and ``net.3`` hold the weights)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class Transformer(nn.Module):
+    """``depth`` pre-norm layers, each ``[Residual(PreNorm(attention)), Residual(PreNorm(mlp))]``."""
+
     def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int, dropout: float) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -183,10 +243,19 @@ class Transformer(nn.Module):
 
 
 class TimeTransformer(nn.Module):
-    """Class token + learned positions over the temporal tokens; returns the class logit."""
+    """Class token + learned positions over the temporal tokens -> LayerNorm -> Linear: one logit."""
 
-    def __init__(self, tokens: int = 16, dim: int = 1024, depth: int = 1, heads: int = 16, dim_head: int = 64,
-                 mlp_dim: int = 2048, dropout: float = 0.1, emb_dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        tokens: int = TEMPORAL_TOKENS,
+        dim: int = FEATURE_CHANNELS,
+        depth: int = 1,
+        heads: int = 16,
+        dim_head: int = 64,
+        mlp_dim: int = 2048,
+        dropout: float = 0.1,
+        emb_dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.pos_embedding = nn.Parameter(torch.randn(1, tokens + 1, dim))
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
@@ -194,36 +263,37 @@ class TimeTransformer(nn.Module):
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
         self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls = self.cls_token.expand(x.shape[0], -1, -1)
-        x = self.dropout(torch.cat([cls, x], dim=1) + self.pos_embedding)
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        x = self.dropout(torch.cat([cls, tokens], dim=1) + self.pos_embedding)
         return self.mlp_head(self.transformer(x)[:, 0])
 
 
 class TemporalHead(nn.Module):
-    """Average each temporal step's 14x14 map into a token, then the time transformer."""
+    """Spatial average per time step (the reference's AvgPool3d((1, 14, 14))) -> time transformer.
+
+    The reference's ``Sigmoid`` after the transformer is deliberately absent: this returns logits.
+    """
 
     def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1) -> None:
         super().__init__()
-        self.time_T = TimeTransformer(dropout=dropout, emb_dropout=emb_dropout)
+        self.time_T = TimeTransformer(dropout=dropout, emb_dropout=emb_dropout)  # name fixed by the checkpoint
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the reference's AvgPool3d((1, 14, 14)): a spatial mean per temporal step (exports as ReduceMean)
-        tokens = x.mean(dim=(3, 4)).transpose(1, 2)  # (N, 1024, 16, 14, 14) -> (N, 16, 1024)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        tokens = features.mean(dim=(3, 4)).transpose(1, 2)  # (N, 1024, 16, 14, 14) -> (N, 16, 1024)
         return self.time_T(tokens)
 
 
-class TemporalResNet50(nn.Module):
-    """The backbone and head, under the attribute names of the reference (``resnet.*`` keys)."""
+class TemporalResNet(nn.Module):
+    """s1 -> s2 -> temporal max-pool (2,1,1) -> s3 -> s4 -> (s5 cut) -> head, under the reference's names."""
 
     def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1) -> None:
         super().__init__()
         self.s1 = StemStage()
-        self.s2 = Stage(64, 256, 64, [3, 3, 3], downsample=False)
-        self.pathway0_pool = nn.MaxPool3d((2, 1, 1), (2, 1, 1))
-        self.s3 = Stage(256, 512, 128, [3, 1, 3, 1], downsample=True)
-        self.s4 = Stage(512, 1024, 256, [3, 1, 3, 1, 3, 1], downsample=True)
-        self.s5 = nn.Identity()  # stop_point = 5: the reference cuts the network before stage 5
+        for name, dim_in, dim_out, dim_inner, kernels, downsample in STAGES:
+            self.add_module(name, ResStage(dim_in, dim_out, dim_inner, kernels, downsample))
+        self.pathway0_pool = nn.MaxPool3d(kernel_size=(2, 1, 1), stride=(2, 1, 1))
+        self.s5 = nn.Identity()
         self.head = TemporalHead(dropout, emb_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,34 +302,64 @@ class TemporalResNet50(nn.Module):
 
 
 class FTCN(nn.Module):
-    """Input (N, 3, 32, 224, 224) normalised RGB clips -> fake logit (N,)."""
+    """Normalised RGB clips (N, 3, 32, 224, 224) -> fake logit (N,)."""
 
     def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1) -> None:
         super().__init__()
-        self.spec = FTCN_SPEC
-        self.resnet = TemporalResNet50(dropout, emb_dropout)
+        self.resnet = TemporalResNet(dropout, emb_dropout)
+        init_like_slowfast(self.resnet)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        # The 17 learned positions and the 14x14 average fix frames and size; anything else would
+        # silently produce a wrong number of tokens, so refuse it (static dims: export-safe).
+        expected = FTCN_SPEC.input_shape(1)[1:]
+        if tuple(clips.shape[1:]) != expected:
+            raise ValueError(f"FTCN expects clips (N, {', '.join(map(str, expected))}), got {tuple(clips.shape)}")
         return self.resnet(clips).reshape(-1)
 
 
-def filter_official_checkpoint(state_dict: StateDict, model: nn.Module) -> StateDict:
-    """The official ``ftcn_tt.pth`` already has our key names; keep only tensors the model has.
+def init_like_slowfast(backbone: nn.Module) -> None:
+    """SlowFast's ``init_weights``: He-normal (fan_out) convs, BN 1/0, the last BN of each bottleneck 0.
 
-    ``num_batches_tracked`` buffers are absent from some exports: fill them from the model so a
-    strict load still checks every parameter and running statistic.
+    Zeroing ``c_bn`` starts every residual block as its shortcut (ZERO_INIT_FINAL_BN in the
+    reference config). The transformer keeps PyTorch's defaults and randn positions/class token, as
+    in the reference. (The reference's surgery re-created the rewritten convs after this init, so
+    those had PyTorch's default init; we use He-normal for all, which only matters from scratch.)
+    """
+    for module in backbone.modules():
+        if isinstance(module, nn.Conv3d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm3d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    for module in backbone.modules():
+        if isinstance(module, BottleneckTransform):
+            nn.init.zeros_(module.c_bn.weight)
+
+
+def filter_official_checkpoint(state_dict: StateDict, model: nn.Module) -> StateDict:
+    """Map the official ``ftcn_tt.pth`` (``module.`` already stripped) onto our model.
+
+    The names already agree, so this only reconciles ``num_batches_tracked``: a BatchNorm counter
+    that no computation here reads (momentum is fixed), present or absent depending on the PyTorch
+    version that saved the file. A missing counter is taken from the model; a counter for a norm the
+    model lacks is dropped. Every parameter and running statistic must still match exactly; the
+    strict load in :func:`models.registry.create_model` names any key that does not.
     """
     own = model.state_dict()
-    out = dict(state_dict)
-    for key, value in own.items():
-        if key.endswith("num_batches_tracked") and key not in out:
-            out[key] = value
-    return out
+    counters = {key for key in own if key.endswith(".num_batches_tracked")}
+    filtered = {
+        key: value for key, value in state_dict.items() if key in own or not key.endswith(".num_batches_tracked")
+    }
+    for key in counters - set(filtered):
+        filtered[key] = own[key]
+    return filtered
 
 
 @register_model(FTCN_SPEC, checkpoint_filter=filter_official_checkpoint)
 def ftcn(dropout: float = 0.1, emb_dropout: float = 0.1) -> FTCN:
+    """FTCN-TT as released (ftcn_tt.yaml): transformer and embedding dropout 0.1, inactive in eval."""
     return FTCN(dropout=dropout, emb_dropout=emb_dropout)
 
 
-__all__ = ["FTCN", "FTCN_SPEC", "filter_official_checkpoint", "ftcn", "load_state_dict_strict"]
+__all__ = ["FTCN", "FTCN_SPEC", "filter_official_checkpoint", "ftcn"]
