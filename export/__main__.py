@@ -18,10 +18,12 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from export.manifest import ENGINE_FILES, Calibration, Manifest, Parity, SourceCheckpoint, TensorInfo
+from export.fp16_weights import store_weights_fp16
 from export.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx, measure_parity
 from models.registry import create_model, file_sha256, get_spec, list_models, read_checkpoint
 
@@ -56,17 +58,19 @@ def export_model(
     tolerance: float = 1e-3,
     parity_batches: list[int] | None = None,
     command: str | None = None,
+    fp16_weights: bool = False,
 ) -> Path:
     """Export one model; returns the version folder. Raises :class:`ExportError` on parity failure."""
-    spec = get_spec(name)
     if (checkpoint is None) == (not random_init):
         raise ExportError("give exactly one of --checkpoint PATH or --random-init")
     torch.manual_seed(seed)
     ckpt = read_checkpoint(checkpoint) if checkpoint else None
     model = create_model(name, checkpoint=ckpt) if ckpt is not None else create_model(name)
     model.eval()
+    # The built network's own spec: constructor options (e.g. DCL's backbone) can change its input.
+    spec = getattr(model, "spec", None) or get_spec(name)
     if ckpt is not None and ckpt.get("spec") and ckpt["spec"] != spec.to_dict():
-        log.warning("checkpoint spec differs from the registered spec; exporting with the registered one")
+        log.warning("checkpoint spec differs from the network's spec; exporting with the network's")
 
     model_dir = out / name
     version = version or next_version(model_dir)
@@ -82,6 +86,9 @@ def export_model(
         started = time.perf_counter()
         exporter = export_onnx(model, spec, engine_path, opset=opset)
         log.info("%s: exported with %s in %.1f s", name, exporter, time.perf_counter() - started)
+        if fp16_weights:
+            size_before, size_after = store_weights_fp16(engine_path)
+            log.info("%s: weights stored as float16: %.1f MB -> %.1f MB", name, size_before / 1e6, size_after / 1e6)
         parity = measure_parity(model, spec, engine_path, batch_sizes=batches, seed=seed + 1)
         log.info("%s: parity max|dP| = %.2e (logit %.2e), tolerance %.1e",
                  name, parity.max_abs_diff_prob, parity.max_abs_diff_logit, tolerance)
@@ -101,6 +108,7 @@ def export_model(
             outputs=[TensorInfo(name=OUTPUT_NAME, shape=[batch_dim])],
             dynamic_batch=True,
             opset=opset,
+            weights_dtype="float16" if fp16_weights else "float32",
             source=SourceCheckpoint(
                 path=str(checkpoint) if checkpoint else None,
                 sha256=file_sha256(checkpoint) if checkpoint else None,
@@ -116,7 +124,7 @@ def export_model(
                 samples=parity.samples,
             ),
             calibration=Calibration(**(ckpt.get("calibration") or {})) if ckpt else Calibration(),
-            metrics=dict(ckpt.get("metrics") or {}) if ckpt else {},
+            metrics=_measured(ckpt),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             exporter={**_versions(), "exporter": exporter},
             command=command,
@@ -126,6 +134,22 @@ def export_model(
         shutil.move(str(staging), final)
     log.info("%s: wrote %s", name, final)
     return final
+
+
+def _measured(ckpt: dict[str, Any] | None) -> dict[str, Any]:
+    """What the checkpoint says was measured: how it was trained, plus each ``training.evaluate --write``."""
+    if not ckpt:
+        return {}
+    metrics = dict(ckpt.get("metrics") or {})
+    evaluations = {k: v for k, v in metrics.items() if k.startswith("evaluate_")}
+    training = {
+        "command": ckpt.get("command"),
+        "epoch": ckpt.get("epoch"),
+        "step": ckpt.get("step"),
+        "best_val_auc": ckpt.get("best_val_auc"),
+        "last_validation": {k: v for k, v in metrics.items() if k not in evaluations},
+    }
+    return {"training": {k: v for k, v in training.items() if v is not None}, **evaluations}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for random init and parity inputs")
     parser.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs the tensorrt package and a GPU)")
     parser.add_argument("--fp16", action="store_true", help="with --tensorrt: allow fp16 kernels")
+    parser.add_argument("--fp16-weights", action="store_true",
+                        help="store large ONNX weights as float16 (half the file; compute stays float32; "
+                             "the parity check then measures the rounding)")
     return parser
 
 
@@ -180,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             opset=args.opset,
             tolerance=args.tolerance,
             command=command,
+            fp16_weights=args.fp16_weights,
         )
     except (ExportError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from models.registry import create_model, get_spec, list_models, register_model
 from models.spec import CropRule, ModelSpec
 
 # Modules that hold helpers rather than registered detectors.
-_NOT_DETECTORS = {"registry", "spec", "retinaface", "layers"}
+_NOT_DETECTORS = {"registry", "spec", "retinaface", "layers", "backbones"}
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name not in _NOT_DETECTORS and not _info.name.startswith("_"):

@@ -16,6 +16,8 @@ scores P(fake) = 1 - softmax[:, 0]), so ``fc`` loads untouched.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import timm
 import torch
 from torch import nn
@@ -37,12 +39,34 @@ DCL_SPEC = ModelSpec(
 )
 
 
+PAPER_BACKBONE = "tf_efficientnet_b4"
+
+
+def dcl_spec(backbone: str = PAPER_BACKBONE, **_: object) -> ModelSpec:
+    """The paper's spec for its backbone; another backbone keeps the crop rule but takes the
+    input size and normalisation its ImageNet weights were trained with (timm's pretrained config),
+    because fine-tuning from ImageNet works best with the statistics the weights expect.
+    """
+    if backbone == PAPER_BACKBONE:
+        return DCL_SPEC
+    cfg = timm.get_pretrained_cfg(backbone)
+    if cfg is None:
+        return DCL_SPEC
+    return replace(
+        DCL_SPEC,
+        input_size=int(cfg.input_size[-1]),
+        mean=tuple(float(v) for v in cfg.mean),
+        std=tuple(float(v) for v in cfg.std),
+        description=f"DCL (AAAI 2022) losses with a timm {backbone} encoder at {cfg.input_size[-1]} px, its ImageNet mean/std.",
+    )
+
+
 class DCL(nn.Module):
     """The query encoder: timm EfficientNet features -> GAP -> dropout -> Linear(C, 2)."""
 
-    def __init__(self, backbone: str = "tf_efficientnet_b4", drop_rate: float = 0.2) -> None:
+    def __init__(self, backbone: str = PAPER_BACKBONE, drop_rate: float = 0.2) -> None:
         super().__init__()
-        self.spec = DCL_SPEC
+        self.spec = dcl_spec(backbone)
         self.encoder = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")
         features = self.encoder.num_features
         self.global_pool = nn.AdaptiveAvgPool2d(1)
@@ -76,6 +100,6 @@ def filter_reference_checkpoint(state_dict: StateDict, model: nn.Module) -> Stat
     return {k: v for k, v in state_dict.items() if not k.startswith("encoder.classifier.")}
 
 
-@register_model(DCL_SPEC, checkpoint_filter=filter_reference_checkpoint)
-def dcl(backbone: str = "tf_efficientnet_b4", drop_rate: float = 0.2) -> DCL:
+@register_model(DCL_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=dcl_spec)
+def dcl(backbone: str = PAPER_BACKBONE, drop_rate: float = 0.2) -> DCL:
     return DCL(backbone=backbone, drop_rate=drop_rate)

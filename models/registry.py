@@ -25,6 +25,8 @@ from models.spec import ModelSpec
 
 StateDict = dict[str, torch.Tensor]
 CheckpointFilter = Callable[[StateDict, nn.Module], StateDict]
+#: the spec for given constructor kwargs, for models whose preprocessing follows an option
+SpecForKwargs = Callable[..., ModelSpec]
 
 
 class CheckpointError(ValueError):
@@ -36,20 +38,28 @@ class RegisteredModel:
     spec: ModelSpec
     factory: Callable[..., nn.Module]
     checkpoint_filter: CheckpointFilter | None
+    spec_for: SpecForKwargs | None = None
 
 
 _REGISTRY: dict[str, RegisteredModel] = {}
 
 
 def register_model(
-    spec: ModelSpec, checkpoint_filter: CheckpointFilter | None = None
+    spec: ModelSpec,
+    checkpoint_filter: CheckpointFilter | None = None,
+    spec_for: SpecForKwargs | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a factory under ``spec.name``."""
+    """Register a factory under ``spec.name``.
+
+    ``spec`` is the reference configuration's spec. ``spec_for(**kwargs)`` gives the spec of other
+    constructor options when they change the input (e.g. a backbone with other ImageNet
+    statistics), so training and export agree with the network they build.
+    """
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if spec.name in _REGISTRY:
             raise ValueError(f"model {spec.name!r} registered twice")
-        _REGISTRY[spec.name] = RegisteredModel(spec, factory, checkpoint_filter)
+        _REGISTRY[spec.name] = RegisteredModel(spec, factory, checkpoint_filter, spec_for)
         return factory
 
     return decorator
@@ -73,8 +83,12 @@ def get_entry(name: str) -> RegisteredModel:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def get_spec(name: str) -> ModelSpec:
-    return get_entry(name).spec
+def get_spec(name: str, **kwargs: Any) -> ModelSpec:
+    """The model's spec; with constructor ``kwargs``, the spec of that configuration."""
+    entry = get_entry(name)
+    if kwargs and entry.spec_for is not None:
+        return entry.spec_for(**kwargs)
+    return entry.spec
 
 
 def file_sha256(path: str | Path) -> str:

