@@ -55,12 +55,16 @@ ARG RETINAFACE_SHA256=""
 ARG FTCN_URL=https://github.com/yinglinzheng/FTCN/releases/download/weights/ftcn_tt.pth
 ARG FTCN_SHA256=""
 COPY deploy/fetch_weights.sh /usr/local/bin/fetch_weights.sh
+# The default bundle (version 1 of dcl and ftcn, trained by training/recipes/default_bundle.sh) is
+# always in the image, so BAKE_WEIGHTS=0 still serves trained models. The official FTCN weights
+# become ftcn version 2, which the service prefers (the highest version of each model serves).
+COPY model_repository /opt/dfs/model_repository
 # ftcn_tt.pth stays in the image: it is the manifest's source checkpoint, which DFS_RUNTIME=torch loads.
 RUN mkdir -p /opt/dfs/model_repository /opt/dfs/weights \
  && if [ "${BAKE_WEIGHTS}" = "1" ]; then \
       fetch_weights.sh "${RETINAFACE_URL}" "${RETINAFACE_SHA256}" /opt/dfs/weights/retinaface.pth \
    && fetch_weights.sh "${FTCN_URL}" "${FTCN_SHA256}" /opt/dfs/weights/ftcn_tt.pth \
-   && python -m export --model ftcn --checkpoint /opt/dfs/weights/ftcn_tt.pth --version 1 --out /opt/dfs/model_repository; \
+   && python -m export --model ftcn --checkpoint /opt/dfs/weights/ftcn_tt.pth --version 2 --out /opt/dfs/model_repository; \
     fi
 
 FROM ${CUDA_IMAGE} AS runtime

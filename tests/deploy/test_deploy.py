@@ -256,6 +256,10 @@ def test_dockerfile_shape() -> None:
         assert f'fetch_weights.sh "${{{name}_URL}}" "${{{name}_SHA256}}"' in DOCKERFILE
     assert "python -m export --model ftcn --checkpoint /opt/dfs/weights/ftcn_tt.pth" in DOCKERFILE
     assert "--out /opt/dfs/model_repository" in DOCKERFILE
+    # The committed default bundle ships in the image; the official FTCN goes above its version 1.
+    assert re.search(r"^COPY model_repository /opt/dfs/model_repository$", DOCKERFILE, re.M)
+    assert "!model_repository/*/*/model.onnx" in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    assert "ftcn_tt.pth --version 2 " in DOCKERFILE
     assert re.search(r'^ARG TENSORRT_SPEC="tensorrt-cu13==[\d.]+"$', DOCKERFILE, re.M)
     assert 'if [ -n "${TENSORRT_SPEC}" ]' in DOCKERFILE  # --build-arg TENSORRT_SPEC= switches it off
     assert "--extra-index-url https://pypi.nvidia.com" in DOCKERFILE
@@ -266,7 +270,7 @@ def test_dockerfile_shape() -> None:
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:
     ignored = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
-    for must in ("tests", ".venv", ".git", "**/__pycache__", ".pytest_cache", "data", "model_repository", "*.pth"):
+    for must in ("tests", ".venv", ".git", "**/__pycache__", ".pytest_cache", "data", "*.pth", "*.onnx"):
         assert must in ignored, must
     copied = re.findall(r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", DOCKERFILE, re.M)
     sources = [src for line in copied for src in line.split()]
