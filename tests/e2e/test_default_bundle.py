@@ -20,9 +20,13 @@ EXPECTED = ["dcl", "ftcn"]
 
 
 def _manifests() -> dict[str, Manifest]:
-    return {folder.parent.name: Manifest.read(folder.parent / max(
-        (p.name for p in folder.parent.iterdir() if p.name.isdigit()), key=int))
-        for folder in sorted(BUNDLE.glob("*/*/manifest.json"))}
+    """The highest version of each model, as the service picks it."""
+    latest: dict[str, Path] = {}
+    for manifest in BUNDLE.glob("*/*/manifest.json"):
+        model, version = manifest.parent.parent.name, manifest.parent
+        if model not in latest or int(version.name) > int(latest[model].name):
+            latest[model] = version
+    return {model: Manifest.read(folder) for model, folder in latest.items()}
 
 
 def test_manifests_record_how_each_model_was_made_and_measured() -> None:
