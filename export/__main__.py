@@ -113,6 +113,7 @@ def export_model(
                 path=str(checkpoint) if checkpoint else None,
                 sha256=file_sha256(checkpoint) if checkpoint else None,
                 layout=("ours" if ckpt and ckpt.get("model") == name else "reference") if ckpt else "random-init",
+                model_kwargs=dict(ckpt.get("model_kwargs") or {}) if ckpt else {},
             ),
             untrained=random_init,
             parity=Parity(

@@ -56,6 +56,11 @@ class SourceCheckpoint(BaseModel):
     path: str | None = None
     sha256: str | None = None
     layout: str = "random-init"
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Constructor options of the network (e.g. DCL's backbone): rebuilds the same architecture "
+        "for the torch reference runtime and benchmarks even where the checkpoint file is not at hand.",
+    )
 
 
 class Manifest(BaseModel):

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import http.server
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from service.launcher import LiveService, free_port, start_service, stop_service
 from tests import media
+
+__all__ = ["LiveService", "free_port", "start_service", "stop_service"]  # re-exported for the e2e tests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -56,12 +55,6 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (folder / "large.mp4").write_bytes(os.urandom(3 * 1024 * 1024))
     files["large"] = folder / "large.mp4"
     return files
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class _MediaHandler(http.server.SimpleHTTPRequestHandler):
@@ -143,50 +136,6 @@ def full_repository(ftcn_repository: Path, tmp_path_factory: pytest.TempPathFact
     for name in ("pcl_i2g", "dcl", "lib", "advgame"):
         export_model(name, folder, random_init=True, seed=3)
     return folder
-
-
-@dataclass
-class LiveService:
-    base_url: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def client(self, timeout: float = 300.0) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=timeout)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def start_service(env_overrides: dict[str, str], log_path: Path, ready_timeout: float = 180.0) -> LiveService:
-    """Run ``python -m service`` as a real process on loopback and wait for /healthcheck."""
-    port = free_port()
-    env = {**os.environ, "DFS_HOST": "127.0.0.1", "DFS_PORT": str(port), "PYTHONUNBUFFERED": "1", **env_overrides}
-    handle = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"service exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/healthcheck", timeout=2).status_code == 200:
-                return LiveService(base_url, process, log_path)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.terminate()
-    raise RuntimeError(f"service not healthy after {ready_timeout} s:\n{log_path.read_text()}")
-
-
-def stop_service(service: LiveService) -> None:
-    service.process.terminate()
-    try:
-        service.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        service.process.kill()
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,11 @@ def test_manifests_record_how_each_model_was_made_and_measured() -> None:
         held_out = manifest.metrics["evaluate_test"]
         assert held_out["videos"]["n"] == 12 and 0 <= held_out["videos"]["auc"] <= 1
         assert 0 < manifest.calibration.threshold < 1 and manifest.calibration.temperature > 0
+        # the recorded constructor options rebuild the exported architecture (torch runtime, benchmarks)
+        from models import create_model, get_spec
+
+        rebuilt = create_model(name, **manifest.source.model_kwargs)
+        assert (getattr(rebuilt, "spec", None) or get_spec(name)) == manifest.model_spec(), name
     total = sum(p.stat().st_size for p in BUNDLE.rglob("*") if p.is_file())
     assert total < 50e6, f"the bundle should stay light, it is {total / 1e6:.1f} MB"
 

@@ -43,6 +43,10 @@ def test_two_steps_resume_export_serve(method: str, crops_copy: Path, tmp_path: 
     from service.pipeline.engines import OnnxEngine
 
     folder = export_model(method, tmp_path / "repo", checkpoint=run / "last.pt", parity_batches=[1, 2])
+    from export.manifest import Manifest
+
+    # the manifest can rebuild the same architecture without the checkpoint (torch runtime, benchmarks)
+    assert Manifest.read(folder).source.model_kwargs == checkpoint["model_kwargs"]
     engine = OnnxEngine(folder / "model.onnx", device="cpu")
     size = checkpoint["spec"]["input_size"]
     logits = engine.run(np.zeros((3, 3, size, size), np.float32))

@@ -1,0 +1,25 @@
+"""Every benchmark script imports and explains itself (``--help``): they are not run by CI, so this
+keeps them from rotting when the modules they drive change."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+SCRIPTS = sorted(p.name for p in (REPO_ROOT / "bench").glob("*.py") if not p.name.startswith("_"))
+
+
+def test_bench_scripts_found() -> None:
+    assert {"e2e.py", "floor.py", "sampling.py", "stages.py", "held_out.py"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script: str) -> None:
+    result = subprocess.run([sys.executable, f"bench/{script}", "--help"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and len(result.stdout) > 300
