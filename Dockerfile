@@ -79,8 +79,12 @@ COPY --from=python /opt/venv /opt/venv
 COPY --from=weights --chown=10001:10001 /opt/dfs /opt/dfs
 # tensorrt_libs: where the TensorRT wheel puts libnvinfer.so.10, which ONNX Runtime's TensorRT
 # provider loads by name. Downloads are staged in the system temp dir (/tmp).
+# NVIDIA_DRIVER_CAPABILITIES: "video" makes the container toolkit mount the driver's NVDEC/NVENC
+# libraries (libnvcuvid, libnvidia-encode), without which PyNvVideoCodec cannot load and
+# DFS_DECODER=auto decodes on the CPU.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     LD_LIBRARY_PATH=/opt/venv/lib/python3.12/site-packages/tensorrt_libs:${LD_LIBRARY_PATH} \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
     DFS_HOST=0.0.0.0 DFS_PORT=8000 DFS_WORKERS=1 DFS_LOG_LEVEL=info \
     DFS_MODEL_REPOSITORY=/opt/dfs/model_repository \
     DFS_ENGINE_CACHE=/var/cache/dfs/engines \

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     max_video_side: int = Field(8192, gt=0, description="Refuse videos wider or taller than this (header check).")
     max_duration_s: float = Field(4 * 3600.0, gt=0, description="Refuse videos longer than this (header check).")
     decode_threads: int = Field(2, ge=0, description="FFmpeg decoder threads per request (0 = auto).")
+    decoder: Literal["auto", "pyav", "nvdec"] = Field(
+        "auto",
+        description="auto = NVDEC (PyNvVideoCodec; frames stay on the GPU through detection and crops) when it is "
+        "usable and the device is cuda, else PyAV on the CPU; nvdec = require it (start-up fails with the reason "
+        "otherwise); files NVDEC cannot decode fall back to PyAV.",
+    )
 
     # --- faces and tracks -------------------------------------------------------------------
     face_detector: Literal["auto", "blazeface", "retinaface"] = Field(

@@ -17,6 +17,7 @@ from service.config import Settings
 from service.model_repository import ModelVersion, discover
 from service.pipeline.engines import DynamicBatcher, Engine, OnnxEngine, TorchEngine
 from service.pipeline.faces import FaceDetector, create_detector
+from service.pipeline.tensor_frames import choose_decoder
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,15 @@ class Runtime:
     settings: Settings
     models: dict[str, LoadedModel] = field(default_factory=dict)
     detector: FaceDetector | None = None
+    decoder: str = "pyav"  # DFS_DECODER resolved at start-up: "pyav" or "nvdec"
     ready: bool = False
     reason: str = "models are loading"
 
     async def load(self) -> None:
         """Load detector and engines off the event loop; record why if it fails."""
         try:
+            self.decoder = await asyncio.to_thread(choose_decoder, self.settings)
+            log.info("frame decoder: %s", self.decoder)
             self.detector = await asyncio.to_thread(create_detector, self.settings)
             versions = await asyncio.to_thread(
                 discover, self.settings.model_repository, self.settings.model_names or None

@@ -8,6 +8,7 @@ shared per-model batchers, so many requests progress at once on one event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,11 @@ from service.pipeline import scores
 from service.pipeline.crops import CropItem, SamplingOptions, extract_crops, plan_crops
 from service.pipeline.decode import VideoInfo, iter_frames, probe
 from service.pipeline.faces import Face, FaceDetector
+from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrame, TensorFrameSource, tensor_frame_source
 from service.pipeline.tracks import IouTracker, Track
 from service.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 _DETECT_CHUNK = 8  # frames per detector call: RetinaFace batches them in one forward
 
@@ -52,10 +56,37 @@ def _keep(face: Face, settings: Settings) -> bool:
     return face.score >= settings.min_face_score and side >= settings.min_face_size
 
 
+def _track_faces(
+    tracker: IouTracker, index: int, faces: list[Face], frame_width: int, info: VideoInfo, settings: Settings
+) -> None:
+    """Map one frame's detections to original pixels, clip, filter and feed them to the tracker."""
+    limits = np.array([info.width, info.height, info.width, info.height], np.float32)
+    originals = [face.scaled(info.width / frame_width) for face in faces]
+    # boxes may overhang the frame edge; clip them (landmarks stay as found)
+    clipped = [Face(np.clip(f.box, 0, limits), f.score, f.landmarks) for f in originals]
+    tracker.update(index, [f for f in clipped if _keep(f, settings)])
+
+
 def find_tracks(
-    path: Path, info: VideoInfo, detector: FaceDetector, settings: Settings, max_frames: int, clock: StageClock
+    path: Path,
+    info: VideoInfo,
+    detector: FaceDetector,
+    settings: Settings,
+    max_frames: int,
+    clock: StageClock,
+    frames: TensorFrameSource | None = None,
 ) -> tuple[list[Track], int]:
-    """Decode at detection size, detect every ``detect_every`` frames, link detections into tracks."""
+    """Decode at detection size, detect every ``detect_every`` frames, link detections into tracks.
+
+    ``frames`` is a tensor decoder (NVDEC when ``DFS_DECODER`` chose it): frames then stay tensors
+    on their device through detection. None, or a file that source cannot decode, runs the PyAV
+    numpy path.
+    """
+    if frames is not None:
+        try:
+            return _find_tracks_tensor(path, info, detector, settings, max_frames, clock, frames)
+        except FrameSourceUnsupported as exc:
+            log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)
     tracker = IouTracker(iou_threshold=settings.track_iou, max_gap=settings.track_max_gap)
     wanted = range(0, max_frames, settings.detect_every)
     pending: list[tuple[int, np.ndarray]] = []
@@ -65,13 +96,8 @@ def find_tracks(
         started = time.perf_counter()
         found = detector.detect([rgb for _, rgb in pending])
         clock.add("faces", time.perf_counter() - started)
-        limits = np.array([info.width, info.height, info.width, info.height], np.float32)
         for (index, rgb), faces in zip(pending, found, strict=True):
-            to_original = info.width / rgb.shape[1]
-            originals = [face.scaled(to_original) for face in faces]
-            # boxes may overhang the frame edge; clip them (landmarks stay as found)
-            clipped = [Face(np.clip(f.box, 0, limits), f.score, f.landmarks) for f in originals]
-            tracker.update(index, [f for f in clipped if _keep(f, settings)])
+            _track_faces(tracker, index, faces, rgb.shape[1], info, settings)
         pending.clear()
 
     started = time.perf_counter()
@@ -89,6 +115,50 @@ def find_tracks(
     return tracker.finish(min_detections=min_detections, max_tracks=settings.max_tracks), frames_read
 
 
+def _find_tracks_tensor(
+    path: Path,
+    info: VideoInfo,
+    detector: FaceDetector,
+    settings: Settings,
+    max_frames: int,
+    clock: StageClock,
+    frames: TensorFrameSource,
+) -> tuple[list[Track], int]:
+    """:func:`find_tracks` on tensor frames: batches of (N, 3, h, w) go to the detector as they are."""
+    import torch
+
+    from service.pipeline.faces import detect_tensor
+
+    tracker = IouTracker(iou_threshold=settings.track_iou, max_gap=settings.track_max_gap)
+    wanted = range(0, max_frames, settings.detect_every)
+    pending: list[TensorFrame] = []
+    frames_read = 0
+    faces_before = clock.ms.get("faces", 0.0)
+
+    def flush() -> None:
+        started = time.perf_counter()
+        found = detect_tensor(detector, torch.stack([f.rgb for f in pending]))
+        clock.add("faces", time.perf_counter() - started)
+        for frame, faces in zip(pending, found, strict=True):
+            _track_faces(tracker, frame.index, faces, frame.rgb.shape[-1], info, settings)
+        pending.clear()
+
+    started = time.perf_counter()
+    for frame in frames(path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side):
+        frames_read = frame.index + 1
+        if pending and pending[0].rgb.shape != frame.rgb.shape:  # a mid-stream size change cannot stack
+            flush()
+        pending.append(frame)
+        if len(pending) == _DETECT_CHUNK:
+            flush()
+    if pending:
+        flush()
+    faces_ms = clock.ms.get("faces", 0.0) - faces_before
+    clock.add("decode", time.perf_counter() - started - faces_ms / 1000.0)
+    min_detections = max(1, min(settings.min_track_frames, -(-frames_read // settings.detect_every)))
+    return tracker.finish(min_detections=min_detections, max_tracks=settings.max_tracks), frames_read
+
+
 async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict[str, Any]:
     """Score one local video file; returns the response body without fetch timing and request id."""
     settings = runtime.settings
@@ -101,8 +171,9 @@ async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, r
     )
     clock.add("decode", time.perf_counter() - started)
 
+    frames = tensor_frame_source(runtime.decoder)  # None: the PyAV numpy path
     tracks, frames_read = await asyncio.to_thread(
-        find_tracks, path, info, runtime.detector, settings, options.max_frames, clock
+        find_tracks, path, info, runtime.detector, settings, options.max_frames, clock, frames
     )
     metrics.FACES_FOUND.observe(len(tracks))
 
@@ -110,7 +181,7 @@ async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, r
     items: list[CropItem] = plan_crops(tracks, specs, options.sampling)
     started = time.perf_counter()
     crops = await asyncio.to_thread(
-        extract_crops, path, items, specs, max_frames=frames_read, threads=settings.decode_threads
+        extract_crops, path, items, specs, max_frames=frames_read, threads=settings.decode_threads, frames=frames
     )
     clock.add("crops", time.perf_counter() - started)
 

@@ -14,6 +14,7 @@ Crop rules come from each model's :class:`models.spec.CropRule`:
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,10 @@ from skimage.transform import SimilarityTransform
 
 from models.spec import ModelSpec
 from service.pipeline.decode import iter_frames
+from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrame, TensorFrameSource
 from service.pipeline.tracks import Track
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,9 +119,21 @@ def plan_crops(tracks: list[Track], specs: dict[str, ModelSpec], options: Sampli
 
 
 def extract_crops(
-    path: Path, items: list[CropItem], specs: dict[str, ModelSpec], *, max_frames: int, threads: int = 0
+    path: Path,
+    items: list[CropItem],
+    specs: dict[str, ModelSpec],
+    *,
+    max_frames: int,
+    threads: int = 0,
+    frames: TensorFrameSource | None = None,
+    warp_chunk: int = 16,
 ) -> list[np.ndarray]:
-    """Decode the needed frames once and warp every item: returns, per item, uint8 (T, S, S, 3)."""
+    """Decode the needed frames once and warp every item: returns, per item, uint8 (T, S, S, 3).
+
+    ``frames`` is a tensor decoder (NVDEC when ``DFS_DECODER`` chose it): the crops are then cut
+    on the frames' device, ``warp_chunk`` frames per batched warp, and only the crops come to the
+    host. None, or a file that source cannot decode, runs the PyAV + OpenCV path.
+    """
     outputs = [np.zeros((len(it.frame_indices), specs[it.model].input_size, specs[it.model].input_size, 3), np.uint8)
                for it in items]
     uses: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -126,6 +142,12 @@ def extract_crops(
             uses[int(frame_index)].append((item_no, position))
     if not uses:
         return outputs
+    if frames is not None:
+        try:
+            _extract_crops_tensor(path, items, specs, uses, outputs, frames, max_frames, warp_chunk)
+            return outputs
+        except FrameSourceUnsupported as exc:
+            log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)
     for frame in iter_frames(path, max_frames=max_frames, wanted=uses.keys(), threads=threads):
         for item_no, position in uses[frame.index]:
             size = specs[items[item_no].model].input_size
@@ -138,3 +160,45 @@ def extract_crops(
                 borderMode=cv2.BORDER_CONSTANT,
             )
     return outputs
+
+
+def _extract_crops_tensor(
+    path: Path,
+    items: list[CropItem],
+    specs: dict[str, ModelSpec],
+    uses: dict[int, list[tuple[int, int]]],
+    outputs: list[np.ndarray],
+    frames: TensorFrameSource,
+    max_frames: int,
+    chunk: int,
+) -> None:
+    """Fill ``outputs`` from tensor frames: one batched warp per crop size per chunk of frames."""
+    import torch
+
+    from service.pipeline.gpu_warp import warp_crops
+
+    pending: list[TensorFrame] = []
+
+    def flush() -> None:
+        batch = torch.stack([f.rgb for f in pending])
+        by_size: dict[int, tuple[list[int], list[np.ndarray], list[tuple[int, int]]]] = {}
+        for row, frame in enumerate(pending):
+            for item_no, position in uses[frame.index]:
+                rows, matrices, slots = by_size.setdefault(specs[items[item_no].model].input_size, ([], [], []))
+                rows.append(row)
+                matrices.append(items[item_no].matrices[position])
+                slots.append((item_no, position))
+        for size, (rows, matrices, slots) in by_size.items():
+            crops = warp_crops(batch, rows, np.stack(matrices), size).cpu().numpy()
+            for crop, (item_no, position) in zip(crops, slots, strict=True):
+                outputs[item_no][position] = crop
+        pending.clear()
+
+    for frame in frames(path, max_frames=max_frames, wanted=uses.keys()):
+        if pending and pending[0].rgb.shape != frame.rgb.shape:  # a mid-stream size change cannot stack
+            flush()
+        pending.append(frame)
+        if len(pending) >= chunk:
+            flush()
+    if pending:
+        flush()

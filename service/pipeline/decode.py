@@ -113,7 +113,8 @@ def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
 
 
-def _scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) with the longer side at most ``max_side``; shared by the PyAV and GPU paths."""
     if not max_side or max(width, height) <= max_side:
         return width, height
     scale = max_side / max(width, height)
@@ -150,7 +151,7 @@ def iter_frames(
                     break
                 if wanted is None or index in wanted:
                     rotation = _frame_rotation(frame)
-                    out_w, out_h = _scaled_size(frame.width, frame.height, max_side)
+                    out_w, out_h = scaled_size(frame.width, frame.height, max_side)
                     rgb = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
                     yield DecodedFrame(index=index, time_s=float(frame.time or 0.0), rgb=upright(rgb, rotation))
                 index += 1

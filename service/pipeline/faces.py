@@ -17,11 +17,14 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from service.config import Settings
+
+if TYPE_CHECKING:  # torch is imported lazily: the BlazeFace-only path never needs it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,18 @@ class RetinaFaceDetector:
     def detect(self, frames: list[np.ndarray]) -> list[list[Face]]:
         if not frames:
             return []
-        batch = self._torch.from_numpy(np.stack(frames)).to(self._device).permute(0, 3, 1, 2).float()
+        return self.detect_tensor(self._torch.from_numpy(np.stack(frames)).to(self._device).permute(0, 3, 1, 2))
+
+    def detect_tensor(self, batch: torch.Tensor) -> list[list[Face]]:
+        """Faces in a batch (N, 3, H, W) of RGB frames, uint8 or float 0..255, on any device.
+
+        The GPU frame path hands over frames already on the detector's device, so they are
+        detected where they are (no host round trip); the network casts to its dtype itself.
+        """
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected frames (N, 3, H, W), got {tuple(batch.shape)}")
+        if batch.shape[0] == 0:
+            return []
         with self._lock, self._torch.inference_mode():
             results = self._net.detect(batch, score_threshold=self._min_score)
         return [
@@ -129,6 +143,23 @@ class RetinaFaceDetector:
              for i in range(len(r.scores))]
             for r in results
         ]
+
+
+def detect_tensor(detector: FaceDetector, batch: torch.Tensor) -> list[list[Face]]:
+    """Detect on a (N, 3, H, W) RGB tensor batch (uint8, or float 0..255) with any detector.
+
+    RetinaFace takes the tensor where it is; BlazeFace (mediapipe) only reads host uint8 numpy
+    images, so for it, and only for it, the frames are copied to the host.
+    """
+    import torch
+
+    method = getattr(detector, "detect_tensor", None)
+    if method is not None:
+        return method(batch)
+    if batch.dtype != torch.uint8:
+        batch = batch.round().clamp(0, 255).to(torch.uint8)
+    host = batch.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return detector.detect(list(host))
 
 
 def resolve_device(setting: str) -> str:
