@@ -117,14 +117,17 @@ class Row:
     best_per_s: float
     best_batch: int | None
     share_of_floor: float | None
+    knee_batch: int | None = None  # smallest batch within 10% of the best rate: what the batcher needs
+    kind: str | None = None
 
 
 def engine_rate(name: str, spec: ModelSpec, model: nn.Module, engine_path: Path | None, runtime: str,
-                device: torch.device, dtype: torch.dtype, batches: list[int]) -> tuple[float, int, str]:
-    """Best items/s over ``batches`` for the engine the service would run (or eager torch)."""
+                device: torch.device, dtype: torch.dtype, batches: list[int]) -> tuple[dict[int, float], str]:
+    """Items/s per batch size for the engine the service would run (or eager torch)."""
     from service.pipeline.engines import OnnxEngine
 
-    best, best_batch, label = 0.0, batches[0], runtime
+    rates: dict[int, float] = {}
+    label = runtime
     engine = None
     if runtime == "onnx":
         if engine_path is None:
@@ -146,10 +149,9 @@ def engine_rate(name: str, spec: ModelSpec, model: nn.Module, engine_path: Path 
                     return model(tensor)  # noqa: B023 - called right here
 
             seconds = best_seconds(forward, repeat=2, sync=cuda_sync(device))
-        if batch / seconds > best:
-            best, best_batch = batch / seconds, batch
+        rates[batch] = batch / seconds
         print(f"  {name} batch {batch}: {batch / seconds:.2f} items/s", flush=True)
-    return best, best_batch, label
+    return rates, label
 
 
 def decode_rows(video: Path) -> list[Row]:
@@ -230,22 +232,32 @@ def main(argv: list[str] | None = None) -> int:
         cost = cost_per_item(model, spec, torch.finfo(dtype).bits // 8)
         compute_s, memory_s = cost.gflop * 1e9 / peak, cost.mbytes * 1e6 / bandwidth
         floor = 1 / max(compute_s, memory_s)
-        best, best_batch, runtime = engine_rate(name, spec, model, engine_path, args.runtime, device, dtype, batches)
+        rates, runtime = engine_rate(name, spec, model, engine_path, args.runtime, device, dtype, batches)
+        best_batch = max(rates, key=rates.__getitem__)
+        knee = min(b for b, r in rates.items() if r >= 0.9 * rates[best_batch])
         rows.append(Row(name, runtime, round(cost.gflop, 3), round(cost.mbytes, 1), floor,
-                        "compute" if compute_s >= memory_s else "memory", best, best_batch, best / floor))
+                        "compute" if compute_s >= memory_s else "memory", rates[best_batch], best_batch,
+                        rates[best_batch] / floor, knee, spec.kind))
     if args.video:
         rows.extend(decode_rows(args.video))
 
     print()
     print(f"{'stage':26} {'runtime':34} {'GFLOP':>8} {'MB':>8} {'floor/s':>9} {'bound':>8} {'best/s':>9} "
-          f"{'batch':>5} {'share':>6}")
+          f"{'batch':>5} {'share':>6} {'knee':>5}")
     for r in rows:
         def num(value: float | None, spec: str) -> str:
             return "-" if value is None else format(value, spec)
 
         print(f"{r.stage:26} {r.runtime:34} {num(r.gflop_per_item, '.2f'):>8} {num(r.mb_per_item, '.1f'):>8} "
               f"{num(r.floor_per_s, '.1f'):>9} {r.bound:>8} {r.best_per_s:9.2f} {num(r.best_batch, 'd'):>5} "
-              f"{num(r.share_of_floor, '.1%'):>6}")
+              f"{num(r.share_of_floor, '.1%'):>6} {num(r.knee_batch, 'd'):>5}")
+    knees = {kind: max((r.knee_batch for r in rows if r.kind == kind and r.knee_batch), default=None)
+             for kind in ("clip", "frame")}
+    if any(knees.values()):
+        # the batcher's cap only needs to reach the knee: bigger batches add waiting, not throughput
+        suggestion = {"DFS_BATCH_MAX_CLIPS": knees["clip"], "DFS_BATCH_MAX_FRAMES": knees["frame"]}
+        print("\nbatch sizes within 10% of the best rate (measured batches only): "
+              + " ".join(f"{k}={v}" for k, v in suggestion.items() if v))
     if args.json:
         meta = {"machine": platform.node(), "device": device.type, "dtype": str(dtype), "matmul_flops_per_s": peak,
                 "copy_bytes_per_s": bandwidth, "torch": torch.__version__,

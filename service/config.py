@@ -41,6 +41,17 @@ class Settings(BaseSettings):
         "torch = eager PyTorch from the manifest's source checkpoint (the reference runtime).",
     )
     torch_dtype: Literal["fp32", "bf16"] = Field("fp32", description="Precision of the torch runtime (bf16 on GPUs).")
+    torch_compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off",
+        description="torch.compile mode for the torch runtime (reduce-overhead adds CUDA graphs); batches are "
+        "padded to power-of-two sizes so each compiles once. Compiling takes tens of seconds per model at start.",
+    )
+    gpu_memory_limit_mb: int = Field(
+        0, ge=0, description="Cap on each ONNX Runtime CUDA session's memory arena, grown only as asked (0 = no cap)."
+    )
+    torch_memory_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of the GPU the torch runtime and RetinaFace may cache (0 = no cap)."
+    )
     engine_cache: Path | None = Field(
         None, description="Where TensorRT engines built at first start are cached (a volume in containers)."
     )

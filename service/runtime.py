@@ -22,6 +22,17 @@ from service.pipeline.tensor_frames import choose_decoder
 log = logging.getLogger(__name__)
 
 
+def limit_torch_memory(fraction: float) -> None:
+    """Cap what torch's caching allocator may hold on the GPU (the torch runtime and RetinaFace share it)."""
+    if not fraction:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(fraction)
+        log.info("torch may cache at most %.0f%% of GPU memory", fraction * 100)
+
+
 @dataclass
 class LoadedModel:
     version: ModelVersion
@@ -45,6 +56,7 @@ class Runtime:
     async def load(self) -> None:
         """Load detector and engines off the event loop; record why if it fails."""
         try:
+            limit_torch_memory(self.settings.torch_memory_fraction)
             self.decoder = await asyncio.to_thread(choose_decoder, self.settings)
             log.info("frame decoder: %s", self.decoder)
             self.detector = await asyncio.to_thread(create_detector, self.settings)
@@ -78,7 +90,20 @@ class Runtime:
                     f"{version.name} v{version.version}: DFS_RUNTIME=torch needs the source checkpoint "
                     f"({source or 'none: exported with --random-init'}), which is not readable here"
                 )
-            return TorchEngine(version.name, Path(source), device=self.settings.device, dtype=self.settings.torch_dtype)
+            spec = version.manifest.model_spec()
+            engine = TorchEngine(
+                version.name,
+                Path(source),
+                device=self.settings.device,
+                dtype=self.settings.torch_dtype,
+                compile_mode=self.settings.torch_compile,
+                max_batch=self.settings.batch_max_clips if spec.kind == "clip" else self.settings.batch_max_frames,
+            )
+            if engine.compiled:
+                log.info("%s: compiling for batch sizes up to %d (torch.compile %s)", version.name, engine.max_batch,
+                         self.settings.torch_compile)
+                engine.warmup(spec.input_shape(1))
+            return engine
         if version.manifest.format == "tensorrt":
             from export.tensorrt import TensorRTEngine, check_compatible
 
@@ -89,6 +114,7 @@ class Runtime:
             device=self.settings.device,
             threads=self.settings.onnx_intra_op_threads,
             engine_cache=self.settings.engine_cache,
+            gpu_memory_limit_mb=self.settings.gpu_memory_limit_mb,
         )
 
     async def close(self) -> None:

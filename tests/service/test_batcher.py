@@ -1,0 +1,78 @@
+"""The cross-request batcher: requests share forward passes, a batch that fails (out of memory at that
+size) is split and retried so no request fails, and an item that fails alone fails only its request."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.__main__ import export_model
+from models import get_spec
+from service.errors import InferenceFailed
+from service.pipeline.engines import DynamicBatcher, OnnxEngine, normalize
+
+SPEC = get_spec("advgame")
+
+
+class FailingEngine:
+    """A real ONNX engine that fails like a GPU out of memory on batches larger than ``limit``, and
+    on any batch holding a constant (all-equal) crop, the stand-in for an input that breaks a model."""
+
+    runtime = "onnxruntime:test"
+
+    def __init__(self, engine: OnnxEngine, limit: int) -> None:
+        self.engine, self.limit, self.batch_sizes = engine, limit, []
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.batch_sizes.append(len(batch))
+        if len(batch) > self.limit:
+            raise RuntimeError(f"CUDA out of memory: tried a batch of {len(batch)}")
+        if (batch.reshape(len(batch), -1).std(axis=1) == 0).any():
+            raise RuntimeError("this item breaks the model")
+        return self.engine.run(batch)
+
+
+@pytest.fixture(scope="module")
+def onnx_engine(tmp_path_factory: pytest.TempPathFactory) -> OnnxEngine:
+    folder = export_model("advgame", tmp_path_factory.mktemp("repo"), random_init=True, parity_batches=[1])
+    return OnnxEngine(Path(folder) / "model.onnx", device="cpu")
+
+
+def crops(count: int, seed: int) -> list[np.ndarray]:
+    shape = (count, SPEC.input_size, SPEC.input_size, 3)
+    return list(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
+
+
+async def infer_together(engine: FailingEngine, *requests: list[np.ndarray]) -> list[object]:
+    """Submit every request at once (so they can share batches); results or exceptions in order."""
+    batcher = DynamicBatcher("advgame", engine, SPEC, max_batch=8, max_wait_s=0.2)
+    batcher.start()
+    try:
+        calls = [batcher.infer(f"request-{i}", items) for i, items in enumerate(requests)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await batcher.stop()
+
+
+def test_requests_share_a_batch_and_out_of_memory_splits_it_instead_of_failing(onnx_engine: OnnxEngine) -> None:
+    engine = FailingEngine(onnx_engine, limit=2)
+    first, second = crops(4, 0), crops(3, 1)
+    got_first, got_second = asyncio.run(infer_together(engine, first, second))
+    np.testing.assert_allclose(got_first, onnx_engine.run(normalize(SPEC, np.stack(first))), atol=1e-5)
+    np.testing.assert_allclose(got_second, onnx_engine.run(normalize(SPEC, np.stack(second))), atol=1e-5)
+    assert engine.batch_sizes[0] == 7, "both requests' crops go through one forward pass first"
+    assert sum(size for size in engine.batch_sizes if size <= 2) == 7, "then halves until every item ran once"
+
+
+def test_an_item_that_fails_alone_fails_only_its_request(onnx_engine: OnnxEngine) -> None:
+    engine = FailingEngine(onnx_engine, limit=64)
+    good = crops(3, 2)
+    bad = crops(2, 3)
+    bad[1] = np.full_like(bad[1], 255)
+    got_good, got_bad = asyncio.run(infer_together(engine, good, bad))
+    np.testing.assert_allclose(got_good, onnx_engine.run(normalize(SPEC, np.stack(good))), atol=1e-5)
+    assert isinstance(got_bad, InferenceFailed)
+    assert "model advgame failed" in str(got_bad) and "breaks the model" in str(got_bad)
