@@ -48,21 +48,21 @@ class DecodedFrame:
     rgb: np.ndarray  # (H, W, 3) uint8, upright
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def open_container(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise NotAVideo(f"not a readable media file: {exc}", code="not_a_video") from exc
 
 
-def _frame_rotation(frame: av.VideoFrame) -> int:
+def frame_rotation(frame: av.VideoFrame) -> int:
     """Counter-clockwise display rotation of a frame in degrees, normalised to 0/90/180/270."""
     return int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4 * 90
 
 
 def probe(path: Path, *, max_side: int, max_duration_s: float) -> VideoInfo:
     """Read the header only and refuse what cannot or should not be decoded."""
-    with _open(path) as container:
+    with open_container(path) as container:
         demuxer = container.format.name
         if demuxer in _IMAGE_DEMUXERS or demuxer.endswith("_pipe"):
             raise NotAVideo(f"the file is a still image ({demuxer}), not a video", code="not_a_video")
@@ -93,7 +93,7 @@ def probe(path: Path, *, max_side: int, max_duration_s: float) -> VideoInfo:
             raise NotAVideo(f"the video stream cannot be decoded: {exc}", code="undecodable") from exc
         if first is None:
             raise NotAVideo("the video stream holds no decodable frame", code="undecodable")
-        rotation = _frame_rotation(first)
+        rotation = frame_rotation(first)
         if rotation % 180:
             width, height = height, width
         return VideoInfo(
@@ -137,7 +137,7 @@ def iter_frames(
     the iteration with a warning after the frames that did decode; one that yields no frame at all
     is refused as not decodable.
     """
-    with _open(path) as container:
+    with open_container(path) as container:
         if not container.streams.video:
             raise NotAVideo("the file has no video stream", code="no_video_stream")
         stream = container.streams.video[0]
@@ -150,7 +150,7 @@ def iter_frames(
                 if index >= max_frames:
                     break
                 if wanted is None or index in wanted:
-                    rotation = _frame_rotation(frame)
+                    rotation = frame_rotation(frame)
                     out_w, out_h = scaled_size(frame.width, frame.height, max_side)
                     rgb = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
                     yield DecodedFrame(index=index, time_s=float(frame.time or 0.0), rgb=upright(rgb, rotation))

@@ -41,7 +41,7 @@ import av
 import torch
 
 from service.errors import NotAVideo
-from service.pipeline.decode import _frame_rotation, _open
+from service.pipeline.decode import frame_rotation, open_container
 from service.pipeline.gpu_color import Matrix, matrix_for_tags, nv12_to_rgb
 from service.pipeline.gpu_warp import resize_max_side
 from service.pipeline.tensor_frames import DecoderUnavailable, FrameSourceUnsupported, TensorFrame
@@ -103,7 +103,7 @@ class StreamFacts:
 
 def stream_facts(path: Path) -> StreamFacts:
     """Header, display rotation and colour tags of the first video stream (decodes one frame on the CPU)."""
-    with _open(path) as container:
+    with open_container(path) as container:
         if not container.streams.video:
             raise NotAVideo("the file has no video stream", code="no_video_stream")
         stream = container.streams.video[0]
@@ -122,7 +122,7 @@ def stream_facts(path: Path) -> StreamFacts:
             width=int(first.width),
             height=int(first.height),
             time_base=stream.time_base,
-            rotation=_frame_rotation(first),
+            rotation=frame_rotation(first),
             matrix=matrix,
             full_range=full,
         )
