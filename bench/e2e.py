@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="DFS_DEVICE")
     parser.add_argument("--retinaface-weights", type=Path, help="DFS_RETINAFACE_WEIGHTS for every profile")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra DFS_* setting for the service and torch profiles (repeatable)")
+                        help="extra DFS_* setting for the service and torch profiles (repeatable); "
+                             "DFS_RUNTIME=torch serves the service profile from torch checkpoints too")
     parser.add_argument("--soak", type=int, default=0, metavar="N",
                         help="after the levels, N more requests to the service profile at the largest client count, "
                              "sampling its memory ten times")
@@ -343,10 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     results: list[LevelResult] = []
     soak_samples: list[dict] = []
     try:
-        if {"torch", "baseline"} & set(profiles):
+        service_on_torch = extra.get("DFS_RUNTIME") == "torch"  # e.g. a GPU without onnxruntime-gpu
+        if {"torch", "baseline"} & set(profiles) or service_on_torch:
             torch_repo, stand_ins = torch_repository(args.repository, work / "torch_repository")
         for profile in profiles:
             env = {**common, **(extra if profile != "baseline" else {})}
+            if profile == "service" and service_on_torch:
+                env["DFS_MODEL_REPOSITORY"] = str(torch_repo)
             if profile == "torch":
                 env |= {"DFS_RUNTIME": "torch", "DFS_MODEL_REPOSITORY": str(torch_repo)}
             if profile == "baseline":

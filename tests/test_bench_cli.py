@@ -23,3 +23,12 @@ def test_help(script: str) -> None:
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout and len(result.stdout) > 300
+
+
+@pytest.mark.parametrize("script", ["bench/gpu_check.sh", "scripts/gpu_pack.sh"])
+def test_gpu_check_scripts_parse_and_refuse_bad_usage(script: str) -> None:
+    assert subprocess.run(["bash", "-n", script], cwd=REPO_ROOT, timeout=30).returncode == 0
+    if script == "bench/gpu_check.sh":
+        result = subprocess.run(["bash", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+                                env={"OUT": "/tmp/dfs-gpu-check-usage", "PATH": "/usr/bin:/bin"})
+        assert result.returncode == 2 and "usage:" in result.stderr

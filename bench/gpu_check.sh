@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 3, 4 and 6 as ONE prepared device run (device time is scarce: 15 min a
+# session, machine start included). Prepare here with scripts/gpu_pack.sh, which prints the calls:
+#
+#   bash bench/gpu_check.sh stash N     # copy the carried .gpu_pack/partN to /tmp (one call per part)
+#   bash bench/gpu_check.sh run         # assemble, install, then every check below, results in $OUT
+#
+# Each step has its own time limit and writes its table to $OUT (a .txt) and, where the script
+# supports it, JSON; a failing step does not stop the later ones. The machine has no
+# onnxruntime-gpu (255 MB, see DEVELOPERS.md for carrying it), so engines run through the torch
+# runtime there (bf16; random-init stand-ins of the same architectures where checkpoints are absent).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu_check}
+mkdir -p "$OUT"
+STASH=/tmp/gpu_pack
+
+case "${1:-}" in
+  stash)
+    mkdir -p "$STASH" && cp ".gpu_pack/part$2/data" "$STASH/part$2" && ls -la "$STASH"
+    exit $?
+    ;;
+  run) ;;
+  *) echo "usage: $0 stash N | run" >&2; exit 2 ;;
+esac
+
+# --- assemble and install -------------------------------------------------------------------
+ls "$STASH"/part* | sort -V | xargs cat > /tmp/pack.tar && tar -C /tmp -xf /tmp/pack.tar || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/pack/wheels/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+MEDIA=/tmp/pack/media
+# tests look for ../shared/data beside the checkout
+mkdir -p ../shared 2>/dev/null && ln -sfn "$MEDIA" ../shared/data 2>/dev/null
+RETINA=$MEDIA/weights/retinaface_mobilenet0.25_Final.pth
+VIDEO=$MEDIA/videos/wild_fake_Adele.mp4
+
+step() {  # step NAME SECONDS COMMAND...: run with a limit, keep its output
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s)" | tee -a "$OUT/summary.txt"
+  local started=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT/$name.txt"
+  echo "=== $name: rc=$rc in $((SECONDS - started)) s" | tee -a "$OUT/summary.txt"
+}
+
+step env 30 bash -c 'nvidia-smi; python3 -c "import torch, av, PyNvVideoCodec as n; print(torch.__version__, torch.cuda.get_device_name(), av.__version__, n.__version__)"'
+# issue 6: NVDEC and the torch frame path on CUDA; issue 3: TensorRT where importable; runtimes on CUDA
+step pytest_gpu 240 python3 -m pytest -q -rs -s tests/service/test_nvdec.py tests/service/test_gpu_frames.py \
+  tests/test_tensorrt.py tests/service/test_runtimes.py tests/service/test_batcher.py
+# issue 6: every detector against its FLOP/byte floor, torch bf16, and the decoders
+step floor 200 python3 bench/floor.py --device cuda --models ftcn,dcl,pcl_i2g,lib,advgame --batches 1,8,32,128 \
+  --video "$VIDEO" --json "$OUT/floor.json"
+# issue 6 acceptance: 10 s 1080p single-face video, 1/8/32 clients, against the FTCN deploy's recipe
+step e2e 300 python3 bench/e2e.py --video "$VIDEO" --make-video 10 --height 1080 --device cuda \
+  --retinaface-weights "$RETINA" --profiles service,baseline --clients 1,8,32 --requests 32 --baseline-requests 2 \
+  --env DFS_RUNTIME=torch --env DFS_TORCH_DTYPE=bf16 --env DFS_DETECT_EVERY=4 --env DFS_BATCH_MAX_CLIPS=32 \
+  --env DFS_MAX_CONCURRENT_REQUESTS=16 --soak 200 --json "$OUT/e2e.json"
+cat "$OUT/summary.txt"
