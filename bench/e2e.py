@@ -255,7 +255,7 @@ def soak(service: LiveService, video: Path, clients: int, total: int, timeout: f
         done += count
         samples.append({"requests": done, "rss_mb": rss_mb(service.pid), "gpu_mb": gpu_mb(service.pid),
                         "errors": sum(raw["errors"].values())})
-        print(f"  soak {done}/{total}: rss {samples[-1]['rss_mb']} MB, gpu {samples[-1]['gpu_mb']} MB", flush=True)
+        print(f"  soak {done}/{total}: rss {fmt(samples[-1]['rss_mb'])} MB, gpu {fmt(samples[-1]['gpu_mb'])} MB", flush=True)
     return samples
 
 

@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from scipy.stats import spearmanr
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.held_out import DEFAULT_LABELS, labelled_videos  # noqa: E402
@@ -37,7 +39,7 @@ GRID: list[tuple[str, dict[str, int]]] = [
     ("2 clips, 4 frames", {"max_clips_per_track": 2, "frames_per_track": 4}),
     ("4 clips, 8 frames", {"max_clips_per_track": 4, "frames_per_track": 8}),
     ("default", {}),
-    ("8 clips, 16 frames", {"max_clips_per_track": 8, "frames_per_track": 16}),
+    ("8 clips, 8 frames", {"max_clips_per_track": 8, "frames_per_track": 8}),
     ("16 clips @16, 32 frames", {"clip_stride": 16, "max_clips_per_track": 16, "frames_per_track": 32}),
 ]
 
@@ -64,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
                              "DFS_MAX_FRAMES, 256 by default). Exhaustive FTCN costs one clip per frame.")
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--json", type=Path, help="write per-video scores and the summary here")
+    parser.add_argument("--from-json", type=Path, help="only re-print the table of an earlier --json run")
     args = parser.parse_args(argv)
+    if args.from_json:
+        per_video = json.loads(args.from_json.read_text())["videos"]
+        print_table(summarise(per_video), per_video)
+        return 0
 
     videos = labelled_videos(args.labels, args.split)
     defaults = Settings()
@@ -103,7 +110,7 @@ def summarise(per_video: list[dict]) -> dict[str, dict]:
     """Per setting: score deviation from exhaustive per output, call agreement, time."""
     summary: dict[str, dict] = {}
     exhaustive_ms = [r["exhaustive_ms"] for r in per_video if r["exhaustive_ms"]]
-    for name, _ in GRID:
+    for name in per_video[0]["settings"] if per_video else []:  # the run's own grid (--from-json)
         outputs: dict[str, list[float]] = {}
         agree, times = [], []
         for row in per_video:
@@ -116,7 +123,15 @@ def summarise(per_video: list[dict]) -> dict[str, dict]:
             ens, ref = setting["scores"]["ensemble"], row["exhaustive"]["ensemble"]
             if ens is not None and ref is not None:
                 agree.append((ens >= row["threshold"]) == (ref >= row["threshold"]))
+        pairs = [(row["settings"][name]["scores"]["ensemble"], row["exhaustive"]["ensemble"]) for row in per_video]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        spread = statistics.pstdev([b for _, b in pairs]) if len(pairs) > 1 else 0.0
         summary[name] = {
+            # scale-free views: calibration may squeeze scores near 0.5, so compare with how videos differ
+            "ensemble_rank_corr": float(spearmanr([a for a, _ in pairs], [b for _, b in pairs])[0])
+            if len(pairs) > 2 else None,
+            "rank_corr": {k: rank_corr(per_video, name, k) for k in outputs},
+            "ensemble_diff_over_spread": statistics.fmean(abs(a - b) for a, b in pairs) / spread if spread else None,
             "mean_abs_diff": {k: statistics.fmean(v) for k, v in outputs.items()},
             "max_abs_diff": {k: max(v) for k, v in outputs.items()},
             "call_agreement": sum(agree) / len(agree) if agree else None,
@@ -127,18 +142,26 @@ def summarise(per_video: list[dict]) -> dict[str, dict]:
     return summary
 
 
+def rank_corr(per_video: list[dict], setting: str, output: str) -> float | None:
+    """Spearman correlation over videos between a setting's scores and the exhaustive ones."""
+    pairs = [(r["settings"][setting]["scores"].get(output), r["exhaustive"].get(output)) for r in per_video]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    return float(spearmanr(*zip(*pairs, strict=True))[0]) if len(pairs) > 2 else None
+
+
 def print_table(summary: dict[str, dict], per_video: list[dict]) -> None:
     outputs = sorted({k for r in per_video for k in r["exhaustive"]} - {"ensemble"}) + ["ensemble"]
     print()
     print(f"{'setting':24} " + " ".join(f"{'|d| ' + o:>15}" for o in outputs)
-          + f" {'max|d| ens':>10} {'agree':>6} {'ms/video':>9} {'speed-up':>8}")
-    for name, _ in GRID:
+          + f" {'max|d| ens':>10} {'|d|/sd':>7} {'rank r':>7} {'agree':>6} {'ms/video':>9} {'speed-up':>8}")
+    for name in (n for n in summary if n != "exhaustive"):
         s = summary[name]
         cells = " ".join(f"{s['mean_abs_diff'].get(o, float('nan')):15.4f}" for o in outputs)
         print(f"{name:24} {cells} {s['max_abs_diff'].get('ensemble', float('nan')):10.4f} "
+              f"{s['ensemble_diff_over_spread'] or float('nan'):7.3f} {s['ensemble_rank_corr'] or float('nan'):7.3f} "
               f"{s['call_agreement'] or 0:6.2f} {s['mean_ms'] or 0:9.0f} {s['speedup'] or 0:8.1f}")
     print(f"{'exhaustive (stride 1)':24} " + " ".join(f"{0.0:15.4f}" for _ in outputs)
-          + f" {0.0:10.4f} {1.0:6.2f} {summary['exhaustive']['mean_ms'] or 0:9.0f} {1.0:8.1f}")
+          + f" {0.0:10.4f} {0.0:7.3f} {1.0:7.3f} {1.0:6.2f} {summary['exhaustive']['mean_ms'] or 0:9.0f} {1.0:8.1f}")
 
 
 if __name__ == "__main__":

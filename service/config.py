@@ -96,7 +96,9 @@ class Settings(BaseSettings):
     # --- sampling ---------------------------------------------------------------------------
     clip_stride: int = Field(32, ge=1, description="Frames between clip starts for clip models (1 = every start).")
     max_clips_per_track: int = Field(8, ge=1, description="Clips scored per track, spread evenly.")
-    frames_per_track: int = Field(8, ge=1, description="Frames scored per track by frame models, spread evenly.")
+    frames_per_track: int = Field(
+        16, ge=1, description="Frames scored per track by frame models, spread evenly (bench/sampling.py chose 16)."
+    )
 
     # --- batching and admission --------------------------------------------------------------
     batch_max_clips: int = Field(8, ge=1, description="Largest batch for clip models.")

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class SamplingOptions:
     clip_stride: int = 32
     max_clips_per_track: int = 8
-    frames_per_track: int = 8
+    frames_per_track: int = 16
 
 
 @dataclass
