@@ -22,6 +22,7 @@ from service.pipeline import scores
 from service.pipeline.crops import CropItem, SamplingOptions, extract_crops, plan_crops
 from service.pipeline.decode import VideoInfo, iter_frames, probe
 from service.pipeline.faces import Face, FaceDetector
+from service.pipeline.gpu_streams import thread_stream
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrame, TensorFrameSource, tensor_frame_source
 from service.pipeline.tracks import IouTracker, Track
 from service.runtime import Runtime
@@ -84,7 +85,8 @@ def find_tracks(
     """
     if frames is not None:
         try:
-            return _find_tracks_tensor(path, info, detector, settings, max_frames, clock, frames)
+            with thread_stream():  # this request's decode and detection overlap other requests' GPU work
+                return _find_tracks_tensor(path, info, detector, settings, max_frames, clock, frames)
         except FrameSourceUnsupported as exc:
             log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)
     tracker = IouTracker(iou_threshold=settings.track_iou, max_gap=settings.track_max_gap)

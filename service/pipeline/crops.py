@@ -25,6 +25,7 @@ from skimage.transform import SimilarityTransform
 
 from models.spec import ModelSpec
 from service.pipeline.decode import iter_frames
+from service.pipeline.gpu_streams import thread_stream
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrame, TensorFrameSource
 from service.pipeline.tracks import Track
 
@@ -144,7 +145,8 @@ def extract_crops(
         return outputs
     if frames is not None:
         try:
-            _extract_crops_tensor(path, items, specs, uses, outputs, frames, max_frames, warp_chunk)
+            with thread_stream():  # this request's decode and warps overlap other requests' GPU work
+                _extract_crops_tensor(path, items, specs, uses, outputs, frames, max_frames, warp_chunk)
             return outputs
         except FrameSourceUnsupported as exc:
             log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)

@@ -25,6 +25,7 @@ import numpy as np
 from models.spec import ModelSpec
 from service import metrics
 from service.errors import InferenceFailed
+from service.pipeline.gpu_streams import thread_stream
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,8 @@ class TorchEngine:
         if self.memory_format is not None:
             tensor = tensor.contiguous(memory_format=self.memory_format)
         try:
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with thread_stream(self.device), torch.inference_mode(), \
+                    torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 out = self.model(tensor)
         except torch.cuda.OutOfMemoryError:
             # hand the failed batch's blocks back before the batcher retries in halves

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from service.config import Settings
+from service.pipeline.gpu_streams import thread_stream
 
 if TYPE_CHECKING:  # torch is imported lazily: the BlazeFace-only path never needs it
     import torch
@@ -136,7 +137,7 @@ class RetinaFaceDetector:
             raise ValueError(f"expected frames (N, 3, H, W), got {tuple(batch.shape)}")
         if batch.shape[0] == 0:
             return []
-        with self._lock, self._torch.inference_mode():
+        with self._lock, thread_stream(self._device), self._torch.inference_mode():
             results = self._net.detect(batch, score_threshold=self._min_score)
         return [
             [Face(box=r.boxes[i].astype(np.float32), score=float(r.scores[i]), landmarks=r.landmarks[i].astype(np.float32))
