@@ -3,7 +3,8 @@
 # session, machine start included). Prepare here with scripts/gpu_pack.sh, which prints the calls:
 #
 #   bash bench/gpu_check.sh stash N     # copy the carried .gpu_pack/partN to /tmp (one call per part)
-#   bash bench/gpu_check.sh run         # assemble, install, then every check below, results in $OUT
+#   bash bench/gpu_check.sh run [STEP...]  # assemble + install (once per machine), then the steps
+#                                          # (default: env floor e2e pytest_gpu train), results in $OUT
 #
 # Each step has its own time limit and writes its table to $OUT (a .txt) and, where the script
 # supports it, JSON; a failing step does not stop the later ones. The machine has no
@@ -20,13 +21,19 @@ case "${1:-}" in
     mkdir -p "$STASH" && cp ".gpu_pack/part$2/data" "$STASH/part$2" && ls -la "$STASH"
     exit $?
     ;;
-  run) ;;
-  *) echo "usage: $0 stash N | run" >&2; exit 2 ;;
+  run) shift ;;
+  *) echo "usage: $0 stash N | run [env floor e2e pytest_gpu train]" >&2; exit 2 ;;
 esac
+STEPS=("$@")
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(env floor e2e pytest_gpu train)
+wants() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
 
-# --- assemble and install -------------------------------------------------------------------
-ls "$STASH"/part* | sort -V | xargs cat > /tmp/pack.tar && tar -C /tmp -xf /tmp/pack.tar || exit 1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/pack/wheels/*.whl || exit 1
+# --- assemble and install (kept for later calls while the machine stays warm) -------------------
+if [ ! -f /tmp/site/.installed ]; then
+  ls "$STASH"/part* | sort -V | xargs cat > /tmp/pack.tar && tar -C /tmp -xf /tmp/pack.tar || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    /tmp/pack/wheels/*.whl && touch /tmp/site/.installed || exit 1
+fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 MEDIA=/tmp/pack/media
 # tests look for ../shared/data beside the checkout
@@ -44,16 +51,21 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, keep its output
   echo "=== $name: rc=$rc in $((SECONDS - started)) s" | tee -a "$OUT/summary.txt"
 }
 
-step env 30 bash -c 'nvidia-smi; python3 -c "import torch, av, PyNvVideoCodec as n; print(torch.__version__, torch.cuda.get_device_name(), av.__version__, n.__version__)"'
-# issue 6: NVDEC and the torch frame path on CUDA; issue 3: TensorRT where importable; runtimes on CUDA
-step pytest_gpu 240 python3 -m pytest -q -rs -s tests/service/test_nvdec.py tests/service/test_gpu_frames.py \
-  tests/test_tensorrt.py tests/service/test_runtimes.py tests/service/test_batcher.py
+wants env && step env 30 bash -c 'nvidia-smi; python3 -c "import torch, av, PyNvVideoCodec as n; print(torch.__version__, torch.cuda.get_device_name(), av.__version__, n.__version__)"'
 # issue 6: every detector against its FLOP/byte floor, torch bf16, and the decoders
-step floor 200 python3 bench/floor.py --device cuda --models ftcn,dcl,pcl_i2g,lib,advgame --batches 1,8,32,128 \
-  --video "$VIDEO" --json "$OUT/floor.json"
+wants floor && step floor 120 python3 bench/floor.py --device cuda --models ftcn,dcl,pcl_i2g,lib,advgame \
+  --batches 1,8,32,128 --video "$VIDEO" --json "$OUT/floor.json"
 # issue 6 acceptance: 10 s 1080p single-face video, 1/8/32 clients, against the FTCN deploy's recipe
-step e2e 300 python3 bench/e2e.py --video "$VIDEO" --make-video 10 --height 1080 --device cuda \
+wants e2e && step e2e 240 python3 bench/e2e.py --video "$VIDEO" --make-video 10 --height 1080 --device cuda \
   --retinaface-weights "$RETINA" --profiles service,baseline --clients 1,8,32 --requests 32 --baseline-requests 2 \
   --env DFS_RUNTIME=torch --env DFS_TORCH_DTYPE=bf16 --env DFS_DETECT_EVERY=4 --env DFS_BATCH_MAX_CLIPS=32 \
   --env DFS_MAX_CONCURRENT_REQUESTS=16 --soak 200 --json "$OUT/e2e.json"
+# issue 6 (NVDEC, torch frame path, streams on CUDA), issue 3 (TensorRT where importable), runtimes
+wants pytest_gpu && step pytest_gpu 120 python3 -m pytest -q -rs -s tests/service/test_nvdec.py \
+  tests/service/test_gpu_frames.py tests/test_tensorrt.py tests/service/test_runtimes.py \
+  tests/service/test_batcher.py tests/service/test_gpu_streams.py
+# issue 4: a short FTCN training run on the GPU (throughput and loss are in its log)
+wants train && step train 120 bash -c "python3 -m training.preprocess --input training/recipes/default_bundle.csv \
+  --output /tmp/crops --max-frames 64 --retinaface-weights '$RETINA' && python3 -m training.train --method ftcn \
+  --data /tmp/crops --output /tmp/ftcn --fakes blended --max-steps 40 --batch-size 8 --workers 4 --no-tensorboard"
 cat "$OUT/summary.txt"
