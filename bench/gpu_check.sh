@@ -55,8 +55,12 @@ wants env && step env 30 bash -c 'nvidia-smi; python3 -c "import torch, av, PyNv
 # issue 6: every detector against its FLOP/byte floor, torch bf16, and the decoders
 wants floor && step floor 120 python3 bench/floor.py --device cuda --models ftcn,dcl,pcl_i2g,lib,advgame \
   --batches 1,8,32,128 --video "$VIDEO" --json "$OUT/floor.json"
-# issue 6 acceptance: 10 s 1080p single-face video, 1/8/32 clients, against the FTCN deploy's recipe
-wants e2e && step e2e 240 python3 bench/e2e.py --video "$VIDEO" --make-video 10 --height 1080 --device cuda \
+# issue 6 acceptance: all five models (the bundle + the other three at random init: speed only),
+# 10 s 1080p single-face video, 1/8/32 clients, against the FTCN deploy's recipe
+REPO5=/tmp/repo5
+wants e2e && step export5 90 bash -c "rm -rf $REPO5 && cp -r model_repository $REPO5 && for m in pcl_i2g lib advgame; \
+  do python3 -m export --model \$m --random-init --out $REPO5 || exit 1; done"
+wants e2e && step e2e 240 python3 bench/e2e.py --repository "$REPO5" --video "$VIDEO" --make-video 10 --height 1080 --device cuda \
   --retinaface-weights "$RETINA" --profiles service,baseline --clients 1,8,32 --requests 32 --baseline-requests 2 \
   --env DFS_RUNTIME=torch --env DFS_TORCH_DTYPE=bf16 --env DFS_DETECT_EVERY=4 --env DFS_BATCH_MAX_CLIPS=32 \
   --env DFS_MAX_CONCURRENT_REQUESTS=16 --soak 200 --json "$OUT/e2e.json"

@@ -45,7 +45,7 @@ for i in $(seq 1 "$count"); do
   if [ "$i" -lt "$count" ]; then
     echo "  run(command='bash bench/gpu_check.sh stash $i', carry=['.gpu_pack/part$i'])"
   else
-    echo "  run(command='bash bench/gpu_check.sh stash $i && bash bench/gpu_check.sh run env floor e2e', carry=['.gpu_pack/part$i'], timeout_s=420)"
+    echo "  run(command='bash bench/gpu_check.sh stash $i && bash bench/gpu_check.sh run env floor e2e', carry=['.gpu_pack/part$i'], timeout_s=560)"
     echo "  run(command='bash bench/gpu_check.sh run pytest_gpu train', timeout_s=300)   # at once: /tmp stays while warm"
   fi
 done
