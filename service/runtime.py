@@ -57,6 +57,9 @@ class Runtime:
         """Load detector and engines off the event loop; record why if it fails."""
         try:
             limit_torch_memory(self.settings.torch_memory_fraction)
+            if self.settings.torch_compile != "off" and self.settings.runtime != "torch":
+                log.warning("DFS_TORCH_COMPILE=%s has no effect: it applies to DFS_RUNTIME=torch, not %s",
+                            self.settings.torch_compile, self.settings.runtime)
             self.decoder = await asyncio.to_thread(choose_decoder, self.settings)
             log.info("frame decoder: %s", self.decoder)
             self.detector = await asyncio.to_thread(create_detector, self.settings)
