@@ -10,7 +10,8 @@ once and read once at ``--dtype``; a fused runtime cannot move less, an unfused 
 The *floor* is the slower of FLOPs / measured matmul rate and bytes / measured copy bandwidth, as
 items/s; then the engine the service would run (ONNX Runtime with its best provider, or eager torch
 with ``--runtime torch``) is timed at each batch size and its best rate given as a share of that
-floor. FTCN's temporal convolutions make it memory-bound (see ../shared/docs/GPU.md), which is why
+floor, plus the smallest batch within 10% of the best rate (what ``DFS_BATCH_MAX_*`` needs to
+reach; larger batches only add waiting). FTCN's temporal convolutions make it memory-bound (see ../shared/docs/GPU.md), which is why
 bytes are counted at all.
 
 For the decoder: frames/s of a bare decode loop (PyAV, and NVDEC where available) against the
