@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from service import metrics
 from service.config import Settings
 from service.pipeline import scores
 from service.pipeline.crops import CropItem, SamplingOptions, extract_crops, plan_crops
-from service.pipeline.decode import VideoInfo, iter_frames, probe
+from service.pipeline.decode import DecodedFrame, VideoInfo, iter_frames, probe, same_shape_chunks
 from service.pipeline.faces import Face, FaceDetector
 from service.pipeline.gpu_streams import thread_stream
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrame, TensorFrameSource, tensor_frame_source
@@ -83,78 +84,51 @@ def find_tracks(
     on their device through detection. None, or a file that source cannot decode, runs the PyAV
     numpy path.
     """
+    wanted = range(0, max_frames, settings.detect_every)
     if frames is not None:
+        import torch
+
+        from service.pipeline.faces import detect_tensor
+
         try:
             with thread_stream():  # this request's decode and detection overlap other requests' GPU work
-                return _find_tracks_tensor(path, info, detector, settings, max_frames, clock, frames)
+                return _link_tracks(
+                    frames(path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side),
+                    lambda images: detect_tensor(detector, torch.stack(images)),
+                    lambda rgb: rgb.shape[-1],  # (3, H, W)
+                    info, settings, clock,
+                )
         except FrameSourceUnsupported as exc:
             log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)
-    tracker = IouTracker(iou_threshold=settings.track_iou, max_gap=settings.track_max_gap)
-    wanted = range(0, max_frames, settings.detect_every)
-    pending: list[tuple[int, np.ndarray]] = []
-    frames_read = 0
-
-    def flush() -> None:
-        started = time.perf_counter()
-        found = detector.detect([rgb for _, rgb in pending])
-        clock.add("faces", time.perf_counter() - started)
-        for (index, rgb), faces in zip(pending, found, strict=True):
-            _track_faces(tracker, index, faces, rgb.shape[1], info, settings)
-        pending.clear()
-
-    started = time.perf_counter()
-    for frame in iter_frames(
-        path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side, threads=settings.decode_threads
-    ):
-        frames_read = frame.index + 1
-        pending.append((frame.index, frame.rgb))
-        if len(pending) == _DETECT_CHUNK:
-            flush()
-    if pending:
-        flush()
-    clock.add("decode", time.perf_counter() - started - clock.ms.get("faces", 0.0) / 1000.0)
-    min_detections = max(1, min(settings.min_track_frames, -(-frames_read // settings.detect_every)))
-    return tracker.finish(min_detections=min_detections, max_tracks=settings.max_tracks), frames_read
+    return _link_tracks(
+        iter_frames(path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side,
+                    threads=settings.decode_threads),
+        detector.detect,
+        lambda rgb: rgb.shape[1],  # (H, W, 3)
+        info, settings, clock,
+    )
 
 
-def _find_tracks_tensor(
-    path: Path,
+def _link_tracks(
+    frames: Iterable[DecodedFrame | TensorFrame],
+    detect: Callable[[list[Any]], list[list[Face]]],
+    width_of: Callable[[Any], int],
     info: VideoInfo,
-    detector: FaceDetector,
     settings: Settings,
-    max_frames: int,
     clock: StageClock,
-    frames: TensorFrameSource,
 ) -> tuple[list[Track], int]:
-    """:func:`find_tracks` on tensor frames: batches of (N, 3, h, w) go to the detector as they are."""
-    import torch
-
-    from service.pipeline.faces import detect_tensor
-
+    """Detect on chunks of decoded frames (numpy or tensor, whichever ``detect`` takes) and track them."""
     tracker = IouTracker(iou_threshold=settings.track_iou, max_gap=settings.track_max_gap)
-    wanted = range(0, max_frames, settings.detect_every)
-    pending: list[TensorFrame] = []
     frames_read = 0
     faces_before = clock.ms.get("faces", 0.0)
-
-    def flush() -> None:
-        started = time.perf_counter()
-        found = detect_tensor(detector, torch.stack([f.rgb for f in pending]))
-        clock.add("faces", time.perf_counter() - started)
-        for frame, faces in zip(pending, found, strict=True):
-            _track_faces(tracker, frame.index, faces, frame.rgb.shape[-1], info, settings)
-        pending.clear()
-
     started = time.perf_counter()
-    for frame in frames(path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side):
-        frames_read = frame.index + 1
-        if pending and pending[0].rgb.shape != frame.rgb.shape:  # a mid-stream size change cannot stack
-            flush()
-        pending.append(frame)
-        if len(pending) == _DETECT_CHUNK:
-            flush()
-    if pending:
-        flush()
+    for chunk in same_shape_chunks(frames, _DETECT_CHUNK):
+        frames_read = chunk[-1].index + 1
+        detect_started = time.perf_counter()
+        found = detect([frame.rgb for frame in chunk])
+        clock.add("faces", time.perf_counter() - detect_started)
+        for frame, faces in zip(chunk, found, strict=True):
+            _track_faces(tracker, frame.index, faces, width_of(frame.rgb), info, settings)
     faces_ms = clock.ms.get("faces", 0.0) - faces_before
     clock.add("decode", time.perf_counter() - started - faces_ms / 1000.0)
     min_detections = max(1, min(settings.min_track_frames, -(-frames_read // settings.detect_every)))

@@ -24,9 +24,9 @@ import numpy as np
 from skimage.transform import SimilarityTransform
 
 from models.spec import ModelSpec
-from service.pipeline.decode import iter_frames
+from service.pipeline.decode import iter_frames, same_shape_chunks
 from service.pipeline.gpu_streams import thread_stream
-from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrame, TensorFrameSource
+from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrameSource
 from service.pipeline.tracks import Track
 
 log = logging.getLogger(__name__)
@@ -172,19 +172,17 @@ def _extract_crops_tensor(
     outputs: list[np.ndarray],
     frames: TensorFrameSource,
     max_frames: int,
-    chunk: int,
+    chunk_size: int,
 ) -> None:
     """Fill ``outputs`` from tensor frames: one batched warp per crop size per chunk of frames."""
     import torch
 
     from service.pipeline.gpu_warp import warp_crops
 
-    pending: list[TensorFrame] = []
-
-    def flush() -> None:
-        batch = torch.stack([f.rgb for f in pending])
+    for chunk in same_shape_chunks(frames(path, max_frames=max_frames, wanted=uses.keys()), chunk_size):
+        batch = torch.stack([f.rgb for f in chunk])
         by_size: dict[int, tuple[list[int], list[np.ndarray], list[tuple[int, int]]]] = {}
-        for row, frame in enumerate(pending):
+        for row, frame in enumerate(chunk):
             for item_no, position in uses[frame.index]:
                 rows, matrices, slots = by_size.setdefault(specs[items[item_no].model].input_size, ([], [], []))
                 rows.append(row)
@@ -194,13 +192,3 @@ def _extract_crops_tensor(
             crops = warp_crops(batch, rows, np.stack(matrices), size).cpu().numpy()
             for crop, (item_no, position) in zip(crops, slots, strict=True):
                 outputs[item_no][position] = crop
-        pending.clear()
-
-    for frame in frames(path, max_frames=max_frames, wanted=uses.keys()):
-        if pending and pending[0].rgb.shape != frame.rgb.shape:  # a mid-stream size change cannot stack
-            flush()
-        pending.append(frame)
-        if len(pending) >= chunk:
-            flush()
-    if pending:
-        flush()

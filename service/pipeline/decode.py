@@ -12,9 +12,10 @@ timestamp. Rotation metadata (phones) is applied so faces are upright.
 from __future__ import annotations
 
 import logging
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import av
 import numpy as np
@@ -161,3 +162,25 @@ def iter_frames(
             log.warning("%s: decoding stopped after %d frames: %s", path, index, exc)
         if index == 0:
             raise NotAVideo("the video stream holds no decodable frame", code="undecodable")
+
+
+Frame = TypeVar("Frame", bound=Any)  # DecodedFrame or tensor_frames.TensorFrame: anything with ``.rgb``
+
+
+def same_shape_chunks(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    """Consecutive frames in lists of at most ``size``, cut early where the frame size changes.
+
+    Detectors and warps take a chunk as one stacked batch, which only works for equal shapes; a
+    stream may change resolution mid-way, so a chunk never spans such a change.
+    """
+    chunk: list[Frame] = []
+    for frame in frames:
+        if chunk and chunk[0].rgb.shape != frame.rgb.shape:
+            yield chunk
+            chunk = []
+        chunk.append(frame)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -117,3 +117,15 @@ def test_score_formula() -> None:
     assert shifted.score == pytest.approx(scores.sigmoid((0 - math.log(4)) / 2))
     combined = scores.ensemble({"a": 0.9, "b": 0.2}, {"a": 3.0})
     assert combined == pytest.approx(scores.sigmoid((3 * scores.logit(0.9) + scores.logit(0.2)) / 4))
+
+
+def test_same_shape_chunks_cap_the_size_and_never_span_a_resolution_change() -> None:
+    from types import SimpleNamespace
+
+    from service.pipeline.decode import same_shape_chunks
+
+    shapes = [(4, 4, 3)] * 5 + [(2, 2, 3)] * 2 + [(4, 4, 3)]
+    frames = [SimpleNamespace(index=i, rgb=np.zeros(shape, np.uint8)) for i, shape in enumerate(shapes)]
+    chunks = [[f.index for f in chunk] for chunk in same_shape_chunks(frames, 3)]
+    assert chunks == [[0, 1, 2], [3, 4], [5, 6], [7]]
+    assert list(same_shape_chunks([], 3)) == []
