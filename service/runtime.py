@@ -67,9 +67,9 @@ class Runtime:
                 discover, self.settings.model_repository, self.settings.model_names or None
             )
             for name, version in versions.items():
-                engine = await asyncio.to_thread(self._open_engine, version)
                 spec = version.manifest.model_spec()
                 max_batch = self.settings.batch_max_clips if spec.kind == "clip" else self.settings.batch_max_frames
+                engine = await asyncio.to_thread(self._open_engine, version, spec, max_batch)
                 batcher = DynamicBatcher(
                     name, engine, spec, max_batch=max_batch, max_wait_s=self.settings.batch_max_wait_ms / 1000
                 )
@@ -85,7 +85,7 @@ class Runtime:
             self.ready, self.reason = False, f"{type(exc).__name__}: {exc}"
             log.error("model loading failed: %s", self.reason)
 
-    def _open_engine(self, version: ModelVersion) -> Engine:
+    def _open_engine(self, version: ModelVersion, spec: ModelSpec, max_batch: int) -> Engine:
         if self.settings.runtime == "torch":
             source = version.manifest.source.path
             if not source or not Path(source).is_file():
@@ -93,14 +93,13 @@ class Runtime:
                     f"{version.name} v{version.version}: DFS_RUNTIME=torch needs the source checkpoint "
                     f"({source or 'none: exported with --random-init'}), which is not readable here"
                 )
-            spec = version.manifest.model_spec()
             engine = TorchEngine(
                 version.name,
                 Path(source),
                 device=self.settings.device,
                 dtype=self.settings.torch_dtype,
                 compile_mode=self.settings.torch_compile,
-                max_batch=self.settings.batch_max_clips if spec.kind == "clip" else self.settings.batch_max_frames,
+                max_batch=max_batch,
             )
             if engine.compiled:
                 log.info("%s: compiling for batch sizes up to %d (torch.compile %s)", version.name, engine.max_batch,

@@ -167,10 +167,8 @@ class TorchEngine:
 
     def warmup(self, input_shape: tuple[int, ...]) -> None:
         """Compile every bucket now (at load, while /healthcheck still says loading), not in a request."""
-        size = 1
-        while size <= self.max_batch:
+        for size in sorted({batch_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)}):
             self.run(np.zeros((size, *input_shape[1:]), np.float32))
-            size = batch_bucket(size + 1, self.max_batch) if size < self.max_batch else self.max_batch + 1
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
