@@ -44,7 +44,6 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.config import Settings  # noqa: E402
 from service.launcher import LiveService, start_service, stop_service  # noqa: E402
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "wild_fake_Obama.mp4"
@@ -61,6 +60,7 @@ BASELINE_ENV = {
     "DFS_BATCH_MAX_FRAMES": "6",
     "DFS_BATCH_MAX_WAIT_MS": "0",
     "DFS_MAX_CONCURRENT_REQUESTS": "1",
+    "DFS_DECODER": "pyav",  # the deploy decoded on the CPU
 }
 
 
@@ -336,8 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         common["DFS_MAX_FRAMES"] = str(args.max_frames)
     if args.retinaface_weights:
         common["DFS_RETINAFACE_WEIGHTS"] = str(args.retinaface_weights.resolve())
-    if "decoder" in Settings.model_fields:
-        BASELINE_ENV["DFS_DECODER"] = "pyav"  # the deploy decoded on the CPU
     extra = dict(item.split("=", 1) for item in args.env)
 
     stand_ins: list[str] = []

@@ -110,6 +110,8 @@ def summarise(per_video: list[dict]) -> dict[str, dict]:
     """Per setting: score deviation from exhaustive per output, call agreement, time."""
     summary: dict[str, dict] = {}
     exhaustive_ms = [r["exhaustive_ms"] for r in per_video if r["exhaustive_ms"]]
+    exhaustive_scores = [r["exhaustive"]["ensemble"] for r in per_video if r["exhaustive"]["ensemble"] is not None]
+    spread = statistics.pstdev(exhaustive_scores) if len(exhaustive_scores) > 1 else 0.0
     for name in per_video[0]["settings"] if per_video else []:  # the run's own grid (--from-json)
         outputs: dict[str, list[float]] = {}
         agree, times = [], []
@@ -123,16 +125,13 @@ def summarise(per_video: list[dict]) -> dict[str, dict]:
             ens, ref = setting["scores"]["ensemble"], row["exhaustive"]["ensemble"]
             if ens is not None and ref is not None:
                 agree.append((ens >= row["threshold"]) == (ref >= row["threshold"]))
-        pairs = [(row["settings"][name]["scores"]["ensemble"], row["exhaustive"]["ensemble"]) for row in per_video]
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-        spread = statistics.pstdev([b for _, b in pairs]) if len(pairs) > 1 else 0.0
+        mean_abs_diff = {k: statistics.fmean(v) for k, v in outputs.items()}
         summary[name] = {
             # scale-free views: calibration may squeeze scores near 0.5, so compare with how videos differ
-            "ensemble_rank_corr": float(spearmanr([a for a, _ in pairs], [b for _, b in pairs])[0])
-            if len(pairs) > 2 else None,
             "rank_corr": {k: rank_corr(per_video, name, k) for k in outputs},
-            "ensemble_diff_over_spread": statistics.fmean(abs(a - b) for a, b in pairs) / spread if spread else None,
-            "mean_abs_diff": {k: statistics.fmean(v) for k, v in outputs.items()},
+            "ensemble_diff_over_spread": mean_abs_diff["ensemble"] / spread if spread and "ensemble" in mean_abs_diff
+            else None,
+            "mean_abs_diff": mean_abs_diff,
             "max_abs_diff": {k: max(v) for k, v in outputs.items()},
             "call_agreement": sum(agree) / len(agree) if agree else None,
             "mean_ms": statistics.fmean(times) if times else None,
@@ -158,7 +157,7 @@ def print_table(summary: dict[str, dict], per_video: list[dict]) -> None:
         s = summary[name]
         cells = " ".join(f"{s['mean_abs_diff'].get(o, float('nan')):15.4f}" for o in outputs)
         print(f"{name:24} {cells} {s['max_abs_diff'].get('ensemble', float('nan')):10.4f} "
-              f"{s['ensemble_diff_over_spread'] or float('nan'):7.3f} {s['ensemble_rank_corr'] or float('nan'):7.3f} "
+              f"{s['ensemble_diff_over_spread'] or float('nan'):7.3f} {s['rank_corr'].get('ensemble') or float('nan'):7.3f} "
               f"{s['call_agreement'] or 0:6.2f} {s['mean_ms'] or 0:9.0f} {s['speedup'] or 0:8.1f}")
     print(f"{'exhaustive (stride 1)':24} " + " ".join(f"{0.0:15.4f}" for _ in outputs)
           + f" {0.0:10.4f} {0.0:7.3f} {1.0:7.3f} {1.0:6.2f} {summary['exhaustive']['mean_ms'] or 0:9.0f} {1.0:8.1f}")
