@@ -68,8 +68,7 @@ wants e2e && step e2e 240 python3 bench/e2e.py --repository "$REPO5" --video "$V
 wants pytest_gpu && step pytest_gpu 120 python3 -m pytest -q -rs -s tests/service/test_nvdec.py \
   tests/service/test_gpu_frames.py tests/test_tensorrt.py tests/service/test_runtimes.py \
   tests/service/test_batcher.py tests/service/test_gpu_streams.py
-# issue 4: a short FTCN training run on the GPU (throughput and loss are in its log)
-wants train && step train 120 bash -c "python3 -m training.preprocess --input training/recipes/default_bundle.csv \
-  --output /tmp/crops --max-frames 64 --retinaface-weights '$RETINA' && python3 -m training.train --method ftcn \
-  --data /tmp/crops --output /tmp/ftcn --fakes blended --max-steps 40 --batch-size 8 --workers 4 --no-tensorboard"
+# issue 4: every method trains a few steps on the GPU (samples/s, loss, peak memory per method)
+wants train && step train 180 python3 bench/train.py --retinaface-weights "$RETINA" --max-frames 64 \
+  --work /tmp/bench_train --steps 20 --batch-size 16 --workers 4 --timeout 60 --json "$OUT/train.json"
 cat "$OUT/summary.txt"

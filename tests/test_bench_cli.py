@@ -14,7 +14,7 @@ SCRIPTS = sorted(p.name for p in (REPO_ROOT / "bench").glob("*.py") if not p.nam
 
 
 def test_bench_scripts_found() -> None:
-    assert {"e2e.py", "floor.py", "sampling.py", "stages.py", "held_out.py"} <= set(SCRIPTS)
+    assert {"e2e.py", "floor.py", "sampling.py", "stages.py", "held_out.py", "train.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

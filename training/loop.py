@@ -198,14 +198,14 @@ def train(method: Method, args: argparse.Namespace) -> Path:
     done = args.max_steps is not None and step >= args.max_steps
     while epoch < args.epochs and not done:
         method.on_epoch_start(epoch)
-        for dataset in (train_set,):
-            if hasattr(dataset, "epoch"):
-                dataset.epoch = epoch
+        if hasattr(train_set, "epoch"):  # datasets that vary per epoch (blending seeds) follow the loop
+            train_set.epoch = epoch
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         progress = tqdm(loader, desc=f"{method.name} epoch {epoch + 1}/{args.epochs}", disable=not is_main,
                         dynamic_ncols=True, leave=False)
         started, seen = time.perf_counter(), 0
+        last_step_at = started  # per-step wall time: the first step of an epoch includes the loader's start
         for micro, batch in enumerate(progress):
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             ctx = StepContext(scaler=scaler, accumulation=args.accumulate, micro_step=micro % args.accumulate,
@@ -219,11 +219,17 @@ def train(method: Method, args: argparse.Namespace) -> Path:
                 raise FloatingPointError(f"non-finite loss at step {step}: {logs}")
             if ctx.is_update_step:
                 step += 1
-                rate = seen / max(time.perf_counter() - started, 1e-9)
+                now = time.perf_counter()
+                rate = seen / max(now - started, 1e-9)
+                step_s, last_step_at = now - last_step_at, now
                 progress.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", samples_s=f"{rate:.1f}")
                 if is_main:
+                    record = {"step": step, "epoch": epoch, **logs, "samples_per_s": rate, "step_s": step_s,
+                              "step_samples": len(batch["label"]) * world * args.accumulate}
+                    if device.type == "cuda":
+                        record["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
                     with history.open("a") as handle:
-                        handle.write(json.dumps({"step": step, "epoch": epoch, **logs, "samples_per_s": rate}) + "\n")
+                        handle.write(json.dumps(record) + "\n")
                     if writer is not None:
                         for key, value in logs.items():
                             writer.add_scalar(f"train/{key}", value, step)

@@ -31,6 +31,8 @@ def test_two_steps_resume_export_serve(method: str, crops_copy: Path, tmp_path: 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     assert all(math.isfinite(v) for r in records for k, v in r.items() if k.startswith("loss"))
+    # per-step wall time and sample count: what bench/train.py turns into samples/s
+    assert all(r["step_s"] > 0 and 0 < r["step_samples"] <= 4 for r in records)
     checkpoint = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
     assert checkpoint["model"] == method and checkpoint["step"] == 2 and checkpoint["spec"]["name"] == method
 
