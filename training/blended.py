@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from models.spec import ModelSpec
 from service.pipeline.crops import similarity_matrix
-from training.data import ClipDataset, Sample, TrackRecord, loose_to_model, normalize, warp
+from training.data import ClipDataset, EpochSeeded, Sample, TrackRecord, loose_to_model, normalize, warp
 
 HULL_SPREAD = 1.8  # five-point hull pushed outwards: eyes/mouth -> brows/chin
 GRID = 6
@@ -159,7 +159,7 @@ class BlendedFakes:
                      landmarks_in_crop(source_record, source_position), BlendRecipe.draw(rng))
 
 
-class BlendedClipDataset(Dataset):
+class BlendedClipDataset(EpochSeeded, Dataset):
     """Real clips, each offered twice: as itself (label 0) and blended with another identity (label 1)."""
 
     def __init__(self, records: Sequence[TrackRecord], spec: ModelSpec, *, stride: int, max_clips_per_track: int,
@@ -169,7 +169,10 @@ class BlendedClipDataset(Dataset):
         self.pool = SourcePool(reals)
         self.spec = spec
         self.seed = seed
-        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.clips.set_epoch(epoch)  # the real clips' own augmentation
 
     def __len__(self) -> int:
         return 2 * len(self.clips)
@@ -183,7 +186,7 @@ class BlendedClipDataset(Dataset):
             return self.clips[clip_index]
         r_index, window = self.clips.items[clip_index]
         record = self.clips.records[r_index]
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+        rng = self.rng(index)
         recipe = BlendRecipe.draw(rng)
         found = self.pool.nearest(landmarks_in_crop(record, int(window[0])), record.identity)
         size = self.spec.input_size

@@ -122,7 +122,25 @@ class Sample:
 FakeMaker = Callable[[TrackRecord, int, np.random.Generator], tuple[np.ndarray, np.ndarray] | None]
 
 
-class FrameDataset(Dataset):
+class EpochSeeded:
+    """Randomness as a pure function of (seed, epoch, index).
+
+    So a sample is the same in whichever worker process or DDP rank draws it, a run repeats under
+    its seed, and every epoch still sees new augmentations and blends: the loop calls
+    :meth:`set_epoch` before each epoch (wrappers forward it to the datasets they hold).
+    """
+
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, self.epoch, index))
+
+
+class FrameDataset(EpochSeeded, Dataset):
     """Single frames of tracks for frame models.
 
     ``fake_maker`` (real-only training, ``--fakes blended``) turns a real loose crop into a blended
@@ -146,7 +164,6 @@ class FrameDataset(Dataset):
         self.fake_maker = fake_maker
         self.augment = augment
         self.seed = seed
-        self.epoch = 0
         self.items: list[tuple[int, int, bool]] = []  # (record, position, make_blended_fake)
         for r_index, record in enumerate(self.records):
             if record.label == 1 and not use_data_fakes:
@@ -187,14 +204,14 @@ class FrameDataset(Dataset):
         return crop, mask, label, record.video + ("#blended" if blended and label == 1 else "")
 
     def __getitem__(self, index: int) -> Sample:
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+        rng = self.rng(index)
         crop, mask, label, video = self.crop(index, rng)
         if self.augment is not None:
             crop, mask = self.augment(crop, mask, rng)
         return Sample(normalize(self.spec, crop), label, torch.from_numpy(np.ascontiguousarray(mask, np.float32)), video)
 
 
-class ClipDataset(Dataset):
+class ClipDataset(EpochSeeded, Dataset):
     """Clips of ``spec.num_frames`` consecutive frames of a track (clip models), one transform per clip."""
 
     def __init__(self, records: Sequence[TrackRecord], spec: ModelSpec, *, stride: int, max_clips_per_track: int,
@@ -203,7 +220,6 @@ class ClipDataset(Dataset):
         self.records = list(records)
         self.flip = flip
         self.seed = seed
-        self.epoch = 0
         self.items: list[tuple[int, np.ndarray]] = []
         for r_index, record in enumerate(self.records):
             consecutive = np.all(np.diff(record.frame_indices) == 1) if len(record) > 1 else True
@@ -224,7 +240,7 @@ class ClipDataset(Dataset):
         size = self.spec.input_size
         matrices = loose_to_model(self.spec, record, list(window))
         clip = np.stack([warp(record.image(int(p)), m, size) for p, m in zip(window, matrices, strict=True)])
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+        rng = self.rng(index)
         if self.flip and rng.random() < 0.5:
             clip = clip[:, :, ::-1]
         mask = torch.full((size, size), float(record.label))

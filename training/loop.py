@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -21,29 +20,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 from tqdm import tqdm
 
 from models.registry import create_model, read_checkpoint
 from training.data import TrackRecord, collate, load_index
+from training.distributed import setup_distributed
 from training.methods.base import Method, StepContext
 from training.metrics import binary_metrics, per_video
 
 log = logging.getLogger("training")
-
-
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment, or a single process."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            torch.cuda.set_device(local)
-            return rank, world, torch.device("cuda", local)
-        return rank, world, torch.device("cpu")
-    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -62,6 +48,32 @@ def split_records(records: list[TrackRecord], val_fraction: float, seed: int) ->
     random.Random(seed).shuffle(identities)
     held = set(identities[: max(1, round(len(identities) * val_fraction))]) if len(identities) > 1 else set()
     return [r for r in train if r.identity not in held], [r for r in train if r.identity in held]
+
+
+def train_loader(train_set: Dataset, batch_size: int, workers: int, rank: int, world: int, seed: int) -> DataLoader:
+    """Shuffled batches of this rank's shard.
+
+    Workers are started afresh each epoch (not persistent): each holds a copy of the dataset, and
+    only a copy made after :func:`start_epoch` draws that epoch's augmentations and blends.
+    """
+    if world > 1:
+        sampler: Sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    else:
+        sampler = RandomSampler(train_set, generator=torch.Generator())
+    return DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                      drop_last=len(train_set) >= batch_size * world)
+
+
+def start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
+    """Order and augmentations of ``epoch`` as a function of (seed, epoch), so a resumed run goes on
+    exactly as an uninterrupted one would."""
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
+        sampler.generator.manual_seed(seed * 1_000_003 + epoch)
+    if hasattr(loader.dataset, "set_epoch"):  # datasets that augment or blend (training.data.EpochSeeded)
+        loader.dataset.set_epoch(epoch)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -133,13 +145,7 @@ def train(method: Method, args: argparse.Namespace) -> Path:
     train_set, val_set = method.datasets(train_records, val_records)
     if len(train_set) == 0:
         raise ValueError("the training set is empty (does it hold both classes, or --fakes blended with reals?)")
-    if world > 1:
-        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
-    else:
-        sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(args.seed))
-    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        collate_fn=collate, drop_last=len(train_set) >= args.batch_size * world,
-                        persistent_workers=args.workers > 0)
+    loader = train_loader(train_set, args.batch_size, args.workers, rank, world, args.seed)
     val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=SequentialSampler(val_set),
                             num_workers=args.workers, collate_fn=collate) if len(val_set) else None
 
@@ -198,10 +204,7 @@ def train(method: Method, args: argparse.Namespace) -> Path:
     done = args.max_steps is not None and step >= args.max_steps
     while epoch < args.epochs and not done:
         method.on_epoch_start(epoch)
-        if hasattr(train_set, "epoch"):  # datasets that vary per epoch (blending seeds) follow the loop
-            train_set.epoch = epoch
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
+        start_epoch(loader, epoch, args.seed)
         progress = tqdm(loader, desc=f"{method.name} epoch {epoch + 1}/{args.epochs}", disable=not is_main,
                         dynamic_ncols=True, leave=False)
         started, seen = time.perf_counter(), 0
@@ -209,7 +212,7 @@ def train(method: Method, args: argparse.Namespace) -> Path:
         for micro, batch in enumerate(progress):
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             ctx = StepContext(scaler=scaler, accumulation=args.accumulate, micro_step=micro % args.accumulate,
-                              device=device, autocast_dtype=amp_dtype, grad_clip=args.grad_clip)
+                              device=device, autocast_dtype=amp_dtype, grad_clip=args.grad_clip, world=world)
             logs = method.training_step(model, batch, ctx)
             for _, scheduler in optimizers.values():
                 if scheduler is not None and ctx.is_update_step:
@@ -257,11 +260,11 @@ def train(method: Method, args: argparse.Namespace) -> Path:
             dist.barrier()
     if is_main:
         final = output / "best.pt" if (output / "best.pt").is_file() else output / "last.pt"
-        (output / "final_params.txt").write_text(_param_digest(raw_model))
+        (output / "final_params.txt").write_text(_param_digest(raw_model, method))
     else:
         final = output / "last.pt"
     if world > 1:
-        (output / f"params_rank{rank}.txt").write_text(_param_digest(raw_model))
+        (output / f"params_rank{rank}.txt").write_text(_param_digest(raw_model, method))
         dist.barrier()
         dist.destroy_process_group()
     if writer is not None:
@@ -269,7 +272,9 @@ def train(method: Method, args: argparse.Namespace) -> Path:
     return final
 
 
-def _param_digest(model: nn.Module) -> str:
-    """A short fingerprint of the weights (ranks of a DDP run must agree on it)."""
-    total = sum(float(p.detach().double().sum()) for p in model.parameters())
-    return f"{total:.10e}"
+def _param_digest(model: nn.Module, method: Method) -> str:
+    """Fingerprints of the weights and of the method's state beside them (ranks of a DDP run must agree)."""
+    def digest(tensors: list[torch.Tensor]) -> str:
+        return f"{sum(float(t.detach().double().sum()) for t in tensors):.10e}"
+
+    return f"model {digest(list(model.parameters()))}\nmethod {digest(method.replicated_state())}\n"

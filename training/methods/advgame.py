@@ -85,13 +85,21 @@ class AdvGameMethod(FrameMethod):
         generator_losses = []
         for _ in range(self.args.g_per_d):
             for kind, selected in groups.items():
-                if not selected.any():
+                count = int(selected.sum())
+                params = list(self.generators[kind].parameters())
+                if count == 0:
+                    if ctx.world == 1:
+                        continue
+                    # Under DDP the generators (outside DDP) are averaged over ranks, a collective every
+                    # rank must join: a rank without this class in its batch joins with zero weight.
+                    ctx.backward_and_step(sum(p.sum() for p in params) * 0.0, self.optimizer(f"gen_{kind}"), params,
+                                          average=params, weight=0)
                     continue
                 x = images[selected]
                 with ctx.autocast():
                     blurred = per_pixel_blur(x, self.generators[kind](x).float())
                     loss_g = -F.cross_entropy(frozen(blurred).float(), targets[selected])
-                ctx.backward_and_step(loss_g, self.optimizer(f"gen_{kind}"), list(self.generators[kind].parameters()))
+                ctx.backward_and_step(loss_g, self.optimizer(f"gen_{kind}"), params, average=params, weight=count)
                 generator_losses.append(loss_g.item())
         for param in detector_params:
             param.requires_grad_(True)
@@ -105,6 +113,9 @@ class AdvGameMethod(FrameMethod):
         ctx.backward_and_step(loss_d, self.optimizer("detector"), detector_params)
         mean_g = sum(generator_losses) / max(1, len(generator_losses))
         return {"loss": loss_d.item(), "loss_generator": mean_g}
+
+    def replicated_state(self) -> list[torch.Tensor]:
+        return list(self.generators.parameters())
 
     def extra_state(self) -> dict[str, Any]:
         return {"generators": self.generators.state_dict()}

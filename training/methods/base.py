@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from models import create_model, get_spec
 from models.spec import ModelSpec
 from training.data import TrackRecord
+from training.distributed import average_gradients
 
 
 @dataclass
@@ -32,6 +33,7 @@ class StepContext:
     device: torch.device
     autocast_dtype: torch.dtype | None
     grad_clip: float | None = None
+    world: int = 1  # processes training together (DDP)
 
     @property
     def is_update_step(self) -> bool:
@@ -41,10 +43,19 @@ class StepContext:
         enabled = self.autocast_dtype is not None
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=enabled)
 
-    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
-        """Scale, accumulate; step the optimiser (and clip) only on the last micro-step."""
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                          *, average: Sequence[torch.Tensor] = (), weight: float | None = None) -> None:
+        """Scale, accumulate; step the optimiser (and clip) only on the last micro-step.
+
+        ``average``: parameters outside the DDP-wrapped module whose gradients must be averaged over
+        ranks before the step (see :mod:`training.distributed`; ``weight`` weights this rank's share).
+        Under DDP every rank must make the same calls, so a rank with nothing to learn from still calls
+        this with a zero loss and ``weight=0``.
+        """
         self.scaler.scale(loss / self.accumulation).backward()
         if self.is_update_step:
+            if average:
+                average_gradients(average, weight)
             if self.grad_clip:
                 self.scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
@@ -119,6 +130,11 @@ class Method(ABC):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def replicated_state(self) -> list[torch.Tensor]:
+        """Trained tensors outside the model that every DDP rank must hold alike (generators, loss
+        weights, queues); the loop fingerprints them with the model so a run can show its ranks agree."""
+        return []
 
     def on_epoch_start(self, epoch: int) -> None:
         pass

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from models.backbones import load_backbone_weights
 from training.data import FrameDataset, Sample, normalize
+from training.distributed import gather_rows
 from training.methods.base import StepContext, TrainForward
 from training.methods.frames import FrameMethod, basic_augment
 
@@ -75,9 +76,12 @@ class TwoViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.frames.set_epoch(epoch)
+
     def __getitem__(self, index: int) -> Sample:
         frames = self.frames
-        rng = np.random.default_rng((frames.seed, frames.epoch, index))
+        rng = frames.rng(index)
         crop, mask, label, video = frames.crop(index, rng)
         q_image, q_mask = basic_augment(crop, mask, rng)
         q_image, q_mask = tile_shuffle(q_image, q_mask, rng)
@@ -201,7 +205,8 @@ class DclMethod(FrameMethod):
             _, k_map = self.key_encoder.forward_train(k_images)
             k = self.key_encoder.embedding(k_map.float())
         loss_ce = F.cross_entropy(logits, labels)
-        self._update_memory(k, labels)
+        # the queues take every rank's keys (as MoCo's), so all ranks mine the same hard negatives
+        self._update_memory(gather_rows(k), gather_rows(labels))
         filled = [min(self.queue_fill[c], self.args.queue_size) for c in (0, 1)]
         inter_terms = []
         for n in range(len(labels)):
@@ -221,6 +226,10 @@ class DclMethod(FrameMethod):
                 for key_param, param in zip(self.key_encoder.parameters(), encoder.parameters(), strict=True):
                     key_param.mul_(self.args.momentum).add_(param.detach(), alpha=1 - self.args.momentum)
         return {"loss": loss.item(), "loss_ce": loss_ce.item(), "loss_inter": loss_inter.item(), "loss_intra": loss_intra.item()}
+
+    def replicated_state(self) -> list[torch.Tensor]:
+        tensors = list(self.key_encoder.parameters()) if self.key_encoder is not None else []
+        return tensors + [t for t in (self.prototypes, self.queues) if t is not None]
 
     def extra_state(self) -> dict[str, Any]:
         return {"key_encoder": self.key_encoder.state_dict() if self.key_encoder else None,

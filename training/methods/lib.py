@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -91,7 +90,8 @@ class LibMethod(FrameMethod):
         images, labels = batch["image"], batch["label"]
         lam, partner = 1.0, torch.arange(len(labels), device=labels.device)
         if self.args.mixup > 0 and len(labels) > 1:
-            lam = float(np.random.default_rng().beta(self.args.mixup, self.args.mixup))
+            # torch's generator: seeded per rank by the loop, so a run repeats under --seed
+            lam = float(torch.distributions.Beta(self.args.mixup, self.args.mixup).sample())
             partner = torch.randperm(len(labels), device=labels.device)
             images = lam * images + (1 - lam) * images[partner]
 
@@ -111,10 +111,13 @@ class LibMethod(FrameMethod):
             loss = self.weights(parts)
         else:
             loss = sum(w * p for w, p in zip(FIXED_WEIGHTS, parts, strict=True))
-        params = list(model.parameters()) + list(self.weights.parameters())
-        ctx.backward_and_step(loss, self.optimizer("model"), params)
+        weights = list(self.weights.parameters())  # outside DDP's module: averaged over ranks explicitly
+        ctx.backward_and_step(loss, self.optimizer("model"), list(model.parameters()) + weights, average=weights)
         return {"loss": loss.item(), "loss_cls": loss_cls.item(), "loss_global": loss_global.item(),
                 "loss_local": loss_local.item()}
+
+    def replicated_state(self) -> list[torch.Tensor]:
+        return list(self.weights.parameters())
 
     def extra_state(self) -> dict[str, Any]:
         return {"weights": self.weights.state_dict()}
