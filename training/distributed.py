@@ -35,6 +35,19 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def broadcast_from_first_rank(tensors: Iterable[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` on every rank with rank 0's (in place), as DDP does for its module at start.
+
+    Each rank initialises with its own seed, so state made outside DDP's module (generators, a key
+    encoder copied before DDP synchronised the model) starts different on every rank without this.
+    """
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for tensor in tensors:
+            dist.broadcast(tensor.data, src=0)
+
+
 def average_gradients(params: Iterable[torch.Tensor], weight: float | None = None) -> None:
     """Replace each gradient by its average over ranks (in place; parameters without one count as zero).
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from models.registry import create_model, read_checkpoint
 from training.data import TrackRecord, collate, load_index
-from training.distributed import setup_distributed
+from training.distributed import broadcast_from_first_rank, setup_distributed
 from training.methods.base import Method, StepContext
 from training.metrics import binary_metrics, per_video
 
@@ -189,6 +189,8 @@ def train(method: Method, args: argparse.Namespace) -> Path:
         method.load_extra_state(state.get("extra", {}))
         epoch, step, best = state["epoch"], state["step"], state.get("best_val_auc", -math.inf)
         log.info("resumed from %s at epoch %d, step %d", resume, epoch, step)
+
+    broadcast_from_first_rank(method.replicated_state())  # DDP did this for the model when it wrapped it
 
     writer = None
     if is_main and args.tensorboard:

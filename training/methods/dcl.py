@@ -97,6 +97,20 @@ class TwoViewDataset(Dataset):
                                     "mask_k": torch.from_numpy(np.ascontiguousarray(k_mask, np.float32))})
 
 
+class DclTrainForward(TrainForward):
+    """Logits, feature map and query embedding from one forward.
+
+    The embedding head trains through the contrastive loss only; computed outside the module DDP
+    wraps, DDP would count it unused and fail when its gradient arrives.
+    """
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, feature_map = self.model.forward_train(images)
+        with torch.autocast(images.device.type, enabled=False):  # normalised embedding in fp32
+            embedding = self.model.embedding(feature_map.float())
+        return logits, feature_map, embedding
+
+
 def intra_loss(feature_map: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """L_fake + 0.01 L_real over the batch (see module docstring)."""
     features = F.normalize(feature_map.flatten(2), dim=1)  # (N, C, hw)
@@ -161,7 +175,7 @@ class DclMethod(FrameMethod):
         self.key_encoder = copy.deepcopy(model).eval()
         for param in self.key_encoder.parameters():
             param.requires_grad_(False)
-        return TrainForward(model)
+        return DclTrainForward(model)
 
     def optimizers(self, model: nn.Module) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
         return {"model": (torch.optim.Adam(model.parameters(), lr=self.args.lr, weight_decay=1e-5), None)}
@@ -198,9 +212,8 @@ class DclMethod(FrameMethod):
             q_images, k_images = q_images + srm_residual(q_images), k_images + srm_residual(k_images)
         encoder = (model.module if isinstance(model, DistributedDataParallel) else model).model
         with ctx.autocast():
-            logits, feature_map = model(q_images)
+            logits, feature_map, q = model(q_images)
         logits, feature_map = logits.float(), feature_map.float()
-        q = encoder.embedding(feature_map)
         with torch.no_grad():
             _, k_map = self.key_encoder.forward_train(k_images)
             k = self.key_encoder.embedding(k_map.float())
