@@ -22,12 +22,14 @@ untouched) and convert once in :meth:`AdvGameDetector.forward`; the reference's 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.backbones import load_backbone_weights
 from models.registry import CheckpointError, StateDict, register_model
 from models.spec import HALF_MEAN_STD, CropRule, ModelSpec
 
@@ -60,6 +62,15 @@ class AdvGameDetector(nn.Module):
         self.feature_model = timm.create_model(VARIANTS[variant], pretrained=False, num_classes=0, global_pool="")
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.feature_model.num_features, 2)
+
+    def load_backbone_weights(self, path: str | Path) -> None:
+        """ImageNet init of the EfficientNet from a local timm file (e.g. ``tf_efficientnet_b7.ap_in1k``:
+        AdvProp, the paper's init, trained on the same [-1, 1] input as ours); the head stays random."""
+        try:
+            load_backbone_weights(self.feature_model, path)
+        except CheckpointError as error:
+            raise CheckpointError(f"{path} does not fit the advgame {self.variant} encoder "
+                                  f"(timm {VARIANTS[self.variant]}): {error}") from error
 
     def class_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Reference-order logits (0 = fake, 1 = real)."""

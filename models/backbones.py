@@ -45,11 +45,20 @@ def map_by_position(source: StateDict, target: StateDict) -> StateDict:
     return mapped
 
 
+def _check_shapes(source: StateDict, target: StateDict) -> None:
+    """Fail with the first mis-shaped tensors, not load_state_dict's wall of size mismatches."""
+    wrong = [f"{k} {tuple(source[k].shape)} vs {tuple(v.shape)}"
+             for k, v in target.items() if source[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"backbone weights do not fit: {len(wrong)} tensors differ in shape, e.g. {wrong[:3]}")
+
+
 def load_backbone_weights(encoder: nn.Module, path: str | Path) -> None:
     """Load ImageNet weights (timm or torchvision layout) into ``encoder`` in place."""
     state = _without_classifier(strip_prefix(read_checkpoint(path)["state_dict"]))
     target = _without_classifier(encoder.state_dict())
     if set(state) == set(target):
+        _check_shapes(state, target)  # same names, other widths (e.g. mobilenetv1_075 for _100)
         mapped = state
         layout = "timm"
     else:

@@ -27,11 +27,13 @@ Label 1 = fake there and here: no conversion.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
+from models.backbones import load_backbone_weights
 from models.registry import CheckpointError, StateDict, register_model
 from models.spec import IMAGENET_MEAN, IMAGENET_STD, CropRule, ModelSpec
 
@@ -90,6 +92,22 @@ class LIB(nn.Module):
         self.bottleneck = ChannelCompress(width * num_regions, width)
         self.baseline_linear = nn.Linear(width * num_regions, 2)
         self.linear = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, 2))
+
+    def load_backbone_weights(self, path: str | Path) -> None:
+        """ImageNet init of every region model from one local file (timm or torchvision layout).
+
+        The reference starts each of its four ResNet-34s from the same ImageNet weights (what makes
+        them differ is the local information loss), so the file is read once and copied.
+        """
+        first = self.region_model1
+        try:
+            load_backbone_weights(first, path)
+        except CheckpointError as error:
+            timm_name = BACKBONES[self.backbone_name][0]
+            raise CheckpointError(f"{path} does not fit LIB's {self.backbone_name} backbone (timm {timm_name}, "
+                                  f"or torchvision's {timm_name} without fc): {error}") from error
+        for i in range(2, self.num_regions + 1):
+            getattr(self, f"region_model{i}").load_state_dict(first.state_dict())
 
     def region_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``[f_1, ..., f_n]``, each (N, width): every backbone sees the whole image."""

@@ -11,13 +11,17 @@ box-centred loose crops with five landmarks — rather than 256 px aligned crops
    the hull spans brows to chin, as the 68-point hull does), 50% a random non-empty union of part
    regions (eyes with their brows, nose, mouth) — the five-point stand-in for the 8 part hulls;
 4. elastic deformation of the mask (a random displacement on a 6x6 grid, sigma 4 px, smoothly
-   upsampled), then a Gaussian blur of 35 px at 256 px scale;
+   upsampled), then a 35 x 35 Gaussian blur. Both are the reference's sizes at its 256 px alignment,
+   where the face fills the image (CelebA-HQ quad: half-width = 2 x eye distance, so the eyes are
+   ~64 px apart); our loose crops hold the face at whatever size it was filmed, so both scale with
+   the face's eye distance / 64, not with the crop;
 5. colour transfer: the source's per-channel mean inside the mask is moved to the target's;
 6. blend: out = M * source + (1 - M) * target; the returned mask is M ("1 where forged").
 
 JPEG and flips come afterwards from the datasets' augmentation. For clips, one recipe (mask shape
 and deformation) and one source track serve every frame, so the forgery is temporally coherent
-the way face-swap videos are, and only its artefacts, not flicker, give it away.
+the way face-swap videos are, and only its artefacts, not flicker, give it away; a clip is flipped
+(p 0.5) as a whole, frames and mask together.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from training.data import ClipDataset, EpochSeeded, Sample, TrackRecord, loose_t
 
 HULL_SPREAD = 1.8  # five-point hull pushed outwards: eyes/mouth -> brows/chin
 GRID = 6
+# The reference's sizes, for a face whose eyes are REFERENCE_EYE_DISTANCE px apart (see step 4).
 DEFORM_SIGMA = 4.0
-BLUR_AT_256 = 35
+BLUR_KERNEL = 35
+REFERENCE_EYE_DISTANCE = 64.0
 PARTS = ("left_eye", "right_eye", "nose", "mouth")
 
 
@@ -47,13 +53,14 @@ class BlendRecipe:
 
     hull: bool
     parts: tuple[str, ...]
-    displacement: np.ndarray  # (GRID, GRID, 2) pixels
+    displacement: np.ndarray  # (GRID, GRID, 2) unit normal; x DEFORM_SIGMA x the face scale = pixels
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> BlendRecipe:
         hull = bool(rng.random() < 0.5)
         chosen = tuple(p for p in PARTS if rng.random() < 0.5) or (PARTS[int(rng.integers(len(PARTS)))],)
-        return cls(hull, chosen, rng.normal(0.0, DEFORM_SIGMA, size=(GRID, GRID, 2)))
+        # unit normal: face_mask scales it by the face's size, which a clip's recipe does not fix
+        return cls(hull, chosen, rng.normal(0.0, 1.0, size=(GRID, GRID, 2)))
 
 
 def landmarks_in_crop(record: TrackRecord, position: int) -> np.ndarray:
@@ -75,25 +82,33 @@ def face_mask(landmarks: np.ndarray, size: int, recipe: BlendRecipe) -> np.ndarr
     else:
         angle = float(np.degrees(np.arctan2(*(eye_r - eye_l)[::-1])))
         brow_lift = np.array([0.0, -0.18 * eye_distance])
+        eye_axes = (0.38 * eye_distance, 0.32 * eye_distance)  # eye with its brow
+        mouth_width = float(np.linalg.norm(mouth_r - mouth_l))
         regions = {
-            "left_eye": (eye_l + brow_lift, (0.38 * eye_distance, 0.32 * eye_distance)),
-            "right_eye": (eye_r + brow_lift, (0.38 * eye_distance, 0.32 * eye_distance)),
+            "left_eye": (eye_l + brow_lift, eye_axes),
+            "right_eye": (eye_r + brow_lift, eye_axes),
             "nose": (nose - np.array([0.0, 0.12 * eye_distance]), (0.28 * eye_distance, 0.45 * eye_distance)),
-            "mouth": ((mouth_l + mouth_r) / 2, (0.62 * float(np.linalg.norm(mouth_r - mouth_l)) + 2, 0.3 * eye_distance)),
+            "mouth": ((mouth_l + mouth_r) / 2, (0.62 * mouth_width + 2, 0.3 * eye_distance)),
         }
         for part in recipe.parts:
             centre, axes = regions[part]
             cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (int(axes[0]), int(axes[1])), angle, 0, 360, 1.0, -1)
-    return deform_and_blur(mask, recipe.displacement)
+    return deform_and_blur(mask, recipe.displacement, eye_distance / REFERENCE_EYE_DISTANCE)
 
 
-def deform_and_blur(mask: np.ndarray, displacement: np.ndarray) -> np.ndarray:
-    """Elastic deformation from a coarse displacement grid, then the I2G Gaussian blur."""
+def deform_and_blur(mask: np.ndarray, displacement: np.ndarray, face_scale: float) -> np.ndarray:
+    """Elastic deformation from a coarse unit displacement grid, then the I2G Gaussian blur.
+
+    ``face_scale``: the face's size relative to the reference's 256 px alignment (eye distance / 64);
+    the displacement (sigma 4 px) and the 35 px kernel scale with it, so the soft edge is as wide
+    relative to the face as the reference's, whatever the crop.
+    """
     size = mask.shape[0]
-    field = cv2.resize(displacement.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+    pixels = (displacement * DEFORM_SIGMA * face_scale).astype(np.float32)
+    field = cv2.resize(pixels, (size, size), interpolation=cv2.INTER_CUBIC)
     grid_x, grid_y = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32))
     deformed = cv2.remap(mask, grid_x + field[..., 0], grid_y + field[..., 1], cv2.INTER_LINEAR, borderValue=0)
-    kernel = max(3, int(round(BLUR_AT_256 * size / 256)) | 1)
+    kernel = max(3, round(BLUR_KERNEL * face_scale) | 1)
     return np.clip(cv2.GaussianBlur(deformed, (kernel, kernel), 0), 0.0, 1.0)
 
 
@@ -149,7 +164,8 @@ class BlendedFakes:
         self.pool = SourcePool(records)
         self.seed = seed
 
-    def __call__(self, record: TrackRecord, position: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    def __call__(self, record: TrackRecord, position: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
         target_marks = landmarks_in_crop(record, position)
         found = self.pool.nearest(target_marks, record.identity)
         if found is None:
@@ -160,15 +176,21 @@ class BlendedFakes:
 
 
 class BlendedClipDataset(EpochSeeded, Dataset):
-    """Real clips, each offered twice: as itself (label 0) and blended with another identity (label 1)."""
+    """Real clips, each offered twice: as itself (label 0) and blended with another identity (label 1).
+
+    With ``flip`` (training) each clip, real or blended, is mirrored with p 0.5 as a whole: every frame
+    and the mask together, as ``ClipDataset(flip=True)`` does for dataset clips. Validation passes False.
+    """
 
     def __init__(self, records: Sequence[TrackRecord], spec: ModelSpec, *, stride: int, max_clips_per_track: int,
-                 seed: int = 0) -> None:
+                 seed: int = 0, flip: bool = True) -> None:
         reals = [r for r in records if r.label == 0]
-        self.clips = ClipDataset(reals, spec, stride=stride, max_clips_per_track=max_clips_per_track, seed=seed)
+        self.clips = ClipDataset(reals, spec, stride=stride, max_clips_per_track=max_clips_per_track, flip=flip,
+                                 seed=seed)
         self.pool = SourcePool(reals)
         self.spec = spec
         self.seed = seed
+        self.flip = flip
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -183,12 +205,25 @@ class BlendedClipDataset(EpochSeeded, Dataset):
     def __getitem__(self, index: int) -> Sample:
         clip_index, make_fake = divmod(index, 2)
         if not make_fake:
-            return self.clips[clip_index]
+            return self.clips[clip_index]  # flipped (or not) by ClipDataset with its (seed, epoch, index) draw
         r_index, window = self.clips.items[clip_index]
         record = self.clips.records[r_index]
         rng = self.rng(index)
-        recipe = BlendRecipe.draw(rng)
         found = self.pool.nearest(landmarks_in_crop(record, int(window[0])), record.identity)
+        frames, mask = self.blended_clip(record, window, found, BlendRecipe.draw(rng))
+        if self.flip and rng.random() < 0.5:
+            frames, mask = frames[:, :, ::-1], mask[:, ::-1]
+        label = 1 if found is not None else 0
+        video = record.video + ("#blended" if label else "")
+        mask_tensor = torch.from_numpy(np.ascontiguousarray(mask, np.float32))
+        return Sample(normalize(self.spec, np.ascontiguousarray(frames)), label, mask_tensor, video)
+
+    def blended_clip(self, record: TrackRecord, window: np.ndarray, found: tuple[TrackRecord, int] | None,
+                     recipe: BlendRecipe) -> tuple[np.ndarray, np.ndarray]:
+        """Model-size frames (T, S, S, 3) of ``window`` blended with ``found``'s track, and their mean mask.
+
+        Without a source (no other identity) the frames stay real and the mask is zero.
+        """
         size = self.spec.input_size
         matrices = loose_to_model(self.spec, record, list(window))
         frames, masks = [], []
@@ -198,10 +233,9 @@ class BlendedClipDataset(EpochSeeded, Dataset):
             if found is not None:
                 source_record, start = found
                 source_position = min(start + t, len(source_record) - 1)
-                image, mask = blend(image, landmarks_in_crop(record, int(position)), source_record.image(source_position),
+                image, mask = blend(image, landmarks_in_crop(record, int(position)),
+                                    source_record.image(source_position),
                                     landmarks_in_crop(source_record, source_position), recipe)
             frames.append(warp(image, matrix, size))
             masks.append(warp(mask, matrix, size))
-        label = 1 if found is not None else 0
-        video = record.video + ("#blended" if label else "")
-        return Sample(normalize(self.spec, np.stack(frames)), label, torch.from_numpy(np.mean(masks, axis=0)), video)
+        return np.stack(frames), np.mean(masks, axis=0)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from training.blended import BlendRecipe, SourcePool, blend, face_mask
+from training.blended import DEFORM_SIGMA, GRID, REFERENCE_EYE_DISTANCE, BlendRecipe, SourcePool, blend, face_mask
 from training.data import load_index
 
 MARKS = np.array([[100.0, 120.0], [156.0, 118.0], [128.0, 150.0], [106.0, 180.0], [150.0, 178.0]])
@@ -22,6 +23,33 @@ def test_mask_shape_range_and_recipe_variants() -> None:
         assert mask.shape == (256, 256) and mask.dtype == np.float32
         assert 0.0 <= mask.min() and mask.max() <= 1.0 and mask.max() > 0.5
         assert mask[0, 0] == 0 and mask[128, 140] > 0 or mask[118, 100] > 0  # something of the face is covered
+
+
+def test_soft_edge_and_deformation_scale_with_the_face() -> None:
+    """The reference's blur and deformation are sizes at its 256 px alignment: on one canvas, a face
+    twice as large gets a twice as wide soft edge and a twice as large deformation."""
+    still = BlendRecipe(hull=True, parts=(), displacement=np.zeros((GRID, GRID, 2)))
+    rightwards = np.zeros((GRID, GRID, 2))
+    rightwards[..., 0] = 1.0  # every grid point one sigma: the whole mask moves by DEFORM_SIGMA x face scale
+    pushed = BlendRecipe(hull=True, parts=(), displacement=rightwards)
+
+    def soft_width(mask: np.ndarray, row: float) -> int:
+        values = mask[int(row)]
+        return int(((values > 0.05) & (values < 0.95)).sum())
+
+    def centre_x(mask: np.ndarray) -> float:
+        return float((mask.sum(axis=0) * np.arange(mask.shape[1])).sum() / mask.sum())
+
+    widths, shifts = [], []
+    for factor in (1.0, 2.0):
+        marks = MARKS * factor
+        mask = face_mask(marks, 512, still)
+        widths.append(soft_width(mask, marks[:, 1].mean()))
+        shifts.append(centre_x(mask) - centre_x(face_mask(marks, 512, pushed)))
+        eye_distance = np.linalg.norm(marks[1] - marks[0])
+        assert shifts[-1] == pytest.approx(DEFORM_SIGMA * eye_distance / REFERENCE_EYE_DISTANCE, rel=0.05)
+    assert 1.7 < widths[1] / widths[0] < 2.3, widths
+    assert shifts[1] / shifts[0] == pytest.approx(2.0, rel=0.05)
 
 
 def test_blend_changes_only_the_masked_region_and_is_deterministic() -> None:
@@ -63,7 +91,8 @@ def test_real_only_pcl_run_drives_the_loss_down(shared_data: Path, tmp_path: Pat
     photos = tmp_path / "photos" / "real"
     photos.mkdir(parents=True)
     for name in ("facerec_obama.jpg", "facerec_biden.jpg", "facerec_two_people.jpg", "facenet_angelina_jolie.jpg",
-                 "facenet_paul_rudd.jpg", "facerec_alex-lacamoire.png", "facerec_lin-manuel-miranda.png", "facenet_kate_siegel.jpg"):
+                 "facenet_paul_rudd.jpg", "facerec_alex-lacamoire.png", "facerec_lin-manuel-miranda.png",
+                 "facenet_kate_siegel.jpg"):
         shutil.copy(shared_data / "photos" / name, photos / name)
     assert preprocess(["--input", str(photos.parent), "--output", str(tmp_path / "crops"), "--crop-size", "256"]) == 0
     run = tmp_path / "run"
@@ -90,3 +119,32 @@ def test_blended_clips_for_real_only_ftcn(crops_dataset: Path) -> None:
     assert not np.allclose(real.image.numpy(), fake.image.numpy())
     again = dataset[1]
     assert np.array_equal(again.image.numpy(), fake.image.numpy()), "blends are deterministic under the seed"
+
+
+def test_blended_clips_flip_frames_and_mask_together(crops_dataset: Path) -> None:
+    from models import get_spec
+    from training.blended import BlendedClipDataset
+
+    records = load_index(crops_dataset)
+    spec = get_spec("ftcn")
+    flipping = BlendedClipDataset(records, spec, stride=32, max_clips_per_track=1, flip=True)
+    plain = BlendedClipDataset(records, spec, stride=32, max_clips_per_track=1, flip=False)
+    seen = {"real": set(), "fake": set()}
+    for epoch in range(8):
+        flipping.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        for kind, index in (("real", 0), ("fake", 1)):
+            mirrored, upright = flipping[index], plain[index]
+            if torch.equal(mirrored.image, upright.image):
+                assert torch.equal(mirrored.mask, upright.mask)
+                seen[kind].add(False)
+                continue
+            # the whole clip: every frame and the mask, mirrored together
+            assert torch.equal(mirrored.image, upright.image.flip(-1))
+            assert torch.equal(mirrored.mask, upright.mask.flip(-1))
+            if kind == "fake":
+                assert not torch.equal(upright.mask, upright.mask.flip(-1)), "an asymmetric mask shows the flip"
+            seen[kind].add(True)
+        if all(len(v) == 2 for v in seen.values()):
+            break
+    assert seen == {"real": {False, True}, "fake": {False, True}}, "each clip flips with p 0.5"

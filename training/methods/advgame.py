@@ -6,11 +6,18 @@ L_G = -CE(D(blur(x)), y); then the detector takes one step on the mean CE over
 [x_real, x_fake, blur(x_real), blur(x_fake)]. RAdam: detector lr 5e-4, generators 2e-3,
 weight decay 5e-4, x0.1 every 15 epochs; 120 epochs, batch 32. Labels inside the reference
 detector: 0 = fake, 1 = real (the exported logit converts).
+
+With ``--accumulate N`` only the detector accumulates (over N micro-batches); the generators step on
+every micro-batch, each playing against the detector as it is, as they do at batch 32 in the
+reference. Augmentation: :data:`training.methods.frames.ADVGAME_AUGMENT`, which never blurs.
+ImageNet init (the paper's AdvProp weights): ``--backbone-weights`` with a local timm file.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models.advgame import FAKE_CLASS, REAL_CLASS, BlurGenerator, per_pixel_blur
 from training.methods.base import StepContext
-from training.methods.frames import FrameMethod
+from training.methods.frames import ADVGAME_AUGMENT, FrameMethod
 
 
 class ClassLogits(nn.Module):
@@ -39,6 +46,7 @@ class AdvGameMethod(FrameMethod):
     default_lr = 5e-4
     default_batch_size = 32
     default_epochs = 120
+    augmentation = ADVGAME_AUGMENT
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -46,6 +54,9 @@ class AdvGameMethod(FrameMethod):
         group.add_argument("--variant", choices=["b7", "b5", "b3", "b0"], default="b7", help="EfficientNet size")
         group.add_argument("--g-per-d", type=int, default=3, help="generator steps per detector step")
         group.add_argument("--generator-lr", type=float, default=2e-3)
+        group.add_argument("--backbone-weights", type=Path, default=None,
+                           help="ImageNet weights for the EfficientNet, a local timm file of the same variant "
+                                "(the paper: AdvProp, e.g. tf_efficientnet_b7.ap_in1k)")
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -54,15 +65,25 @@ class AdvGameMethod(FrameMethod):
     def model_kwargs(self) -> dict[str, Any]:
         return {"variant": self.args.variant}
 
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        if self.args.backbone_weights is not None:
+            model.load_backbone_weights(self.args.backbone_weights)
+        return model
+
     def training_module(self, model: nn.Module) -> nn.Module:
         return ClassLogits(model)
 
     def optimizers(self, model: nn.Module) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
         self.generators.to(next(model.parameters()).device)
+
+        def radam(params: Any, lr: float) -> tuple[torch.optim.Optimizer, None]:
+            return torch.optim.RAdam(params, lr=lr, weight_decay=5e-4), None
+
         return {
-            "detector": (torch.optim.RAdam(model.parameters(), lr=self.args.lr, weight_decay=5e-4), None),
-            "gen_real": (torch.optim.RAdam(self.generators["real"].parameters(), lr=self.args.generator_lr, weight_decay=5e-4), None),
-            "gen_fake": (torch.optim.RAdam(self.generators["fake"].parameters(), lr=self.args.generator_lr, weight_decay=5e-4), None),
+            "detector": radam(model.parameters(), self.args.lr),
+            "gen_real": radam(self.generators["real"].parameters(), self.args.generator_lr),
+            "gen_fake": radam(self.generators["fake"].parameters(), self.args.generator_lr),
         }
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -77,32 +98,7 @@ class AdvGameMethod(FrameMethod):
         # reference label order for the detector's classes
         targets = torch.where(batch["label"] == 1, FAKE_CLASS, REAL_CLASS)
         groups = {"real": batch["label"] == 0, "fake": batch["label"] == 1}
-        detector_params = list(model.parameters())
-        # Generator phase: the frozen detector runs outside DDP (no detector gradients to reduce).
-        frozen = model.module if isinstance(model, DistributedDataParallel) else model
-        for param in detector_params:
-            param.requires_grad_(False)
-        generator_losses = []
-        for _ in range(self.args.g_per_d):
-            for kind, selected in groups.items():
-                count = int(selected.sum())
-                params = list(self.generators[kind].parameters())
-                if count == 0:
-                    if ctx.world == 1:
-                        continue
-                    # Under DDP the generators (outside DDP) are averaged over ranks, a collective every
-                    # rank must join: a rank without this class in its batch joins with zero weight.
-                    ctx.backward_and_step(sum(p.sum() for p in params) * 0.0, self.optimizer(f"gen_{kind}"), params,
-                                          average=params, weight=0)
-                    continue
-                x = images[selected]
-                with ctx.autocast():
-                    blurred = per_pixel_blur(x, self.generators[kind](x).float())
-                    loss_g = -F.cross_entropy(frozen(blurred).float(), targets[selected])
-                ctx.backward_and_step(loss_g, self.optimizer(f"gen_{kind}"), params, average=params, weight=count)
-                generator_losses.append(loss_g.item())
-        for param in detector_params:
-            param.requires_grad_(True)
+        generator_losses = self.generator_phase(model, images, targets, groups, ctx)
         with torch.no_grad():
             blurred = torch.cat([per_pixel_blur(images[sel], self.generators[k](images[sel]).float())
                                  for k, sel in groups.items() if sel.any()])
@@ -110,9 +106,54 @@ class AdvGameMethod(FrameMethod):
         with ctx.autocast():
             logits = model(torch.cat([images, blurred])).float()
         loss_d = F.cross_entropy(logits, torch.cat([targets, blurred_targets]))
-        ctx.backward_and_step(loss_d, self.optimizer("detector"), detector_params)
+        ctx.backward_and_step(loss_d, self.optimizer("detector"), list(model.parameters()))
         mean_g = sum(generator_losses) / max(1, len(generator_losses))
         return {"loss": loss_d.item(), "loss_generator": mean_g}
+
+    def generator_phase(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                        groups: dict[str, torch.Tensor], ctx: StepContext) -> list[float]:
+        """``g_per_d`` rounds of one step per generator against the frozen detector; their losses.
+
+        The generators step on every micro-batch (a context without accumulation): under
+        ``--accumulate`` only the detector accumulates, and a generator that waited for the update
+        micro-step would back-propagate the same unchanged weights g_per_d x N times and step only once.
+        """
+        step_ctx = dataclasses.replace(ctx, accumulation=1, micro_step=0)
+        detector_params = list(model.parameters())
+        # The frozen detector runs outside DDP (no detector gradients to reduce); the gradients it
+        # accumulates over micro-batches are left alone, as it takes no gradient here.
+        frozen = model.module if isinstance(model, DistributedDataParallel) else model
+        for param in detector_params:
+            param.requires_grad_(False)
+        losses = []
+        try:
+            for _ in range(self.args.g_per_d):
+                for kind, selected in groups.items():
+                    loss = self.generator_step(frozen, kind, images[selected], targets[selected], step_ctx)
+                    if loss is not None:
+                        losses.append(loss)
+        finally:
+            for param in detector_params:
+                param.requires_grad_(True)
+        return losses
+
+    def generator_step(self, frozen: nn.Module, kind: str, x: torch.Tensor, targets: torch.Tensor,
+                       ctx: StepContext) -> float | None:
+        """One step of the ``kind`` generator on L_G = -CE(D(blur(x)), y); None when ``x`` is empty."""
+        count = len(x)
+        params = list(self.generators[kind].parameters())
+        optimizer = self.optimizer(f"gen_{kind}")
+        if count == 0:
+            if ctx.world > 1:
+                # Under DDP the generators (outside DDP) are averaged over ranks, a collective every
+                # rank must join: a rank without this class in its batch joins with zero weight.
+                ctx.backward_and_step(sum(p.sum() for p in params) * 0.0, optimizer, params, average=params, weight=0)
+            return None
+        with ctx.autocast():
+            blurred = per_pixel_blur(x, self.generators[kind](x).float())
+            loss_g = -F.cross_entropy(frozen(blurred).float(), targets)
+        ctx.backward_and_step(loss_g, optimizer, params, average=params, weight=count)
+        return loss_g.item()
 
     def replicated_state(self) -> list[torch.Tensor]:
         return list(self.generators.parameters())

@@ -6,11 +6,21 @@ exp(-sum_i KL(log softmax(f_all.detach()/T) || softmax(f_-i/T))), T = 1.5 (``--d
 swaps KL for an entropic Wasserstein distance). The three are weighted automatically
 (sum 0.5/s_i^2 L_i + log(1 + s_i^2), s learnable from 1) or by fixed weights [1, 2, 10].
 Mixup (alpha 0.5) on the inputs. Adam lr 1e-3, wd 1e-6, cosine annealing per iteration, T_max 150.
+
+Batch: the reference trains with 256 images per step; our default is 32, which fits four ResNet-34s on
+one GPU. To match it, keep 256 images per optimiser step: ``--accumulate 8`` on one GPU, or torchrun
+over 8 GPUs (32 each), or any processes x batch x accumulate = 256 (BatchNorm still sees 32 at a
+time). T_max counts optimiser steps, so the schedule is then the reference's too.
+
+ImageNet init (the paper's): ``--backbone-weights`` takes a local file (these machines cannot download),
+loaded into each of the four backbones: torchvision's or timm's resnet34 (same key names), or timm's
+mobilenetv1_100 for ``--backbone mobilenet``.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,10 +36,12 @@ FIXED_WEIGHTS = (1.0, 2.0, 10.0)
 
 def kl_term(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """The reference's F.kl_div(log softmax(reference / T), softmax(logits / T))."""
-    return F.kl_div(F.log_softmax(reference_logits / TEMPERATURE, 1), F.softmax(logits / TEMPERATURE, 1), reduction="batchmean")
+    return F.kl_div(F.log_softmax(reference_logits / TEMPERATURE, 1), F.softmax(logits / TEMPERATURE, 1),
+                    reduction="batchmean")
 
 
-def sinkhorn_term(reference_logits: torch.Tensor, logits: torch.Tensor, eps: float = 0.01, iters: int = 100) -> torch.Tensor:
+def sinkhorn_term(reference_logits: torch.Tensor, logits: torch.Tensor, eps: float = 0.01,
+                  iters: int = 100) -> torch.Tensor:
     """Entropic optimal-transport cost between the two class distributions (cost |i - j|)."""
     p = F.softmax(reference_logits / TEMPERATURE, 1)
     q = F.softmax(logits / TEMPERATURE, 1)
@@ -64,8 +76,13 @@ class LibMethod(FrameMethod):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("lib")
+        group = parser.add_argument_group(
+            "lib", "The reference trains at batch 256; the default 32 fits one GPU. Match it with 256 images per "
+                   "optimiser step: --accumulate 8 on one GPU, or torchrun on 8 GPUs.")
         group.add_argument("--backbone", choices=["resnet34", "mobilenet"], default="resnet34", help="LIB backbone")
+        group.add_argument("--backbone-weights", type=Path, default=None,
+                           help="ImageNet weights for each of the four backbones, a local file: torchvision's or "
+                                "timm's resnet34 (e.g. resnet34-b627a593.pth), or timm's mobilenetv1_100")
         group.add_argument("--distance", choices=["kl", "sinkhorn"], default="kl", help="information-loss distance")
         group.add_argument("--weighting", choices=["auto", "hyper"], default="auto", help="loss weighting")
         group.add_argument("--mixup", type=float, default=0.5, help="mixup alpha (0 disables)")
@@ -76,6 +93,12 @@ class LibMethod(FrameMethod):
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"backbone": self.args.backbone}
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        if self.args.backbone_weights is not None:
+            model.load_backbone_weights(self.args.backbone_weights)
+        return model
 
     def training_module(self, model: nn.Module) -> nn.Module:
         return TrainForward(model)
