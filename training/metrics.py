@@ -9,30 +9,58 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
+def equal_error_rate(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """EER: where the ROC's false-negative and false-positive rates cross, interpolated on the segment.
+
+    ``drop_intermediate=False`` keeps every threshold: the default drops collinear points, and on a
+    flat ROC segment those are exactly the ones where FPR = FNR may lie. Along the curve
+    ``FNR - FPR`` never increases, from 1 (nothing flagged) to -1 (everything flagged), so there is
+    one crossing; between its two ROC points both rates move linearly and meet at the EER.
+    """
+    fpr, tpr, _ = roc_curve(np.asarray(labels, dtype=int), np.asarray(scores, dtype=float), drop_intermediate=False)
+    fnr = 1 - tpr
+    gap = fnr - fpr
+    k = int(np.argmax(gap <= 0))  # first point at or past the crossing (gap[0] = 1 > 0, gap[-1] = -1)
+    if gap[k] == 0:
+        return float(fpr[k])
+    t = gap[k - 1] / (gap[k - 1] - gap[k])
+    return float(fpr[k - 1] + t * (fpr[k] - fpr[k - 1]))
+
+
 def binary_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5) -> dict[str, float]:
-    """AUC, AP, EER and accuracy at ``threshold``; AUC/AP/EER are NaN when only one class is present."""
+    """AUC, AP, EER, and accuracy, FPR and FNR at ``threshold`` (an operating point is judged by its
+    errors on each class, not by accuracy alone); AUC/AP/EER are NaN when only one class is present."""
     y = np.asarray(labels, dtype=int)
     s = np.asarray(scores, dtype=float)
-    out = {"n": float(len(y)), "accuracy": float(((s >= threshold).astype(int) == y).mean()) if len(y) else float("nan")}
+    flagged = s >= threshold
+    accuracy = float((flagged.astype(int) == y).mean()) if len(y) else float("nan")
+    fpr = float(flagged[y == 0].mean()) if (y == 0).any() else float("nan")
+    fnr = float((~flagged[y == 1]).mean()) if (y == 1).any() else float("nan")
+    out = {"n": float(len(y)), "accuracy": accuracy, "fpr": fpr, "fnr": fnr}
     if len(set(y.tolist())) < 2:
         return {**out, "auc": float("nan"), "ap": float("nan"), "eer": float("nan")}
-    fpr, tpr, _ = roc_curve(y, s)
-    fnr = 1 - tpr
-    k = int(np.nanargmin(np.abs(fnr - fpr)))
     return {
         **out,
         "auc": float(roc_auc_score(y, s)),
         "ap": float(average_precision_score(y, s)),
-        "eer": float((fpr[k] + fnr[k]) / 2),
+        "eer": equal_error_rate(y, s),
     }
 
 
-def per_video(videos: Sequence[str], labels: Sequence[int], scores: Sequence[float]) -> tuple[list[int], list[float]]:
-    """Mean score per video (the service's per-track mean; one track per video in most datasets)."""
-    grouped: dict[str, list[float]] = defaultdict(list)
+def per_video(videos: Sequence[str], labels: Sequence[int], scores: Sequence[float],
+              tracks: Sequence[str] | None = None) -> tuple[list[int], list[float]]:
+    """Labels and scores per video, videos in sorted order, aggregated as the service does.
+
+    With ``tracks`` (the face track of each item): the mean over each track's items, then the
+    maximum over the video's tracks, so one forged face among real ones is not averaged away.
+    Without, all items of a video count as one track (the mean per video).
+    """
+    if tracks is None:
+        tracks = [""] * len(videos)
+    grouped: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     label_of: dict[str, int] = {}
-    for video, label, score in zip(videos, labels, scores, strict=True):
-        grouped[video].append(score)
+    for video, track, label, score in zip(videos, tracks, labels, scores, strict=True):
+        grouped[video][track].append(score)
         label_of[video] = label
     names = sorted(grouped)
-    return [label_of[n] for n in names], [float(np.mean(grouped[n])) for n in names]
+    return [label_of[n] for n in names], [max(float(np.mean(s)) for s in grouped[n].values()) for n in names]
