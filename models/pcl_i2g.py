@@ -62,12 +62,17 @@ class ConsistencyHead(nn.Module):
         self.theta = nn.Conv2d(channels, channels, 1)
         self.phi = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The volume before its sigmoid: training takes its BCE from these, so pairs the sigmoid
+        saturates (at 1.0 in bf16 above ~0.998) still get a gradient."""
         batch, _, height, width = features.shape
         theta = self.theta(features).flatten(2)  # (N, C, HW)
         phi = self.phi(features).flatten(2).transpose(1, 2)  # (N, HW, C)
-        volume = torch.sigmoid(torch.bmm(phi, theta) / math.sqrt(self.channels))  # [p, q] = phi_p . theta_q
-        return volume.view(batch, height, width, height, width)
+        scores = torch.bmm(phi, theta) / math.sqrt(self.channels)  # [p, q] = phi_p . theta_q
+        return scores.view(batch, height, width, height, width)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(features))
 
 
 class PCLI2G(nn.Module):
@@ -88,10 +93,12 @@ class PCLI2G(nn.Module):
         layer3 = net.layer3(net.layer2(net.layer1(x)))
         return layer3, net.layer4(layer3)
 
-    def forward_train(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patch logits (N, 2, 8, 8) in reference order (0 = fake) and the volume (N, 16, 16, 16, 16)."""
+    def forward_train(self, images: torch.Tensor, volume_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch logits (N, 2, 8, 8) in reference order (0 = fake) and the volume (N, 16, 16, 16, 16),
+        as probabilities or, with ``volume_logits``, before the sigmoid."""
         layer3, layer4 = self._features(images)
-        return self.convout(layer4), self.pcl(layer3)
+        volume = self.pcl.logits(layer3) if volume_logits else self.pcl(layer3)
+        return self.convout(layer4), volume
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Fake logit (N,) of the reference's score, the patch mean of softmax P(fake).

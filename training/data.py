@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,10 +19,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from models.spec import ModelSpec
 from service.pipeline.crops import box_matrix, clip_windows, similarity_matrix
+
+log = logging.getLogger("training.data")
 
 
 @dataclass
@@ -38,6 +41,15 @@ class TrackRecord:
     @cached_property
     def meta(self) -> dict:
         return self.data or json.loads((self.folder / "track.json").read_text())
+
+    @property
+    def key(self) -> str:
+        """What identifies the track: its folder (``tracks/<source>/t<k>`` under the data root).
+
+        A video can hold several tracks; video-level scores take the mean per track, then the
+        maximum over tracks (as the service does), so items must say which track they belong to.
+        """
+        return str(self.folder)
 
     @property
     def frame_indices(self) -> list[int]:
@@ -110,13 +122,18 @@ def normalize(spec: ModelSpec, rgb: np.ndarray) -> torch.Tensor:
 
 @dataclass
 class Sample:
-    """What a frame dataset returns: model input, label, manipulation mask at input size, video."""
+    """What a frame dataset returns: model input, label, manipulation mask at input size, video, track.
+
+    ``track`` comes last and defaults to "" so datasets that build samples positionally keep working;
+    items without a track count as one track per video in :func:`training.metrics.per_video`.
+    """
 
     image: torch.Tensor
     label: int
     mask: torch.Tensor
     video: str
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    track: str = ""
 
 
 FakeMaker = Callable[[TrackRecord, int, np.random.Generator], tuple[np.ndarray, np.ndarray] | None]
@@ -138,6 +155,15 @@ class EpochSeeded:
 
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng((self.seed, self.epoch, index))
+
+
+class EpochConcatDataset(ConcatDataset):
+    """Several datasets one after another, each told the epoch (see :class:`EpochSeeded`)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for dataset in self.datasets:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
 
 
 class FrameDataset(EpochSeeded, Dataset):
@@ -208,7 +234,9 @@ class FrameDataset(EpochSeeded, Dataset):
         crop, mask, label, video = self.crop(index, rng)
         if self.augment is not None:
             crop, mask = self.augment(crop, mask, rng)
-        return Sample(normalize(self.spec, crop), label, torch.from_numpy(np.ascontiguousarray(mask, np.float32)), video)
+        mask_tensor = torch.from_numpy(np.ascontiguousarray(mask, np.float32))
+        track = self.records[self.items[index][0]].key
+        return Sample(normalize(self.spec, crop), label, mask_tensor, video, track=track)
 
 
 class ClipDataset(EpochSeeded, Dataset):
@@ -221,11 +249,9 @@ class ClipDataset(EpochSeeded, Dataset):
         self.flip = flip
         self.seed = seed
         self.items: list[tuple[int, np.ndarray]] = []
+        _check_some_consecutive(self.records)
         for r_index, record in enumerate(self.records):
-            consecutive = np.all(np.diff(record.frame_indices) == 1) if len(record) > 1 else True
-            if not consecutive:
-                raise ValueError(f"{record.folder}: clip models need consecutive frames (preprocess with --frame-step 1)")
-            for window in clip_windows(len(record), spec.num_frames, stride, max_clips_per_track):
+            for window in track_clip_windows(record, spec.num_frames, stride, max_clips_per_track):
                 self.items.append((r_index, window))
 
     def __len__(self) -> int:
@@ -244,7 +270,48 @@ class ClipDataset(EpochSeeded, Dataset):
         if self.flip and rng.random() < 0.5:
             clip = clip[:, :, ::-1]
         mask = torch.full((size, size), float(record.label))
-        return Sample(normalize(self.spec, clip), record.label, mask, record.video)
+        return Sample(normalize(self.spec, clip), record.label, mask, record.video, track=record.key)
+
+
+def consecutive_runs(frame_indices: Sequence[int]) -> list[tuple[int, int]]:
+    """(first position, length) of each run of consecutive frame indices of a track."""
+    if len(frame_indices) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(np.asarray(frame_indices)) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(frame_indices)]])
+    return [(int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)]
+
+
+def track_clip_windows(record: TrackRecord, num_frames: int, stride: int, max_clips: int) -> list[np.ndarray]:
+    """Clip windows (track positions) lying inside runs of consecutive frames.
+
+    A clip model needs frames that follow each other; a track with gaps (frames lost in
+    preprocessing) still gives the clips of its long-enough runs, instead of failing the whole run.
+    Starts step by ``stride`` within each run and are thinned evenly to ``max_clips``, which for a
+    gap-free track is exactly :func:`service.pipeline.crops.clip_windows`. When no run is long
+    enough, the longest run is padded like a short track.
+    """
+    runs = consecutive_runs(record.frame_indices)
+    if len(runs) <= 1:
+        return clip_windows(len(record), num_frames, stride, max_clips)
+    log.warning("%s: gaps in frame indices; clips only inside its %d consecutive runs", record.folder, len(runs))
+    starts = [first + s for first, length in runs for s in range(0, length - num_frames + 1, stride)]
+    if not starts:
+        first, length = max(runs, key=lambda run: run[1])
+        return [first + w for w in clip_windows(length, num_frames, stride, max_clips)]
+    picked = np.asarray(starts)
+    if len(picked) > max_clips:
+        picked = picked[np.unique(np.linspace(0, len(picked) - 1, max_clips).round().astype(int))]
+    return [np.arange(s, s + num_frames) for s in picked]
+
+
+def _check_some_consecutive(records: Sequence[TrackRecord]) -> None:
+    """Fail early when no track has two consecutive frames: the data was preprocessed with --frame-step > 1."""
+    multi = [r for r in records if len(r) > 1]
+    if multi and all(len(consecutive_runs(r.frame_indices)) == len(r) for r in multi):
+        raise ValueError(f"{multi[0].folder} (and every other track): clip models need consecutive frames "
+                         "(preprocess with --frame-step 1)")
 
 
 def collate(samples: list[Sample]) -> dict[str, object]:
@@ -253,6 +320,7 @@ def collate(samples: list[Sample]) -> dict[str, object]:
         "label": torch.tensor([s.label for s in samples], dtype=torch.long),
         "mask": torch.stack([s.mask for s in samples]),
         "video": [s.video for s in samples],
+        "track": [s.track for s in samples],
     }
     for key in samples[0].extra:
         batch[key] = torch.stack([s.extra[key] for s in samples])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -21,7 +22,9 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment, or a single process."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        # Rank 0 validates and writes checkpoints while the others wait at a barrier: allow that to
+        # take longer than the backends' default collective timeout (10 min for NCCL).
+        dist.init_process_group(backend, timeout=timedelta(minutes=int(os.environ.get("TRAIN_DIST_TIMEOUT_MIN", 120))))
         rank, world = dist.get_rank(), dist.get_world_size()
         if torch.cuda.is_available():
             local = int(os.environ.get("LOCAL_RANK", 0))

@@ -7,13 +7,14 @@ its shard of the data, gradients are averaged, rank 0 validates, logs and writes
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm import tqdm
 
 from models.registry import create_model, read_checkpoint
+from training.checkpoints import Progress, checkpoint_payload, resume, truncate_history
 from training.data import TrackRecord, collate, load_index
 from training.distributed import broadcast_from_first_rank, setup_distributed
 from training.methods.base import Method, StepContext
@@ -50,6 +52,21 @@ def split_records(records: list[TrackRecord], val_fraction: float, seed: int) ->
     return [r for r in train if r.identity not in held], [r for r in train if r.identity in held]
 
 
+class ResumableSampler(Sampler[int]):
+    """The wrapped sampler's order less its first ``skip`` indices, so a run resumed mid-epoch goes on
+    where it stopped instead of repeating (or skipping) the rest of that epoch."""
+
+    def __init__(self, inner: Sampler[int]) -> None:
+        self.inner = inner
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.inner), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip)  # type: ignore[arg-type]
+
+
 def train_loader(train_set: Dataset, batch_size: int, workers: int, rank: int, world: int, seed: int) -> DataLoader:
     """Shuffled batches of this rank's shard.
 
@@ -57,48 +74,29 @@ def train_loader(train_set: Dataset, batch_size: int, workers: int, rank: int, w
     only a copy made after :func:`start_epoch` draws that epoch's augmentations and blends.
     """
     if world > 1:
-        sampler: Sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        inner: Sampler[int] = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     else:
-        sampler = RandomSampler(train_set, generator=torch.Generator())
-    return DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                      drop_last=len(train_set) >= batch_size * world)
+        inner = RandomSampler(train_set, generator=torch.Generator())
+    # the loader's own generator seeds its workers, so starting an epoch draws nothing from the global
+    # torch generator the methods use (mixup, SRM coin flips): a resumed run draws what the original did
+    return DataLoader(train_set, batch_size=batch_size, sampler=ResumableSampler(inner), num_workers=workers,
+                      collate_fn=collate, drop_last=len(train_set) >= batch_size * world,
+                      generator=torch.Generator().manual_seed(seed + rank))
 
 
-def start_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
+def start_epoch(loader: DataLoader, epoch: int, seed: int, batches_done: int = 0) -> None:
     """Order and augmentations of ``epoch`` as a function of (seed, epoch), so a resumed run goes on
-    exactly as an uninterrupted one would."""
+    exactly as an uninterrupted one would; ``batches_done`` batches of it are skipped (mid-epoch resume)."""
     sampler = loader.sampler
-    if isinstance(sampler, DistributedSampler):
-        sampler.set_epoch(epoch)
-    elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
-        sampler.generator.manual_seed(seed * 1_000_003 + epoch)
+    inner = sampler.inner if isinstance(sampler, ResumableSampler) else sampler
+    if isinstance(inner, DistributedSampler):
+        inner.set_epoch(epoch)
+    elif isinstance(inner, RandomSampler) and inner.generator is not None:
+        inner.generator.manual_seed(seed * 1_000_003 + epoch)
+    if isinstance(sampler, ResumableSampler):
+        sampler.skip = batches_done * (loader.batch_size or 1)
     if hasattr(loader.dataset, "set_epoch"):  # datasets that augment or blend (training.data.EpochSeeded)
         loader.dataset.set_epoch(epoch)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def checkpoint_payload(method: Method, model: nn.Module, optimizers: dict, scaler: torch.amp.GradScaler,
-                       epoch: int, step: int, best: float, metrics: dict, args: argparse.Namespace) -> dict[str, Any]:
-    """Everything ``python -m export`` and ``--resume`` need, in one file."""
-    return {
-        "model": method.name,
-        "model_kwargs": method.model_kwargs(),
-        "spec": method.spec.to_dict(),
-        "state_dict": unwrap(model).state_dict(),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
-        "epoch": epoch,
-        "step": step,
-        "best_val_auc": best,
-        "metrics": metrics,
-        "optimizers": {n: o.state_dict() for n, (o, _) in optimizers.items()},
-        "schedulers": {n: s.state_dict() for n, (_, s) in optimizers.items() if s is not None},
-        "scaler": scaler.state_dict(),
-        "extra": method.extra_state(),
-        "command": getattr(args, "command", None),
-    }
 
 
 @torch.no_grad()
@@ -108,17 +106,19 @@ def validate(method: Method, raw: nn.Module, loader: DataLoader, device: torch.d
     labels: list[int] = []
     scores: list[float] = []
     videos: list[str] = []
+    tracks: list[str] = []
     for batch in loader:
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         logits = method.predict_logits(raw, batch)
         scores += torch.sigmoid(logits).cpu().tolist()
         labels += batch["label"].cpu().tolist()
         videos += batch["video"]
+        tracks += batch["track"]
     raw.train()
     if not labels:
         return {}
     item = binary_metrics(labels, scores)
-    video = binary_metrics(*per_video(videos, labels, scores))
+    video = binary_metrics(*per_video(videos, labels, scores, tracks))  # mean per track, max per video
     return {**{f"val/{k}": v for k, v in item.items()}, **{f"val_video/{k}": v for k, v in video.items()}}
 
 
@@ -127,6 +127,29 @@ def _load_init(model: nn.Module, method: Method, path: Path) -> None:
     source = create_model(method.name, checkpoint=read_checkpoint(path), **method.model_kwargs())
     model.load_state_dict(source.state_dict())
     log.info("initialised %s from %s", method.name, path)
+
+
+def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _resume_path(resume_arg: str | None, output: Path) -> Path | None:
+    if resume_arg == "auto":
+        return output / "last.pt" if (output / "last.pt").is_file() else None
+    return Path(resume_arg) if resume_arg else None
+
+
+def _tensorboard(output: Path, enabled: bool):  # noqa: ANN202 - a SummaryWriter or None
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed; logging to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(output / "tensorboard"))
 
 
 def train(method: Method, args: argparse.Namespace) -> Path:
@@ -162,102 +185,84 @@ def train(method: Method, args: argparse.Namespace) -> Path:
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                         find_unused_parameters=True)
-    amp_dtype = None
-    if args.amp and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    amp_dtype = _amp_dtype(args.amp, device)
+    scalers = {name: torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16) for name in optimizers}
+    scaler_of = {optimizer: scalers[name] for name, (optimizer, _) in optimizers.items()}
 
-    epoch = step = 0
-    best = -math.inf
-    resume = args.resume
-    if resume == "auto":
-        resume = output / "last.pt" if (output / "last.pt").is_file() else None
-    if resume:
-        state = torch.load(resume, map_location="cpu", weights_only=False)
-        raw_model.load_state_dict(state["state_dict"])
-        for name, (optimizer, scheduler) in optimizers.items():
-            try:
-                optimizer.load_state_dict(state["optimizers"][name])
-            except (KeyError, ValueError) as exc:
-                raise ValueError(
-                    f"{resume}: optimiser {name!r} does not match this run's trainable parameters ({exc}); "
-                    "resume with the same method options (e.g. --freeze-backbone) as the original run"
-                ) from exc
-            if scheduler is not None and name in state.get("schedulers", {}):
-                scheduler.load_state_dict(state["schedulers"][name])
-        scaler.load_state_dict(state["scaler"])
-        method.load_extra_state(state.get("extra", {}))
-        epoch, step, best = state["epoch"], state["step"], state.get("best_val_auc", -math.inf)
-        log.info("resumed from %s at epoch %d, step %d", resume, epoch, step)
-
+    progress = Progress()
+    resume_from = _resume_path(args.resume, output)
+    if resume_from:
+        progress = resume(resume_from, method, raw_model, optimizers, scalers, single_process=world == 1)
     broadcast_from_first_rank(method.replicated_state())  # DDP did this for the model when it wrapped it
 
-    writer = None
-    if is_main and args.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(output / "tensorboard"))
-        except ImportError:
-            log.warning("tensorboard is not installed; logging to metrics.jsonl only")
-
     history = output / "metrics.jsonl"
+    if is_main:
+        truncate_history(history, progress.step)
+    writer = _tensorboard(output, is_main and args.tensorboard)
     metrics: dict[str, float] = {}
-    done = args.max_steps is not None and step >= args.max_steps
-    while epoch < args.epochs and not done:
+    done = args.max_steps is not None and progress.step >= args.max_steps
+    while progress.epoch < args.epochs and not done:
+        epoch = progress.epoch
         method.on_epoch_start(epoch)
-        start_epoch(loader, epoch, args.seed)
-        progress = tqdm(loader, desc=f"{method.name} epoch {epoch + 1}/{args.epochs}", disable=not is_main,
-                        dynamic_ncols=True, leave=False)
+        start_epoch(loader, epoch, args.seed, progress.batches_done)
+        for optimizer, _ in optimizers.values():  # a partial accumulation window left by the last epoch is dropped
+            optimizer.zero_grad(set_to_none=True)
+        progress_bar = tqdm(loader, desc=f"{method.name} epoch {epoch + 1}/{args.epochs}", disable=not is_main,
+                            dynamic_ncols=True, leave=False)
         started, seen = time.perf_counter(), 0
         last_step_at = started  # per-step wall time: the first step of an epoch includes the loader's start
-        for micro, batch in enumerate(progress):
+        for micro, batch in enumerate(progress_bar):
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            ctx = StepContext(scaler=scaler, accumulation=args.accumulate, micro_step=micro % args.accumulate,
+            ctx = StepContext(scalers=scaler_of, accumulation=args.accumulate, micro_step=micro % args.accumulate,
                               device=device, autocast_dtype=amp_dtype, grad_clip=args.grad_clip, world=world)
             logs = method.training_step(model, batch, ctx)
-            for _, scheduler in optimizers.values():
-                if scheduler is not None and ctx.is_update_step:
-                    scheduler.step()
+            progress.batches_done += 1
             seen += len(batch["label"]) * world
             if not all(math.isfinite(v) for v in logs.values()):
-                raise FloatingPointError(f"non-finite loss at step {step}: {logs}")
-            if ctx.is_update_step:
-                step += 1
-                now = time.perf_counter()
-                rate = seen / max(now - started, 1e-9)
-                step_s, last_step_at = now - last_step_at, now
-                progress.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", samples_s=f"{rate:.1f}")
-                if is_main:
-                    record = {"step": step, "epoch": epoch, **logs, "samples_per_s": rate, "step_s": step_s,
-                              "step_samples": len(batch["label"]) * world * args.accumulate}
-                    if device.type == "cuda":
-                        record["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-                    with history.open("a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                    if writer is not None:
-                        for key, value in logs.items():
-                            writer.add_scalar(f"train/{key}", value, step)
-                        writer.add_scalar("train/samples_per_s", rate, step)
-                if args.max_steps is not None and step >= args.max_steps:
-                    done = True
-                    break
-        epoch += 1
+                raise FloatingPointError(f"non-finite loss at step {progress.step}: {logs}")
+            if not ctx.is_update_step:
+                continue
+            for _, scheduler in optimizers.values():
+                if scheduler is not None:
+                    scheduler.step()
+            progress.step += 1
+            now = time.perf_counter()
+            rate = seen / max(now - started, 1e-9)
+            step_s, last_step_at = now - last_step_at, now
+            progress_bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", samples_s=f"{rate:.1f}")
+            if is_main:
+                record = {"step": progress.step, "epoch": epoch, **logs, "samples_per_s": rate, "step_s": step_s,
+                          "step_samples": len(batch["label"]) * world * args.accumulate}
+                if device.type == "cuda":
+                    record["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                with history.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    for key, value in logs.items():
+                        writer.add_scalar(f"train/{key}", value, progress.step)
+                    writer.add_scalar("train/samples_per_s", rate, progress.step)
+            if args.max_steps is not None and progress.step >= args.max_steps:
+                done = True
+                break
+        else:  # the epoch's batches ran out: it is complete
+            progress.epoch, progress.batches_done = epoch + 1, 0
         if is_main:
             metrics = validate(method, raw_model, val_loader, device) if val_loader is not None else {}
             auc = metrics.get("val_video/auc", metrics.get("val/auc", float("nan")))
             summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith(("auc", "accuracy")))
-            log.info("epoch %d done (step %d)%s", epoch, step, f": {summary}" if summary else "")
+            where = "done" if progress.batches_done == 0 else f"stopped after {progress.batches_done} batches"
+            log.info("epoch %d %s (step %d)%s", epoch + 1, where, progress.step, f": {summary}" if summary else "")
             if writer is not None:
                 for key, value in metrics.items():
-                    writer.add_scalar(key, value, step)
-            payload = checkpoint_payload(method, raw_model, optimizers, scaler, epoch, step, best, metrics, args)
+                    writer.add_scalar(key, value, progress.step)
+            improved = math.isfinite(auc) and auc > progress.best
+            if improved:
+                progress.best = auc
+            payload = checkpoint_payload(method, raw_model, optimizers, scalers, progress, metrics, args)
             torch.save(payload, output / "last.pt")
-            if math.isfinite(auc) and auc > best:
-                best = auc
-                payload["best_val_auc"] = best
+            if improved:
                 torch.save(payload, output / "best.pt")
-                log.info("new best validation AUC %.4f -> %s", best, output / "best.pt")
+                log.info("new best validation AUC %.4f -> %s", auc, output / "best.pt")
         if world > 1:
             dist.barrier()
     if is_main:

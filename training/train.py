@@ -36,8 +36,9 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--init", type=Path, help="initial weights: our checkpoint or the reference layout (fine-tuning)")
     parser.add_argument("--resume", help="checkpoint to resume, or 'auto' for OUTPUT/last.pt when present")
     parser.add_argument("--freeze-backbone", action="store_true", help="train only the head (fine-tuning)")
-    parser.add_argument("--fakes", choices=["data", "blended", "both"], default="data",
-                        help="fake class: the dataset's fakes, I2G blends made from its real faces on the fly, or both")
+    parser.add_argument("--fakes", choices=["data", "blended", "both"], default=None,
+                        help="fake class: the dataset's fakes, I2G blends made from its real faces on the fly, or "
+                             "both (default: blended for pcl_i2g, which needs the blend masks; data for the others)")
     parser.add_argument("--epochs", type=int, help="epochs (default: the method's reference setting)")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke runs)")
     parser.add_argument("--batch-size", type=int, help="per-process batch size (default: the method's)")
@@ -65,6 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.epochs = args.epochs or cls.default_epochs
     args.batch_size = args.batch_size or cls.default_batch_size
     args.lr = args.lr or cls.default_lr
+    args.fakes = args.fakes or cls.default_fakes
     args.amp = None if args.amp == "none" else args.amp
     args.command = "python -m training.train " + shlex.join(argv)
     return args

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +25,14 @@ from training.distributed import average_gradients
 
 @dataclass
 class StepContext:
-    """Handed to ``training_step``: how to backpropagate under AMP with accumulation."""
+    """Handed to ``training_step``: how to backpropagate under AMP with accumulation.
 
-    scaler: torch.amp.GradScaler
+    Each optimiser has its own loss scaler: the adversarial game steps its generators several
+    times per detector step, and one shared scale changing between them would unscale the
+    detector's accumulated gradients by a scale they were not computed with.
+    """
+
+    scalers: Mapping[torch.optim.Optimizer, torch.amp.GradScaler]
     accumulation: int
     micro_step: int  # 0..accumulation-1 within the current optimiser step
     device: torch.device
@@ -52,15 +57,16 @@ class StepContext:
         Under DDP every rank must make the same calls, so a rank with nothing to learn from still calls
         this with a zero loss and ``weight=0``.
         """
-        self.scaler.scale(loss / self.accumulation).backward()
+        scaler = self.scalers[optimizer]
+        scaler.scale(loss / self.accumulation).backward()
         if self.is_update_step:
             if average:
                 average_gradients(average, weight)
             if self.grad_clip:
-                self.scaler.unscale_(optimizer)
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-            self.scaler.step(optimizer)
-            self.scaler.update()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
 
 
@@ -83,6 +89,7 @@ class Method(ABC):
     default_lr: float = 1e-4
     default_batch_size: int = 32
     default_epochs: int = 20
+    default_fakes: str = "data"  # where the fake class comes from when --fakes is not given
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args

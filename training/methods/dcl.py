@@ -2,14 +2,16 @@
 
 - Two views of every face: ``k`` an independent augmentation, ``q`` additionally tile-shuffled
   3x3 (its mask shuffled the same way); with p 0.5 a batch adds the SRM noise residual to both.
-- Key encoder: an EMA copy of the query network (m 0.999), MoCo style, never back-propagated.
+- Key encoder: an EMA copy of the query network (m 0.999), MoCo style, never back-propagated, in
+  train mode (batch statistics). Under DDP the queues take every rank's keys.
 - Inter-instance: class prototypes (EMA 0.9 of each class's mean key); the 5 fake keys nearest the
   real prototype and the 5 real keys nearest the fake prototype enter per-class hard queues;
   L_inter = CE([q.k+, q.Q_opposite] / T, 0), T = 0.07.
 - Intra-instance, on the L2-normalised feature map F (N, C, hw): reals S1 = F^T F,
   L_real = -log sum e^{S1/T}; fakes S2 = R^T R over pristine positions (mask 0), Sn = Fk^T R with
   Fk the forged positions (mask > 0.01), L_fake = -log(sum e^{S2/T} / (sum e^{Sn/T} + sum e^{S2/T}));
-  L_intra = L_fake + 0.01 L_real. Masks at 10x10; reals zero; fakes without a mask all ones.
+  L_intra = L_fake + 0.01 L_real. Masks binarised at 40/255, then at 10x10; reals zero; fakes
+  without a mask all ones.
 - Total a*CE + (1-a)(L_inter + 0.1 L_intra), a = 1 for 3 warm-up epochs, 0.5 after.
   Adam lr 2e-4, wd 1e-5, x0.1 every 10 epochs; 30 epochs, batch 32.
 """
@@ -37,6 +39,7 @@ from training.methods.frames import FrameMethod, basic_augment
 TEMPERATURE = 0.07
 HARD_PER_CLASS = 5
 WARMUP_EPOCHS = 3
+MASK_THRESHOLD = 40 / 255  # manipulation masks are binarised here before the 10x10 resize
 
 # Three fixed 5x5 SRM high-pass kernels (Fridrich & Kodovsky), as used for forgery detection.
 _SRM = np.array([
@@ -94,7 +97,8 @@ class TwoViewDataset(Dataset):
         k_image, k_mask = basic_augment(crop, mask, rng)
         return Sample(normalize(frames.spec, q_image), label, torch.from_numpy(np.ascontiguousarray(q_mask, np.float32)),
                       video, extra={"image_k": normalize(frames.spec, k_image),
-                                    "mask_k": torch.from_numpy(np.ascontiguousarray(k_mask, np.float32))})
+                                    "mask_k": torch.from_numpy(np.ascontiguousarray(k_mask, np.float32))},
+                      track=frames.records[frames.items[index][0]].key)
 
 
 class DclTrainForward(TrainForward):
@@ -115,7 +119,9 @@ def intra_loss(feature_map: torch.Tensor, masks: torch.Tensor, labels: torch.Ten
     """L_fake + 0.01 L_real over the batch (see module docstring)."""
     features = F.normalize(feature_map.flatten(2), dim=1)  # (N, C, hw)
     side = feature_map.shape[-1]
-    small = F.interpolate(masks[:, None], size=(side, side), mode="bilinear", align_corners=False).flatten(1)
+    forged_pixels = (masks > MASK_THRESHOLD).float()  # the reference binarises at 40/255 first: soft blend
+    small = F.interpolate(forged_pixels[:, None], size=(side, side), mode="bilinear",  # edges are not "forged"
+                          align_corners=False).flatten(1)
     losses = []
     for n in range(len(labels)):
         f = features[n]
@@ -172,7 +178,10 @@ class DclMethod(FrameMethod):
         return TwoViewDataset(train_frames), val_set
 
     def training_module(self, model: nn.Module) -> nn.Module:
-        self.key_encoder = copy.deepcopy(model).eval()
+        # The key encoder stays in train mode, as MoCo's: its BatchNorm normalises each batch with that
+        # batch's statistics like the query encoder's does. In eval mode it would keep the running
+        # statistics it was copied with, and keys would drift apart from queries as training goes on.
+        self.key_encoder = copy.deepcopy(model).train()
         for param in self.key_encoder.parameters():
             param.requires_grad_(False)
         return DclTrainForward(model)
@@ -251,5 +260,8 @@ class DclMethod(FrameMethod):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("key_encoder") is not None and self.key_encoder is not None:
             self.key_encoder.load_state_dict(state["key_encoder"])
-        self.prototypes, self.queues = state.get("prototypes"), state.get("queues")
+        # checkpoints are read onto the CPU; the memory must live where the keys are computed
+        device = next(self.key_encoder.parameters()).device if self.key_encoder is not None else None
+        self.prototypes, self.queues = (None if t is None else t.to(device) for t in (state.get("prototypes"),
+                                                                                       state.get("queues")))
         self.queue_fill = state.get("queue_fill", [0, 0])

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from training.data import ClipDataset, TrackRecord
+from training.data import ClipDataset, EpochConcatDataset, TrackRecord
 from training.methods.base import Method, StepContext
 
 
@@ -40,19 +40,20 @@ class FtcnMethod(Method):
         return model
 
     def datasets(self, train: Sequence[TrackRecord], val: Sequence[TrackRecord]) -> tuple[Dataset, Dataset]:
-        if self.args.fakes == "blended":
-            from training.blended import BlendedClipDataset
+        """Clips of the dataset (``data``), real clips and their I2G-blended twins (``blended``), or both:
+        with ``both`` the real clips appear twice (once per set), the price of keeping each set's balance."""
+        from training.blended import BlendedClipDataset
 
-            train_set: Dataset = BlendedClipDataset(train, self.spec, stride=self.args.clip_stride,
-                                                    max_clips_per_track=self.args.clips_per_track, seed=self.args.seed)
-        else:
-            train_set = ClipDataset(train, self.spec, stride=self.args.clip_stride,
-                                    max_clips_per_track=self.args.clips_per_track, flip=True, seed=self.args.seed)
+        stride, cap, seed = self.args.clip_stride, self.args.clips_per_track, self.args.seed
+        parts: list[Dataset] = []
+        if self.args.fakes in ("data", "both"):
+            parts.append(ClipDataset(train, self.spec, stride=stride, max_clips_per_track=cap, flip=True, seed=seed))
+        if self.args.fakes in ("blended", "both"):
+            parts.append(BlendedClipDataset(train, self.spec, stride=stride, max_clips_per_track=cap, seed=seed))
+        train_set: Dataset = parts[0] if len(parts) == 1 else EpochConcatDataset(parts)
         if self.args.fakes == "blended":  # real-only data: validate on blended twins of the val clips
-            from training.blended import BlendedClipDataset
-
             val_set: Dataset = BlendedClipDataset(val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4,
-                                                  seed=self.args.seed + 1)
+                                                  seed=seed + 1, flip=False)
         else:
             val_set = ClipDataset(val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4)
         return train_set, val_set

@@ -1,0 +1,123 @@
+"""What a training checkpoint holds, and how a run resumes from one exactly where it stopped.
+
+A checkpoint is one file that serves two readers: ``python -m export`` (model name, constructor
+options, spec, weights, calibration) and ``--resume`` (optimisers, schedulers, loss scalers, the
+method's own state, the position in the epoch and the random generators), so a resumed run goes on
+as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from training.methods.base import Method
+
+log = logging.getLogger("training")
+
+Optimizers = dict[str, tuple[torch.optim.Optimizer, Any]]
+Scalers = dict[str, torch.amp.GradScaler]
+
+
+@dataclass
+class Progress:
+    """Where a run is: ``epoch`` counts finished epochs unless ``batches_done`` > 0 (stopped mid-epoch)."""
+
+    epoch: int = 0
+    step: int = 0
+    batches_done: int = 0  # micro-batches of ``epoch`` already trained (a --max-steps stop mid-epoch)
+    best: float = -math.inf  # best validation AUC so far
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_payload(method: Method, model: nn.Module, optimizers: Optimizers, scalers: Scalers, progress: Progress,
+                       metrics: dict, args: argparse.Namespace) -> dict[str, Any]:
+    """Everything ``python -m export`` and ``--resume`` need, in one file."""
+    return {
+        "model": method.name,
+        "model_kwargs": method.model_kwargs(),
+        "spec": method.spec.to_dict(),
+        "state_dict": unwrap(model).state_dict(),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "batches_done": progress.batches_done,
+        "best_val_auc": progress.best,
+        "metrics": metrics,
+        "optimizers": {n: o.state_dict() for n, (o, _) in optimizers.items()},
+        "schedulers": {n: s.state_dict() for n, (_, s) in optimizers.items() if s is not None},
+        "scalers": {n: s.state_dict() for n, s in scalers.items()},
+        "extra": method.extra_state(),
+        "rng": rng_state(),
+        "command": getattr(args, "command", None),
+    }
+
+
+def resume(path: Path, method: Method, model: nn.Module, optimizers: Optimizers, scalers: Scalers,
+           single_process: bool) -> Progress:
+    """Load ``path`` into the run's objects; returns where to go on from.
+
+    The random generators are restored only in a single process: DDP ranks are seeded apart
+    (seed + rank) and rank 0's file cannot restore the others.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["state_dict"])
+    for name, (optimizer, scheduler) in optimizers.items():
+        try:
+            optimizer.load_state_dict(state["optimizers"][name])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: optimiser {name!r} does not match this run's trainable parameters ({exc}); "
+                "resume with the same method options (e.g. --freeze-backbone) as the original run"
+            ) from exc
+        if scheduler is not None and name in state.get("schedulers", {}):
+            scheduler.load_state_dict(state["schedulers"][name])
+    for name, scaler in scalers.items():  # older checkpoints kept one scaler for all optimisers
+        saved = state.get("scalers", {}).get(name, state.get("scaler"))
+        if saved:
+            scaler.load_state_dict(saved)
+    method.load_extra_state(state.get("extra", {}))
+    if single_process and "rng" in state:
+        restore_rng_state(state["rng"])
+    progress = Progress(epoch=state["epoch"], step=state["step"], batches_done=state.get("batches_done", 0),
+                        best=state.get("best_val_auc", -math.inf))
+    log.info("resumed from %s at epoch %d (%d batches into it), step %d", path, progress.epoch,
+             progress.batches_done, progress.step)
+    return progress
+
+
+def truncate_history(history: Path, step: int) -> None:
+    """Drop logged steps after ``step``: a resumed run logs them again, and must not log them twice."""
+    if not history.is_file():
+        return
+    kept = [line for line in history.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    history.write_text("".join(line + "\n" for line in kept))
