@@ -22,10 +22,29 @@ from typing import Any
 
 import torch
 
-from export.manifest import ENGINE_FILES, Calibration, Manifest, Parity, SourceCheckpoint, TensorInfo
 from export.fp16_weights import store_weights_fp16
-from export.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx, measure_parity
-from models.registry import create_model, file_sha256, get_spec, list_models, read_checkpoint
+from export.manifest import (
+    ENGINE_FILES,
+    Calibration,
+    Manifest,
+    Parity,
+    SourceCheckpoint,
+    TensorInfo,
+)
+from export.onnx_export import (
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    export_onnx,
+    measure_parity,
+)
+from models.registry import (
+    create_model,
+    file_sha256,
+    get_spec,
+    list_models,
+    read_checkpoint,
+)
 
 log = logging.getLogger("export")
 

@@ -135,8 +135,24 @@ def _link_tracks(
     return tracker.finish(min_detections=min_detections, max_tracks=settings.max_tracks), frames_read
 
 
-async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict[str, Any]:
-    """Score one local video file; returns the response body without fetch timing and request id."""
+@dataclass
+class VideoLogits:
+    """Everything up to the scores: the face tracks, the crops planned on them and each model's raw logits."""
+
+    info: VideoInfo
+    frames_read: int
+    tracks: list[Track]
+    items: list[CropItem]
+    logits: dict[str, np.ndarray]  # per model, one raw logit per item of that model, in ``items`` order
+    clock: StageClock
+
+
+async def video_logits(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> VideoLogits:
+    """Decode, find and track faces, crop and run the engines: the raw logits before calibration.
+
+    Separate from :func:`analyse_video` so calibration (``python -m export.calibrate``) fits on
+    exactly what serving computes.
+    """
     settings = runtime.settings
     assert runtime.detector is not None
     clock = StageClock()
@@ -172,17 +188,23 @@ async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, r
         ]
     )
     clock.add("inference", time.perf_counter() - started)
+    return VideoLogits(info, frames_read, tracks, items, dict(zip(options.models, logits_per_model)), clock)
 
-    body = build_scores(tracks, items, dict(zip(options.models, logits_per_model)), runtime, settings)
+
+async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict[str, Any]:
+    """Score one local video file; returns the response body without fetch timing and request id."""
+    result = await video_logits(path, request_id, options, runtime)
+    info = result.info
+    body = build_scores(result.tracks, result.items, result.logits, runtime, runtime.settings)
     body["video"] = {
         "width": info.width,
         "height": info.height,
         "fps": info.fps,
         "frames": info.frames,
         "duration_s": info.duration_s,
-        "frames_analyzed": frames_read,
+        "frames_analyzed": result.frames_read,
     }
-    body["timings_ms"] = clock.rounded()
+    body["timings_ms"] = result.clock.rounded()
     for stage, ms in body["timings_ms"].items():
         metrics.STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
     return body
