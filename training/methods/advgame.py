@@ -125,6 +125,10 @@ class AdvGameMethod(FrameMethod):
         frozen = model.module if isinstance(model, DistributedDataParallel) else model
         for param in detector_params:
             param.requires_grad_(False)
+        # In eval mode as in the reference (detect_gen.py: model_dis.eval() for the generator phase): its
+        # BatchNorm then uses its running statistics instead of those of a one-class, blurred sub-batch,
+        # and those statistics are not dragged towards it g_per_d times per batch.
+        frozen.eval()
         losses = []
         try:
             for _ in range(self.args.g_per_d):
@@ -133,6 +137,7 @@ class AdvGameMethod(FrameMethod):
                     if loss is not None:
                         losses.append(loss)
         finally:
+            frozen.train()
             for param in detector_params:
                 param.requires_grad_(True)
         return losses
