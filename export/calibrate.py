@@ -34,7 +34,6 @@ from export.manifest import Manifest
 from service.config import Settings
 from service.errors import ServiceError
 from service.pipeline.analyse import AnalysisOptions, video_logits
-from service.pipeline.crops import SamplingOptions
 from service.runtime import Runtime
 from training.evaluate import Predictions, fit_calibration, report
 from training.sources import Source, from_label_list
@@ -51,13 +50,7 @@ def labelled(labels: Path, split: str | None) -> list[Source]:
 
 async def served_logits(runtime: Runtime, sources: list[Source]) -> dict[str, Predictions]:
     """Raw logits per model of every face-track item of every video, as the service computes them."""
-    settings = runtime.settings
-    options = AnalysisOptions(
-        models=sorted(runtime.models),
-        max_frames=settings.max_frames,
-        sampling=SamplingOptions(clip_stride=settings.clip_stride, max_clips_per_track=settings.max_clips_per_track,
-                                 frames_per_track=settings.frames_per_track),
-    )
+    options = AnalysisOptions.from_settings(runtime.settings, sorted(runtime.models))
     out = {name: Predictions([], [], [], []) for name in options.models}
     for source in tqdm(sources, desc="videos", unit="video"):
         try:

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
+from training.distributed import unwrap
 from training.methods.base import Method
 
 log = logging.getLogger("training")
@@ -38,10 +38,6 @@ class Progress:
     step: int = 0
     batches_done: int = 0  # micro-batches of ``epoch`` already trained (a --max-steps stop mid-epoch)
     best: float = -math.inf  # best validation AUC so far
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def rng_state() -> dict[str, Any]:

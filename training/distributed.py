@@ -16,6 +16,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -32,6 +34,11 @@ def setup_distributed() -> tuple[int, int, torch.device]:
             return rank, world, torch.device("cuda", local)
         return rank, world, torch.device("cpu")
     return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module DDP wraps (``model`` itself outside DDP)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def world_size() -> int:

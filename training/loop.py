@@ -52,19 +52,30 @@ def split_records(records: list[TrackRecord], val_fraction: float, seed: int) ->
     return [r for r in train if r.identity not in held], [r for r in train if r.identity in held]
 
 
-class ResumableSampler(Sampler[int]):
-    """The wrapped sampler's order less its first ``skip`` indices, so a run resumed mid-epoch goes on
-    where it stopped instead of repeating (or skipping) the rest of that epoch."""
+class EpochSampler(Sampler[int]):
+    """This rank's shuffled order of an epoch, a function of (seed, epoch), less its first ``skip`` indices.
 
-    def __init__(self, inner: Sampler[int]) -> None:
+    Seeding by epoch makes a resumed run draw the order the original run drew; skipping lets a run
+    resumed mid-epoch go on where it stopped instead of repeating (or skipping) the rest of that epoch.
+    """
+
+    def __init__(self, inner: RandomSampler | DistributedSampler, seed: int) -> None:
         self.inner = inner
+        self.seed = seed
         self.skip = 0
+
+    def start(self, epoch: int, skip: int = 0) -> None:
+        if isinstance(self.inner, DistributedSampler):
+            self.inner.set_epoch(epoch)  # seeds with its own seed + epoch
+        else:
+            self.inner.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        self.skip = skip
 
     def __iter__(self) -> Iterator[int]:
         return itertools.islice(iter(self.inner), self.skip, None)
 
     def __len__(self) -> int:
-        return max(0, len(self.inner) - self.skip)  # type: ignore[arg-type]
+        return max(0, len(self.inner) - self.skip)
 
 
 def train_loader(train_set: Dataset, batch_size: int, workers: int, rank: int, world: int, seed: int) -> DataLoader:
@@ -74,27 +85,22 @@ def train_loader(train_set: Dataset, batch_size: int, workers: int, rank: int, w
     only a copy made after :func:`start_epoch` draws that epoch's augmentations and blends.
     """
     if world > 1:
-        inner: Sampler[int] = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        inner: RandomSampler | DistributedSampler = DistributedSampler(train_set, num_replicas=world, rank=rank,
+                                                                       shuffle=True, seed=seed)
     else:
         inner = RandomSampler(train_set, generator=torch.Generator())
     # the loader's own generator seeds its workers, so starting an epoch draws nothing from the global
     # torch generator the methods use (mixup, SRM coin flips): a resumed run draws what the original did
-    return DataLoader(train_set, batch_size=batch_size, sampler=ResumableSampler(inner), num_workers=workers,
+    return DataLoader(train_set, batch_size=batch_size, sampler=EpochSampler(inner, seed), num_workers=workers,
                       collate_fn=collate, drop_last=len(train_set) >= batch_size * world,
                       generator=torch.Generator().manual_seed(seed + rank))
 
 
-def start_epoch(loader: DataLoader, epoch: int, seed: int, batches_done: int = 0) -> None:
-    """Order and augmentations of ``epoch`` as a function of (seed, epoch), so a resumed run goes on
-    exactly as an uninterrupted one would; ``batches_done`` batches of it are skipped (mid-epoch resume)."""
-    sampler = loader.sampler
-    inner = sampler.inner if isinstance(sampler, ResumableSampler) else sampler
-    if isinstance(inner, DistributedSampler):
-        inner.set_epoch(epoch)
-    elif isinstance(inner, RandomSampler) and inner.generator is not None:
-        inner.generator.manual_seed(seed * 1_000_003 + epoch)
-    if isinstance(sampler, ResumableSampler):
-        sampler.skip = batches_done * (loader.batch_size or 1)
+def start_epoch(loader: DataLoader, epoch: int, batches_done: int = 0) -> None:
+    """Order and augmentations of ``epoch`` for a :func:`train_loader` loader, as a function of (seed,
+    epoch), so a resumed run goes on exactly as an uninterrupted one would; ``batches_done`` batches of
+    it are skipped (mid-epoch resume)."""
+    loader.sampler.start(epoch, skip=batches_done * loader.batch_size)
     if hasattr(loader.dataset, "set_epoch"):  # datasets that augment or blend (training.data.EpochSeeded)
         loader.dataset.set_epoch(epoch)
 
@@ -199,12 +205,11 @@ def train(method: Method, args: argparse.Namespace) -> Path:
     if is_main:
         truncate_history(history, progress.step)
     writer = _tensorboard(output, is_main and args.tensorboard)
-    metrics: dict[str, float] = {}
     done = args.max_steps is not None and progress.step >= args.max_steps
     while progress.epoch < args.epochs and not done:
         epoch = progress.epoch
         method.on_epoch_start(epoch)
-        start_epoch(loader, epoch, args.seed, progress.batches_done)
+        start_epoch(loader, epoch, progress.batches_done)
         for optimizer, _ in optimizers.values():  # a partial accumulation window left by the last epoch is dropped
             optimizer.zero_grad(set_to_none=True)
         progress_bar = tqdm(loader, desc=f"{method.name} epoch {epoch + 1}/{args.epochs}", disable=not is_main,

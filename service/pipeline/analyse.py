@@ -39,6 +39,21 @@ class AnalysisOptions:
     max_frames: int
     sampling: SamplingOptions
 
+    @classmethod
+    def from_settings(cls, settings: Settings, models: list[str], *, max_frames: int | None = None,
+                      clip_stride: int | None = None, max_clips_per_track: int | None = None,
+                      frames_per_track: int | None = None) -> AnalysisOptions:
+        """The service's settings, with a request's overrides where given (frames capped by the settings)."""
+        return cls(
+            models=list(dict.fromkeys(models)),
+            max_frames=min(max_frames or settings.max_frames, settings.max_frames),
+            sampling=SamplingOptions(
+                clip_stride=clip_stride or settings.clip_stride,
+                max_clips_per_track=max_clips_per_track or settings.max_clips_per_track,
+                frames_per_track=frames_per_track or settings.frames_per_track,
+            ),
+        )
+
 
 @dataclass
 class StageClock:

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 from models.advgame import FAKE_CLASS, REAL_CLASS, BlurGenerator, per_pixel_blur
+from training.distributed import unwrap
 from training.methods.base import StepContext
 from training.methods.frames import ADVGAME_AUGMENT, FrameMethod
 
@@ -122,7 +122,7 @@ class AdvGameMethod(FrameMethod):
         detector_params = list(model.parameters())
         # The frozen detector runs outside DDP (no detector gradients to reduce); the gradients it
         # accumulates over micro-batches are left alone, as it takes no gradient here.
-        frozen = model.module if isinstance(model, DistributedDataParallel) else model
+        frozen = unwrap(model)
         for param in detector_params:
             param.requires_grad_(False)
         # In eval mode as in the reference (detect_gen.py: model_dis.eval() for the generator phase): its

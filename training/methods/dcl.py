@@ -27,12 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from models.backbones import load_backbone_weights
 from training.data import FrameDataset, Sample, normalize
-from training.distributed import gather_rows
+from training.distributed import gather_rows, unwrap
 from training.methods.base import StepContext, TrainForward
 from training.methods.frames import FrameMethod, basic_augment
 
@@ -219,7 +218,7 @@ class DclMethod(FrameMethod):
         q_images, k_images = batch["image"], batch["image_k"]
         if torch.rand(()) < 0.5:
             q_images, k_images = q_images + srm_residual(q_images), k_images + srm_residual(k_images)
-        encoder = (model.module if isinstance(model, DistributedDataParallel) else model).model
+        encoder = unwrap(model).model
         with ctx.autocast():
             logits, feature_map, q = model(q_images)
         logits, feature_map = logits.float(), feature_map.float()

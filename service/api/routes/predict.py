@@ -16,7 +16,6 @@ from service.api.deps import AdmissionDep, RuntimeDep
 from service.api.schemas import ErrorResponse, PredictRequest, PredictResponse
 from service.errors import BadRequest, ServiceError, Unavailable
 from service.pipeline.analyse import AnalysisOptions, analyse_video
-from service.pipeline.crops import SamplingOptions
 from service.pipeline.fetch import FetchedVideo, fetched_video, staged_upload
 from service.runtime import Runtime
 
@@ -29,21 +28,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _options(body: PredictRequest, runtime: Runtime) -> AnalysisOptions:
-    settings = runtime.settings
     names = body.models or sorted(runtime.models)
     unknown = sorted(set(names) - set(runtime.models))
     if unknown:
         raise BadRequest(
             f"unknown model(s) {', '.join(unknown)}; loaded: {', '.join(sorted(runtime.models))}", code="unknown_model"
         )
-    return AnalysisOptions(
-        models=list(dict.fromkeys(names)),
-        max_frames=min(body.max_frames or settings.max_frames, settings.max_frames),
-        sampling=SamplingOptions(
-            clip_stride=body.clip_stride or settings.clip_stride,
-            max_clips_per_track=body.max_clips_per_track or settings.max_clips_per_track,
-            frames_per_track=body.frames_per_track or settings.frames_per_track,
-        ),
+    return AnalysisOptions.from_settings(
+        runtime.settings, names, max_frames=body.max_frames, clip_stride=body.clip_stride,
+        max_clips_per_track=body.max_clips_per_track, frames_per_track=body.frames_per_track,
     )
 
 
