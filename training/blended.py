@@ -216,7 +216,7 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         label = 1 if found is not None else 0
         video = record.video + ("#blended" if label else "")
         mask_tensor = torch.from_numpy(np.ascontiguousarray(mask, np.float32))
-        return Sample(normalize(self.spec, np.ascontiguousarray(frames)), label, mask_tensor, video)
+        return Sample(normalize(self.spec, np.ascontiguousarray(frames)), label, mask_tensor, video, track=record.key)
 
     def blended_clip(self, record: TrackRecord, window: np.ndarray, found: tuple[TrackRecord, int] | None,
                      recipe: BlendRecipe) -> tuple[np.ndarray, np.ndarray]:

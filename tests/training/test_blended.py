@@ -114,6 +114,7 @@ def test_blended_clips_for_real_only_ftcn(crops_dataset: Path) -> None:
     assert dataset.labels()[:2] == [0, 1] and len(dataset) == 2 * len(dataset.clips)
     real, fake = dataset[0], dataset[1]
     assert real.label == 0 and fake.label == 1
+    assert fake.track == real.track != "", "a blended twin scores per face track like its real clip"
     assert real.image.shape == fake.image.shape == (3, 32, 224, 224)
     assert float(real.mask.max()) == 0.0 and 0.0 < float(fake.mask.mean()) < 1.0
     assert not np.allclose(real.image.numpy(), fake.image.numpy())
