@@ -42,7 +42,11 @@ log = logging.getLogger("export.calibrate")
 
 
 def labelled(labels: Path, split: str | None) -> list[Source]:
-    sources = [s for s in from_label_list(labels) if split is None or s.split == split]
+    try:
+        listed = from_label_list(labels)
+    except (OSError, ValueError) as exc:  # missing file, bad row: say which, without a traceback
+        raise SystemExit(f"--labels {labels}: {exc}") from exc
+    sources = [s for s in listed if split is None or s.split == split]
     if not sources:
         raise SystemExit(f"no videos{f' in split {split!r}' if split else ''} in {labels}")
     return sources
@@ -79,8 +83,8 @@ def calibrate(settings: Settings, sources: list[Source], split_name: str) -> dic
         if not runtime.ready:
             raise SystemExit(f"the models could not be loaded: {runtime.reason}")
         try:
-            manifests = {name: model.version for name, model in runtime.models.items()}
-            return await served_logits(runtime, sources), manifests
+            versions = {name: model.version for name, model in runtime.models.items()}
+            return await served_logits(runtime, sources), versions
         finally:
             await runtime.close()
 

@@ -53,3 +53,12 @@ def test_calibration_fitted_as_served_and_written_into_the_manifest(shared_data:
     assert served["videos_at_calibrated_threshold"] == pytest.approx(after)
     for video, row in fitted["after"]["per_video"].items():
         assert served["per_video"][video]["service_score"] == pytest.approx(row["service_score"], abs=1e-4)
+
+
+def test_unreadable_label_lists_are_refused_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="No such file"):
+        calibrate_main(["--labels", str(tmp_path / "missing.csv")])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,path\nmaybe,x.mp4\n")
+    with pytest.raises(SystemExit, match="line 2: unknown label 'maybe'"):
+        calibrate_main(["--labels", str(bad)])
