@@ -17,7 +17,9 @@ ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev ca-certificates curl libgl1 libglib2.0-0 \
  && rm -rf /var/lib/apt/lists/*
-ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+# ORT_DISABLE_TELEMETRY: onnxruntime's telemetry off (the export at build time creates sessions too).
+ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 \
+    ORT_DISABLE_TELEMETRY=1
 RUN python3 -m venv /opt/venv && pip install --upgrade pip==25.3
 WORKDIR /src
 # The same pins as scripts/setup.sh, with the GPU runtime instead of the CPU one.
@@ -82,7 +84,8 @@ COPY --from=weights --chown=10001:10001 /opt/dfs /opt/dfs
 # NVIDIA_DRIVER_CAPABILITIES: "video" makes the container toolkit mount the driver's NVDEC/NVENC
 # libraries (libnvcuvid, libnvidia-encode), without which PyNvVideoCodec cannot load and
 # DFS_DECODER=auto decodes on the CPU.
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+# ORT_DISABLE_TELEMETRY: onnxruntime's telemetry off: the service contacts nothing but the URLs it fetches.
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 ORT_DISABLE_TELEMETRY=1 \
     LD_LIBRARY_PATH=/opt/venv/lib/python3.12/site-packages/tensorrt_libs:${LD_LIBRARY_PATH} \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
     DFS_HOST=0.0.0.0 DFS_PORT=8000 DFS_WORKERS=1 DFS_LOG_LEVEL=info \

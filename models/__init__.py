@@ -7,10 +7,17 @@ Importing this package imports every model module in it, which registers each de
 from __future__ import annotations
 
 import importlib
-import pkgutil
+import os as _os
 
-from models.registry import create_model, get_spec, list_models, register_model
-from models.spec import CropRule, ModelSpec
+# onnxruntime (1.32 on Linux) starts 1DS telemetry DNS lookups ~20 s after a session is created
+# unless this is set before the library loads; this service must contact nothing but the URL it
+# is asked to fetch, so every package sets it on import (tests/test_offline.py checks the effect).
+_os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
+import pkgutil  # noqa: E402
+
+from models.registry import create_model, get_spec, list_models, register_model  # noqa: E402
+from models.spec import CropRule, ModelSpec  # noqa: E402
 
 # Modules that hold helpers rather than registered detectors.
 _NOT_DETECTORS = {"registry", "spec", "retinaface", "layers", "backbones"}

@@ -9,6 +9,7 @@
 #     tried out. Its scores mean nothing, and every response says so in "warnings".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export ORT_DISABLE_TELEMETRY=1  # onnxruntime telemetry off: nothing may phone home
 scripts/setup.sh
 . .venv/bin/activate
 REPO=${DFS_MODEL_REPOSITORY:-model_repository}

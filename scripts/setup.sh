@@ -3,6 +3,7 @@
 # Idempotent: a second run only checks that everything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export ORT_DISABLE_TELEMETRY=1  # onnxruntime telemetry off: nothing may phone home
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate

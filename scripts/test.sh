@@ -3,5 +3,6 @@
 # Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export ORT_DISABLE_TELEMETRY=1  # onnxruntime telemetry off: nothing may phone home
 scripts/setup.sh
 exec .venv/bin/python -m pytest -ra "$@"
