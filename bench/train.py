@@ -2,7 +2,8 @@
 
     python bench/train.py                                   # all five methods, small batches, this machine
     python bench/train.py --methods ftcn,dcl --batch-size 8 --steps 40 --json train.json
-    python bench/train.py --data crops/ --amp bf16          # on preprocessed data of your own
+    python bench/train.py --data crops/ --amp none,bf16     # fp32 against bf16 autocast, side by side
+    python bench/train.py --method-args "ftcn=--width 0.25 --input-size 96" --method-args "dcl=--backbone mobilenetv2_100"
 
 Each method runs ``python -m training.train`` in its own process (its real data loading, losses,
 optimisers, AMP and checkpoint at the end) for ``--steps`` optimiser steps on face crops, with the
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -37,6 +39,7 @@ DEFAULT_SOURCES = REPO / "training" / "recipes" / "default_bundle.csv"
 @dataclass
 class MethodResult:
     method: str
+    amp: str
     batch_size: int
     steps: int
     samples_per_s: float | None
@@ -74,18 +77,18 @@ def preprocess(sources: Path, crops: Path, max_frames: int, retinaface: Path | N
     subprocess.run(command, cwd=REPO, check=True)
 
 
-def run_method(method: str, args: argparse.Namespace, data: Path) -> MethodResult:
-    output = args.work / "runs" / method
+def run_method(method: str, amp: str, args: argparse.Namespace, data: Path) -> MethodResult:
+    output = args.work / "runs" / f"{method}-{amp}"
     for stale in ("metrics.jsonl", "last.pt", "best.pt"):  # a fresh run, not a resume
         (output / stale).unlink(missing_ok=True)
     batch = args.batch_size
     command = [sys.executable, "-m", "training.train", "--method", method, "--data", str(data),
                "--output", str(output), "--fakes", "blended", "--max-steps", str(args.steps),
-               "--batch-size", str(batch), "--workers", str(args.workers), "--amp", args.amp,
-               "--no-tensorboard", "--epochs", "1000"]
+               "--batch-size", str(batch), "--workers", str(args.workers), "--amp", amp,
+               "--no-tensorboard", "--epochs", "1000", *shlex.split(args.extra.get(method, ""))]
     print(f"[{method}] {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
-    log_path = args.work / f"{method}.log"
+    log_path = args.work / f"{method}-{amp}.log"
     with log_path.open("w") as log:
         try:
             done = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout)
@@ -102,7 +105,7 @@ def run_method(method: str, args: argparse.Namespace, data: Path) -> MethodResul
     rate, per_step = steady_rate(records, args.warmup)
     peaks = [r["gpu_peak_mb"] for r in records if "gpu_peak_mb" in r]
     return MethodResult(
-        method=method, batch_size=batch, steps=len(records), samples_per_s=rate, step_s=per_step,
+        method=method, amp=amp, batch_size=batch, steps=len(records), samples_per_s=rate, step_s=per_step,
         loss_first=mean_loss(records[:3]), loss_last=mean_loss(records[-3:]),
         gpu_peak_mb=max(peaks) if peaks else None, wall_s=wall, returncode=returncode, error=error,
     )
@@ -113,10 +116,10 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(results: list[MethodResult]) -> None:
-    print(f"\n{'method':<8} {'batch':>5} {'steps':>5} {'samples/s':>10} {'s/step':>8} {'loss first':>10} "
+    print(f"\n{'method':<8} {'amp':<5} {'batch':>5} {'steps':>5} {'samples/s':>10} {'s/step':>8} {'loss first':>10} "
           f"{'loss last':>10} {'gpu MB':>8} {'wall s':>7}")
     for r in results:
-        print(f"{r.method:<8} {r.batch_size:>5} {r.steps:>5} {fmt(r.samples_per_s, '.2f'):>10} "
+        print(f"{r.method:<8} {r.amp:<5} {r.batch_size:>5} {r.steps:>5} {fmt(r.samples_per_s, '.2f'):>10} "
               f"{fmt(r.step_s, '.2f'):>8} {fmt(r.loss_first, '.4f'):>10} {fmt(r.loss_last, '.4f'):>10} "
               f"{fmt(r.gpu_peak_mb, '.0f'):>8} {r.wall_s:>7.0f}")
     for r in results:
@@ -144,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=8, help="optimiser steps per method")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the rate")
     parser.add_argument("--batch-size", type=int, default=4, help="per-process batch size, every method")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="bf16", help="mixed precision on CUDA")
+    parser.add_argument("--amp", default="auto",
+                        help="comma list of autocast settings to run side by side (auto, none, bf16, fp16; auto = bf16 "
+                             "on CUDA, fp32 on a CPU)")
+    parser.add_argument("--method-args", action="append", default=[], metavar="METHOD=FLAGS",
+                        help="extra training.train flags for one method, e.g. 'dcl=--backbone mobilenetv2_100' "
+                             "(repeatable)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per method")
     parser.add_argument("--json", type=Path, help="write the table and settings here")
@@ -154,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    amps = [a.strip() for a in args.amp.split(",") if a.strip()]
+    if not amps or set(amps) - {"auto", "none", "bf16", "fp16"}:
+        print(f"--amp takes a comma list of auto, none, bf16, fp16; got {args.amp!r}", file=sys.stderr)
+        return 2
+    args.extra = {}
+    for item in args.method_args:
+        name, sep, flags = item.partition("=")
+        if not sep or name.strip() not in METHODS:
+            print(f"--method-args expects METHOD=FLAGS with METHOD one of {', '.join(METHODS)}; got {item!r}",
+                  file=sys.stderr)
+            return 2
+        args.extra[name.strip()] = flags
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         print(f"unknown methods {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
@@ -169,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         preprocess(args.sources.resolve(), data, args.max_frames, args.retinaface_weights)
     device = device_name()
     print(f"device: {device}", flush=True)
-    results = [run_method(method, args, data.resolve()) for method in methods]
+    results = [run_method(method, amp, args, data.resolve()) for method in methods for amp in amps]
     print(f"\ndevice: {device}; fakes blended from real faces; batch {args.batch_size}, {args.steps} steps, "
           f"rate over steps after the first {args.warmup}")
     print_table(results)

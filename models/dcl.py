@@ -22,7 +22,7 @@ import timm
 import torch
 from torch import nn
 
-from models.registry import StateDict, register_model
+from models.registry import StateDict, infer_choice, register_model
 from models.spec import HALF_MEAN_STD, CropRule, ModelSpec
 
 DCL_SPEC = ModelSpec(
@@ -31,7 +31,7 @@ DCL_SPEC = ModelSpec(
     input_size=299,
     mean=HALF_MEAN_STD,
     std=HALF_MEAN_STD,
-    # DSFD boxes with a margin the reference does not state (METHODS.md: unverified); 1.3 x the
+    # DSFD boxes with a margin the reference does not state (neither the paper nor Tencent/TFace's DCL code states it); 1.3 x the
     # box is the common FF++ preprocessing margin and keeps the whole face with some context.
     crop=CropRule(method="box", scale=1.3),
     output="logit of P(fake) = l_fake - l_real",
@@ -40,6 +40,11 @@ DCL_SPEC = ModelSpec(
 
 
 PAPER_BACKBONE = "tf_efficientnet_b4"
+#: timm encoders a bare state_dict is matched against (the option takes any timm name, but a bare
+#: file cannot be matched against all of timm): the paper's, the shipped bundle's and the light
+#: encoders whose ImageNet weights ship offline (models.backbones.PACKAGED_WEIGHTS)
+KNOWN_BACKBONES: tuple[str, ...] = (PAPER_BACKBONE, "mobilenetv2_100",
+                                    "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 
 
 def dcl_spec(backbone: str = PAPER_BACKBONE, **_: object) -> ModelSpec:
@@ -100,6 +105,16 @@ def filter_reference_checkpoint(state_dict: StateDict, model: nn.Module) -> Stat
     return {k: v for k, v in state_dict.items() if not k.startswith("encoder.classifier.")}
 
 
-@register_model(DCL_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=dcl_spec)
+def infer_kwargs(state_dict: StateDict, given: dict[str, object]) -> dict[str, object]:
+    """The timm encoder of a bare (reference or our) state_dict, among :data:`KNOWN_BACKBONES`.
+
+    Our training checkpoints name their backbone in ``model_kwargs``, so any timm encoder exports;
+    a bare file of another encoder needs ``backbone=`` given explicitly.
+    """
+    return infer_choice("dcl", state_dict, "backbone", KNOWN_BACKBONES, given)
+
+
+@register_model(DCL_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=dcl_spec,
+                infer_kwargs=infer_kwargs)
 def dcl(backbone: str = PAPER_BACKBONE, drop_rate: float = 0.2) -> DCL:
     return DCL(backbone=backbone, drop_rate=drop_rate)

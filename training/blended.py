@@ -1,7 +1,9 @@
 """I2G blended fakes from real faces only (``--fakes blended``), for frames and for clips.
 
-The recipe of PCL-I2G's generator (METHODS.md §2), adapted to what our preprocessing stores —
-box-centred loose crops with five landmarks — rather than 256 px aligned crops with 68 points:
+The recipe of PCL-I2G's generator (Zhao et al., ICCV 2021; the unofficial reference
+jtchen0528/PCL-I2G, ``data/I2G_dataset.py`` and ``generate_I2G.py``), adapted to what our
+preprocessing stores — box-centred loose crops with five landmarks — rather than 256 px aligned
+crops with 68 points:
 
 1. source: a face of a *different* identity whose landmarks are nearest the target's (sum of L2
    distances in loose-crop coordinates, where every face has the same scale);

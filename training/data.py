@@ -236,7 +236,11 @@ class FrameDataset(EpochSeeded, Dataset):
             crop, mask = self.augment(crop, mask, rng)
         mask_tensor = torch.from_numpy(np.ascontiguousarray(mask, np.float32))
         track = self.records[self.items[index][0]].key
-        return Sample(normalize(self.spec, crop), label, mask_tensor, video, track=track)
+        # a dataset fake's all-ones mask is a stand-in ("the whole face is suspect"), not a measured one:
+        # losses that read masks pixel by pixel (PCL's consistency volume) skip it
+        mask_known = torch.tensor(not (label == 1 and not self.items[index][2]))
+        return Sample(normalize(self.spec, crop), label, mask_tensor, video, track=track,
+                      extra={"mask_known": mask_known})
 
 
 class ClipDataset(EpochSeeded, Dataset):

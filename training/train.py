@@ -19,16 +19,35 @@ from pathlib import Path
 from training.methods import METHOD_NAMES, method_class
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``ArgumentDefaultsHelpFormatter`` without the defaults that mislead.
+
+    The stock formatter appends "(default: X)" to every option with help text, which printed
+    "(default: None)" for options whose default is decided later (the method's epochs, batch size,
+    learning rate: their help says so), "(default: True)" for ``--no-tensorboard`` (the value of the
+    ``tensorboard`` destination, i.e. the opposite of what the flag does) and "(default: False)" for
+    every on/off flag. Real defaults (``--workers 2``) are still shown.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        is_flag = action.nargs == 0 and isinstance(action.const, bool)  # store_true / store_false
+        if action.default is None or is_flag or "default" in text:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.train",
         description=(
             "Train a detector on crops made by `python -m training.preprocess`. Each method trains with its own "
-            "losses (see training/methods/<method>.py and METHODS.md). Checkpoints (last.pt, best.pt by validation "
+            "losses (see training/methods/<method>.py, which cites the paper and reference implementation it "
+            "follows). Checkpoints (last.pt, best.pt by validation "
             "video AUC) carry the model spec and this configuration, so `python -m export --checkpoint` needs "
             "nothing else. Run under torchrun for DDP on many GPUs or nodes."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--method", required=True, choices=METHOD_NAMES, help="which detector to train")
     parser.add_argument("--data", required=True, type=Path, help="output folder of training.preprocess (has index.csv)")
@@ -44,14 +63,16 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="per-process batch size (default: the method's)")
     parser.add_argument("--lr", type=float, help="learning rate (default: the method's)")
     parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimiser step")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="bf16", help="mixed precision on CUDA")
+    parser.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
+                        help="autocast dtype: auto = bf16 on CUDA, fp32 on a CPU; bf16 also runs on a CPU "
+                             "(faster only where the CPU has bf16 units: measure with bench/train.py)")
     parser.add_argument("--grad-clip", type=float, default=None, help="clip gradient norm to this value")
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, augmentation and blends")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="identities held out for validation when the data has no val split")
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="skip TensorBoard logs")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (frame models, CUDA)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for frame models (faster with cuDNN and with oneDNN on a CPU)")
     if method:
         method_class(method).add_arguments(parser)
     return parser

