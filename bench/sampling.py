@@ -32,6 +32,8 @@ from service.config import Settings  # noqa: E402
 from service.launcher import start_service, stop_service  # noqa: E402
 
 EXHAUSTIVE = {"clip_stride": 1, "max_clips_per_track": 256, "frames_per_track": 256}
+#: The service refuses overrides costlier than its limits (service/api/limits.py); this benchmark needs them.
+EXHAUSTIVE_LIMITS = {"DFS_MIN_CLIP_STRIDE": "1", "DFS_MAX_CLIPS_PER_TRACK_LIMIT": "256", "DFS_FRAMES_PER_TRACK_LIMIT": "256"}
 
 #: (name, per-request overrides); ``default`` is what the service does when the request says nothing.
 GRID: list[tuple[str, dict[str, int]]] = [
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     roots = sorted({str(path.parent) for path, _ in videos})
     log = Path(tempfile.mkdtemp(prefix="dfs-sampling-")) / "service.log"
     service = start_service({"DFS_MODEL_REPOSITORY": str(args.repository.resolve()), "DFS_LOCAL_ROOTS": ",".join(roots),
-                             "DFS_MAX_FRAMES": str(max(args.max_frames, 1)), "DFS_LOG_LEVEL": "warning"}, log)
+                             "DFS_MAX_FRAMES": str(max(args.max_frames, 1)), "DFS_LOG_LEVEL": "warning",
+                             **EXHAUSTIVE_LIMITS}, log)
     per_video: list[dict] = []
     try:
         with service.client(timeout=args.timeout) as client:

@@ -11,90 +11,59 @@ the items, then the threshold that puts the service's 0.5 decision at the videos
 point, scored per track and maximum over tracks). Use it after an export, or when the serving
 settings (sampling, detector) change what the models see; it needs no checkpoint.
 
+On the same videos, with the new calibrations, it then fits the ensemble (``export.fit_ensemble``:
+non-negative weights from a strongly regularised logistic regression on each video's calibrated
+logits, and a bias that puts the ensemble's FAKE at 0.5 on the videos' equal-error point), which
+the service applies from ``<repository>/ensemble.json`` unless ``DFS_ENSEMBLE_WEIGHTS`` is set.
+
 ``--labels`` is a label-list CSV as ``training.preprocess`` reads it (``label,path[,split]``, paths
 relative to the CSV); ``--split`` keeps the rows of one split. Prints per model the calibration and
-the video metrics before (the manifest's calibration) and after; ``--write`` stores the new
-calibration and these metrics (``metrics.calibration_served``) in each model's manifest.
+the video metrics before (the manifest's calibration) and after, and the ensemble; ``--write``
+stores the new calibration and these metrics (``metrics.calibration_served``) in each model's
+manifest and the ensemble in ``<repository>/ensemble.json`` (weights, bias, the model versions
+and calibrations it was fitted with, the command, the label list's sha256, the videos, metrics).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import hashlib
 import json
 import logging
+import os
 import shlex
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from export.manifest import Manifest
+from export import fit_ensemble
+from export.ensemble import ENSEMBLE_NAME, EnsembleFile
+from export.manifest import Calibration, Manifest
+from export.served import ServedRun, collect, labelled, served_logits, served_scores
 from service.config import Settings
-from service.errors import ServiceError
-from service.pipeline.analyse import AnalysisOptions, video_logits
-from service.runtime import Runtime
-from training.evaluate import Predictions, fit_calibration, report
-from training.sources import Source, from_label_list
+from service.pipeline.scores import sigmoid
+from training.evaluate import fit_calibration, report
+from training.sources import Source
+
+__all__ = ["calibrate", "fit_models", "labelled", "main", "served_logits"]  # labelled, served_logits: moved to served
 
 log = logging.getLogger("export.calibrate")
 
 
-def labelled(labels: Path, split: str | None) -> list[Source]:
-    try:
-        listed = from_label_list(labels)
-    except (OSError, ValueError) as exc:  # missing file, bad row: say which, without a traceback
-        raise SystemExit(f"--labels {labels}: {exc}") from exc
-    sources = [s for s in listed if split is None or s.split == split]
-    if not sources:
-        raise SystemExit(f"no videos{f' in split {split!r}' if split else ''} in {labels}")
-    return sources
-
-
-async def served_logits(runtime: Runtime, sources: list[Source]) -> dict[str, Predictions]:
-    """Raw logits per model of every face-track item of every video, as the service computes them."""
-    options = AnalysisOptions.from_settings(runtime.settings, sorted(runtime.models))
-    out = {name: Predictions([], [], [], []) for name in options.models}
-    for source in tqdm(sources, desc="videos", unit="video"):
-        try:
-            result = await video_logits(source.path, "calibrate", options, runtime)
-        except ServiceError as exc:  # a file the service refuses is reported and left out, as it would be served
-            log.warning("%s: %s (%s); left out", source.path, exc.code, exc)
-            continue
-        if not result.tracks:
-            log.warning("%s: no face found; left out", source.path)
-        for name, logits in result.logits.items():
-            mine = [item for item in result.items if item.model == name]
-            pred = out[name]
-            for item, value in zip(mine, logits, strict=True):
-                pred.logits.append(float(value))
-                pred.labels.append(source.label)
-                pred.videos.append(str(source.path))
-                pred.tracks.append(str(item.track_id))
-    return out
-
-
 def calibrate(settings: Settings, sources: list[Source], split_name: str) -> dict[str, dict[str, Any]]:
     """Per model: the manifest's current calibration and metrics, and the refitted ones."""
-    async def run() -> tuple[dict[str, Predictions], dict[str, Any]]:
-        runtime = Runtime(settings)
-        await runtime.load()
-        if not runtime.ready:
-            raise SystemExit(f"the models could not be loaded: {runtime.reason}")
-        try:
-            versions = {name: model.version for name, model in runtime.models.items()}
-            return await served_logits(runtime, sources), versions
-        finally:
-            await runtime.close()
+    return fit_models(collect(settings, sources), split_name)
 
-    predictions, versions = asyncio.run(run())
+
+def fit_models(run: ServedRun, split_name: str) -> dict[str, dict[str, Any]]:
+    """Per model of ``run``: the manifest's current calibration and metrics, and the refitted ones."""
     results: dict[str, dict[str, Any]] = {}
-    for name, pred in predictions.items():
+    for name, pred in run.predictions.items():
         if not pred.logits:
             log.warning("%s: no item scored; calibration left as it is", name)
             continue
-        version = versions[name]
+        version = run.versions[name]
         before = version.manifest.calibration
         fitted = fit_calibration(pred)
         results[name] = {
@@ -105,6 +74,42 @@ def calibrate(settings: Settings, sources: list[Source], split_name: str) -> dic
             "videos": len(set(pred.videos)),
         }
     return results
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fit_repository_ensemble(run: ServedRun, results: dict[str, dict[str, Any]], settings: Settings,
+                            provenance: dict[str, Any], labels: Path) -> EnsembleFile | None:
+    """The ensemble of the calibrated models on the same videos (None when both classes are not there).
+
+    Videos are named by their path relative to the label list (as its rows name them), so the file,
+    which ``GET /ensemble`` serves, does not spell out where the server keeps them.
+    """
+    calibrations = {name: Calibration.model_validate(r["after"]["calibration"]) for name, r in results.items()}
+    scores = served_scores(run.predictions, calibrations)
+    if len(set(scores.labels.values())) < 2:
+        log.warning("the videos scored are all of one class: no ensemble fitted")
+        return None
+    models = sorted(calibrations)
+    fitted = fit_ensemble.fit(scores, models)
+    return EnsembleFile(
+        weights=fitted.weights,
+        bias=fitted.bias,
+        threshold=float(min(max(sigmoid(-fitted.bias), 1e-12), 1 - 1e-12)),
+        model_versions={name: run.versions[name].version for name in models},
+        model_calibrations={name: c.model_dump() for name, c in calibrations.items()},
+        fit=fitted.describe(),
+        fitted_on={**provenance, "videos": len(scores.labels), "videos_in_fit": fitted.videos,
+                   "left_out": {os.path.relpath(v, labels.parent): why for v, why in run.left_out.items()},
+                   "settings": {"max_frames": settings.max_frames, "clip_stride": settings.clip_stride,
+                                "max_clips_per_track": settings.max_clips_per_track,
+                                "frames_per_track": settings.frames_per_track,
+                                "face_detector": settings.face_detector, "detect_every": settings.detect_every}},
+        metrics={"in_sample": True, **fit_ensemble.metrics(scores, fitted, lambda v: os.path.relpath(v, labels.parent))},
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
 
 def write(results: dict[str, dict[str, Any]], command: str) -> None:
@@ -123,6 +128,16 @@ def write(results: dict[str, dict[str, Any]], command: str) -> None:
         }
         manifest.write(folder)
         log.info("%s: calibration %s written to %s", name, after["calibration"], folder)
+
+
+def print_ensemble(ensemble: EnsembleFile) -> None:
+    fitted, equal = ensemble.metrics["fitted"], ensemble.metrics["equal_weights"]
+    weights = ", ".join(f"{name} {w:.3f}" for name, w in ensemble.weights.items())
+    fallback = ensemble.fit.get("fallback")
+    print(f"\nensemble: weights {weights}; bias {ensemble.bias:+.4f}" + (f" ({fallback})" if fallback else ""))
+    for key, m in (("fitted", fitted), ("equal, no bias", equal)):
+        print(f"  {key:15} videos {int(m['n']):3d}  AUC {m['auc']:6.3f}  EER {m['eer']:6.3f}  acc {m['accuracy']:6.3f}"
+              f"  FPR {m['fpr']:6.3f}  FNR {m['fnr']:6.3f}  (in sample)")
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
@@ -144,19 +159,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, help="model repository (default: DFS_MODEL_REPOSITORY)")
     parser.add_argument("--labels", required=True, type=Path, help="label-list CSV of videos (label,path[,split])")
     parser.add_argument("--split", help="only rows of this split (default: every row)")
-    parser.add_argument("--write", action="store_true", help="store the new calibration in each model's manifest")
-    parser.add_argument("--json", type=Path, help="write the full report here")
+    parser.add_argument("--write", action="store_true",
+                        help=f"store the new calibration in each model's manifest and the ensemble in {ENSEMBLE_NAME}")
+    parser.add_argument("--json", type=Path, help="write the full report here (per model, and 'ensemble')")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {"model_repository": args.repository} if args.repository else {}
     settings = Settings(**overrides)
     sources = labelled(args.labels, args.split)
-    results = calibrate(settings, sources, args.split or "all")
+    command = "python -m export.calibrate " + shlex.join(sys.argv[1:] if argv is None else argv)
+    run = collect(settings, sources)
+    results = fit_models(run, args.split or "all")
+    provenance = {"command": command, "labels": str(args.labels), "labels_sha256": sha256(args.labels),
+                  "split": args.split or "all"}
+    ensemble = fit_repository_ensemble(run, results, settings, provenance, args.labels) if results else None
     print_table(results)
+    if ensemble is not None:
+        print_ensemble(ensemble)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        report_json = {**results, "ensemble": None if ensemble is None else ensemble.model_dump(mode="json")}
+        args.json.write_text(json.dumps(report_json, indent=2))
     if args.write:
-        write(results, "python -m export.calibrate " + shlex.join(sys.argv[1:] if argv is None else argv))
+        write(results, command)
+        if ensemble is not None:
+            path = ensemble.write(settings.model_repository)
+            log.info("ensemble weights %s, bias %+.4f written to %s", ensemble.weights, ensemble.bias, path)
     return 0
 
 

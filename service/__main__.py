@@ -8,6 +8,7 @@ import logging
 import uvicorn
 
 from service.config import Settings
+from service.http_protocol import IMPORT_PATH as HTTP_PROTOCOL
 
 
 def main() -> None:
@@ -24,6 +25,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=settings.workers, help="worker processes (DFS_WORKERS)")
     parser.add_argument("--log-level", default=settings.log_level, choices=["debug", "info", "warning", "error"])
     args = parser.parse_args()
+    if settings.metrics_port and (args.workers > 1 or settings.metrics_port == args.port):
+        # each worker process keeps its own metrics, and only one of them could listen on the port
+        parser.error(f"DFS_METRICS_PORT={settings.metrics_port} needs one worker and a port other than the API's "
+                     f"(now --workers {args.workers}, --port {args.port})")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         "service.app:create_app",
@@ -33,6 +38,12 @@ def main() -> None:
         workers=args.workers,
         log_level=args.log_level,
         timeout_graceful_shutdown=30,
+        # connection limits (service/config.py): h11 with a header deadline (DFS_HEADER_TIMEOUT_S) and
+        # its header-size bound, idle keep-alive connections closed, and a cap on connections
+        http=HTTP_PROTOCOL,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]  # call_later takes a float
+        limit_concurrency=settings.max_connections,
     )
 
 

@@ -17,16 +17,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import metrics
 from service.admission import Admission
+from service.api.auth import install_api_keys
+from service.api.body_limits import CLOSE, declares_too_much, too_large_detail
+from service.api.docs import install_docs
 from service.api.errors import error_response, install_error_handlers
 from service.api.routes import health, models, predict
 from service.config import Settings, get_settings
+from service.metrics_server import start_metrics_server
 from service.runtime import Runtime
+from service.version import service_version
 
 log = logging.getLogger(__name__)
 
-_UPLOAD_SLACK_BYTES = 1 << 20  # multipart framing around the file
 # Paths used as the metrics label; anything else is "other" so scanners cannot explode label sets.
-_KNOWN_PATHS = frozenset({"/predict", "/predict/upload", "/healthcheck", "/livez", "/models", "/metrics", "/docs", "/openapi.json"})
+_KNOWN_PATHS = frozenset({"/predict", "/predict/upload", "/healthcheck", "/livez", "/models", "/ensemble", "/metrics", "/docs", "/openapi.json"})
 
 
 def _sample_gpu_memory() -> None:
@@ -47,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime: Runtime = app.state.runtime
+        metrics_server = start_metrics_server(settings, _sample_gpu_memory)  # DFS_METRICS_PORT, else None
         loading = asyncio.create_task(runtime.load(), name="load-models")
         try:
             yield
@@ -54,38 +59,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await runtime.close()
+            if metrics_server is not None:
+                await asyncio.to_thread(metrics_server.stop)
 
     app = FastAPI(
         title="Deepfake detection service",
-        version="0.1.0",
+        version=service_version(),
         description="POST a video URL, get P(fake) per face track, per model and for the video.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI from a CDN: install_docs serves it from here
+        redoc_url=None,
     )
+    version = service_version()
     app.state.runtime = Runtime(settings)
     app.state.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
-    app.include_router(predict.router)
+    # body caps (service/api/body_limits.py): JSON counted by FastAPI as it is read; uploads stream their own
+    app.include_router(predict.router, max_body_size=settings.max_json_bytes)
+    app.include_router(predict.upload_router)
+    install_docs(app)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        _sample_gpu_memory()
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if not settings.metrics_port:  # else prometheus_client's own server has it (service/metrics_server.py)
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            _sample_gpu_memory()
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    install_api_keys(app, settings)  # added before request_context, so it runs inside it (request id, metrics)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request.state.request_id = predict.new_request_id(request.headers.get("x-request-id"))
         route = request.url.path if request.url.path in _KNOWN_PATHS else "other"
         started = time.perf_counter()
-        declared = request.headers.get("content-length", "")
-        if route == "/predict/upload" and declared.isdigit() and int(declared) > settings.max_download_bytes + _UPLOAD_SLACK_BYTES:
+        if declares_too_much(request.url.path, request.headers.get("content-length"), settings):
+            # refused before the route reads a byte of it
             response: Response = error_response(
-                request, 413, "too_large", f"upload exceeds the limit of {settings.max_download_bytes} bytes"
+                request, 413, "too_large", too_large_detail(request.url.path, settings), CLOSE
             )
         else:
             response = await call_next(request)
         response.headers["X-Request-ID"] = request.state.request_id
+        response.headers["X-Service-Version"] = version
         if route != "/metrics":
             metrics.REQUESTS.labels(route, str(response.status_code)).inc()
             metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)

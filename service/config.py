@@ -11,8 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.api_keys import hash_entries
 
 
 def split_csv(value: str) -> list[str]:
@@ -29,6 +31,36 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port `python -m service` binds.")
     workers: int = Field(1, ge=1, description="uvicorn worker processes (each loads every model).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Connection limits (service/http_protocol.py, python -m service). uvicorn arms its keep-alive
+    # timer only after a response, so a connection that trickles its request line or headers used to
+    # stay open for good (300 of them did); the header deadline closes it.
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A request's line and headers must arrive within this many seconds of the "
+        "connection opening (or of the previous response on a keep-alive connection); else it is closed.")
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="Idle keep-alive connections close after this (uvicorn's "
+                                       "timeout_keep_alive; its default).")
+    max_connections: int = Field(
+        512, ge=1, description="Open connections (and running requests) served at once; beyond, uvicorn answers "
+        "503 to new requests (its limit_concurrency). Kept below the usual 1024 file-descriptor limit.")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest request line + headers; beyond, a 400 and the connection closes "
+        "(h11's incomplete-event limit; its default).")
+    max_json_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest body of a JSON route such as POST /predict (it needs a few KB); beyond "
+        "it a 413 is answered without reading the rest. Uploads are bounded by DFS_MAX_DOWNLOAD_BYTES.")
+
+    # API keys (service/api/auth.py). Unset = the API is open (logged at start-up). The settings keep
+    # only SHA-256 hashes of DFS_API_KEYS (see _hash_api_keys), and the file is read once at start-up.
+    api_keys: SecretStr = Field(
+        SecretStr(""), description="Comma list of API keys; when any key is set (here or in DFS_API_KEYS_FILE), "
+        "every route but /healthcheck, /livez, /metrics (on this port), /docs, /openapi.json and / needs one, as "
+        "`Authorization: Bearer KEY` or `X-API-Key: KEY` (else 401). An entry `sha256:HEX` is a key's hash.")
+    api_keys_file: Path | None = Field(
+        None, description="File of accepted keys, one key or `sha256:HEX` (the key's SHA-256) per line; `#` starts "
+        "a comment. Keeps keys out of the environment; unreadable or empty = start-up fails.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Serve /metrics from prometheus_client's own server on this port (bound to "
+        "DFS_HOST) and not from the API port; 0 = on the API port, as /metrics.")
 
     # --- models -----------------------------------------------------------------------------
     model_repository: Path = Field(Path("model_repository"), description="Triton-style model repository.")
@@ -55,7 +87,9 @@ class Settings(BaseSettings):
     engine_cache: Path | None = Field(
         None, description="Where TensorRT engines built at first start are cached (a volume in containers)."
     )
-    ensemble_weights: str = Field("", description="Comma list name=weight for the ensemble; missing names weigh 1.")
+    ensemble_weights: str = Field(
+        "", description="Comma list name=weight for the ensemble; missing names weigh 1. When set it overrides the "
+        "repository's ensemble.json (fitted weights and bias, see service/ensemble.py); empty = that file, else equal.")
     threshold: float = Field(0.5, gt=0, lt=1, description="P(fake) at or above which a video is FAKE.")
 
     # --- fetch ------------------------------------------------------------------------------
@@ -68,10 +102,26 @@ class Settings(BaseSettings):
     temp_dir: Path | None = Field(None, description="Where downloads are staged (default: system temp).")
 
     # --- decode -----------------------------------------------------------------------------
-    max_frames: int = Field(256, gt=0, description="Frames decoded from the start of a video, at most.")
-    max_video_side: int = Field(8192, gt=0, description="Refuse videos wider or taller than this (header check).")
+    max_frames: int = Field(
+        256, gt=0, description="Frames decoded from the start of a video, at most (a request's max_frames too)."
+    )
+    max_video_side: int = Field(8192, gt=0, description="Refuse videos wider or taller than this (header check, then every decoded frame).")
     max_duration_s: float = Field(4 * 3600.0, gt=0, description="Refuse videos longer than this (header check).")
     decode_threads: int = Field(2, ge=0, description="FFmpeg decoder threads per request (0 = auto).")
+    # Decode cost follows pixels, not bytes: a 405 KB 8192x8192 black video cost 21 s of both cores,
+    # and a 752 KB file switched mid-way from 64x64 to 16000x16000 frames. Every decoded frame is
+    # checked against DFS_MAX_VIDEO_SIDE and charged to this budget (service/pipeline/decode.py).
+    # The default is 4K UHD (3840x2160) at the default 256 frames in both decode passes (detection,
+    # then crops): the README's 1080p x 256 frames uses a quarter of it.
+    max_decode_pixels: int = Field(
+        3840 * 2160 * 256 * 2, gt=0, description="Pixels (width x height x frames) one request may decode, both "
+        "passes together; a video whose header already exceeds it, or that exceeds it while decoding, is a 413.")
+    # A still GIF or a file that breaks after a few frames was scored from the 1-25 frames that decoded.
+    # 8 lets any 1-second clip at 8 fps or more pass (every common frame rate), and is twice
+    # DFS_MIN_TRACK_FRAMES, so a face seen on every frame still forms a track.
+    min_decoded_frames: int = Field(
+        8, ge=1, description="Fewer decoded frames than this (or than a request's max_frames, if lower) is a 415 "
+        "too_few_frames; fewer than the container claims is a warning in the response.")
     decoder: Literal["auto", "pyav", "nvdec"] = Field(
         "auto",
         description="auto = NVDEC (PyNvVideoCodec; frames stay on the GPU through detection and crops) when it is "
@@ -99,6 +149,14 @@ class Settings(BaseSettings):
     frames_per_track: int = Field(
         16, ge=1, description="Frames scored per track by frame models, spread evenly (bench/sampling.py chose 16)."
     )
+    # Limits on a request's own sampling overrides (lowering the work is always allowed; asking for
+    # more than these is a 422 limit_exceeded, see service/api/limits.py). Their defaults allow at
+    # most bench/sampling.py's "16 clips at stride 16, 32 frames", about 1.6x the default's time,
+    # where stride 1 with 256 clips and frames per track cost 5-12x. A default set costlier than its
+    # limit is always allowed. max_frames is bounded by DFS_MAX_FRAMES itself.
+    min_clip_stride: int = Field(16, ge=1, description="Smallest clip_stride a request may ask for.")
+    max_clips_per_track_limit: int = Field(16, ge=1, description="Largest max_clips_per_track a request may ask for.")
+    frames_per_track_limit: int = Field(32, ge=1, description="Largest frames_per_track a request may ask for.")
 
     # --- batching and admission --------------------------------------------------------------
     batch_max_clips: int = Field(8, ge=1, description="Largest batch for clip models.")
@@ -108,7 +166,19 @@ class Settings(BaseSettings):
     max_queued_requests: int = Field(32, ge=0, description="Videos waiting beyond that; more get 503 + Retry-After.")
     request_timeout_s: float = Field(600.0, gt=0, description="Whole-request limit after fetch.")
 
+    @field_validator("api_keys", mode="after")
+    @classmethod
+    def _hash_api_keys(cls, value: SecretStr) -> SecretStr:
+        """Replace each key by ``sha256:HEX`` as soon as it is read, so no settings object (cached,
+        logged or copied) holds a key itself; an entry already in that form is kept as it is."""
+        return SecretStr(",".join(hash_entries(split_csv(value.get_secret_value()))))
+
     # --- derived views ------------------------------------------------------------------------
+    @property
+    def api_key_hashes(self) -> list[str]:
+        """DFS_API_KEYS as stored: one ``sha256:HEX`` per key."""
+        return split_csv(self.api_keys.get_secret_value())
+
     @property
     def model_names(self) -> list[str]:
         return split_csv(self.models)

@@ -7,6 +7,29 @@ and becomes a 500 with ``error="internal"``, logged with its traceback; the serv
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+# An absolute POSIX path not inside a word or URL (``http://host/a`` keeps its ``/a``).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/[^\s'\"`,;:()<>\[\]{}]+")
+
+
+def redact_paths(text: str, known: Mapping[str, Path | None] | None = None) -> str:
+    """``text`` without server-side file paths, for error details strangers read.
+
+    Each ``known`` folder becomes its setting's name (``DFS_MODEL_REPOSITORY/ftcn/1/manifest.json``
+    still tells an operator where to look); any other absolute path becomes ``<path>``. Meant for
+    text the server wrote: a caller's own URL is echoed as sent, never passed through here.
+    """
+    for name, path in (known or {}).items():
+        if path is None:
+            continue
+        for form in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
+            if form not in ("", ".", "/"):
+                text = re.sub(rf"(?<![\w.-]){re.escape(form)}(?![\w-])", name, text)
+    return _ABSOLUTE_PATH.sub("<path>", text)
+
 
 class ServiceError(Exception):
     """A request-level failure with an HTTP status and a machine-readable code."""
@@ -45,6 +68,10 @@ class TooLarge(ServiceError):
 
 class NotAVideo(ServiceError):
     status_code, code = 415, "not_a_video"
+
+
+class LimitExceeded(ServiceError):
+    status_code, code = 422, "limit_exceeded"
 
 
 class UpstreamFailed(ServiceError):

@@ -7,6 +7,7 @@ a model the operator asked for that cannot be found keeps the service unhealthy.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,12 @@ class ModelVersion:
     @property
     def engine_path(self) -> Path:
         return self.folder / self.manifest.file
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (an engine is tens of MB; it is never held whole for this)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _latest_version(model_dir: Path) -> Path | None:

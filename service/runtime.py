@@ -14,7 +14,8 @@ from pathlib import Path
 from models.spec import ModelSpec
 from service import metrics
 from service.config import Settings
-from service.model_repository import ModelVersion, discover
+from service.ensemble import ServedEnsemble, resolve
+from service.model_repository import ModelVersion, discover, file_sha256
 from service.pipeline.engines import DynamicBatcher, Engine, OnnxEngine, TorchEngine
 from service.pipeline.faces import FaceDetector, create_detector
 from service.pipeline.tensor_frames import choose_decoder
@@ -38,6 +39,8 @@ class LoadedModel:
     version: ModelVersion
     spec: ModelSpec
     batcher: DynamicBatcher
+    file: str = ""  # name of the file the engine was built from (engine, or checkpoint for DFS_RUNTIME=torch)
+    sha256: str = ""  # its SHA-256, taken once at load: /models tells which bytes are served
 
     @property
     def runtime(self) -> str:
@@ -50,6 +53,7 @@ class Runtime:
     models: dict[str, LoadedModel] = field(default_factory=dict)
     detector: FaceDetector | None = None
     decoder: str = "pyav"  # DFS_DECODER resolved at start-up: "pyav" or "nvdec"
+    ensemble: ServedEnsemble = field(default_factory=ServedEnsemble)  # resolved once the models are known
     ready: bool = False
     reason: str = "models are loading"
 
@@ -66,6 +70,8 @@ class Runtime:
             versions = await asyncio.to_thread(
                 discover, self.settings.model_repository, self.settings.model_names or None
             )
+            # before the engines: a malformed ensemble.json fails loading at once, not after minutes of engines
+            self.ensemble = resolve(self.settings, versions)
             for name, version in versions.items():
                 spec = version.manifest.model_spec()
                 max_batch = self.settings.batch_max_clips if spec.kind == "clip" else self.settings.batch_max_frames
@@ -74,7 +80,9 @@ class Runtime:
                     name, engine, spec, max_batch=max_batch, max_wait_s=self.settings.batch_max_wait_ms / 1000
                 )
                 batcher.start()
-                self.models[name] = LoadedModel(version, spec, batcher)
+                served = self._served_file(version)
+                digest = await asyncio.to_thread(file_sha256, served)
+                self.models[name] = LoadedModel(version, spec, batcher, served.name, digest)
                 if version.manifest.untrained:
                     log.warning("model %s v%d is UNTRAINED (random init): its scores carry no information",
                                 name, version.version)
@@ -84,6 +92,12 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001 - any load failure must surface in /healthcheck
             self.ready, self.reason = False, f"{type(exc).__name__}: {exc}"
             log.error("model loading failed: %s", self.reason)
+
+    def _served_file(self, version: ModelVersion) -> Path:
+        """The file the engine runs: the manifest's engine, or its source checkpoint on the torch runtime."""
+        if self.settings.runtime == "torch" and version.manifest.source.path:
+            return Path(version.manifest.source.path)
+        return version.engine_path
 
     def _open_engine(self, version: ModelVersion, spec: ModelSpec, max_batch: int) -> Engine:
         if self.settings.runtime == "torch":

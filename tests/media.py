@@ -23,10 +23,11 @@ def astronaut_face(size: int) -> np.ndarray:
     return cv2.resize(data.astronaut()[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 24) -> Path:
-    """Encode RGB frames as H.264 (yuv420p) in an MP4 container."""
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 24, *, faststart: bool = False) -> Path:
+    """Encode RGB frames as H.264 (yuv420p) in an MP4 container (``faststart``: index first, so a
+    truncated copy still opens and decodes up to where it was cut)."""
     height, width = frames[0].shape[:2]
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": "18", "preset": "ultrafast"}
@@ -38,25 +39,83 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 24) -> Path:
     return path
 
 
+def _h264_segment(width: int, height: int, frames: int, container_format: str, fps: int = 24) -> bytes:
+    """``frames`` flat grey H.264 frames (built as YUV planes: no RGB conversion at large sizes)."""
+    import io
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container_format) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "35"}
+        for t in range(frames):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            for plane, value in zip(frame.planes, (64 + 4 * (t % 8), 128, 128), strict=True):
+                plane.update(bytes([value]) * plane.buffer_size)
+            frame.pts = t
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def blank_video(path: Path, width: int, height: int, frames: int) -> Path:
+    """A flat H.264 MP4 of any size: tiny on disk, costly to decode at large sizes."""
+    path.write_bytes(_h264_segment(width, height, frames, "mp4"))
+    return path
+
+
+def resolution_switch(path: Path, first: tuple[int, int, int], then: tuple[int, int, int]) -> Path:
+    """An MPEG-TS stream of ``first`` = (width, height, frames), then ``then``: two H.264 segments back
+    to back, so the header says the first size and the decoder meets the second mid-stream."""
+    path.write_bytes(_h264_segment(*first, "mpegts") + _h264_segment(*then, "mpegts"))
+    return path
+
+
+def still_gif(path: Path, size: int = 64) -> Path:
+    """A one-frame GIF of the astronaut: FFmpeg opens it as a one-frame video."""
+    with av.open(str(path), mode="w", format="gif") as container:
+        stream = container.add_stream("gif", rate=1)
+        stream.width, stream.height, stream.pix_fmt = size, size, "rgb8"
+        frame = av.VideoFrame.from_ndarray(astronaut_face(size), format="rgb24").reformat(format="rgb8")
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    return path
+
+
+def cut_after_packets(source: Path, target: Path, packets: int) -> Path:
+    """``source`` cut right after its ``packets``-th video packet: a truncated upload whose index
+    (``faststart``) still claims every frame, of which about ``packets`` decode."""
+    with av.open(str(source)) as container:
+        ends = [p.pos + p.size for p in container.demux(video=0) if p.pos is not None and p.size]
+    target.write_bytes(source.read_bytes()[: ends[packets - 1]])
+    return target
+
+
 def _canvas(width: int, height: int, t: int) -> np.ndarray:
     canvas = np.empty((height, width, 3), np.uint8)
     canvas[:] = (90 + (t % 7), 110, 130)
     return canvas
 
 
-def face_video(path: Path, *, faces: int = 1, frames: int = 40, face_size: int = 160, fps: int = 24) -> Path:
-    """``faces`` astronaut heads side by side, drifting right and down by a pixel a frame."""
+def face_video(
+    path: Path, *, faces: int = 1, frames: int = 40, face_size: int = 160, fps: int = 24, faststart: bool = False
+) -> Path:
+    """``faces`` astronaut heads side by side, drifting right and down by a pixel every two frames
+    (starting over every 64 frames)."""
     face = astronaut_face(face_size)
     width, height = 64 + faces * (face_size + 48), face_size + 80
     width += width % 2
     out = []
     for t in range(frames):
         canvas = _canvas(width, height, t)
+        drift = t % 64  # long videos start over rather than leave the canvas
         for k in range(faces):
-            x, y = 24 + k * (face_size + 48) + t // 2, 24 + t // 4
+            x, y = 24 + k * (face_size + 48) + drift // 2, 24 + drift // 4
             canvas[y : y + face_size, x : x + face_size] = face
         out.append(canvas)
-    return write_video(path, out, fps)
+    return write_video(path, out, fps, faststart=faststart)
 
 
 def no_face_video(path: Path, *, frames: int = 40, fps: int = 24) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ SCRIPTS = sorted(p.name for p in (REPO_ROOT / "bench").glob("*.py") if not p.nam
 
 
 def test_bench_scripts_found() -> None:
-    assert {"e2e.py", "floor.py", "sampling.py", "stages.py", "held_out.py", "train.py"} <= set(SCRIPTS)
+    assert {"e2e.py", "floor.py", "sampling.py", "stages.py", "held_out.py", "train.py", "quality.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -32,3 +33,45 @@ def test_gpu_check_scripts_parse_and_refuse_bad_usage(script: str) -> None:
         result = subprocess.run(["bash", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
                                 env={"OUT": "/tmp/dfs-gpu-check-usage", "PATH": "/usr/bin:/bin"})
         assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_quality_report_on_a_tiny_repository(videos: dict[str, Path], tmp_path: Path) -> None:
+    """bench/quality.py end to end on the bundle's two models and four test videos: PNG, tables, JSON."""
+    import csv
+    import json
+    import shutil
+
+    from tests import media
+
+    repository = tmp_path / "repo"
+    for name in ("dcl", "ftcn"):
+        bundle = sorted((REPO_ROOT / "model_repository" / name).iterdir())[-1]
+        shutil.copytree(bundle, repository / name / bundle.name)
+    lipsync = media.face_video(tmp_path / "fake_wav2lip_result_voice.mp4", faces=1, face_size=128)
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split", "dataset_of_origin"])
+        writer.writerow([str(videos["one_face"]), "real", "val", "studio footage (test media)"])
+        writer.writerow([str(videos["no_face"]), "real", "val", "studio footage (test media)"])
+        writer.writerow([str(videos["two_faces"]), "fake", "val", "FaceForensics++ c40 Deepfakes"])
+        writer.writerow([lipsync.name, "fake", "val", ""])  # relative to the CSV; method from the file name
+        writer.writerow([str(videos["one_face"].with_name("unused.mp4")), "fake", "train", ""])  # other split
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "bench/quality.py", "--repository", str(repository), "--data", f"tiny={labels}:val",
+         "--out", str(out), "--max-frames", "40", "--max-clips-per-track", "1", "--frames-per-track", "2",
+         "--face-detector", "blazeface"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "quality.md").read_text()
+    for row in ("| dcl | 3 |", "| ftcn | 3 |", "| ensemble | 3 |", "| FF++ Deepfakes | fake | 1 |",
+                "| Wav2Lip | fake | 1 |", "| studio footage | real | 1 |", "no_face.mp4`: no face found"):
+        assert row in table, (row, table)
+    report = json.loads((out / "quality.json").read_text())
+    tiny = report["data_sets"]["tiny"]
+    assert tiny["videos"] == 4 and tiny["fakes"] == 2 and report["ensemble"]["source"] == "equal"
+    assert set(tiny["metrics"]) == {"dcl", "ftcn", "ensemble"}
+    assert all(0 <= m["auc"] <= 1 for m in tiny["metrics"].values())

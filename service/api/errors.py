@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import ServiceError
+from service import metrics
+from service.api.body_limits import CLOSE, too_large_detail
+from service.errors import ServiceError, redact_paths
+
+if TYPE_CHECKING:
+    from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+def public_reason(runtime: Runtime) -> str:
+    """Why the models are not loaded, as a caller may read it (``/healthcheck``, a 503 from
+    ``/predict``). The raw reason names the model repository, checkpoints or the engine cache; it
+    stays in the service log, where loading failures are logged in full."""
+    settings = runtime.settings
+    return redact_paths(runtime.reason, {
+        "DFS_MODEL_REPOSITORY": settings.model_repository,
+        "DFS_ENGINE_CACHE": settings.engine_cache,
+        "DFS_RETINAFACE_WEIGHTS": settings.retinaface_weights,
+        "DFS_TEMP_DIR": settings.temp_dir,
+    })
 
 
 def _request_id(request: Request) -> str | None:
@@ -19,6 +38,8 @@ def _request_id(request: Request) -> str | None:
 
 
 def error_response(request: Request, status: int, code: str, detail: object, headers: dict | None = None) -> JSONResponse:
+    """The one builder of error bodies, so counting here counts every error path exactly once."""
+    metrics.ERRORS.labels(code).inc()
     return JSONResponse(
         status_code=status,
         content={"error": code, "detail": detail, "request_id": _request_id(request)},
@@ -41,6 +62,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:  # FastAPI's body limiter, counting a chunked body (service/api/body_limits.py)
+            settings = request.app.state.runtime.settings
+            return error_response(request, 413, "too_large", too_large_detail(request.url.path, settings), CLOSE)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(request, exc.status_code, code, exc.detail, getattr(exc, "headers", None))
 

@@ -14,10 +14,14 @@ class PredictRequest(BaseModel):
 
     file_path: str = Field(..., min_length=1, max_length=4096, description="http(s) URL of the video, or a local path under DFS_LOCAL_ROOTS.")
     models: list[str] | None = Field(None, description="Subset of loaded models to run (default: all).")
-    max_frames: int | None = Field(None, ge=1, description="Frames decoded from the start (capped by DFS_MAX_FRAMES).")
-    clip_stride: int | None = Field(None, ge=1, le=1024, description="Frames between clip starts for clip models.")
-    max_clips_per_track: int | None = Field(None, ge=1, le=256)
-    frames_per_track: int | None = Field(None, ge=1, le=256)
+    # Overrides may lower the work freely; raising it past the server's limits is a 422 limit_exceeded
+    # (service/api/limits.py).
+    max_frames: int | None = Field(None, ge=1, description="Frames decoded from the start (at most DFS_MAX_FRAMES).")
+    clip_stride: int | None = Field(
+        None, ge=1, le=1024, description="Frames between clip starts for clip models (at least DFS_MIN_CLIP_STRIDE)."
+    )
+    max_clips_per_track: int | None = Field(None, ge=1, le=256, description="At most DFS_MAX_CLIPS_PER_TRACK_LIMIT.")
+    frames_per_track: int | None = Field(None, ge=1, le=256, description="At most DFS_FRAMES_PER_TRACK_LIMIT.")
 
 
 class ModelScore(BaseModel):
@@ -83,3 +87,21 @@ class ModelInfo(BaseModel):
     parity: dict | None
     calibration: dict
     metrics: dict
+    ensemble_weight: float | None = Field(None, description="This model's weight in the ensemble (see GET /ensemble).")
+    file: str = Field("", description="The file served: the engine (model.onnx / model.plan), or the source "
+                      "checkpoint with DFS_RUNTIME=torch.")
+    sha256: str = Field("", description="SHA-256 of that file, taken when it was loaded: which bytes answer.")
+    service_version: str = Field("", description="Version of the service serving it (also the X-Service-Version header).")
+
+
+class EnsembleInfo(BaseModel):
+    """The ensemble the service applies: ``sigmoid(sum_m w_m * logit(p_m) / sum_m w_m + bias)`` per track."""
+
+    source: Literal["DFS_ENSEMBLE_WEIGHTS", "ensemble.json", "equal"] = Field(
+        ..., description="Where the weights come from: the setting, the repository's ensemble.json, or neither.")
+    path: str | None = Field(None, description="The file read, if any, relative to DFS_MODEL_REPOSITORY.")
+    weights: dict[str, float] = Field(..., description="Weight of every loaded model.")
+    bias: float = Field(..., description="Added to the weighted mean logit when a track is scored by bias_applies_to.")
+    bias_applies_to: list[str] = Field(..., description="The models the bias was fitted for (empty: no bias).")
+    warnings: list[str] = Field(default_factory=list, description="How the file differs from what is loaded.")
+    fitted: dict | None = Field(None, description="The file's model versions, fit, provenance and metrics.")

@@ -3,6 +3,10 @@
 Fetching happens before (the caller owns the file's lifetime). CPU-heavy stages run in worker
 threads (PyAV, OpenCV, mediapipe and ONNX Runtime release the GIL), inference goes through the
 shared per-model batchers, so many requests progress at once on one event loop.
+
+Every request has one :class:`~service.pipeline.decode.DecodeGuard`: it bounds the pixels decoded
+and the frame size over both decode passes, and carries the cancellation flag its worker threads
+check at every frame, so a cancelled request (client gone, time limit) stops computing.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,7 +25,8 @@ from service import metrics
 from service.config import Settings
 from service.pipeline import scores
 from service.pipeline.crops import CropItem, SamplingOptions, extract_crops, plan_crops
-from service.pipeline.decode import DecodedFrame, VideoInfo, iter_frames, probe, same_shape_chunks
+from service.errors import NotAVideo
+from service.pipeline.decode import DecodedFrame, DecodeGuard, VideoInfo, iter_frames, probe, same_shape_chunks
 from service.pipeline.faces import Face, FaceDetector
 from service.pipeline.gpu_streams import thread_stream
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrame, TensorFrameSource, tensor_frame_source
@@ -31,6 +36,8 @@ from service.runtime import Runtime
 log = logging.getLogger(__name__)
 
 _DETECT_CHUNK = 8  # frames per detector call: RetinaFace batches them in one forward
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -92,12 +99,13 @@ def find_tracks(
     max_frames: int,
     clock: StageClock,
     frames: TensorFrameSource | None = None,
+    guard: DecodeGuard | None = None,
 ) -> tuple[list[Track], int]:
     """Decode at detection size, detect every ``detect_every`` frames, link detections into tracks.
 
     ``frames`` is a tensor decoder (NVDEC when ``DFS_DECODER`` chose it): frames then stay tensors
     on their device through detection. None, or a file that source cannot decode, runs the PyAV
-    numpy path.
+    numpy path. ``guard`` checks every decoded frame (see :class:`DecodeGuard`).
     """
     wanted = range(0, max_frames, settings.detect_every)
     if frames is not None:
@@ -108,7 +116,8 @@ def find_tracks(
         try:
             with thread_stream():  # this request's decode and detection overlap other requests' GPU work
                 return _link_tracks(
-                    frames(path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side),
+                    frames(path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side,
+                           guard=guard),
                     lambda images: detect_tensor(detector, torch.stack(images)),
                     lambda rgb: rgb.shape[-1],  # (3, H, W)
                     info, settings, clock,
@@ -117,7 +126,7 @@ def find_tracks(
             log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)
     return _link_tracks(
         iter_frames(path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side,
-                    threads=settings.decode_threads),
+                    threads=settings.decode_threads, guard=guard),
         detector.detect,
         lambda rgb: rgb.shape[1],  # (H, W, 3)
         info, settings, clock,
@@ -160,6 +169,66 @@ class VideoLogits:
     items: list[CropItem]
     logits: dict[str, np.ndarray]  # per model, one raw logit per item of that model, in ``items`` order
     clock: StageClock
+    warnings: list[str] = field(default_factory=list)  # what the caller should know about the decode
+
+
+def planned_frames(info: VideoInfo, max_frames: int) -> int:
+    """Frames the detection pass will decode: the container's claim up to ``max_frames`` (all of
+    ``max_frames`` when the container does not say)."""
+    return min(info.frames, max_frames) if info.frames > 0 else max_frames
+
+
+def check_decoded_frames(info: VideoInfo, decoded: int, max_frames: int, settings: Settings) -> list[str]:
+    """Refuse a video too short to score, and say when fewer frames decoded than the container claims.
+
+    A still GIF or a file that breaks after a few frames used to be scored from the 1-25 frames that
+    decoded, with no word of it. Below ``DFS_MIN_DECODED_FRAMES`` (or the request's ``max_frames``,
+    if smaller) it is a 415 ``too_few_frames``; above, a shortfall beyond the tolerance (container
+    counts estimated from duration x fps may be off by a frame or two) becomes a warning.
+    """
+    claimed = planned_frames(info, max_frames) if info.frames > 0 else 0
+    needed = min(settings.min_decoded_frames, max_frames)
+    if decoded < needed:
+        said = f" of the {claimed} the container claims" if claimed else ""
+        raise NotAVideo(
+            f"only {decoded} frame(s) decoded{said}; at least {needed} are needed to score a video "
+            "(DFS_MIN_DECODED_FRAMES): a still image, or a truncated or damaged file",
+            code="too_few_frames",
+        )
+    if claimed and claimed - decoded > max(2, claimed // 20):
+        said = (f"of the {claimed} frames the container claims" if claimed == info.frames
+                else f"of the first {claimed} frames asked for (the container claims {info.frames})")
+        return [f"only {decoded} {said} could be decoded: the file may be truncated or damaged, and the scores "
+                f"rest on those {decoded} frames"]
+    return []
+
+
+def size_warnings(guard: DecodeGuard) -> list[str]:
+    """A stream whose frame size changes mid-way is reported with its first size; say so."""
+    if len(guard.sizes) < 2:
+        return []
+    sizes = ", then ".join(f"{w}x{h}" for w, h in guard.sizes[:4])
+    return [f"the frame size changes mid-stream ({sizes}); video.width and video.height give the first"]
+
+
+async def _in_thread(guard: DecodeGuard, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """:func:`asyncio.to_thread` that carries a cancellation into the thread.
+
+    Cancelling the awaiting task does not stop a thread, and a stage left running kept both cores
+    busy for minutes after its client had gone. The stages check ``guard`` at every decoded frame,
+    so on cancellation we set it, wait for the thread to stop there (a frame, or one detector chunk),
+    and re-raise: a cancelled request leaves no work behind, and its admission slot frees only once
+    its CPU work has ended.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        guard.cancel()
+        await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # RequestCancelled (or the stage's own error): moot, the request is gone
+        raise
 
 
 async def video_logits(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> VideoLogits:
@@ -171,24 +240,28 @@ async def video_logits(path: Path, request_id: str, options: AnalysisOptions, ru
     settings = runtime.settings
     assert runtime.detector is not None
     clock = StageClock()
+    guard = DecodeGuard(max_side=settings.max_video_side, max_pixels=settings.max_decode_pixels)
 
     started = time.perf_counter()
-    info = await asyncio.to_thread(
-        probe, path, max_side=settings.max_video_side, max_duration_s=settings.max_duration_s
+    info = await _in_thread(
+        guard, probe, path, max_side=settings.max_video_side, max_duration_s=settings.max_duration_s
     )
+    guard.check_plan(info.width, info.height, planned_frames(info, options.max_frames))
     clock.add("decode", time.perf_counter() - started)
 
     frames = tensor_frame_source(runtime.decoder)  # None: the PyAV numpy path
-    tracks, frames_read = await asyncio.to_thread(
-        find_tracks, path, info, runtime.detector, settings, options.max_frames, clock, frames
+    tracks, frames_read = await _in_thread(
+        guard, find_tracks, path, info, runtime.detector, settings, options.max_frames, clock, frames, guard
     )
+    warnings = check_decoded_frames(info, guard.frames, options.max_frames, settings) + size_warnings(guard)
     metrics.FACES_FOUND.observe(len(tracks))
 
     specs = {name: runtime.models[name].spec for name in options.models}
     items: list[CropItem] = plan_crops(tracks, specs, options.sampling)
     started = time.perf_counter()
-    crops = await asyncio.to_thread(
-        extract_crops, path, items, specs, max_frames=frames_read, threads=settings.decode_threads, frames=frames
+    crops = await _in_thread(
+        guard, extract_crops, path, items, specs, max_frames=frames_read, threads=settings.decode_threads,
+        frames=frames, guard=guard,
     )
     clock.add("crops", time.perf_counter() - started)
 
@@ -203,7 +276,7 @@ async def video_logits(path: Path, request_id: str, options: AnalysisOptions, ru
         ]
     )
     clock.add("inference", time.perf_counter() - started)
-    return VideoLogits(info, frames_read, tracks, items, dict(zip(options.models, logits_per_model)), clock)
+    return VideoLogits(info, frames_read, tracks, items, dict(zip(options.models, logits_per_model)), clock, warnings)
 
 
 async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict[str, Any]:
@@ -220,6 +293,7 @@ async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, r
         "frames_analyzed": result.frames_read,
     }
     body["timings_ms"] = result.clock.rounded()
+    body["warnings"] = list(result.warnings)
     for stage, ms in body["timings_ms"].items():
         metrics.STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
     return body
@@ -233,7 +307,7 @@ def build_scores(
     settings: Settings,
 ) -> dict[str, Any]:
     """Apply the formula in :mod:`service.pipeline.scores` and shape the response fields."""
-    weights = settings.ensemble_weight_map
+    combination = runtime.ensemble.combination  # DFS_ENSEMBLE_WEIGHTS, else the repository's ensemble.json
     per_model_items: dict[str, list[CropItem]] = {name: [i for i in items if i.model == name] for name in logits}
     faces = []
     for track in tracks:
@@ -244,7 +318,7 @@ def build_scores(
                 continue
             result = scores.track_model_score(mine, runtime.models[name].version.manifest.calibration)
             model_scores[name] = {"score": round(result.score, 6), "items": result.items}
-        track_score = scores.ensemble({n: s["score"] for n, s in model_scores.items()}, weights) if model_scores else None
+        track_score = combination.combine({n: s["score"] for n, s in model_scores.items()}) if model_scores else None
         faces.append(
             {
                 "track_id": track.track_id,

@@ -24,7 +24,7 @@ import numpy as np
 from skimage.transform import SimilarityTransform
 
 from models.spec import ModelSpec
-from service.pipeline.decode import iter_frames, same_shape_chunks
+from service.pipeline.decode import DecodeGuard, iter_frames, same_shape_chunks
 from service.pipeline.gpu_streams import thread_stream
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrameSource
 from service.pipeline.tracks import Track
@@ -128,12 +128,15 @@ def extract_crops(
     threads: int = 0,
     frames: TensorFrameSource | None = None,
     warp_chunk: int = 16,
+    guard: DecodeGuard | None = None,
 ) -> list[np.ndarray]:
     """Decode the needed frames once and warp every item: returns, per item, uint8 (T, S, S, 3).
 
     ``frames`` is a tensor decoder (NVDEC when ``DFS_DECODER`` chose it): the crops are then cut
     on the frames' device, ``warp_chunk`` frames per batched warp, and only the crops come to the
-    host. None, or a file that source cannot decode, runs the PyAV + OpenCV path.
+    host. None, or a file that source cannot decode, runs the PyAV + OpenCV path. Decoding stops
+    after the last frame an item uses; ``guard`` checks every decoded frame (see
+    :class:`~service.pipeline.decode.DecodeGuard`).
     """
     outputs = [np.zeros((len(it.frame_indices), specs[it.model].input_size, specs[it.model].input_size, 3), np.uint8)
                for it in items]
@@ -143,14 +146,15 @@ def extract_crops(
             uses[int(frame_index)].append((item_no, position))
     if not uses:
         return outputs
+    max_frames = min(max_frames, max(uses) + 1)  # frames after the last one used cost decode time for nothing
     if frames is not None:
         try:
             with thread_stream():  # this request's decode and warps overlap other requests' GPU work
-                _extract_crops_tensor(path, items, specs, uses, outputs, frames, max_frames, warp_chunk)
+                _extract_crops_tensor(path, items, specs, uses, outputs, frames, max_frames, warp_chunk, guard)
             return outputs
         except FrameSourceUnsupported as exc:
             log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)
-    for frame in iter_frames(path, max_frames=max_frames, wanted=uses.keys(), threads=threads):
+    for frame in iter_frames(path, max_frames=max_frames, wanted=uses.keys(), threads=threads, guard=guard):
         for item_no, position in uses[frame.index]:
             size = specs[items[item_no].model].input_size
             cv2.warpAffine(
@@ -173,13 +177,14 @@ def _extract_crops_tensor(
     frames: TensorFrameSource,
     max_frames: int,
     chunk_size: int,
+    guard: DecodeGuard | None = None,
 ) -> None:
     """Fill ``outputs`` from tensor frames: one batched warp per crop size per chunk of frames."""
     import torch
 
     from service.pipeline.gpu_warp import warp_crops
 
-    for chunk in same_shape_chunks(frames(path, max_frames=max_frames, wanted=uses.keys()), chunk_size):
+    for chunk in same_shape_chunks(frames(path, max_frames=max_frames, wanted=uses.keys(), guard=guard), chunk_size):
         batch = torch.stack([f.rgb for f in chunk])
         by_size: dict[int, tuple[list[int], list[np.ndarray], list[tuple[int, int]]]] = {}
         for row, frame in enumerate(chunk):

@@ -1,8 +1,12 @@
 """Stage 2, decode: read the container header, then frames, with PyAV (FFmpeg).
 
-Two rules keep memory bounded: the header is checked before any frame is decoded (absurd sizes or
-durations are refused), and callers iterate frames one at a time, asking only for those they need
-(``wanted``) at the size they need (``max_side``), so a whole decoded video never sits in memory.
+Three rules keep memory and time bounded: the header is checked before any frame is decoded (absurd
+sizes or durations are refused); every decoded frame is checked again by the request's
+:class:`DecodeGuard` (a stream may change resolution mid-way, and each frame costs decode time in
+proportion to its pixels); and callers iterate frames one at a time, asking only for those they need
+(``wanted``) at the size they need (``max_side``, scaled by swscale in the same pass that converts to
+RGB, so a frame is never converted at full size for a small copy), so a whole decoded video never
+sits in memory.
 
 Frame indices are decode order (presentation order for the streams we meet), which is what the
 models' "consecutive frames" mean, also for variable-frame-rate files; ``time_s`` carries the real
@@ -12,8 +16,9 @@ timestamp. Rotation metadata (phones) is applied so faces are upright.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Container, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,11 +54,124 @@ class DecodedFrame:
     rgb: np.ndarray  # (H, W, 3) uint8, upright
 
 
+#: Decode passes a request makes over its frames: detection at 640 px, then crops at full size
+#: (service/pipeline/analyse.py). The pixel budget is predicted for both.
+DECODE_PASSES = 2
+
+
+class RequestCancelled(Exception):
+    """The request was abandoned (client gone, time limit): its worker thread stops at the next frame.
+
+    A thread cannot be killed, so cancellation reaches it as this exception, raised by
+    :meth:`DecodeGuard.admit` between frames; the awaiting coroutine has been cancelled already.
+    """
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:,.0f} Mpx" if pixels >= 10_000_000 else f"{pixels / 1e6:,.2f} Mpx"
+
+
+@dataclass
+class DecodeGuard:
+    """One request's bounds on decoding, checked on every decoded frame of every pass.
+
+    The header check in :func:`probe` sees only the first frame's size, but a stream may switch
+    resolution mid-way (a 752 KB file went from 64x64 to 16000x16000 and added 1.8 GB), and decode
+    time grows with pixels, not bytes (a 405 KB 8192x8192 black video cost 21 s of both cores). So
+    each decoded frame must fit ``max_side`` and is charged to a per-request budget of
+    ``max_pixels`` (width x height summed over the frames decoded, in both passes). FFmpeg is also
+    told the largest picture (``max_pixels`` codec option) so it refuses to allocate a bigger one.
+
+    ``cancelled`` is set when the request is abandoned; worker threads see it at their next frame.
+    """
+
+    max_side: int
+    max_pixels: int
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    pixels: int = 0  # decoded so far, all passes
+    frames: int = 0  # decoded so far, all passes
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # coded frame sizes met, in order
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise RequestCancelled("the request was cancelled")
+
+    def check_plan(self, width: int, height: int, frames: int) -> None:
+        """Refuse before decoding when the header's size times the frames to decode cannot fit."""
+        planned = width * height * frames * DECODE_PASSES
+        if planned <= self.max_pixels:
+            return
+        fits = self.max_pixels // (width * height * DECODE_PASSES)
+        hint = (f"ask for max_frames={fits} or fewer, or send a smaller video" if fits >= 1
+                else "its frames are too large for this server")
+        raise TooLarge(
+            f"decoding {frames} frames of {width}x{height} in {DECODE_PASSES} passes is {_megapixels(planned)}, "
+            f"above this server's budget of {_megapixels(self.max_pixels)} (DFS_MAX_DECODE_PIXELS); {hint}",
+            code="decode_budget_exceeded",
+        )
+
+    def admit(self, index: int, width: int, height: int) -> None:
+        """Check one decoded frame (coded size, before rotation) and charge it; raise to stop decoding."""
+        self.check_cancelled()
+        if width > self.max_side or height > self.max_side:
+            raise TooLarge(self._size_message(index, width, height), code="video_too_large")
+        if (width, height) not in self.sizes:
+            self.sizes.append((width, height))
+        self.frames += 1
+        self.pixels += width * height
+        if self.pixels > self.max_pixels:
+            raise TooLarge(
+                f"decoding stopped at frame {index}: {self.frames} frames decoded add up to "
+                f"{_megapixels(self.pixels)}, above this server's budget of {_megapixels(self.max_pixels)} "
+                "(DFS_MAX_DECODE_PIXELS)",
+                code="decode_budget_exceeded",
+            )
+
+    def _size_message(self, index: int, width: int, height: int) -> str:
+        first = f" (it began at {self.sizes[0][0]}x{self.sizes[0][1]})" if self.sizes else ""
+        return (f"frame {index} is {width}x{height}{first}, above the limit of {self.max_side} px "
+                "(DFS_MAX_VIDEO_SIDE)")
+
+    def limit_codec(self, stream: av.VideoStream) -> None:
+        """Tell FFmpeg the largest picture it may allocate (its ``max_pixels`` option, default INT_MAX).
+
+        A frame above it is refused inside the decoder, before its buffer exists, and surfaces as an
+        FFmpeg error; :meth:`refused_size` then says whether that was the reason."""
+        stream.codec_context.options = {"max_pixels": str(self.max_side * self.max_side)}
+
+    def refused_size(self, stream: av.VideoStream, index: int) -> TooLarge | None:
+        """After an FFmpeg error: the size refusal, if the stream's new frame size is over the limit."""
+        ctx = stream.codec_context
+        width, height = int(ctx.width or 0), int(ctx.height or 0)
+        if width > self.max_side or height > self.max_side or width * height > self.max_side * self.max_side:
+            return TooLarge(self._size_message(index, width, height), code="video_too_large")
+        return None
+
+
+def ffmpeg_reason(exc: Exception) -> str:
+    """FFmpeg's message without the file name PyAV appends to it: the file is the server's staging
+    path (or a path under DFS_LOCAL_ROOTS), which an error detail must not reveal."""
+    return getattr(exc, "strerror", None) or type(exc).__name__
+
+
 def open_container(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise NotAVideo(f"not a readable media file: {exc}", code="not_a_video") from exc
+        raise NotAVideo(f"not a readable media file: {ffmpeg_reason(exc)}", code="not_a_video") from exc
+
+
+def decoder_context(stream: av.VideoStream) -> av.VideoCodecContext:
+    """The stream's decoder context. PyAV gives None for a codec FFmpeg has no decoder for (a
+    Matroska CodecID or MP4 sample entry it does not know: found by tests/fuzz/fuzz_media.py),
+    which used to end as an AttributeError, a 500."""
+    ctx = stream.codec_context
+    if ctx is None:
+        raise NotAVideo("the video stream's codec has no decoder on this server", code="undecodable")
+    return ctx
 
 
 def frame_rotation(frame: av.VideoFrame) -> int:
@@ -71,7 +189,7 @@ def probe(path: Path, *, max_side: int, max_duration_s: float) -> VideoInfo:
             kinds = sorted({s.type for s in container.streams}) or ["nothing"]
             raise NotAVideo(f"the file has no video stream (it holds {', '.join(kinds)})", code="no_video_stream")
         stream = container.streams.video[0]
-        ctx = stream.codec_context
+        ctx = decoder_context(stream)
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         if width <= 0 or height <= 0:
             raise NotAVideo("the video stream declares no frame size", code="not_a_video")
@@ -91,7 +209,7 @@ def probe(path: Path, *, max_side: int, max_duration_s: float) -> VideoInfo:
         try:  # one frame tells the display rotation, and proves the stream decodes at all
             first = next(container.decode(stream), None)
         except av.error.FFmpegError as exc:
-            raise NotAVideo(f"the video stream cannot be decoded: {exc}", code="undecodable") from exc
+            raise NotAVideo(f"the video stream cannot be decoded: {ffmpeg_reason(exc)}", code="undecodable") from exc
         if first is None:
             raise NotAVideo("the video stream holds no decodable frame", code="undecodable")
         rotation = frame_rotation(first)
@@ -130,35 +248,47 @@ def iter_frames(
     wanted: Container[int] | None = None,
     max_side: int | None = None,
     threads: int = 0,
+    guard: DecodeGuard | None = None,
 ) -> Iterator[DecodedFrame]:
     """Yield upright RGB frames ``0..max_frames-1`` in order (only ``wanted`` ones if given).
 
     Frames not wanted are decoded (a codec needs its references) but never converted to RGB, which
     is most of the per-frame cost at 1080p. A stream that breaks part-way (a truncated upload) ends
     the iteration with a warning after the frames that did decode; one that yields no frame at all
-    is refused as not decodable.
+    is refused as not decodable. ``guard`` checks and charges every decoded frame, wanted or not
+    (:class:`DecodeGuard`), and stops the iteration when the request is cancelled.
     """
     with open_container(path) as container:
         if not container.streams.video:
             raise NotAVideo("the file has no video stream", code="no_video_stream")
         stream = container.streams.video[0]
+        decoder_context(stream)
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
+        if guard is not None:
+            guard.limit_codec(stream)
         index = 0
         try:
             for frame in container.decode(stream):
                 if index >= max_frames:
                     break
+                if guard is not None:
+                    guard.admit(index, frame.width, frame.height)
                 if wanted is None or index in wanted:
                     rotation = frame_rotation(frame)
                     out_w, out_h = scaled_size(frame.width, frame.height, max_side)
                     rgb = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
                     yield DecodedFrame(index=index, time_s=float(frame.time or 0.0), rgb=upright(rgb, rotation))
                 index += 1
+            else:  # the stream ended: with frame threads, FFmpeg drops a refused last frame silently
+                if guard is not None and (refusal := guard.refused_size(stream, index)) is not None:
+                    raise refusal
         except av.error.FFmpegError as exc:
+            if guard is not None and (refusal := guard.refused_size(stream, index)) is not None:
+                raise refusal from exc
             if index == 0:
-                raise NotAVideo(f"no frame could be decoded: {exc}", code="undecodable") from exc
+                raise NotAVideo(f"no frame could be decoded: {ffmpeg_reason(exc)}", code="undecodable") from exc
             log.warning("%s: decoding stopped after %d frames: %s", path, index, exc)
         if index == 0:
             raise NotAVideo("the video stream holds no decodable frame", code="undecodable")

@@ -40,8 +40,8 @@ from pathlib import Path
 import av
 import torch
 
-from service.errors import NotAVideo
-from service.pipeline.decode import frame_rotation, open_container
+from service.errors import NotAVideo, ServiceError
+from service.pipeline.decode import DecodeGuard, RequestCancelled, ffmpeg_reason, frame_rotation, open_container
 from service.pipeline.gpu_color import Matrix, matrix_for_tags, nv12_to_rgb
 from service.pipeline.gpu_warp import resize_max_side
 from service.pipeline.tensor_frames import DecoderUnavailable, FrameSourceUnsupported, TensorFrame
@@ -111,7 +111,7 @@ def stream_facts(path: Path) -> StreamFacts:
         try:
             first = next(container.decode(stream), None)
         except av.error.FFmpegError as exc:
-            raise NotAVideo(f"no frame could be decoded: {exc}", code="undecodable") from exc
+            raise NotAVideo(f"no frame could be decoded: {ffmpeg_reason(exc)}", code="undecodable") from exc
         if first is None:
             raise NotAVideo("the video stream holds no decodable frame", code="undecodable")
         pix_fmt = first.format.name
@@ -158,8 +158,12 @@ def iter_frames(
     wanted: Container[int] | None = None,
     max_side: int | None = None,
     gpu_id: int | None = None,
+    guard: DecodeGuard | None = None,
 ) -> Iterator[TensorFrame]:
     """Yield upright RGB CUDA frames ``0..max_frames-1`` in order (only ``wanted`` ones if given).
+
+    ``guard`` checks and charges every decoded frame by its NV12 surface's size (1.5H x W), as the
+    PyAV path does, and stops decoding when the request is cancelled.
 
     Raises :class:`NvdecUnavailable` when NVDEC cannot run at all, :class:`NvdecUnsupported`
     (before yielding anything) when this file must go through PyAV, and the PyAV path's
@@ -192,12 +196,17 @@ def iter_frames(
             for decoded in decoder.Decode(packet):
                 if index >= max_frames:
                     return
+                surface = torch.from_dlpack(decoded)
+                if guard is not None:
+                    guard.admit(index, int(surface.shape[1]), int(surface.shape[0]) * 2 // 3)
                 if wanted is None or index in wanted:
-                    rgb = frame_to_rgb(torch.from_dlpack(decoded), facts, max_side)
+                    rgb = frame_to_rgb(surface, facts, max_side)
                     pts = getattr(decoded, "timestamp", None)
                     time_s = float(pts * facts.time_base) if pts is not None and facts.time_base else 0.0
                     yield TensorFrame(index=index, time_s=time_s, rgb=rgb)
                 index += 1
+    except (ServiceError, RequestCancelled):
+        raise  # the guard's refusals and a cancellation end the request, not only this decoder
     except NvdecUnsupported:
         if index == 0:
             raise

@@ -238,24 +238,33 @@ class DynamicBatcher:
                 future.cancel()
 
     async def _collect(self) -> list[_Pending]:
+        """The next batch: the first live item, then what arrives within ``max_wait_s``, up to ``max_batch``.
+
+        Items of a cancelled request (its futures were cancelled by :meth:`infer`) are dropped as they
+        are taken off the queue, so they neither reach the engine nor take a place in a batch.
+        """
         loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
+        batch: list[_Pending] = []
+        while not batch:
+            batch = [p for p in [await self._queue.get()] if not p.future.done()]
         deadline = loop.time() + self.max_wait_s
         while len(batch) < self.max_batch:
             remaining = deadline - loop.time()
             try:
                 if remaining <= 0:
-                    batch.append(self._queue.get_nowait())
+                    pending = self._queue.get_nowait()
                 else:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    pending = await asyncio.wait_for(self._queue.get(), remaining)
             except (asyncio.QueueEmpty, TimeoutError):
                 break
+            if not pending.future.done():
+                batch.append(pending)
         return batch
 
     async def _run_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [p for p in await self._collect() if not p.future.done()]
+            batch = [p for p in await self._collect() if not p.future.done()]  # cancelled while waiting to fill
             metrics.QUEUE_DEPTH.labels(self.name).set(self._queue.qsize())
             if not batch:
                 continue

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from service.config import Settings
-from service.pipeline.decode import iter_frames
+from service.pipeline.decode import DecodeGuard, iter_frames
 
 if TYPE_CHECKING:  # imported where used: the PyAV-only service never loads torch for this module
     import torch
@@ -40,10 +40,12 @@ class TensorFrame:
 
 class TensorFrameSource(Protocol):
     """A decoder yielding :class:`TensorFrame` with :func:`service.pipeline.decode.iter_frames` semantics:
-    frames ``0..max_frames-1`` in order, only the ``wanted`` ones, the longer side at most ``max_side``."""
+    frames ``0..max_frames-1`` in order, only the ``wanted`` ones, the longer side at most ``max_side``,
+    every decoded frame checked and charged by ``guard``."""
 
     def __call__(
-        self, path: Path, *, max_frames: int, wanted: Container[int] | None = None, max_side: int | None = None
+        self, path: Path, *, max_frames: int, wanted: Container[int] | None = None, max_side: int | None = None,
+        guard: DecodeGuard | None = None,
     ) -> Iterator[TensorFrame]: ...
 
 
@@ -66,6 +68,7 @@ def pyav_tensor_frames(
     max_side: int | None = None,
     device: str | torch.device = "cpu",
     threads: int = 0,
+    guard: DecodeGuard | None = None,
 ) -> Iterator[TensorFrame]:
     """PyAV frames as (3, H, W) uint8 tensors on ``device``, downscaled by torch like NVDEC frames.
 
@@ -76,7 +79,7 @@ def pyav_tensor_frames(
 
     from service.pipeline.gpu_warp import resize_max_side
 
-    for frame in iter_frames(path, max_frames=max_frames, wanted=wanted, threads=threads):
+    for frame in iter_frames(path, max_frames=max_frames, wanted=wanted, threads=threads, guard=guard):
         rgb = torch.from_numpy(frame.rgb).to(device).permute(2, 0, 1)
         yield TensorFrame(frame.index, frame.time_s, resize_max_side(rgb, max_side).contiguous())
 

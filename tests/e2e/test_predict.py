@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -191,28 +193,107 @@ def test_bad_media(live_service: LiveService, file_server: FileServer, name: str
         assert set(body) == {"error", "detail", "request_id"}
         if code:
             assert body["error"] == code
+        assert "dfs-fetch-" not in body["detail"] and tempfile.gettempdir() not in body["detail"], "temp path leaked"
         assert client.get("/healthcheck").status_code == 200
         assert predict(client, file_server.url("no_face.mp4")).status_code == 200
 
 
-def test_default_settings_refuse_private_addresses(
-    ftcn_repository: Path, file_server: FileServer, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def strict_service(ftcn_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """The service with its default fetch policy: no private addresses, no local paths."""
+    log = tmp_path_factory.mktemp("strict") / "service.log"
+    service = start_service({"DFS_MODEL_REPOSITORY": str(ftcn_repository)}, log)
+    yield service
+    stop_service(service)
+
+
+def test_default_settings_refuse_private_addresses(strict_service: LiveService, file_server: FileServer) -> None:
     """Without DFS_ALLOW_PRIVATE_URLS, loopback/private/link-local targets are refused (no SSRF)."""
-    service = start_service({"DFS_MODEL_REPOSITORY": str(ftcn_repository)}, tmp_path / "service.log")
-    try:
-        with service.client() as client:
-            for url in (
-                file_server.url("one_face.mp4"),
-                "http://localhost:9/x.mp4",
-                "http://10.1.2.3/x.mp4",
-                "http://169.254.169.254/latest/meta-data",
-                "http://[::1]/x.mp4",
-                "file:///etc/passwd",
-            ):
-                response = predict(client, url)
-                assert response.status_code in (400, 403), (url, response.text)
-                assert response.json()["error"] in ("address_not_allowed", "unsupported_scheme"), url
-            assert client.get("/healthcheck").status_code == 200
-    finally:
-        stop_service(service)
+    with strict_service.client() as client:
+        for url in (
+            file_server.url("one_face.mp4"),
+            "http://localhost:9/x.mp4",
+            "http://10.1.2.3/x.mp4",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/x.mp4",
+            "http://[::ffff:127.0.0.1]/x.mp4",
+            "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+            "file:///etc/passwd",
+        ):
+            response = predict(client, url)
+            assert response.status_code in (400, 403), (url, response.text)
+            assert response.json()["error"] in ("address_not_allowed", "unsupported_scheme"), url
+        assert client.get("/healthcheck").status_code == 200
+
+
+def test_local_path_without_roots_names_the_setting(strict_service: LiveService, videos: dict[str, Path]) -> None:
+    with strict_service.client() as client:
+        response = predict(client, str(videos["one_face"]))
+    assert response.status_code == 400 and response.json()["error"] == "unsupported_scheme"
+    assert "DFS_LOCAL_ROOTS" in response.json()["detail"] and "/predict/upload" in response.json()["detail"]
+
+
+def _local_addresses() -> tuple[dict[str, object], list[object]]:
+    """An event hook recording the client-side address of each response's connection."""
+    seen: list[object] = []
+
+    def record(response: httpx.Response) -> None:
+        seen.append(response.extensions["network_stream"].get_extra_info("client_addr"))
+
+    return {"response": [record]}, seen
+
+
+@pytest.mark.parametrize(
+    ("service", "file_path", "code"),
+    [
+        ("live_service", "{root}/a\x00b.mp4", "invalid_path"),
+        ("strict_service", "http://" + "a" * 64 + ".test/x.mp4", "invalid_url"),
+        ("strict_service", "http://a..b/x.mp4", "invalid_url"),
+        ("strict_service", "http://[::1/x.mp4", "invalid_url"),
+    ],
+)
+def test_malformed_input_is_a_400_on_a_connection_that_stays_open(
+    request: pytest.FixtureRequest, videos: dict[str, Path], service: str, file_path: str, code: str
+) -> None:
+    """NUL bytes, over-long or empty host labels and broken IPv6 literals were 500s that also closed the
+    keep-alive connection; now each is a 400 JSON error and the next request rides the same connection."""
+    live: LiveService = request.getfixturevalue(service)
+    hooks, addresses = _local_addresses()
+    with httpx.Client(base_url=live.base_url, timeout=60, event_hooks=hooks) as client:
+        response = predict(client, file_path.format(root=videos["one_face"].parent))
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert set(body) == {"error", "detail", "request_id"} and body["error"] == code and body["detail"]
+        assert client.get("/healthcheck").status_code == 200
+    assert addresses[0] == addresses[1], "the server dropped the keep-alive connection after the error"
+
+
+@pytest.mark.parametrize(
+    ("override", "setting"),
+    [
+        ({"clip_stride": 1}, "DFS_MIN_CLIP_STRIDE"),
+        ({"max_clips_per_track": 256}, "DFS_MAX_CLIPS_PER_TRACK_LIMIT"),
+        ({"frames_per_track": 256}, "DFS_FRAMES_PER_TRACK_LIMIT"),
+        ({"max_frames": 257}, "DFS_MAX_FRAMES"),
+    ],
+)
+def test_overrides_may_not_raise_the_work_above_the_server_limits(
+    live_service: LiveService, override: dict[str, int], setting: str
+) -> None:
+    """Cost amplification: a request may lower the sampling freely, raise it only up to the limits.
+    The URL is a closed loopback port, so a request that got past the check fails with a 502."""
+    with live_service.client() as client:
+        response = predict(client, "http://127.0.0.1:9/x.mp4", **override)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "limit_exceeded" and setting in body["detail"], body
+
+
+def test_overrides_within_the_limits_are_served(live_service: LiveService, file_server: FileServer) -> None:
+    with live_service.client() as client:
+        response = predict(
+            client, file_server.url("one_face.mp4"), clip_stride=16, max_clips_per_track=16, frames_per_track=2,
+            max_frames=256,
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["models"]["ftcn"]["clips"] >= 1

@@ -76,3 +76,47 @@ def test_an_item_that_fails_alone_fails_only_its_request(onnx_engine: OnnxEngine
     np.testing.assert_allclose(got_good, onnx_engine.run(normalize(SPEC, np.stack(good))), atol=1e-5)
     assert isinstance(got_bad, InferenceFailed)
     assert "model advgame failed" in str(got_bad) and "breaks the model" in str(got_bad)
+
+
+class GatedEngine:
+    """Blocks its first batch until released, and records every batch's size."""
+
+    runtime = "test"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release, self.batch_sizes = threading.Event(), []
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.batch_sizes.append(len(batch))
+        if len(self.batch_sizes) == 1:
+            self.release.wait(10)
+        return np.zeros(len(batch), np.float32)
+
+
+def test_a_cancelled_requests_queued_crops_never_reach_the_engine() -> None:
+    """While the engine is busy, request A queues 5 crops and is cancelled (its client left); B queues 2.
+    The engine then sees B's 2 only: A's were dropped as they left the queue, taking no batch place."""
+    engine = GatedEngine()
+
+    async def scenario() -> list[int]:
+        batcher = DynamicBatcher("advgame", engine, SPEC, max_batch=8, max_wait_s=0.05)
+        batcher.start()
+        try:
+            busy = asyncio.ensure_future(batcher.infer("busy", crops(1, 4)))
+            while not engine.batch_sizes:
+                await asyncio.sleep(0.01)
+            abandoned = asyncio.ensure_future(batcher.infer("abandoned", crops(5, 5)))
+            await asyncio.sleep(0.05)
+            abandoned.cancel()
+            kept = asyncio.ensure_future(batcher.infer("kept", crops(2, 6)))
+            await asyncio.sleep(0.05)
+            engine.release.set()
+            await asyncio.gather(busy, kept)
+            assert abandoned.cancelled()
+            return engine.batch_sizes
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) == [1, 2]

@@ -49,7 +49,7 @@ fi
 if wants ftcn; then
     # The fully temporal design at 1/4 width on 96 px clips of 32 frames, from scratch.
     python -m training.train --method ftcn --width 0.25 --input-size 96 --data "$RUNS/crops" --output "$RUNS/ftcn" \
-        --fakes both --clips-per-track 2 --clip-stride 8 --epochs 2 --batch-size 8 --lr 1e-3 \
+        --fakes both --clips-per-track 2 --clip-stride 8 --epochs 1 --batch-size 8 --lr 1e-3 \
         --workers 1 --seed 0 --no-tensorboard
 fi
 if wants lib; then
@@ -61,7 +61,7 @@ if wants advgame; then
     # The blur game on EfficientNet-Lite0 (ImageNet); on a CPU one generator step per detector step and
     # generators at 1/4 width (the reference's are 20 GMACs per 256 px image, 5x the detector).
     python -m training.train --method advgame --variant lite0 --backbone-weights packaged \
-        --output "$RUNS/advgame" --frames-per-track 4 --epochs 2 --batch-size 16 --g-per-d 1 --generator-width 16 "${COMMON[@]}"
+        --output "$RUNS/advgame" --frames-per-track 4 --epochs 1 --batch-size 16 --g-per-d 1 --generator-width 16 "${COMMON[@]}"
 fi
 if wants export; then
     # The bundle holds one version per model: a model's folder in OUT is replaced by its new export.

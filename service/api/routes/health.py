@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.api.deps import RuntimeDep
+from service.api.errors import public_reason
 from service.api.schemas import HealthResponse
 
 router = APIRouter(tags=["health"])
@@ -16,7 +17,7 @@ async def healthcheck(runtime: RuntimeDep) -> JSONResponse:
     """200 ``{"healthy": true}`` once every model is loaded; 503 with the reason before or on failure."""
     if runtime.ready:
         return JSONResponse({"healthy": True})
-    return JSONResponse({"healthy": False, "reason": runtime.reason}, status_code=503)
+    return JSONResponse({"healthy": False, "reason": public_reason(runtime)}, status_code=503)
 
 
 @router.get("/livez", response_model=HealthResponse)

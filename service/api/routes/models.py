@@ -1,11 +1,13 @@
-"""``GET /models``: what is loaded, which version, on which runtime, with which spec."""
+"""``GET /models``: what is loaded, which version, on which runtime, with which spec;
+``GET /ensemble``: how their scores combine and where that came from."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from service.api.deps import RuntimeDep
-from service.api.schemas import ModelInfo
+from service.api.schemas import EnsembleInfo, ModelInfo
+from service.version import service_version
 
 router = APIRouter(tags=["models"])
 
@@ -25,6 +27,17 @@ async def list_models(runtime: RuntimeDep) -> list[dict]:
                 "parity": manifest.parity.model_dump() if manifest.parity else None,
                 "calibration": manifest.calibration.model_dump(),
                 "metrics": manifest.metrics,
+                "ensemble_weight": runtime.ensemble.combination.weight(name),
+                "file": loaded.file,
+                "sha256": loaded.sha256,
+                "service_version": service_version(),
             }
         )
     return out
+
+
+@router.get("/ensemble", response_model=EnsembleInfo)
+async def served_ensemble(runtime: RuntimeDep) -> dict:
+    """The weights and bias applied to the loaded models, their source (DFS_ENSEMBLE_WEIGHTS, the
+    repository's ensemble.json, or equal) and, for a file, what it was fitted on."""
+    return runtime.ensemble.describe(sorted(runtime.models))

@@ -1,25 +1,42 @@
-"""``POST /predict`` (a URL or allowed local path) and ``POST /predict/upload`` (multipart)."""
+"""``POST /predict`` (a URL or allowed local path) and ``POST /predict/upload`` (multipart).
+
+Two routers, so the app can cap their bodies apart: ``router``'s JSON at ``DFS_MAX_JSON_BYTES``,
+``upload_router``'s stream at ``DFS_MAX_DOWNLOAD_BYTES`` (service/api/uploads.py). A client that
+disconnects has its work cancelled (service/api/disconnect.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, Request
 
 from service import metrics
+from service.admission import Admission
 from service.api.deps import AdmissionDep, RuntimeDep
+from service.api.disconnect import cancel_on_disconnect
+from service.api.errors import public_reason
+from service.api.limits import check_overrides
 from service.api.schemas import ErrorResponse, PredictRequest, PredictResponse
+from service.api.uploads import FileUpload
 from service.errors import BadRequest, ServiceError, Unavailable
 from service.pipeline.analyse import AnalysisOptions, analyse_video
 from service.pipeline.fetch import FetchedVideo, fetched_video, staged_upload
 from service.runtime import Runtime
 
 router = APIRouter(tags=["predict"])
+upload_router = APIRouter(tags=["predict"])
+
+# The upload route reads its body itself (streamed, not a FastAPI File parameter), so its form is
+# described here for /docs.
+_UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "the video file"}},
+}}}}}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse}
@@ -27,13 +44,25 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_ECHOED_UNKNOWN = 3  # unknown names quoted back in the error, at most
+_ECHOED_NAME_CHARS = 40  # and at most this much of each
+
+
+def unknown_models_detail(unknown: list[str], loaded: list[str]) -> str:
+    """The unknown_model error: the loaded models in full, and only a few of the caller's names,
+    cut short. A request may name thousands of models (or very long names), and echoing them all
+    made the error as large as the request."""
+    shown = [name if len(name) <= _ECHOED_NAME_CHARS else name[:_ECHOED_NAME_CHARS] + "..."
+             for name in unknown[:_ECHOED_UNKNOWN]]
+    more = f" and {len(unknown) - len(shown)} more" if len(unknown) > len(shown) else ""
+    return f"unknown model(s) {', '.join(repr(name) for name in shown)}{more}; loaded: {', '.join(loaded)}"
+
+
 def _options(body: PredictRequest, runtime: Runtime) -> AnalysisOptions:
     names = body.models or sorted(runtime.models)
-    unknown = sorted(set(names) - set(runtime.models))
+    unknown = [name for name in dict.fromkeys(names) if name not in runtime.models]  # in the order sent
     if unknown:
-        raise BadRequest(
-            f"unknown model(s) {', '.join(unknown)}; loaded: {', '.join(sorted(runtime.models))}", code="unknown_model"
-        )
+        raise BadRequest(unknown_models_detail(unknown, sorted(runtime.models)), code="unknown_model")
     return AnalysisOptions.from_settings(
         runtime.settings, names, max_frames=body.max_frames, clip_stride=body.clip_stride,
         max_clips_per_track=body.max_clips_per_track, frames_per_track=body.frames_per_track,
@@ -66,43 +95,67 @@ async def _score(video: FetchedVideo, options: AnalysisOptions, request: Request
     metrics.STAGE_SECONDS.labels("fetch").observe(fetch_ms / 1000.0)
     metrics.STAGE_SECONDS.labels("total").observe(body["timings_ms"]["total"] / 1000.0)
     body["request_id"] = request.state.request_id
-    body["warnings"] = [
+    body["warnings"] = [*body.get("warnings", []), *(
         f"model {name} is untrained (random init): its score carries no information"
         for name in options.models
         if runtime.models[name].version.manifest.untrained
-    ]
+    )]
+    _count_verdict(body)
     return body
+
+
+def _count_verdict(body: dict) -> None:
+    """dfs_predictions_total by verdict, and the score histogram for videos that have a score."""
+    metrics.PREDICTIONS.labels(body["prediction"]).inc()
+    if body["df_probability"] is not None:
+        metrics.VIDEO_SCORE.observe(body["df_probability"])
+
+
+async def _admitted(admission: Admission, source: AbstractAsyncContextManager[FetchedVideo],
+                    options: AnalysisOptions, request: Request, runtime: Runtime) -> dict:
+    """Wait for a processing slot, then fetch and score."""
+    async with admission.slot():
+        return await _fetch_and_score(source, options, request, runtime)
+
+
+async def _admitted_score(admission: Admission, video: FetchedVideo, options: AnalysisOptions,
+                          request: Request, runtime: Runtime, fetch_ms: float) -> dict:
+    """Wait for a processing slot, then score a video already staged."""
+    async with admission.slot():
+        return await _score(video, options, request, runtime, fetch_ms)
 
 
 def _require_ready(runtime: Runtime) -> None:
     if not runtime.ready:
-        raise Unavailable(f"models are not loaded: {runtime.reason}", code="not_ready", headers={"Retry-After": "10"})
+        raise Unavailable(f"models are not loaded: {public_reason(runtime)}", code="not_ready",
+                          headers={"Retry-After": "10"})
 
 
 @router.post("/predict", response_model=PredictResponse, responses=_ERRORS)
 async def predict(body: PredictRequest, request: Request, runtime: RuntimeDep, admission: AdmissionDep) -> dict:
     """Fetch the video at ``file_path`` and score every face in it."""
+    check_overrides(body, runtime.settings)  # part of validating the body: answered even before models load
     _require_ready(runtime)
     options = _options(body, runtime)
-    async with admission.slot():
-        return await _fetch_and_score(fetched_video(body.file_path, runtime.settings), options, request, runtime)
+    source = fetched_video(body.file_path, runtime.settings)
+    return await cancel_on_disconnect(request, _admitted(admission, source, options, request, runtime))
 
 
-@router.post("/predict/upload", response_model=PredictResponse, responses=_ERRORS)
-async def predict_upload(
-    request: Request, runtime: RuntimeDep, admission: AdmissionDep, file: UploadFile = File(...)
-) -> dict:
-    """Score an uploaded video (multipart field ``file``) for callers who hold the bytes."""
+@upload_router.post("/predict/upload", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
+async def predict_upload(request: Request, runtime: RuntimeDep, admission: AdmissionDep) -> dict:
+    """Score an uploaded video (multipart field ``file``) for callers who hold the bytes.
+
+    The file is streamed to its staging file as it arrives and refused at the byte cap; it is staged
+    before waiting for a processing slot, so a slow upload does not hold one.
+    """
     _require_ready(runtime)
     options = _options(PredictRequest(file_path="upload"), runtime)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        while chunk := await file.read(1 << 20):
-            yield chunk
-
-    async with admission.slot():
-        source = staged_upload(chunks(), runtime.settings, file.filename or "upload")
-        return await _fetch_and_score(source, options, request, runtime)
+    started = time.perf_counter()
+    upload = await FileUpload(request, "file", runtime.settings.max_download_bytes).open()
+    async with staged_upload(upload.chunks(), runtime.settings, upload.filename or "upload") as video:
+        fetch_ms = (time.perf_counter() - started) * 1000.0
+        work = _admitted_score(admission, video, options, request, runtime, fetch_ms)
+        return await cancel_on_disconnect(request, work)  # the body is read: now a disconnect can be seen
 
 
 def new_request_id(header: str | None) -> str:

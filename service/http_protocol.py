@@ -1,0 +1,85 @@
+"""uvicorn's h11 protocol with a deadline on reading a request's line and headers.
+
+uvicorn bounds an idle keep-alive connection (``timeout_keep_alive``) but arms that timer only once
+a response is complete, and cancels it as soon as any byte arrives: a connection that opens and
+trickles its request line or headers a byte at a time stays open for good (300 such connections all
+stayed). uvicorn 0.54 has no option for it (its options: ``timeout_keep_alive``,
+``limit_concurrency``, ``h11_max_incomplete_event_size``, ...), so this subclass adds the one thing
+missing, the way nginx's ``client_header_timeout`` does: from the moment a connection opens, or a
+response on it completes, the next request's headers must be complete within
+``DFS_HEADER_TIMEOUT_S``, else the connection is closed. Everything else is uvicorn's.
+
+Why h11 rather than uvicorn's default httptools: h11 also bounds the bytes of an incomplete request
+line + headers (``h11_max_incomplete_event_size``, ``DFS_MAX_HEADER_BYTES``), which httptools does
+not, so the two limits together bound what a slow or endless header costs. Parsing speed does not
+matter here: a request costs seconds of video analysis.
+
+``python -m service`` passes this class to uvicorn by its import path (``http=...``), so worker
+processes import it themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.config import get_settings
+
+log = logging.getLogger(__name__)
+
+IMPORT_PATH = "service.http_protocol:HeaderDeadlineH11Protocol"
+
+
+class HeaderDeadlineH11Protocol(H11Protocol):
+    """:class:`H11Protocol` that closes a connection whose request headers do not arrive in time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout_s = get_settings().header_timeout_s  # the DFS_* environment, as the app reads it
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    # --- the deadline ---------------------------------------------------------------------------
+
+    def _awaiting_headers(self) -> bool:
+        """h11 stays IDLE on the client's side until a request's headers are complete."""
+        return self.conn.their_state is h11.IDLE
+
+    def _arm_header_deadline(self) -> None:
+        self._cancel_header_deadline()
+        if self._awaiting_headers() and not self.transport.is_closing():
+            self._header_deadline = self.loop.call_later(self.header_timeout_s, self._header_deadline_passed)
+
+    def _cancel_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _header_deadline_passed(self) -> None:
+        self._header_deadline = None
+        if self._awaiting_headers() and not self.transport.is_closing():
+            log.info("closing connection from %s: no complete request headers within %g s (DFS_HEADER_TIMEOUT_S)",
+                     "%s:%d" % self.client if self.client else "?", self.header_timeout_s)
+            self.transport.close()
+
+    # --- uvicorn's hooks ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._awaiting_headers():  # a request is under way: its body and work have their own limits
+            self._cancel_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may start a pipelined request, which leaves h11 IDLE no more
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_deadline()
+        super().connection_lost(exc)

@@ -1,0 +1,57 @@
+"""The media fuzzer (tests/fuzz/fuzz_media.py) for a bounded time in CI, and its seeds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.fuzz.fuzz_media import media_path, write_seeds
+
+pytestmark = pytest.mark.fuzz
+
+SCRIPT = REPO_ROOT / "tests" / "fuzz" / "fuzz_media.py"
+#: Seconds of fuzzing in CI (libFuzzer's -max_total_time), and a cap on inputs for fast machines.
+FUZZ_SECONDS = int(os.environ.get("DFS_FUZZ_MEDIA_SECONDS", "60"))
+FUZZ_RUNS = int(os.environ.get("DFS_FUZZ_MEDIA_RUNS", "2000"))
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_seeds(tmp_path_factory.mktemp("fuzz-seeds"))
+
+
+def test_seeds_are_real_videos_of_each_container(seeds: list[Path]) -> None:
+    """Every seed decodes cleanly through the fuzzed path, and the astronaut seeds find her face:
+    mutations start from inputs that reach detection, not from ones refused at the header."""
+    names = {p.name for p in seeds}
+    assert {"h264.mp4", "vp8.webm", "vp9.webm", "h264.mkv", "switch.ts"} <= names
+    outcomes = {p.name: media_path(p.read_bytes()) for p in seeds}
+    for name in ("h264.mp4", "vp8.webm"):
+        assert outcomes[name] == "ok: 1 tracks", outcomes
+    assert all(size < 64 * 1024 for size in (p.stat().st_size for p in seeds)), "seeds stay small"
+    assert not any(o.startswith("500") for o in outcomes.values()), outcomes
+
+
+def test_fuzz_media_bounded(seeds: list[Path], tmp_path: Path) -> None:
+    """libFuzzer mutates the seeds for FUZZ_SECONDS (or FUZZ_RUNS inputs); any crash fails the test
+    and leaves its input for tests/fuzz/corpus_regressions/."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for seed in seeds:
+        (corpus / seed.name).write_bytes(seed.read_bytes())
+    artifacts = tmp_path / "artifacts"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), f"--artifacts={artifacts}", f"-max_total_time={FUZZ_SECONDS}",
+         f"-runs={FUZZ_RUNS}", "-timeout=30", "-print_final_stats=1", str(corpus)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=FUZZ_SECONDS + 240,
+    )
+    log = result.stdout + result.stderr
+    crashes = sorted(artifacts.glob("*")) if artifacts.is_dir() else []
+    assert result.returncode == 0 and not crashes, (
+        f"the media fuzzer crashed (rc {result.returncode}); inputs: {[str(c) for c in crashes]}\n{log[-6000:]}")
+    assert "Done " in log, log[-3000:]
