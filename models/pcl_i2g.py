@@ -241,9 +241,12 @@ def infer_kwargs(state_dict: StateDict, given: dict[str, object]) -> dict[str, o
     whose blocks and widths the tensors fit (ResNet-18 and -34 differ in blocks per stage, the
     light encoders in their block names and widths), and whether the head has its norm."""
     found = infer_choice("pcl_i2g", state_dict, "backbone", BACKBONES, given)
-    if "head_norm" not in given and any(k.startswith("pcl.norm.") for k in state_dict) != (
-            found.get("backbone", given.get("backbone", PAPER_BACKBONE)) not in REFERENCE_BACKBONES):
-        found["head_norm"] = any(k.startswith("pcl.norm.") for k in state_dict)
+    # our layout says whether its head has the norm; only where that differs from the backbone's
+    # default is it an option to record (the reference layout has no head of that kind to read)
+    if "head_norm" not in given and "pcl.theta.weight" in state_dict:
+        has_norm = any(k.startswith("pcl.norm.") for k in state_dict)
+        if has_norm != (found.get("backbone", given.get("backbone", PAPER_BACKBONE)) not in REFERENCE_BACKBONES):
+            found["head_norm"] = has_norm
     return found
 
 
