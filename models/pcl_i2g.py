@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from models.backbones import load_backbone_weights
-from models.registry import CheckpointError, StateDict, infer_choice, register_model
+from models.registry import CheckpointError, KwargsInferenceError, StateDict, infer_choice, register_model
 from models.spec import IMAGENET_MEAN, IMAGENET_STD, CropRule, ModelSpec
 
 PCL_I2G_SPEC = ModelSpec(
@@ -240,11 +240,18 @@ def infer_kwargs(state_dict: StateDict, given: dict[str, object]) -> dict[str, o
     """The backbone of a reference ``net_D`` (or of our layout): the entry of :data:`BACKBONES`
     whose blocks and widths the tensors fit (ResNet-18 and -34 differ in blocks per stage, the
     light encoders in their block names and widths), and whether the head has its norm."""
-    found = infer_choice("pcl_i2g", state_dict, "backbone", BACKBONES, given)
+    has_norm = any(k.startswith("pcl.norm.") for k in state_dict)
+    try:
+        found = infer_choice("pcl_i2g", state_dict, "backbone", BACKBONES, given)
+    except KwargsInferenceError:
+        if "head_norm" in given or "pcl.theta.weight" not in state_dict:
+            raise
+        # a light backbone trained with --head-norm off (or a ResNet with it on): build the candidates so
+        found = infer_choice("pcl_i2g", state_dict, "backbone", BACKBONES, {**given, "head_norm": has_norm})
+        return {**found, "head_norm": has_norm}
     # our layout says whether its head has the norm; only where that differs from the backbone's
     # default is it an option to record (the reference layout has no head of that kind to read)
     if "head_norm" not in given and "pcl.theta.weight" in state_dict:
-        has_norm = any(k.startswith("pcl.norm.") for k in state_dict)
         if has_norm != (found.get("backbone", given.get("backbone", PAPER_BACKBONE)) not in REFERENCE_BACKBONES):
             found["head_norm"] = has_norm
     return found
