@@ -15,7 +15,8 @@ SCRIPTS = sorted(p.name for p in (REPO_ROOT / "bench").glob("*.py") if not p.nam
 
 
 def test_bench_scripts_found() -> None:
-    assert {"e2e.py", "floor.py", "sampling.py", "stages.py", "held_out.py", "train.py", "quality.py"} <= set(SCRIPTS)
+    assert {"e2e.py", "floor.py", "sampling.py", "stages.py", "held_out.py", "train.py", "quality.py",
+            "load.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -75,3 +76,32 @@ def test_quality_report_on_a_tiny_repository(videos: dict[str, Path], tmp_path: 
     assert tiny["videos"] == 4 and tiny["fakes"] == 2 and report["ensemble"]["source"] == "equal"
     assert set(tiny["metrics"]) == {"dcl", "ftcn", "ensemble"}
     assert all(0 <= m["auc"] <= 1 for m in tiny["metrics"].values())
+
+
+def test_load_smoke_on_a_tiny_repository(videos: dict[str, Path], tmp_path: Path) -> None:
+    """bench/load.py for a few seconds at 2 clients on the bundle's DCL alone: the table prints,
+    every kind of request got its documented answers (never a 500), the probes always answered.
+    RSS may still be growing this early, so PASS itself is not asserted."""
+    import json
+    import shutil
+
+    repository = tmp_path / "repo"
+    bundle = sorted((REPO_ROOT / "model_repository" / "dcl").iterdir())[-1]
+    shutil.copytree(bundle, repository / "dcl" / bundle.name)
+    out = tmp_path / "load.json"
+    result = subprocess.run(
+        [sys.executable, "bench/load.py", "--repository", str(repository), "--videos", str(videos["one_face"]),
+         str(videos["two_faces"]), "--clients", "2", "--duration", "5", "--warmup", "3", "--max-frames", "16",
+         "--max-requests", "200", "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    assert "phase    clients" in result.stdout and ("PASS" in result.stdout or "FAIL" in result.stdout), result.stdout
+    report = json.loads(out.read_text())
+    phases = report["phases"]
+    assert [p["name"] for p in phases] == ["warm-up", "2"]
+    assert all("500" not in p["statuses"] and not any(s.startswith("error:") for s in p["statuses"]) for p in phases)
+    assert all(not p["unexpected"] for p in phases), [p["unexpected"] for p in phases]
+    assert all(p["healthcheck"]["failures"] == 0 and p["metrics"]["failures"] == 0 for p in phases)
+    assert sum(p["good_ok"] for p in phases) >= 1 and report["private_fetches"] == 0
+    assert all(r.startswith("RSS grew") for r in report["reasons"]), report["reasons"]

@@ -8,6 +8,7 @@ its environment exactly as an operator would set them.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
@@ -170,24 +171,28 @@ def test_a_chunked_json_body_is_counted_and_refused_at_the_cap(limited: LiveServ
 # ---- 4: chunked uploads -----------------------------------------------------------------------------
 
 
-def _folder_bytes(folder: Path) -> int:
+def _staged_bytes(pid: int, folder: Path) -> int:
+    """Bytes in the files the server holds open under ``folder``. Read through /proc because a spooled
+    upload is an unnamed file (``tempfile.TemporaryFile`` uses O_TMPFILE): no folder listing shows it."""
     total = 0
-    for path in folder.rglob("*"):
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            total += path.stat().st_size if path.is_file() else 0
-        except FileNotFoundError:
+            if os.readlink(fd).startswith(str(folder)):
+                total += os.stat(fd).st_size
+        except OSError:  # closed meanwhile
             pass
     return total
 
 
 def test_a_chunked_upload_stops_at_the_byte_cap(limited: LiveService, staging: Path) -> None:
     """8 MiB sent chunked (no Content-Length) to a 1 MiB cap: a 413, and the staging folder never held
-    much more than the cap (the whole body used to be spooled to the temp folder first)."""
+    much more than the cap (the whole body used to be spooled to the temp folder first: TMPDIR is set
+    to that folder too)."""
     peak, stop = [0], threading.Event()
 
     def watch() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _folder_bytes(staging))
+            peak[0] = max(peak[0], _staged_bytes(limited.pid, staging))
             time.sleep(0.01)
 
     def body() -> Iterator[bytes]:
@@ -207,8 +212,8 @@ def test_a_chunked_upload_stops_at_the_byte_cap(limited: LiveService, staging: P
         stop.set()
         watcher.join()
     assert response.status_code == 413, response.text
-    assert response.json()["error"] == "too_large" and "DFS_MAX_DOWNLOAD_BYTES" in response.json()["detail"]
     assert peak[0] <= MAX_UPLOAD + 256 * 1024, f"{peak[0]} bytes were staged for a {MAX_UPLOAD}-byte cap"
+    assert response.json()["error"] == "too_large" and "DFS_MAX_DOWNLOAD_BYTES" in response.json()["detail"]
     with limited.client() as client:
         assert client.get("/healthcheck").status_code == 200
 

@@ -8,7 +8,9 @@ Every input is written to a file and taken through the stages a request takes be
 with the service's own functions (``service/pipeline/decode.py``, ``analyse.py``, ``faces.py``):
 ``probe`` (header checks and one decoded frame), the pixel budget's plan (``DecodeGuard.check_plan``),
 ``find_tracks`` (``iter_frames`` at detection size under the request's ``DecodeGuard``, mediapipe
-BlazeFace on chunks of frames, the tracker) and ``check_decoded_frames``. A documented refusal
+BlazeFace on chunks of frames, the tracker), ``check_decoded_frames``, then ``plan_crops`` and
+``extract_crops`` (the second decode pass, at full size, warping a clip and a frame model's crops
+from every track). Only the engines are left out. A documented refusal
 (a :class:`service.errors.ServiceError`: ``NotAVideo``, ``TooLarge``, ...) is a pass, as is a
 scored video; any other exception is a crash (libFuzzer saves the input as ``crash-<sha1>`` under
 ``--artifacts`` and stops), and so is a native crash in FFmpeg or mediapipe, or an input that runs
@@ -16,10 +18,11 @@ past ``-timeout`` seconds.
 
 The seed corpus is written here, small, with PyAV: H.264 in MP4, VP8 in WebM, VP9 in WebM, H.264
 in Matroska, an MPEG-TS stream that changes resolution mid-way, and 1 s stream copies of two of
-``../shared/data/videos/`` when present (real encoders' bitstreams). libFuzzer mutates them
-(bit flips, byte runs, splices of two seeds, truncations). atheris instruments the ``service``
-package, so inputs that reach new branches there are kept; FFmpeg itself is not instrumented, so
-this is mostly a mutation fuzzer for it, bounded by its runs.
+``../shared/data/videos/`` when present (real encoders' bitstreams). libFuzzer mutates them (bit
+flips, byte runs, crossovers), and :func:`make_mutator` adds truncations, extreme header integers and
+splices, restarting from any seed. atheris instruments the ``service`` package, so inputs that reach
+new branches there are kept; FFmpeg itself is not instrumented, so for it this is a mutation fuzzer,
+bounded by its runs.
 
 A crash found: copy the file into ``tests/fuzz/corpus_regressions/`` (small files only), fix the
 stage, and ``tests/fuzz/test_regressions.py`` feeds it through :func:`media_path` from then on.
@@ -50,6 +53,7 @@ SHARED_SEEDS = ("wild_real_Reagan.mp4", "wild_real_Obama.mp4")
 MAX_FRAMES = 8
 MAX_SIDE = 1024
 MAX_PIXELS = MAX_SIDE * MAX_SIDE * MAX_FRAMES * 2
+MAX_LEN = 256 * 1024  # libFuzzer's -max_len default here: every seed fits
 
 
 # ---- seeds --------------------------------------------------------------------------------------
@@ -114,9 +118,9 @@ def write_seeds(folder: Path) -> list[Path]:
     seeds = [
         _encode(folder / "h264.mp4", frames, "libx264", "mp4"),
         _encode(folder / "vp8.webm", frames, "libvpx", "webm"),
-        _encode(folder / "vp9.webm", frames[:6], "libvpx-vp9", "webm"),
-        _encode(folder / "h264.mkv", frames[:6], "libx264", "matroska"),
-        media.resolution_switch(folder / "switch.ts", (64, 48, 3), (128, 96, 3)),
+        _encode(folder / "vp9.webm", frames, "libvpx-vp9", "webm"),
+        _encode(folder / "h264.mkv", frames, "libx264", "matroska"),
+        media.resolution_switch(folder / "switch.ts", (64, 48, 5), (128, 96, 5)),
     ]
     for name in SHARED_SEEDS:
         if (SHARED_VIDEOS / name).is_file():
@@ -131,12 +135,18 @@ class MediaPath:
     """The stages a request's video goes through before cropping, with one detector for all inputs."""
 
     def __init__(self) -> None:
+        from dataclasses import replace
+
+        from models import get_spec
         from service.config import Settings
         from service.pipeline.faces import BlazeFaceDetector
 
         self.settings = Settings(max_frames=MAX_FRAMES, max_video_side=MAX_SIDE, max_decode_pixels=MAX_PIXELS,
                                  decode_threads=1, detect_every=1)
         self.detector = BlazeFaceDetector(min_score=self.settings.min_face_score)
+        # FTCN's aligned clips and DCL's box crops, shrunk to fit MAX_FRAMES and to warp fast
+        self.specs = {"clip": replace(get_spec("ftcn"), num_frames=4, input_size=32),
+                      "frame": replace(get_spec("dcl"), input_size=32)}
         self.scratch = Path(tempfile.mkdtemp(prefix="dfs-fuzz-")) / "video"  # no suffix, as staged uploads
 
     def run(self, data: bytes) -> str:
@@ -145,6 +155,7 @@ class MediaPath:
         Anything but a :class:`~service.errors.ServiceError` propagates: that is the crash."""
         from service.errors import ServiceError
         from service.pipeline.analyse import StageClock, check_decoded_frames, find_tracks, planned_frames
+        from service.pipeline.crops import SamplingOptions, extract_crops, plan_crops
         from service.pipeline.decode import DecodeGuard, probe
 
         self.scratch.write_bytes(data)
@@ -153,8 +164,12 @@ class MediaPath:
         try:
             info = probe(self.scratch, max_side=settings.max_video_side, max_duration_s=settings.max_duration_s)
             guard.check_plan(info.width, info.height, planned_frames(info, MAX_FRAMES))
-            tracks, _ = find_tracks(self.scratch, info, self.detector, settings, MAX_FRAMES, StageClock(), guard=guard)
+            tracks, frames_read = find_tracks(self.scratch, info, self.detector, settings, MAX_FRAMES, StageClock(),
+                                              guard=guard)
             check_decoded_frames(info, guard.frames, MAX_FRAMES, settings)
+            items = plan_crops(tracks, self.specs, SamplingOptions(clip_stride=2, max_clips_per_track=2,
+                                                                   frames_per_track=2))
+            extract_crops(self.scratch, items, self.specs, max_frames=frames_read, threads=1, guard=guard)
         except ServiceError as exc:
             return f"{exc.status_code} {exc.code}"
         return f"ok: {len(tracks)} tracks"
@@ -169,6 +184,53 @@ def media_path(data: bytes) -> str:
     if _PATH is None:
         _PATH = MediaPath()
     return _PATH.run(data)
+
+
+# ---- mutations ------------------------------------------------------------------------------------
+
+
+#: Values that break size, count and offset fields of container headers (MP4 boxes, EBML, TS).
+_EXTREMES = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)
+
+
+def make_mutator(seeds: list[bytes]):  # noqa: ANN201 - atheris's custom mutator signature
+    """libFuzzer's mutations, plus three that fit video files, on any seed.
+
+    libFuzzer keeps only inputs that add coverage, and only the ``service`` package is
+    instrumented, so seeds whose bitstreams differ only inside FFmpeg (VP9, the real encoders'
+    cuts) would be dropped at start and never mutated. Here a third of the mutations start again
+    from a random seed; some cut the file short (truncated uploads), some write an extreme 32-bit
+    integer at a random offset (box sizes, counts, offsets), some splice two seeds.
+    """
+    import random
+
+    import atheris
+
+    def mutate(data: bytes, max_size: int, seed: int) -> bytes:
+        rng = random.Random(seed)
+        if seeds and rng.random() < 0.3:
+            data = rng.choice(seeds)
+        pick = rng.random()
+        if pick < 0.15 and len(data) > 1:
+            out = data[: rng.randrange(1, len(data))]
+        elif pick < 0.35 and len(data) >= 8:
+            at = rng.randrange(0, len(data) - 4)
+            value = rng.choice([*_EXTREMES, len(data), rng.getrandbits(32)])
+            out = data[:at] + value.to_bytes(4, rng.choice(["big", "little"])) + data[at + 4:]
+        elif pick < 0.45 and seeds:
+            other = rng.choice(seeds)
+            out = data[: rng.randrange(0, len(data) + 1)] + other[rng.randrange(0, len(other)):]
+        else:
+            out = atheris.Mutate(data, max_size)
+        return out[:max_size]
+
+    return mutate
+
+
+def seed_bytes(inputs: list[str], max_len: int) -> list[bytes]:
+    """The files of the corpus folders (or the files) given to libFuzzer, up to ``max_len`` bytes each."""
+    files = [f for i in map(Path, inputs) for f in (sorted(i.iterdir()) if i.is_dir() else [i]) if f.is_file()]
+    return [f.read_bytes() for f in files if 0 < f.stat().st_size <= max_len]
 
 
 # ---- the command ----------------------------------------------------------------------------------
@@ -204,7 +266,7 @@ def libfuzzer_argv(args: argparse.Namespace, rest: list[str]) -> list[str]:
     args.artifacts.mkdir(parents=True, exist_ok=True)
     flags = [a for a in rest if a.startswith("-")]
     inputs = [a for a in rest if not a.startswith("-")]
-    defaults = {"-timeout": "30", "-rss_limit_mb": "4096", "-max_len": str(256 * 1024)}
+    defaults = {"-timeout": "30", "-rss_limit_mb": "4096", "-max_len": str(MAX_LEN), "-len_control": "0"}
     flags = [f"{k}={v}" for k, v in defaults.items() if not any(f.startswith(k + "=") for f in flags)] + flags
     if not inputs:
         seeds = args.seeds or Path(tempfile.mkdtemp(prefix="dfs-fuzz-seeds-"))
@@ -215,7 +277,11 @@ def libfuzzer_argv(args: argparse.Namespace, rest: list[str]) -> list[str]:
 
 def main() -> None:
     args, rest = parse_args(sys.argv[1:])
+    import logging
+
     import atheris
+
+    logging.basicConfig(level=logging.ERROR)  # not a line per damaged input ("decoding stopped after ...")
 
     with atheris.instrument_imports(include=["service"]):
         import service.pipeline.analyse  # noqa: F401 - instrumented for coverage feedback
@@ -230,7 +296,9 @@ def main() -> None:
             save_crash(data, args.artifacts)
             raise
 
-    atheris.Setup(libfuzzer_argv(args, rest), one_input)
+    argv = libfuzzer_argv(args, rest)
+    inputs = [a for a in argv[1:] if not a.startswith("-")]
+    atheris.Setup(argv, one_input, custom_mutator=make_mutator(seed_bytes(inputs, MAX_LEN)))
     atheris.Fuzz()
 
 

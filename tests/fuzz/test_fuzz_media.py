@@ -20,6 +20,14 @@ FUZZ_SECONDS = int(os.environ.get("DFS_FUZZ_MEDIA_SECONDS", "60"))
 FUZZ_RUNS = int(os.environ.get("DFS_FUZZ_MEDIA_RUNS", "2000"))
 
 
+def keep(crash: Path) -> Path:
+    """Copy a crashing input out of pytest's temp folder to ``tmp/fuzz_crashes/`` (git-ignored)."""
+    target = REPO_ROOT / "tmp" / "fuzz_crashes" / crash.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(crash.read_bytes())
+    return target
+
+
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_seeds(tmp_path_factory.mktemp("fuzz-seeds"))
@@ -28,13 +36,11 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def test_seeds_are_real_videos_of_each_container(seeds: list[Path]) -> None:
     """Every seed decodes cleanly through the fuzzed path, and the astronaut seeds find her face:
     mutations start from inputs that reach detection, not from ones refused at the header."""
-    names = {p.name for p in seeds}
-    assert {"h264.mp4", "vp8.webm", "vp9.webm", "h264.mkv", "switch.ts"} <= names
     outcomes = {p.name: media_path(p.read_bytes()) for p in seeds}
-    for name in ("h264.mp4", "vp8.webm"):
-        assert outcomes[name] == "ok: 1 tracks", outcomes
-    assert all(size < 64 * 1024 for size in (p.stat().st_size for p in seeds)), "seeds stay small"
-    assert not any(o.startswith("500") for o in outcomes.values()), outcomes
+    assert {"h264.mp4", "vp8.webm", "vp9.webm", "h264.mkv", "switch.ts"} <= set(outcomes)
+    assert outcomes.pop("switch.ts") == "ok: 0 tracks"  # flat grey frames: decoded through both sizes
+    assert set(outcomes.values()) == {"ok: 1 tracks"}, outcomes  # the astronaut, and the shared cuts' faces
+    assert all(p.stat().st_size < 64 * 1024 for p in seeds), "seeds stay small"
 
 
 def test_fuzz_media_bounded(seeds: list[Path], tmp_path: Path) -> None:
@@ -51,7 +57,8 @@ def test_fuzz_media_bounded(seeds: list[Path], tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=FUZZ_SECONDS + 240,
     )
     log = result.stdout + result.stderr
-    crashes = sorted(artifacts.glob("*")) if artifacts.is_dir() else []
+    crashes = [keep(c) for c in sorted(artifacts.glob("*"))] if artifacts.is_dir() else []
     assert result.returncode == 0 and not crashes, (
-        f"the media fuzzer crashed (rc {result.returncode}); inputs: {[str(c) for c in crashes]}\n{log[-6000:]}")
+        f"the media fuzzer crashed (rc {result.returncode}); inputs kept as {[str(c) for c in crashes]}: move "
+        f"the small ones to tests/fuzz/corpus_regressions/\n{log[-6000:]}")
     assert "Done " in log, log[-3000:]

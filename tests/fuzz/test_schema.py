@@ -1,21 +1,25 @@
 """Schemathesis against the service's own OpenAPI document, served by a real running process.
 
-Every operation in ``/openapi.json`` gets a bounded number of generated requests, schema-valid
-(positive) and schema-violating (negative), one test per operation and mode, and every answer must
-be one the document promises:
+Every operation in ``/openapi.json`` gets up to ``MAX_EXAMPLES`` generated requests, schema-valid
+(positive) and, where it takes input, schema-violating (negative), one test per operation and mode
+(the GET routes take no input, so Hypothesis has a single case for each), and every answer must be
+one the document promises:
 
 - never a 500 (``/predict`` documents a 500 as the shape an unexpected failure takes, but any 500
   is a bug: ``service/errors.py``);
 - a status code the operation documents, with a JSON content type, whose body matches the
-  documented schema (schemathesis's ``status_code_conformance``, ``content_type_conformance``,
-  ``response_schema_conformance``);
+  documented schema, and a schema-violating request refused with a 4xx (schemathesis's
+  ``status_code_conformance``, ``content_type_conformance``, ``response_schema_conformance``,
+  ``negative_data_rejection`` and its other default checks);
 - for an error, exactly ``{"error", "detail", "request_id"}`` with the request id of the
   ``X-Request-ID`` header (``service/api/errors.py``).
 
-Generated ``file_path`` strings are random text, so a share of the bodies are pointed at the real
-files of ``fuzz_media`` (a face video, an empty file, a truncated MP4, a PNG named .mp4, audio only,
-a still GIF) and upload bodies at their bytes, with the generated overrides (``max_frames``,
-``clip_stride``, ...) kept: those requests reach decoding, detection and the models.
+Generated ``file_path`` strings are random text, which mostly ends at the first check. So positive
+bodies are also, in turn (:func:`real_media_hooks`): pointed at the real files of ``fuzz_media`` (a
+face video, no face, audio only, a still GIF, an empty file, a truncated MP4, a PNG named .mp4) with
+the generated overrides kept; replaced by a body :func:`within_limits` that reaches decoding,
+detection and the models with random valid overrides; or given a :func:`url_like` string (odd
+schemes, host spellings, ports, traversal, NUL bytes, over-long names). Uploads get the files' bytes.
 
 Excluded, and why:
 
@@ -30,9 +34,10 @@ Excluded, and why:
 Reproducible: a fixed seed, ``derandomize`` and no example database, so CI fuzzes the same cases
 on every run (``DFS_FUZZ_SEED`` explores other cases, ``DFS_FUZZ_EXAMPLES`` raises the bound, locally).
 
-Why not ``@schema.parametrize()`` with ``schemathesis.pytest.from_fixture``: its lazy loader sets
-``request.node._nodeid``, which pytest 9 no longer has (AttributeError); ``APIOperation.as_strategy``
-under a plain ``@given`` is schemathesis's documented way to use it from ordinary tests.
+Why ``APIOperation.as_strategy`` under a plain ``@given`` (schemathesis's way for ordinary tests)
+rather than ``@schema.parametrize()`` on ``schemathesis.pytest.from_fixture``: the lazy loader sets
+``request.node._nodeid``, which pytest 9 no longer has (AttributeError). So schemathesis's fuzzing
+phase runs, not its coverage phase (its engine and ``parametrize()`` only).
 """
 
 from __future__ import annotations
