@@ -53,6 +53,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.e2e import rss_mb  # noqa: E402 - one /proc reader for every bench script
 from service.launcher import LiveService, start_service, stop_service  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -177,25 +178,6 @@ def request_kinds(videos: list[Path], bad: dict[str, Path], files: FileServer, *
 
 
 # --- measuring --------------------------------------------------------------------------------
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of ``pid`` in MB: psutil where installed, else /proc (Linux)."""
-    try:
-        import psutil
-
-        return psutil.Process(pid).memory_info().rss / 2**20
-    except ImportError:
-        pass
-    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess and kin: the process is gone
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 @dataclass

@@ -6,6 +6,7 @@ background so trackers see motion and crops change from frame to frame.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import av
@@ -31,12 +32,17 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 24, *, faststar
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": "18", "preset": "ultrafast"}
-        for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        mux_frames(container, stream, frames)
     return path
+
+
+def mux_frames(container: av.container.OutputContainer, stream: av.VideoStream, frames: Iterable[np.ndarray]) -> None:
+    """Encode RGB frames into ``stream`` and flush the encoder: what every writer here ends with."""
+    for rgb in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def _h264_segment(width: int, height: int, frames: int, container_format: str, fps: int = 24) -> bytes:

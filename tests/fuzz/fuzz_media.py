@@ -62,7 +62,8 @@ MAX_LEN = 256 * 1024  # libFuzzer's -max_len default here: every seed fits
 def _encode(path: Path, frames: list, codec: str, container_format: str, fps: int = 12) -> Path:
     """RGB frames -> ``codec`` in ``container_format`` (yuv420p, fast settings)."""
     import av
-    import numpy as np
+
+    from tests import media
 
     height, width = frames[0].shape[:2]
     with av.open(str(path), mode="w", format=container_format) as container:
@@ -72,11 +73,7 @@ def _encode(path: Path, frames: list, codec: str, container_format: str, fps: in
             stream.options = {"preset": "ultrafast", "crf": "30"}
         elif codec.startswith("libvpx"):
             stream.options = {"deadline": "realtime", "cpu-used": "8", "crf": "40", "b": "200k"}
-        for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        media.mux_frames(container, stream, frames)
     return path
 
 
