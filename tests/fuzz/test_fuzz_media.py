@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,19 @@ SCRIPT = REPO_ROOT / "tests" / "fuzz" / "fuzz_media.py"
 #: Seconds of fuzzing in CI (libFuzzer's -max_total_time), and a cap on inputs for fast machines.
 FUZZ_SECONDS = int(os.environ.get("DFS_FUZZ_MEDIA_SECONDS", "60"))
 FUZZ_RUNS = int(os.environ.get("DFS_FUZZ_MEDIA_RUNS", "2000"))
+#: Memory one input may add on top of the fuzzer's starting peak before libFuzzer calls it a leak.
+FUZZ_RSS_HEADROOM_MB = 4096
+
+
+def rss_limit_mb() -> int:
+    """libFuzzer's ``-rss_limit_mb`` for a child of this process.
+
+    libFuzzer reads the peak RSS from ``getrusage``, and Linux carries a parent's peak into a
+    forked-and-exec'd child: late in a full test run pytest holds several GB, and the fuzzer starts
+    "over" a fixed 4096 MB limit before running one input (CI saw 4802 MB at INITED). The limit is
+    that inherited peak plus the headroom, so it still catches an input that balloons memory."""
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    return inherited_mb + FUZZ_RSS_HEADROOM_MB
 
 
 def keep(crash: Path) -> Path:
@@ -53,7 +67,7 @@ def test_fuzz_media_bounded(seeds: list[Path], tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     result = subprocess.run(
         [sys.executable, str(SCRIPT), f"--artifacts={artifacts}", f"-max_total_time={FUZZ_SECONDS}",
-         f"-runs={FUZZ_RUNS}", "-timeout=30", "-print_final_stats=1", str(corpus)],
+         f"-runs={FUZZ_RUNS}", "-timeout=30", f"-rss_limit_mb={rss_limit_mb()}", "-print_final_stats=1", str(corpus)],
         cwd=tmp_path, capture_output=True, text=True, timeout=FUZZ_SECONDS + 240,
     )
     log = result.stdout + result.stderr
