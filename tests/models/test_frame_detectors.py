@@ -16,6 +16,7 @@ from torch import nn
 
 from models import create_model, get_spec
 from models.registry import CheckpointError
+from tests.models.batchnorm import randomize_batchnorm
 
 NAMES = ["pcl_i2g", "dcl", "lib", "advgame"]
 #: the smallest configuration of each detector, for the slower checks
@@ -31,18 +32,6 @@ def inputs(model: nn.Module, batch: int = 2, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, model.spec.input_size, model.spec.input_size, generator=generator)
 
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics, so a mis-mapped BN key changes the output."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(module.num_features, generator=generator) * 0.4 - 0.2)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from models.backbones import (
 from models.lib import LIB_SPEC
 from models.pcl_i2g import PCL_I2G_SPEC
 from models.registry import CheckpointError, read_checkpoint
+from tests.models.batchnorm import randomize_batchnorm
 
 LITE = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
 CATS = range(281, 286)  # ImageNet's tabby, tiger, Persian, Siamese and Egyptian cats
@@ -44,16 +45,6 @@ def packaged_or_skip(name: str) -> Path:
 def encoder(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0, global_pool="").eval()
 
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics, so a mis-mapped BN key changes the output."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model.eval()
 
 
 def to_efficientnet_pytorch(model: nn.Module) -> dict[str, torch.Tensor]:
