@@ -76,7 +76,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 dfs \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/dfs dfs \
- && mkdir -p /var/cache/dfs/engines && chown -R 10001:10001 /var/cache/dfs
+ && mkdir -p /var/cache/dfs/engines /var/lib/dfs && chown -R 10001:10001 /var/cache/dfs /var/lib/dfs
 COPY --from=python /opt/venv /opt/venv
 COPY --from=weights --chown=10001:10001 /opt/dfs /opt/dfs
 # tensorrt_libs: where the TensorRT wheel puts libnvinfer.so.10, which ONNX Runtime's TensorRT
@@ -91,6 +91,7 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 ORT_DI
     DFS_HOST=0.0.0.0 DFS_PORT=8000 DFS_WORKERS=1 DFS_LOG_LEVEL=info \
     DFS_MODEL_REPOSITORY=/opt/dfs/model_repository \
     DFS_ENGINE_CACHE=/var/cache/dfs/engines \
+    DFS_DATA_DIR=/var/lib/dfs \
     DFS_RETINAFACE_WEIGHTS=/opt/dfs/weights/retinaface.pth \
     DFS_DEVICE=auto
 WORKDIR /opt/dfs

@@ -28,6 +28,7 @@ import torch
 
 from export.fp16_weights import store_weights_fp16
 from export.options import parse_model_options
+from export.triton_config import write_model_config
 from export.manifest import (
     ENGINE_FILES,
     Calibration,
@@ -41,6 +42,7 @@ from export.onnx_export import (
     INPUT_NAME,
     OUTPUT_NAME,
     export_onnx,
+    heatmap_parity,
     measure_parity,
 )
 from models.registry import (
@@ -53,8 +55,14 @@ from models.registry import (
     read_checkpoint,
     resolve_model_kwargs,
 )
+from models.spec import HEATMAP_OUTPUT
 
 log = logging.getLogger("export")
+
+#: Parity bound of the patch map (heat map) per cell. Looser than the score's: the score averages
+#: 64 cells, so fp16 weights move a single cell more (1.8e-3 seen for PCL-I2G), and the map is only
+#: drawn, where one colour step is 1/255 = 3.9e-3.
+HEATMAP_TOLERANCE = 1e-2
 
 
 class ExportError(RuntimeError):
@@ -87,11 +95,14 @@ def export_model(
     command: str | None = None,
     fp16_weights: bool = False,
     model_options: dict[str, Any] | None = None,
+    heatmap: bool = False,
 ) -> Path:
     """Export one model; returns the version folder. Raises :class:`ExportError` on parity failure.
 
     ``model_options`` are constructor options (``--option``); they win over those read from the
     checkpoint. The options the network is built with go into the manifest's ``source.model_kwargs``.
+    ``heatmap`` adds the model's patch map as a second output (``--heatmap``), held to the same
+    parity tolerance.
     """
     if (checkpoint is None) == (not random_init):
         raise ExportError("give exactly one of --checkpoint PATH or --random-init")
@@ -118,7 +129,9 @@ def export_model(
         staging.mkdir()
         engine_path = staging / ENGINE_FILES["onnx"]
         started = time.perf_counter()
-        exporter = export_onnx(model, spec, engine_path, opset=opset)
+        if heatmap and not hasattr(model, "forward_with_heatmap"):
+            raise ExportError(f"{name} has no patch map to export as a heat map (only pcl_i2g has)")
+        exporter = export_onnx(model, spec, engine_path, opset=opset, heatmap=heatmap)
         log.info("%s: exported with %s in %.1f s", name, exporter, time.perf_counter() - started)
         if fp16_weights:
             size_before, size_after = store_weights_fp16(engine_path)
@@ -132,6 +145,15 @@ def export_model(
                 f"(tolerance {tolerance:.1e}); nothing was written"
             )
         batch_dim: int | str = "batch"
+        outputs = [TensorInfo(name=OUTPUT_NAME, shape=[batch_dim])]
+        if heatmap:
+            map_shape, map_diff = heatmap_parity(model, spec, engine_path, seed=seed + 2)
+            map_tolerance = max(tolerance, HEATMAP_TOLERANCE)
+            log.info("%s: patch map parity max|dP| = %.2e, tolerance %.1e", name, map_diff, map_tolerance)
+            if map_diff > map_tolerance:
+                raise ExportError(f"{name}: the exported patch map differs from torch by {map_diff:.3e} in P(fake) "
+                                  f"(tolerance {map_tolerance:.1e}); nothing was written")
+            outputs.append(TensorInfo(name=HEATMAP_OUTPUT, shape=[batch_dim, *map_shape]))
         manifest = Manifest(
             name=name,
             version=version,
@@ -139,7 +161,7 @@ def export_model(
             file=ENGINE_FILES["onnx"],
             spec=spec.to_dict(),
             inputs=[TensorInfo(name=INPUT_NAME, shape=[batch_dim, *spec.input_shape(1)[1:]])],
-            outputs=[TensorInfo(name=OUTPUT_NAME, shape=[batch_dim])],
+            outputs=outputs,
             dynamic_batch=True,
             opset=opset,
             weights_dtype="float16" if fp16_weights else "float32",
@@ -167,7 +189,8 @@ def export_model(
         manifest.write(staging)
         model_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging), final)
-    log.info("%s: wrote %s", name, final)
+    config = write_model_config(model_dir)  # Triton's config.pbtxt for the model's latest version
+    log.info("%s: wrote %s and %s", name, final, config)
     return final
 
 
@@ -227,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for random init and parity inputs")
     parser.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs the tensorrt package and a GPU)")
     parser.add_argument("--fp16", action="store_true", help="with --tensorrt: allow fp16 kernels")
+    parser.add_argument("--heatmap", action="store_true",
+                        help="also output the model's patch map (pcl_i2g), which the service draws as a heat map; "
+                             "logit stays the first output, so serving is unchanged (not with --tensorrt)")
     parser.add_argument("--fp16-weights", action="store_true",
                         help="store large ONNX weights as float16 (half the file; compute stays float32; "
                              "the parity check then measures the rounding)")
@@ -246,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    if args.tensorrt and args.heatmap:
+        print("error: --heatmap adds an output the TensorRT runner does not bind; export without --tensorrt",
+              file=sys.stderr)
+        return 2
     command = "python -m export " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         options = parse_model_options(args.model, args.option)
@@ -261,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             command=command,
             fp16_weights=args.fp16_weights,
             model_options=options,
+            heatmap=args.heatmap,
         )
     except (ExportError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -268,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tensorrt:
         from export.tensorrt import build_engine
 
-        build_engine(folder, fp16=args.fp16)
+        plan_folder = build_engine(folder, fp16=args.fp16)
+        write_model_config(plan_folder.parent)  # the plan is the latest version now: platform tensorrt_plan
     print(folder)
     return 0
 

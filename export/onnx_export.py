@@ -2,6 +2,9 @@
 
 Every registered model already returns the fake logit ``(N,)``, so the exported graph has one input
 ``input`` and one output ``logit`` for all five detectors; the service needs no per-model code.
+A model with a patch map (PCL-I2G's ``forward_with_heatmap``) may add a second output
+:data:`~models.spec.HEATMAP_OUTPUT` on request (``heatmap=True``); ``logit`` stays first, so the
+engine serves as before and the service draws the map only where it is present.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.spec import ModelSpec
+from models.spec import HEATMAP_OUTPUT, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +27,33 @@ OUTPUT_NAME = "logit"
 DEFAULT_OPSET = 18
 
 
-def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, *, opset: int = DEFAULT_OPSET) -> str:
+class _WithHeatmap(nn.Module):
+    """The model's ``forward_with_heatmap`` as its forward: (logit, patch map) from one pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_heatmap(images)
+
+
+def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, *, opset: int = DEFAULT_OPSET,
+                heatmap: bool = False) -> str:
     """Write ``model`` to ``path`` with a dynamic batch axis; returns the exporter used.
 
     The dynamo exporter is tried first (it is torch's maintained path); the TorchScript exporter is
     the fallback for graphs dynamo cannot trace. Weights stay inside the file (all our models are
     far below ONNX's 2 GB limit), so a version folder is one engine file and its manifest.
+    ``heatmap`` adds the model's patch map as the second output (the model must have
+    ``forward_with_heatmap``).
     """
     model = model.eval()
+    output_names = [OUTPUT_NAME]
+    if heatmap:
+        if not hasattr(model, "forward_with_heatmap"):
+            raise ValueError(f"{spec.name} has no patch map to export (no forward_with_heatmap)")
+        model, output_names = _WithHeatmap(model).eval(), [OUTPUT_NAME, HEATMAP_OUTPUT]
     sample = torch.zeros(spec.input_shape(2))
     try:
         batch = torch.export.Dim("batch", min=1, max=1024)
@@ -42,7 +64,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, *, opset: int = D
                 (sample,),
                 dynamo=True,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=output_names,
                 dynamic_shapes=({0: batch},),
                 opset_version=opset,
                 external_data=False,
@@ -60,8 +82,8 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, *, opset: int = D
             str(path),
             dynamo=False,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=output_names,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *output_names]},
             opset_version=min(opset, 17),
         )
     return "torch.onnx torchscript"
@@ -103,6 +125,22 @@ def measure_parity(
         worst_logit = max(worst_logit, float(np.abs(got - expected).max()))
         worst_prob = max(worst_prob, float(np.abs(_sigmoid(got) - _sigmoid(expected)).max()))
     return ParityResult(worst_logit, worst_prob, list(batch_sizes), sum(batch_sizes))
+
+
+def heatmap_parity(model: nn.Module, spec: ModelSpec, onnx_path: Path, *, batch: int = 2,
+                   seed: int = 0) -> tuple[list[int], float]:
+    """The exported patch map's shape without the batch axis, and max |P_torch - P_onnx| over its cells."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    inputs = random_inputs(spec, batch, torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        _, expected = model.forward_with_heatmap(inputs)
+    (got,) = session.run([HEATMAP_OUTPUT], {INPUT_NAME: inputs.numpy()})
+    expected = expected.float().numpy()
+    if got.shape != expected.shape:
+        raise RuntimeError(f"onnxruntime returned a {got.shape} patch map, torch {expected.shape}")
+    return list(expected.shape[1:]), float(np.abs(_sigmoid(got) - _sigmoid(expected)).max())
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

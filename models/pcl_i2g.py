@@ -184,7 +184,18 @@ class PCLI2G(nn.Module):
         instead of inf; sigmoid of the output is the reference's score inside that range.
         """
         final = self.backbone.forward_features(images)  # inference needs no stride-16 map
-        patch_means = torch.softmax(self.convout(final), dim=1).mean(dim=(2, 3)).clamp_min(_PROB_EPS)
+        return self._mean_logit(self.convout(final))
+
+    def forward_with_heatmap(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s logit (N,) and, from the same pass, each patch's own fake logit (N, 8, 8)
+        (``convout``'s fake minus real channel): where on the face the patches found forgery, which
+        the service draws as a heat map (``python -m export --heatmap`` exports both)."""
+        patches = self.convout(self.backbone.forward_features(images))
+        return self._mean_logit(patches), patches[:, FAKE_CHANNEL] - patches[:, 1 - FAKE_CHANNEL]
+
+    @staticmethod
+    def _mean_logit(patches: torch.Tensor) -> torch.Tensor:
+        patch_means = torch.softmax(patches, dim=1).mean(dim=(2, 3)).clamp_min(_PROB_EPS)
         return torch.log(patch_means[:, FAKE_CHANNEL]) - torch.log(patch_means[:, 1 - FAKE_CHANNEL])
 
 

@@ -82,3 +82,9 @@ class ModelSpec:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF_MEAN_STD = (0.5, 0.5, 0.5)
+
+#: Name of an engine's optional second output: a per-patch fake logit map ``(N, h, w)`` over the
+#: input crop, for models that have one (PCL-I2G's patch classifier). ``logit`` stays the first
+#: output, so an engine with the map serves exactly as one without; the service draws the map as
+#: a heat map only where the engine has it (``python -m export --heatmap``).
+HEATMAP_OUTPUT = "heatmap"

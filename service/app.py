@@ -21,16 +21,27 @@ from service.api.auth import install_api_keys
 from service.api.body_limits import CLOSE, declares_too_much, too_large_detail
 from service.api.docs import install_docs
 from service.api.errors import error_response, install_error_handlers
-from service.api.routes import health, models, predict
+from service.api.routes import health, jobs, models, predict
 from service.config import Settings, get_settings
+from service.jobs.runner import JobRunner
 from service.metrics_server import start_metrics_server
 from service.runtime import Runtime
 from service.version import service_version
+from service.web.page import install_web_page
 
 log = logging.getLogger(__name__)
 
 # Paths used as the metrics label; anything else is "other" so scanners cannot explode label sets.
-_KNOWN_PATHS = frozenset({"/predict", "/predict/upload", "/healthcheck", "/livez", "/models", "/ensemble", "/metrics", "/docs", "/openapi.json"})
+_KNOWN_PATHS = frozenset({"/predict", "/predict/upload", "/healthcheck", "/livez", "/models", "/ensemble", "/metrics", "/docs", "/openapi.json",
+                          "/jobs", "/jobs/upload"})
+
+
+def _route_label(path: str) -> str:
+    """The metrics label of a path: known paths as they are, a job's paths as "/jobs/{id}" (ids would
+    explode the label set), anything else "other"."""
+    if path in _KNOWN_PATHS:
+        return path
+    return "/jobs/{id}" if path.startswith("/jobs/") else "other"
 
 
 def _sample_gpu_memory() -> None:
@@ -53,9 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime: Runtime = app.state.runtime
         metrics_server = start_metrics_server(settings, _sample_gpu_memory)  # DFS_METRICS_PORT, else None
         loading = asyncio.create_task(runtime.load(), name="load-models")
+        await app.state.jobs.start()  # its workers wait for the models; a store that cannot open disables jobs only
         try:
             yield
         finally:
+            await app.state.jobs.stop()  # running jobs are re-queued for the next start
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await runtime.close()
@@ -73,13 +86,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     version = service_version()
     app.state.runtime = Runtime(settings)
     app.state.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
+    app.state.jobs = JobRunner(settings, app.state.runtime, app.state.admission)  # opens its database at start-up
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     # body caps (service/api/body_limits.py): JSON counted by FastAPI as it is read; uploads stream their own
     app.include_router(predict.router, max_body_size=settings.max_json_bytes)
     app.include_router(predict.upload_router)
+    app.include_router(jobs.router, max_body_size=settings.max_json_bytes)
+    app.include_router(jobs.upload_router)
     install_docs(app)
+    install_web_page(app)  # "/": the analyst's page (service/web/static/)
 
     if not settings.metrics_port:  # else prometheus_client's own server has it (service/metrics_server.py)
         @app.get("/metrics", include_in_schema=False)
@@ -92,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.middleware("http")
     async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request.state.request_id = predict.new_request_id(request.headers.get("x-request-id"))
-        route = request.url.path if request.url.path in _KNOWN_PATHS else "other"
+        route = _route_label(request.url.path)
         started = time.perf_counter()
         if declares_too_much(request.url.path, request.headers.get("content-length"), settings):
             # refused before the route reads a byte of it

@@ -67,11 +67,21 @@ class Settings(BaseSettings):
     models: str = Field("", description="Comma list of models to load; empty = every model found.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where engines and the face detector run.")
     onnx_intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime CPU threads per session (0 = runtime default).")
-    runtime: Literal["auto", "torch"] = Field(
+    runtime: Literal["auto", "torch", "triton"] = Field(
         "auto",
         description="auto = the exported engine (ONNX Runtime TensorRT/CUDA/CPU provider, or a TensorRT plan); "
-        "torch = eager PyTorch from the manifest's source checkpoint (the reference runtime).",
+        "torch = eager PyTorch from the manifest's source checkpoint (the reference runtime); triton = each "
+        "model's forward pass on the Triton Inference Server at DFS_TRITON_URL (same repository, config.pbtxt "
+        "from `python -m export.triton_config`).",
     )
+    # DFS_RUNTIME=triton (service/pipeline/triton_engine.py). The service still decodes, finds faces and
+    # batches across requests; Triton batches again across replicas and holds the GPUs.
+    triton_url: str = Field("", description="Triton's HTTP endpoint for DFS_RUNTIME=triton, e.g. http://triton:8000 "
+                            "(grpc:// is refused: tritonclient[grpc] needs protobuf >= 6.30, mediapipe < 5).")
+    triton_timeout_s: float = Field(30.0, gt=0, description="Network timeout of one call to Triton (a batch's inference).")
+    triton_connect_timeout_s: float = Field(5.0, gt=0, description="Timeout to open a connection to Triton.")
+    triton_retries: int = Field(2, ge=0, description="Retries of a call to Triton after a connection error or timeout.")
+    triton_retry_backoff_s: float = Field(0.2, ge=0, description="First retry delay; doubled at each retry.")
     torch_dtype: Literal["fp32", "bf16"] = Field("fp32", description="Precision of the torch runtime (bf16 on GPUs).")
     torch_compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
         "off",
@@ -166,6 +176,22 @@ class Settings(BaseSettings):
     max_queued_requests: int = Field(32, ge=0, description="Videos waiting beyond that; more get 503 + Retry-After.")
     request_timeout_s: float = Field(600.0, gt=0, description="Whole-request limit after fetch.")
 
+    # --- jobs (POST /jobs, service/jobs) ------------------------------------------------------
+    # Asynchronous analyses kept in an embedded SQLite database, with a folder per job for its
+    # evidence (face thumbnails, heat maps, the annotated video). They run through the same admission
+    # slots and batchers as /predict.
+    data_dir: Path = Field(Path("data"), description="Folder for the jobs database and each job's files "
+                           "(created if missing; relative to the working directory).")
+    jobs_db: Path | None = Field(None, description="The jobs SQLite database (WAL mode); default "
+                                 "DFS_DATA_DIR/jobs.sqlite3. Job folders live in a `jobs` folder beside it.")
+    job_ttl_s: float = Field(24 * 3600.0, gt=0, description="A finished job (done, failed, cancelled) and its "
+                             "files are deleted this long after it finished; its id then answers 410 job_expired.")
+    jobs_max_queued: int = Field(64, ge=1, description="Jobs waiting to run, at most; more get 503 + Retry-After.")
+    jobs_concurrency: int = Field(1, ge=1, description="Jobs run at once (each also takes a /predict admission slot).")
+    job_max_frames: int = Field(1024, gt=0, description="Frames a job may ask for with max_frames (its default is "
+                                "DFS_MAX_FRAMES); still bounded by DFS_MAX_DECODE_PIXELS.")
+    job_timeout_s: float = Field(3600.0, gt=0, description="Limit on one job's analysis after its fetch.")
+
     @field_validator("api_keys", mode="after")
     @classmethod
     def _hash_api_keys(cls, value: SecretStr) -> SecretStr:
@@ -186,6 +212,10 @@ class Settings(BaseSettings):
     @property
     def local_root_paths(self) -> list[Path]:
         return [Path(p).resolve() for p in split_csv(self.local_roots)]
+
+    @property
+    def jobs_db_path(self) -> Path:
+        return self.jobs_db if self.jobs_db is not None else self.data_dir / "jobs.sqlite3"
 
     @property
     def ensemble_weight_map(self) -> dict[str, float]:

@@ -58,3 +58,17 @@ VIDEO_SCORE = Histogram(
     "df_probability of scored videos (those with a face); drift here is the first sign of a shifted input mix.",
     buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
 )
+
+# DFS_RUNTIME=triton (service/pipeline/triton_engine.py): the forward pass is a call to Triton.
+REMOTE_SECONDS = Histogram(
+    "dfs_remote_inference_seconds", "Round trip of one inference request to Triton (DFS_RUNTIME=triton).", ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+REMOTE_ERRORS = Counter(
+    "dfs_remote_errors_total",
+    "Failed calls to Triton after retries, by kind: unavailable, timeout, rejected (Triton refused the request).",
+    ["model", "kind"],
+)
+REMOTE_RETRIES = Counter("dfs_remote_retries_total", "Calls to Triton retried after a connection error or timeout.",
+                         ["model"])
+REMOTE_READY = Gauge("dfs_remote_ready", "1 when Triton and this model were ready at the last health check.", ["model"])

@@ -10,15 +10,19 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.spec import ModelSpec
 from service import metrics
 from service.config import Settings
 from service.ensemble import ServedEnsemble, resolve
 from service.model_repository import ModelVersion, discover, file_sha256
-from service.pipeline.engines import DynamicBatcher, Engine, OnnxEngine, TorchEngine
+from service.pipeline.engines import DynamicBatcher, Engine, EngineUnavailable, OnnxEngine, TorchEngine
 from service.pipeline.faces import FaceDetector, create_detector
 from service.pipeline.tensor_frames import choose_decoder
+
+if TYPE_CHECKING:  # tritonclient is imported only on DFS_RUNTIME=triton
+    from service.pipeline.triton_engine import TritonClients, TritonHealth
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,9 @@ class Runtime:
     ensemble: ServedEnsemble = field(default_factory=ServedEnsemble)  # resolved once the models are known
     ready: bool = False
     reason: str = "models are loading"
+    # DFS_RUNTIME=triton: the server's and each model's readiness, folded into /healthcheck
+    remote: TritonHealth | None = None
+    _triton: TritonClients | None = None
 
     async def load(self) -> None:
         """Load detector and engines off the event loop; record why if it fails."""
@@ -75,7 +82,7 @@ class Runtime:
             for name, version in versions.items():
                 spec = version.manifest.model_spec()
                 max_batch = self.settings.batch_max_clips if spec.kind == "clip" else self.settings.batch_max_frames
-                engine = await asyncio.to_thread(self._open_engine, version, spec, max_batch)
+                engine = await self._open_engine_waiting(version, spec, max_batch)
                 batcher = DynamicBatcher(
                     name, engine, spec, max_batch=max_batch, max_wait_s=self.settings.batch_max_wait_ms / 1000
                 )
@@ -88,10 +95,47 @@ class Runtime:
                                 name, version.version)
                 log.info("loaded %s v%d (%s) from %s", name, version.version, engine.runtime, version.folder)
             metrics.MODELS_LOADED.set(len(self.models))
+            if self._triton is not None:
+                from service.pipeline.triton_engine import TritonHealth
+
+                self.remote = TritonHealth(self._triton, {n: str(m.version.version) for n, m in self.models.items()})
             self.ready, self.reason = True, ""
         except Exception as exc:  # noqa: BLE001 - any load failure must surface in /healthcheck
             self.ready, self.reason = False, f"{type(exc).__name__}: {exc}"
             log.error("model loading failed: %s", self.reason)
+
+    async def _open_engine_waiting(self, version: ModelVersion, spec: ModelSpec, max_batch: int) -> Engine:
+        """Open an engine; an inference server that is down or still loading the model is waited for
+        (with back-off up to 10 s, the reason in /healthcheck meanwhile), so the service comes up on its
+        own once Triton does, whichever starts first."""
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(self._open_engine, version, spec, max_batch)
+            except EngineUnavailable as exc:
+                self.reason = f"waiting for the inference server: {exc}"
+                log.warning("%s: %s; retrying in %.1f s", version.name, self.reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def health_reason(self) -> str | None:
+        """``None`` when requests can be served; else why not (loading, or Triton / a model not ready)."""
+        if not self.ready:
+            return self.reason
+        if self.remote is not None:
+            return await asyncio.to_thread(self.remote.check)
+        return None
+
+    def _triton_clients(self) -> TritonClients:
+        if self._triton is None:
+            from service.pipeline.triton_engine import TritonClients, TritonSettings
+
+            s = self.settings
+            self._triton = TritonClients(TritonSettings(
+                url=s.triton_url, timeout_s=s.triton_timeout_s, connect_timeout_s=s.triton_connect_timeout_s,
+                retries=s.triton_retries, backoff_s=s.triton_retry_backoff_s,
+            ))
+        return self._triton
 
     def _served_file(self, version: ModelVersion) -> Path:
         """The file the engine runs: the manifest's engine, or its source checkpoint on the torch runtime."""
@@ -100,6 +144,15 @@ class Runtime:
         return version.engine_path
 
     def _open_engine(self, version: ModelVersion, spec: ModelSpec, max_batch: int) -> Engine:
+        if self.settings.runtime == "triton":
+            from service.pipeline.triton_engine import TritonEngine
+
+            manifest = version.manifest
+            return TritonEngine(
+                self._triton_clients(), version.name, version.version,
+                input_name=manifest.inputs[0].name, output_name=manifest.outputs[0].name,
+                item_shape=tuple(spec.input_shape(1)[1:]),
+            )
         if self.settings.runtime == "torch":
             source = version.manifest.source.path
             if not source or not Path(source).is_file():

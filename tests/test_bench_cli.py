@@ -46,7 +46,7 @@ def test_quality_report_on_a_tiny_repository(videos: dict[str, Path], tmp_path: 
 
     repository = tmp_path / "repo"
     for name in ("dcl", "ftcn"):
-        bundle = sorted((REPO_ROOT / "model_repository" / name).iterdir())[-1]
+        bundle = sorted(p for p in (REPO_ROOT / "model_repository" / name).iterdir() if p.is_dir())[-1]
         shutil.copytree(bundle, repository / name / bundle.name)
     lipsync = media.face_video(tmp_path / "fake_wav2lip_result_voice.mp4", faces=1, face_size=128)
     labels = tmp_path / "labels.csv"
@@ -86,7 +86,7 @@ def test_load_smoke_on_a_tiny_repository(videos: dict[str, Path], tmp_path: Path
     import shutil
 
     repository = tmp_path / "repo"
-    bundle = sorted((REPO_ROOT / "model_repository" / "dcl").iterdir())[-1]
+    bundle = sorted(p for p in (REPO_ROOT / "model_repository" / "dcl").iterdir() if p.is_dir())[-1]
     shutil.copytree(bundle, repository / "dcl" / bundle.name)
     out = tmp_path / "load.json"
     result = subprocess.run(

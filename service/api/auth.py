@@ -7,7 +7,7 @@ holds hashes only: a heap dump, a debug page or a log line of the settings shows
 
 The check is a middleware on the path prefix rather than a dependency on each route, so a route
 added later (``/jobs``, say) is protected without anyone remembering to: only the paths listed in
-:func:`open_paths` (probes, metrics, the docs) answer without a key. A caller sends the key as
+:func:`open_paths` (probes, metrics, the docs, the web page) answer without a key. A caller sends the key as
 ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; a missing or wrong key is a 401 JSON error
 (``unauthorized``) with ``WWW-Authenticate: Bearer``. The presented key is hashed and compared with
 every configured hash by :func:`hmac.compare_digest`, without stopping at a match, so the time taken
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Everything the docs page loads lives under this mount (service/api/docs.py), so one prefix opens it.
 DOCS_ASSETS_PREFIX = "/docs/static/"
+# Likewise the web page's script, stylesheet and icon (service/web/page.py); the page itself is "/".
+WEB_ASSETS_PREFIX = "/web/"
 
 
 def configured_hashes(settings: Settings) -> list[bytes]:
@@ -42,7 +44,7 @@ def configured_hashes(settings: Settings) -> list[bytes]:
 
 
 def open_paths(settings: Settings) -> frozenset[str]:
-    """Paths that answer without a key: probes, the docs and, when served on this port, /metrics."""
+    """Paths that answer without a key: probes, the docs, the web page and, when served on this port, /metrics."""
     paths = {"/", "/healthcheck", "/livez", "/docs", "/openapi.json"}
     if not settings.metrics_port:
         paths.add("/metrics")
@@ -50,7 +52,7 @@ def open_paths(settings: Settings) -> frozenset[str]:
 
 
 def is_open(path: str, open_exact: frozenset[str]) -> bool:
-    return path in open_exact or path.startswith(DOCS_ASSETS_PREFIX)
+    return path in open_exact or path.startswith((DOCS_ASSETS_PREFIX, WEB_ASSETS_PREFIX))
 
 
 def presented_keys(request: Request) -> list[str]:
@@ -128,5 +130,5 @@ def install_api_keys(app: FastAPI, settings: Settings) -> None:
     open_exact = open_paths(settings)
     app.add_middleware(ApiKeyMiddleware, hashes=hashes, open_exact=open_exact)
     _document_security(app, open_exact)
-    log.info("API keys: %d accepted; open without a key: %s and %s*", len(hashes),
-             ", ".join(sorted(open_exact)), DOCS_ASSETS_PREFIX)
+    log.info("API keys: %d accepted; open without a key: %s, %s* and %s*", len(hashes),
+             ", ".join(sorted(open_exact)), DOCS_ASSETS_PREFIX, WEB_ASSETS_PREFIX)

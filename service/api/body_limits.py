@@ -20,17 +20,19 @@ from service.api.uploads import UPLOAD_SLACK_BYTES
 from service.config import Settings
 
 UPLOAD_PATH = "/predict/upload"
+#: routes whose body is a video upload (capped at DFS_MAX_DOWNLOAD_BYTES), not JSON
+UPLOAD_PATHS = frozenset({UPLOAD_PATH, "/jobs/upload"})
 CLOSE = {"Connection": "close"}
 
 
 def body_limit(path: str, settings: Settings) -> int:
     """The most bytes a request body to ``path`` may hold (an upload's multipart framing included)."""
-    return settings.max_download_bytes + UPLOAD_SLACK_BYTES if path == UPLOAD_PATH else settings.max_json_bytes
+    return settings.max_download_bytes + UPLOAD_SLACK_BYTES if path in UPLOAD_PATHS else settings.max_json_bytes
 
 
 def too_large_detail(path: str, settings: Settings) -> str:
     """The 413's detail, naming the limit's setting."""
-    if path == UPLOAD_PATH:
+    if path in UPLOAD_PATHS:
         return f"upload exceeds the limit of {settings.max_download_bytes} bytes (DFS_MAX_DOWNLOAD_BYTES)"
     return f"request body exceeds the limit of {settings.max_json_bytes} bytes (DFS_MAX_JSON_BYTES)"
 

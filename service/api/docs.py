@@ -6,7 +6,8 @@ it contacts nothing but the videos it fetches) the page is blank. The ``fastapi-
 ships those files (Swagger UI 5, which renders FastAPI's OpenAPI 3.1); they are mounted under
 ``/docs/static`` and the page is FastAPI's own ``get_swagger_ui_html`` pointed at them. Swagger UI's
 online validator badge (validator.swagger.io) is switched off for the same reason. ReDoc is not
-served: one documentation page is enough. ``/`` redirects to ``/docs``.
+served: one documentation page is enough. ``/`` is the analyst's page (service/web/page.py),
+which links here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from service.api.auth import DOCS_ASSETS_PREFIX
@@ -45,8 +46,3 @@ def install_docs(app: FastAPI) -> None:
             swagger_favicon_url=f"{root}{_ASSETS_MOUNT}/favicon.png",
             swagger_ui_parameters={"validatorUrl": None},
         )
-
-    @app.get("/", include_in_schema=False)
-    async def root(request: Request) -> RedirectResponse:
-        """A person who opens the bare address lands on the API's page."""
-        return RedirectResponse(f"{request.scope.get('root_path', '')}{DOCS_PATH}")

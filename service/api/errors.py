@@ -20,12 +20,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def public_reason(runtime: Runtime) -> str:
-    """Why the models are not loaded, as a caller may read it (``/healthcheck``, a 503 from
-    ``/predict``). The raw reason names the model repository, checkpoints or the engine cache; it
-    stays in the service log, where loading failures are logged in full."""
+def public_reason(runtime: Runtime, reason: str | None = None) -> str:
+    """Why the models are not loaded (or ``reason``, e.g. Triton's), as a caller may read it
+    (``/healthcheck``, a 503 from ``/predict``). The raw reason names the model repository, checkpoints
+    or the engine cache; it stays in the service log, where loading failures are logged in full."""
     settings = runtime.settings
-    return redact_paths(runtime.reason, {
+    return redact_paths(runtime.reason if reason is None else reason, {
         "DFS_MODEL_REPOSITORY": settings.model_repository,
         "DFS_ENGINE_CACHE": settings.engine_cache,
         "DFS_RETINAFACE_WEIGHTS": settings.retinaface_weights,

@@ -42,13 +42,17 @@ def _upper(field: str, limit: int, limit_name: str, default: int, default_name: 
     return OverrideLimit(field, limit, limit_name) if limit >= default else OverrideLimit(field, default, default_name)
 
 
-def override_limits(settings: Settings) -> list[OverrideLimit]:
-    """The limits in force, each named after the setting that binds (the limit, or the default above it)."""
+def override_limits(settings: Settings, *, job: bool = False) -> list[OverrideLimit]:
+    """The limits in force, each named after the setting that binds (the limit, or the default above it).
+
+    ``job``: the request is a job (``POST /jobs``), whose ``max_frames`` may go up to DFS_JOB_MAX_FRAMES
+    (or DFS_MAX_FRAMES, if that is higher): a job holds no connection open while it runs."""
     stride = (OverrideLimit("clip_stride", settings.min_clip_stride, "DFS_MIN_CLIP_STRIDE", minimum=True)
               if settings.min_clip_stride <= settings.clip_stride
               else OverrideLimit("clip_stride", settings.clip_stride, "DFS_CLIP_STRIDE", minimum=True))
     return [
-        OverrideLimit("max_frames", settings.max_frames, "DFS_MAX_FRAMES"),
+        _upper("max_frames", settings.job_max_frames, "DFS_JOB_MAX_FRAMES", settings.max_frames, "DFS_MAX_FRAMES")
+        if job else OverrideLimit("max_frames", settings.max_frames, "DFS_MAX_FRAMES"),
         stride,
         _upper("max_clips_per_track", settings.max_clips_per_track_limit, "DFS_MAX_CLIPS_PER_TRACK_LIMIT",
                settings.max_clips_per_track, "DFS_MAX_CLIPS_PER_TRACK"),
@@ -57,9 +61,9 @@ def override_limits(settings: Settings) -> list[OverrideLimit]:
     ]
 
 
-def check_overrides(body: PredictRequest, settings: Settings) -> None:
+def check_overrides(body: PredictRequest, settings: Settings, *, job: bool = False) -> None:
     """Raise a 422 ``limit_exceeded`` for the first override past its limit."""
-    for limit in override_limits(settings):
+    for limit in override_limits(settings, job=job):
         value = getattr(body, limit.field)
         if value is not None and limit.refuses(value):
             raise LimitExceeded(limit.message(value))

@@ -22,6 +22,9 @@ class PredictRequest(BaseModel):
     )
     max_clips_per_track: int | None = Field(None, ge=1, le=256, description="At most DFS_MAX_CLIPS_PER_TRACK_LIMIT.")
     frames_per_track: int | None = Field(None, ge=1, le=256, description="At most DFS_FRAMES_PER_TRACK_LIMIT.")
+    thumbnails: bool = Field(
+        False, description="Inline each face's thumbnail (thumbnail_jpeg) and, where a model gives one, its heat "
+        "map (heatmap_png), base64; off by default to keep the body small.")
 
 
 class ModelScore(BaseModel):
@@ -36,6 +39,15 @@ class TrackModelScore(BaseModel):
     items: int
 
 
+class TimelineEntry(BaseModel):
+    """One scored clip or frame of a face track (service/pipeline/timeline.py)."""
+
+    model: str
+    start_s: float = Field(..., description="Start of the clip, or of the frame, in seconds from the first frame.")
+    end_s: float = Field(..., description="Its end (a frame model's entry spans one frame), at most duration_s.")
+    score: float = Field(..., description="Its calibrated P(fake): the values the model's track score averages.")
+
+
 class FaceTrack(BaseModel):
     track_id: int
     first_frame: int
@@ -44,6 +56,13 @@ class FaceTrack(BaseModel):
     box: list[float] = Field(..., description="Mean box x1, y1, x2, y2 in frame pixels.")
     score: float | None
     models: dict[str, TrackModelScore]
+    timeline: list[TimelineEntry] = Field(
+        default_factory=list, description="Every scored clip/frame, sorted by start (at most 32 per model).")
+    thumbnail_jpeg: str | None = Field(
+        None, description="Base64 JPEG of the face (112 px, the frame the detector was surest of); only with thumbnails.")
+    heatmap_png: str | None = Field(
+        None, description="Base64 PNG: the face with a patch model's P(fake) map over it (PCL-I2G, when its engine "
+        "was exported with --heatmap); only with thumbnails.")
 
 
 class VideoSummary(BaseModel):

@@ -27,9 +27,11 @@ from service.pipeline import scores
 from service.pipeline.crops import CropItem, SamplingOptions, extract_crops, plan_crops
 from service.errors import NotAVideo
 from service.pipeline.decode import DecodedFrame, DecodeGuard, VideoInfo, iter_frames, probe, same_shape_chunks
+from service.pipeline.evidence import Evidence, EvidencePlan, Progress, safe_progress
 from service.pipeline.faces import Face, FaceDetector
 from service.pipeline.gpu_streams import thread_stream
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrame, TensorFrameSource, tensor_frame_source
+from service.pipeline.timeline import track_timeline
 from service.pipeline.tracks import IouTracker, Track
 from service.runtime import Runtime
 
@@ -100,12 +102,14 @@ def find_tracks(
     clock: StageClock,
     frames: TensorFrameSource | None = None,
     guard: DecodeGuard | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[list[Track], int]:
     """Decode at detection size, detect every ``detect_every`` frames, link detections into tracks.
 
     ``frames`` is a tensor decoder (NVDEC when ``DFS_DECODER`` chose it): frames then stay tensors
     on their device through detection. None, or a file that source cannot decode, runs the PyAV
-    numpy path. ``guard`` checks every decoded frame (see :class:`DecodeGuard`).
+    numpy path. ``guard`` checks every decoded frame (see :class:`DecodeGuard`). ``progress`` is
+    told the frames read so far after every detector chunk.
     """
     wanted = range(0, max_frames, settings.detect_every)
     if frames is not None:
@@ -120,7 +124,7 @@ def find_tracks(
                            guard=guard),
                     lambda images: detect_tensor(detector, torch.stack(images)),
                     lambda rgb: rgb.shape[-1],  # (3, H, W)
-                    info, settings, clock,
+                    info, settings, clock, progress,
                 )
         except FrameSourceUnsupported as exc:
             log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)
@@ -129,7 +133,7 @@ def find_tracks(
                     threads=settings.decode_threads, guard=guard),
         detector.detect,
         lambda rgb: rgb.shape[1],  # (H, W, 3)
-        info, settings, clock,
+        info, settings, clock, progress,
     )
 
 
@@ -140,6 +144,7 @@ def _link_tracks(
     info: VideoInfo,
     settings: Settings,
     clock: StageClock,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[list[Track], int]:
     """Detect on chunks of decoded frames (numpy or tensor, whichever ``detect`` takes) and track them."""
     tracker = IouTracker(iou_threshold=settings.track_iou, max_gap=settings.track_max_gap)
@@ -153,6 +158,8 @@ def _link_tracks(
         clock.add("faces", time.perf_counter() - detect_started)
         for frame, faces in zip(chunk, found, strict=True):
             _track_faces(tracker, frame.index, faces, width_of(frame.rgb), info, settings)
+        if progress is not None:
+            progress(frames_read)
     faces_ms = clock.ms.get("faces", 0.0) - faces_before
     clock.add("decode", time.perf_counter() - started - faces_ms / 1000.0)
     min_detections = max(1, min(settings.min_track_frames, -(-frames_read // settings.detect_every)))
@@ -170,6 +177,8 @@ class VideoLogits:
     logits: dict[str, np.ndarray]  # per model, one raw logit per item of that model, in ``items`` order
     clock: StageClock
     warnings: list[str] = field(default_factory=list)  # what the caller should know about the decode
+    evidence_items: list[CropItem] = field(default_factory=list)  # cut for :class:`EvidencePlan`, never scored
+    evidence_crops: list[np.ndarray] = field(default_factory=list)
 
 
 def planned_frames(info: VideoInfo, max_frames: int) -> int:
@@ -231,14 +240,25 @@ async def _in_thread(guard: DecodeGuard, fn: Callable[..., T], /, *args: Any, **
         raise
 
 
-async def video_logits(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> VideoLogits:
+async def video_logits(
+    path: Path,
+    request_id: str,
+    options: AnalysisOptions,
+    runtime: Runtime,
+    *,
+    progress: Progress | None = None,
+    evidence: EvidencePlan | None = None,
+) -> VideoLogits:
     """Decode, find and track faces, crop and run the engines: the raw logits before calibration.
 
     Separate from :func:`analyse_video` so calibration (``python -m export.calibrate``) fits on
-    exactly what serving computes.
+    exactly what serving computes. ``evidence`` adds its crops to the crop pass (they are returned
+    apart and never scored); ``progress`` is told how the stages advance (see
+    :mod:`service.pipeline.evidence`).
     """
     settings = runtime.settings
     assert runtime.detector is not None
+    report = safe_progress(progress)
     clock = StageClock()
     guard = DecodeGuard(max_side=settings.max_video_side, max_pixels=settings.max_decode_pixels)
 
@@ -246,44 +266,91 @@ async def video_logits(path: Path, request_id: str, options: AnalysisOptions, ru
     info = await _in_thread(
         guard, probe, path, max_side=settings.max_video_side, max_duration_s=settings.max_duration_s
     )
-    guard.check_plan(info.width, info.height, planned_frames(info, options.max_frames))
+    planned = planned_frames(info, options.max_frames)
+    guard.check_plan(info.width, info.height, planned)
     clock.add("decode", time.perf_counter() - started)
 
     frames = tensor_frame_source(runtime.decoder)  # None: the PyAV numpy path
     tracks, frames_read = await _in_thread(
-        guard, find_tracks, path, info, runtime.detector, settings, options.max_frames, clock, frames, guard
+        guard, find_tracks, path, info, runtime.detector, settings, options.max_frames, clock, frames, guard,
+        lambda done: report("decode", done, max(planned, done)),
     )
+    report("decode", frames_read, frames_read)  # done: the plan revised to the frames actually read
     warnings = check_decoded_frames(info, guard.frames, options.max_frames, settings) + size_warnings(guard)
     metrics.FACES_FOUND.observe(len(tracks))
 
     specs = {name: runtime.models[name].spec for name in options.models}
     items: list[CropItem] = plan_crops(tracks, specs, options.sampling)
+    extra_items, extra_specs = evidence.plan(tracks) if evidence is not None else ([], {})
     started = time.perf_counter()
     crops = await _in_thread(
-        guard, extract_crops, path, items, specs, max_frames=frames_read, threads=settings.decode_threads,
-        frames=frames, guard=guard,
+        guard, extract_crops, path, items + extra_items, {**specs, **extra_specs}, max_frames=frames_read,
+        threads=settings.decode_threads, frames=frames, guard=guard,
+        progress=lambda done, total: report("crops", done, total),
     )
+    crops, extra_crops = crops[: len(items)], crops[len(items):]
     clock.add("crops", time.perf_counter() - started)
 
     started = time.perf_counter()
-    logits_per_model = await asyncio.gather(
-        *[
-            runtime.models[name].batcher.infer(
-                request_id,
-                [crop if specs[name].kind == "clip" else crop[0] for item, crop in zip(items, crops) if item.model == name],
-            )
-            for name in options.models
-        ]
-    )
+    scored = 0
+
+    async def infer(name: str) -> np.ndarray:
+        nonlocal scored
+        mine = [crop if specs[name].kind == "clip" else crop[0] for item, crop in zip(items, crops) if item.model == name]
+        logits = await runtime.models[name].batcher.infer(request_id, mine)
+        scored += len(mine)
+        report("inference", scored, len(items))
+        return logits
+
+    logits_per_model = await asyncio.gather(*[infer(name) for name in options.models])
     clock.add("inference", time.perf_counter() - started)
-    return VideoLogits(info, frames_read, tracks, items, dict(zip(options.models, logits_per_model)), clock, warnings)
+    return VideoLogits(info, frames_read, tracks, items, dict(zip(options.models, logits_per_model)), clock, warnings,
+                       extra_items, extra_crops)
 
 
 async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict[str, Any]:
     """Score one local video file; returns the response body without fetch timing and request id."""
     result = await video_logits(path, request_id, options, runtime)
+    return _response_body(result, runtime)
+
+
+async def analyse_video_with_evidence(
+    path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime, progress: Progress | None = None
+) -> tuple[dict[str, Any], Evidence]:
+    """:func:`analyse_video`'s body, and the :class:`~service.pipeline.evidence.Evidence` a reviewer
+    looks at: per-track thumbnails and heat maps, and the annotated video on demand.
+
+    ``progress(stage, done, total)`` follows the stages (``decode``, ``crops``, ``inference``, and
+    ``render`` when the evidence renders); it may be called from worker threads and never raises
+    into the pipeline.
+    """
+    report = safe_progress(progress)
+    plan = EvidencePlan.for_models({name: runtime.models[name].spec for name in options.models},
+                                   {name: runtime.models[name].batcher.engine for name in options.models})
+    result = await video_logits(path, request_id, options, runtime, progress=report, evidence=plan)
+    body = _response_body(result, runtime)
+    guard = DecodeGuard(max_side=runtime.settings.max_video_side, max_pixels=runtime.settings.max_decode_pixels)
+    thumbnails, heatmaps, warnings = await _in_thread(guard, plan.build, result.evidence_items, result.evidence_crops)
+    body["warnings"].extend(warnings)
+    evidence = Evidence(
+        thumbnails=thumbnails,
+        heatmaps=heatmaps,
+        tracks=result.tracks,
+        track_scores={face["track_id"]: face["score"] for face in body["faces"]},
+        info=result.info,
+        frames_analyzed=result.frames_read,
+        max_side=runtime.settings.max_video_side,
+        max_pixels=runtime.settings.max_decode_pixels,
+        decode_threads=runtime.settings.decode_threads,
+        progress=report,
+    )
+    return body, evidence
+
+
+def _response_body(result: VideoLogits, runtime: Runtime) -> dict[str, Any]:
+    """The response fields of one analysed video (scores, timelines, video summary, timings)."""
     info = result.info
-    body = build_scores(result.tracks, result.items, result.logits, runtime, runtime.settings)
+    body = build_scores(result.tracks, result.items, result.logits, runtime, runtime.settings, info)
     body["video"] = {
         "width": info.width,
         "height": info.height,
@@ -305,31 +372,39 @@ def build_scores(
     logits: dict[str, np.ndarray],
     runtime: Runtime,
     settings: Settings,
+    info: VideoInfo | None = None,
 ) -> dict[str, Any]:
-    """Apply the formula in :mod:`service.pipeline.scores` and shape the response fields."""
+    """Apply the formula in :mod:`service.pipeline.scores` and shape the response fields.
+
+    With ``info``, each face also gets its ``timeline`` (:mod:`service.pipeline.timeline`): every
+    item's calibrated probability, the same ones its model's track score averages.
+    """
     combination = runtime.ensemble.combination  # DFS_ENSEMBLE_WEIGHTS, else the repository's ensemble.json
     per_model_items: dict[str, list[CropItem]] = {name: [i for i in items if i.model == name] for name in logits}
     faces = []
     for track in tracks:
         model_scores: dict[str, dict[str, Any]] = {}
+        spans: dict[str, tuple[list[np.ndarray], list[float]]] = {}
         for name, model_logits in logits.items():
-            mine = [v for item, v in zip(per_model_items[name], model_logits) if item.track_id == track.track_id]
+            mine = [(item, v) for item, v in zip(per_model_items[name], model_logits) if item.track_id == track.track_id]
             if not mine:
                 continue
-            result = scores.track_model_score(mine, runtime.models[name].version.manifest.calibration)
+            result = scores.track_model_score([v for _, v in mine], runtime.models[name].version.manifest.calibration)
             model_scores[name] = {"score": round(result.score, 6), "items": result.items}
+            spans[name] = ([item.frame_indices for item, _ in mine], result.item_scores)
         track_score = combination.combine({n: s["score"] for n, s in model_scores.items()}) if model_scores else None
-        faces.append(
-            {
-                "track_id": track.track_id,
-                "first_frame": track.first_frame,
-                "last_frame": track.last_frame,
-                "frames_detected": int(track.detected.sum()),
-                "box": [round(float(v), 1) for v in track.mean_box],
-                "score": None if track_score is None else round(track_score, 6),
-                "models": model_scores,
-            }
-        )
+        face: dict[str, Any] = {
+            "track_id": track.track_id,
+            "first_frame": track.first_frame,
+            "last_frame": track.last_frame,
+            "frames_detected": int(track.detected.sum()),
+            "box": [round(float(v), 1) for v in track.mean_box],
+            "score": None if track_score is None else round(track_score, 6),
+            "models": model_scores,
+        }
+        if info is not None:
+            face["timeline"] = track_timeline(spans, info)
+        faces.append(face)
     scored = [f for f in faces if f["score"] is not None]
     df_probability = max((f["score"] for f in scored), default=None)
     models_out: dict[str, Any] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 from skimage.transform import SimilarityTransform
 
 from models.spec import ModelSpec
-from service.pipeline.decode import DecodeGuard, iter_frames, same_shape_chunks
+from service.pipeline.decode import DecodeGuard, Frame, iter_frames, same_shape_chunks
 from service.pipeline.gpu_streams import thread_stream
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrameSource
 from service.pipeline.tracks import Track
@@ -129,6 +130,7 @@ def extract_crops(
     frames: TensorFrameSource | None = None,
     warp_chunk: int = 16,
     guard: DecodeGuard | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[np.ndarray]:
     """Decode the needed frames once and warp every item: returns, per item, uint8 (T, S, S, 3).
 
@@ -136,7 +138,8 @@ def extract_crops(
     on the frames' device, ``warp_chunk`` frames per batched warp, and only the crops come to the
     host. None, or a file that source cannot decode, runs the PyAV + OpenCV path. Decoding stops
     after the last frame an item uses; ``guard`` checks every decoded frame (see
-    :class:`~service.pipeline.decode.DecodeGuard`).
+    :class:`~service.pipeline.decode.DecodeGuard`). ``progress(done, total)`` is told, at every
+    frame an item uses, how far into the pass's ``total`` frames the decode is.
     """
     outputs = [np.zeros((len(it.frame_indices), specs[it.model].input_size, specs[it.model].input_size, 3), np.uint8)
                for it in items]
@@ -150,11 +153,13 @@ def extract_crops(
     if frames is not None:
         try:
             with thread_stream():  # this request's decode and warps overlap other requests' GPU work
-                _extract_crops_tensor(path, items, specs, uses, outputs, frames, max_frames, warp_chunk, guard)
+                _extract_crops_tensor(path, items, specs, uses, outputs, frames, max_frames, warp_chunk, guard,
+                                      progress)
             return outputs
         except FrameSourceUnsupported as exc:
             log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)
-    for frame in iter_frames(path, max_frames=max_frames, wanted=uses.keys(), threads=threads, guard=guard):
+    decoded = iter_frames(path, max_frames=max_frames, wanted=uses.keys(), threads=threads, guard=guard)
+    for frame in _reporting(decoded, progress, max_frames):
         for item_no, position in uses[frame.index]:
             size = specs[items[item_no].model].input_size
             cv2.warpAffine(
@@ -178,13 +183,15 @@ def _extract_crops_tensor(
     max_frames: int,
     chunk_size: int,
     guard: DecodeGuard | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Fill ``outputs`` from tensor frames: one batched warp per crop size per chunk of frames."""
     import torch
 
     from service.pipeline.gpu_warp import warp_crops
 
-    for chunk in same_shape_chunks(frames(path, max_frames=max_frames, wanted=uses.keys(), guard=guard), chunk_size):
+    decoded = _reporting(frames(path, max_frames=max_frames, wanted=uses.keys(), guard=guard), progress, max_frames)
+    for chunk in same_shape_chunks(decoded, chunk_size):
         batch = torch.stack([f.rgb for f in chunk])
         by_size: dict[int, tuple[list[int], list[np.ndarray], list[tuple[int, int]]]] = {}
         for row, frame in enumerate(chunk):
@@ -197,3 +204,11 @@ def _extract_crops_tensor(
             crops = warp_crops(batch, rows, np.stack(matrices), size).cpu().numpy()
             for crop, (item_no, position) in zip(crops, slots, strict=True):
                 outputs[item_no][position] = crop
+
+
+def _reporting(frames: Iterable[Frame], progress: Callable[[int, int], None] | None, total: int) -> Iterator[Frame]:
+    """``frames`` as they are, telling ``progress`` each one's position in the pass."""
+    for frame in frames:
+        if progress is not None:
+            progress(frame.index + 1, total)
+        yield frame

@@ -24,10 +24,18 @@ import numpy as np
 
 from models.spec import ModelSpec
 from service import metrics
-from service.errors import InferenceFailed
+from service.errors import InferenceFailed, Unavailable
 from service.pipeline.gpu_streams import thread_stream
 
 log = logging.getLogger(__name__)
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine's server cannot serve now (unreachable, timed out, model not ready).
+
+    The batcher fails the whole batch with a 503 at once instead of retrying it in halves: a smaller
+    batch does not bring a server back (DFS_RUNTIME=triton, service/pipeline/triton_engine.py).
+    """
 
 
 class Engine(Protocol):
@@ -274,7 +282,12 @@ class DynamicBatcher:
             for pending, result in zip(batch, results, strict=True):
                 if pending.future.done():
                     continue
-                if isinstance(result, Exception):
+                if isinstance(result, EngineUnavailable):
+                    pending.future.set_exception(Unavailable(
+                        f"model {self.name} is unavailable: {result}", code="engine_unavailable",
+                        headers={"Retry-After": "5"},
+                    ))
+                elif isinstance(result, Exception):
                     pending.future.set_exception(
                         InferenceFailed(f"model {self.name} failed: {type(result).__name__}: {result}", code="inference_failed")
                     )
@@ -290,6 +303,9 @@ class DynamicBatcher:
             if logits.shape != (len(crops),):
                 raise RuntimeError(f"engine returned shape {logits.shape} for {len(crops)} inputs")
             return [float(v) for v in logits]
+        except EngineUnavailable as exc:  # the server is away: every item gets the reason, nothing is split
+            log.warning("model %s unavailable for a batch of %d: %s", self.name, len(crops), exc)
+            return [exc] * len(crops)
         except Exception as exc:  # noqa: BLE001 - any engine error is retried smaller, then reported
             if len(crops) == 1:
                 log.exception("model %s failed on a single item", self.name)

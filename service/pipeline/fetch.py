@@ -383,14 +383,21 @@ async def staged_upload(chunks: AsyncIterator[bytes], settings: Settings, name: 
     workdir = _staging_dir(settings, "dfs-upload-")
     try:
         target = workdir / "video"
-        size = 0
-        with target.open("wb") as sink:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > settings.max_download_bytes:
-                    raise TooLarge(f"upload exceeds the limit of {settings.max_download_bytes} bytes")
-                sink.write(chunk)
-        _check_not_empty(size, name)
+        size = await write_upload(chunks, target, settings, name)
         yield FetchedVideo(path=target, size_bytes=size, source=name)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def write_upload(chunks: AsyncIterator[bytes], target: Path, settings: Settings, name: str) -> int:
+    """Write an uploaded body to ``target`` under the download byte cap; an empty one is a 415.
+    Returns its size. (Jobs stage uploads in their own folder, where they outlive the request.)"""
+    size = 0
+    with target.open("wb") as sink:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > settings.max_download_bytes:
+                raise TooLarge(f"upload exceeds the limit of {settings.max_download_bytes} bytes")
+            sink.write(chunk)
+    _check_not_empty(size, name)
+    return size

@@ -323,3 +323,85 @@ def test_dashboard_shows_the_required_metrics_and_only_exported_ones() -> None:
                 "dfs_requests_in_flight", "dfs_gpu_memory_bytes"}
     assert required <= used, required - used
     assert len({p["id"] for p in DASHBOARD["panels"]}) == len(DASHBOARD["panels"])
+
+
+# --- scale-out on Triton (k8s/overlays/triton, compose profile `triton`) -------------------------
+
+TRITON_IMAGE = re.compile(r"^nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3$")  # pinned, never :latest
+
+
+def test_triton_overlay_points_the_service_at_a_gpu_triton() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render("triton")}
+    assert sorted(docs) == sorted([
+        ("ConfigMap", next(n for k, n in docs if k == "ConfigMap")), ("Deployment", "deepfake-service"),
+        ("Deployment", "triton"), ("HorizontalPodAutoscaler", "deepfake-service"),
+        ("HorizontalPodAutoscaler", "triton"), ("PersistentVolumeClaim", "dfs-model-repository"),
+        ("PodDisruptionBudget", "deepfake-service"), ("Service", "deepfake-service"), ("Service", "triton"),
+        ("ServiceMonitor", "deepfake-service"), ("ServiceMonitor", "triton")])
+    for doc in docs.values():
+        assert doc["metadata"].get("namespace") == "deepfake", doc["kind"]
+        assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "deepfake-service", doc["kind"]
+        if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(doc, KUBERNETES_SCHEMA, strict=True)
+    settings = next(d for (k, _), d in docs.items() if k == "ConfigMap")["data"]
+    parsed = Settings(**{k[4:].lower(): v for k, v in settings.items()})
+    assert parsed.runtime == "triton" and parsed.device == "cpu"
+    # the URL names the triton Service and its HTTP port
+    host, port = parsed.triton_url.removeprefix("http://").split(":")
+    service = docs[("Service", "triton")]
+    assert host == service["metadata"]["name"]
+    http = next(p for p in service["spec"]["ports"] if p["name"] == "http")
+    assert int(port) == http["port"]
+    # Triton: pinned NVIDIA image on a GPU, the model repository PVC read-only, probes on its health API
+    pod = docs[("Deployment", "triton")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert TRITON_IMAGE.match(container["image"]), container["image"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    args = container["args"]
+    assert "--model-repository=/models" in args and f"--http-port={http['port']}" in args and "--allow-grpc=false" in args
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/models"]["name"]]["persistentVolumeClaim"]["claimName"] == "dfs-model-repository"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+    assert {"ORT_DISABLE_TELEMETRY": "1"}.items() <= {e["name"]: e["value"] for e in container["env"]}.items()
+    # each Service selects only its own pods; the service pods have no GPU
+    triton_labels = docs[("Deployment", "triton")]["spec"]["template"]["metadata"]["labels"]
+    api_labels = docs[("Deployment", "deepfake-service")]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= triton_labels.items()
+    assert not docs[("Service", "deepfake-service")]["spec"]["selector"].items() <= triton_labels.items()
+    assert not service["spec"]["selector"].items() <= api_labels.items()
+    api = docs[("Deployment", "deepfake-service")]["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in api["resources"]["limits"]
+    # monitors: the API's keeps to the API's Service, Triton's scrapes its metrics port
+    api_monitor = docs[("ServiceMonitor", "deepfake-service")]["spec"]["selector"]["matchLabels"]
+    assert api_monitor.items() <= docs[("Service", "deepfake-service")]["metadata"]["labels"].items()
+    assert not api_monitor.items() <= service["metadata"]["labels"].items()
+    assert docs[("ServiceMonitor", "triton")]["spec"]["endpoints"][0]["port"] == "metrics"
+    # Triton's own autoscaler, on a metric the adapter exposes
+    hpa = docs[("HorizontalPodAutoscaler", "triton")]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "triton"
+    adapter = yaml.safe_load((REPO_ROOT / "k8s" / "prometheus-adapter" / "values.yaml").read_text())
+    exposed = {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
+    pods_metrics = {m["pods"]["metric"]["name"] for m in hpa["metrics"] if m["type"] == "Pods"}
+    assert pods_metrics and pods_metrics <= exposed
+
+
+def test_compose_triton_profile() -> None:
+    services = COMPOSE["services"]
+    triton, dfs = services["triton"], services["dfs-triton"]
+    assert triton["profiles"] == ["triton"] == dfs["profiles"]
+    assert "profiles" not in services["dfs"]  # a plain `up` is unchanged
+    assert TRITON_IMAGE.match(triton["image"]), triton["image"]
+    assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    parsed = Settings(**{k[4:].lower(): v for k, v in dfs["environment"].items() if k.startswith("DFS_")})
+    assert parsed.runtime == "triton" and parsed.triton_url == "http://triton:8000"
+    assert "--http-port=8000" in triton["command"] and "--model-repository=/models" in triton["command"]
+    # both read the same volume: the service's manifests and Triton's configs stay one repository
+    assert triton["volumes"][0].split(":")[0] == dfs["volumes"][0].split(":")[0] in COMPOSE["volumes"]
+    assert dfs["volumes"][0].split(":")[1] == parsed.model_repository.as_posix()
+    host_ports = [str(p).split(":")[0] for s in services.values() for p in s.get("ports", [])]
+    assert len(host_ports) == len(set(host_ports))

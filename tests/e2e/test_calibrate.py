@@ -29,7 +29,7 @@ VIDEOS = {  # two fakes and two reals of the shared media, other footage than th
 def test_calibration_fitted_as_served_and_written_into_the_manifest(shared_data: Path, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     repository = tmp_path / "repo"
-    bundle = sorted((REPO_ROOT / "model_repository" / "dcl").iterdir())[-1]
+    bundle = sorted(p for p in (REPO_ROOT / "model_repository" / "dcl").iterdir() if p.is_dir())[-1]
     shutil.copytree(bundle, repository / "dcl" / bundle.name)
     labels = tmp_path / "labels.csv"
     with labels.open("w", newline="") as handle:
@@ -64,7 +64,7 @@ def test_calibrate_writes_the_ensemble_the_service_then_serves(shared_data: Path
     """Both bundle models: ensemble.json is written valid, and served it gives the scores the fit reported."""
     repository = tmp_path / "repo"
     for name in ("dcl", "ftcn"):
-        bundle = sorted((REPO_ROOT / "model_repository" / name).iterdir())[-1]
+        bundle = sorted(p for p in (REPO_ROOT / "model_repository" / name).iterdir() if p.is_dir())[-1]
         shutil.copytree(bundle, repository / name / bundle.name)
     labels = tmp_path / "labels.csv"
     with labels.open("w", newline="") as handle:
@@ -84,7 +84,7 @@ def test_calibrate_writes_the_ensemble_the_service_then_serves(shared_data: Path
     assert sorted(ensemble.weights) == ["dcl", "ftcn"] and sum(ensemble.weights.values()) == pytest.approx(1)
     assert all(w >= 0 for w in ensemble.weights.values())
     for name in ("dcl", "ftcn"):
-        folder = sorted((repository / name).iterdir())[-1]
+        folder = sorted(p for p in (repository / name).iterdir() if p.is_dir())[-1]
         assert ensemble.model_versions[name] == int(folder.name)
         assert ensemble.model_calibrations[name] == Manifest.read(folder).calibration.model_dump()
     assert ensemble.fitted_on["labels_sha256"] == hashlib.sha256(labels.read_bytes()).hexdigest()

@@ -79,7 +79,7 @@ def bundle_with_ensemble(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     repository = tmp_path_factory.mktemp("bundle") / "model_repository"
     for name in ("dcl", "ftcn"):  # two models keep the service quick; the bundle's own ensemble.json stays behind
         shutil.copytree(REPO_ROOT / "model_repository" / name, repository / name)
-    folders = {name: sorted((repository / name).iterdir())[-1] for name in ("dcl", "ftcn")}
+    folders = {name: sorted(p for p in (repository / name).iterdir() if p.is_dir())[-1] for name in ("dcl", "ftcn")}
     weights, bias = {"dcl": 0.85, "ftcn": 0.15}, 0.6
     EnsembleFile(
         weights=weights, bias=bias,

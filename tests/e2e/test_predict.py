@@ -297,3 +297,30 @@ def test_overrides_within_the_limits_are_served(live_service: LiveService, file_
         )
     assert response.status_code == 200, response.text
     assert response.json()["models"]["ftcn"]["clips"] >= 1
+
+
+def test_thumbnails_only_on_request_and_a_timeline_always(live_service: LiveService, file_server: FileServer) -> None:
+    """``"thumbnails": true`` inlines a decodable JPEG per face; without it there is none. Every face
+    has its timeline: one entry per scored clip, inside the video."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    with live_service.client() as client:
+        plain = predict(client, file_server.url("two_faces.mp4"))
+        with_thumbnails = predict(client, file_server.url("two_faces.mp4"), thumbnails=True)
+    assert plain.status_code == 200 and with_thumbnails.status_code == 200, (plain.text, with_thumbnails.text)
+    for face in plain.json()["faces"]:
+        assert face["thumbnail_jpeg"] is None and face["heatmap_png"] is None
+    body = with_thumbnails.json()
+    assert len(body["faces"]) == 2
+    for face in body["faces"]:
+        image = cv2.imdecode(np.frombuffer(base64.b64decode(face["thumbnail_jpeg"]), np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.shape == (112, 112, 3)
+        assert face["heatmap_png"] is None  # FTCN has no patch map
+        assert len(face["timeline"]) == face["models"]["ftcn"]["items"] == 1
+        entry = face["timeline"][0]
+        assert entry["model"] == "ftcn" and 0 <= entry["start_s"] < entry["end_s"] <= body["video"]["duration_s"]
+        assert entry["score"] == pytest.approx(face["models"]["ftcn"]["score"], abs=1e-6)
+    assert [f["score"] for f in body["faces"]] == [f["score"] for f in plain.json()["faces"]]

@@ -25,7 +25,7 @@ BUNDLE = REPO_ROOT / "model_repository"
 def loaded_bundle() -> dict[str, ModelVersion]:
     out = {}
     for name in ("dcl", "ftcn"):
-        folder = sorted((BUNDLE / name).iterdir())[-1]
+        folder = sorted(p for p in (BUNDLE / name).iterdir() if p.is_dir())[-1]
         out[name] = ModelVersion(name, int(folder.name), folder, Manifest.read(folder))
     return out
 

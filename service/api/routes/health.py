@@ -14,10 +14,12 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthcheck", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def healthcheck(runtime: RuntimeDep) -> JSONResponse:
-    """200 ``{"healthy": true}`` once every model is loaded; 503 with the reason before or on failure."""
-    if runtime.ready:
+    """200 ``{"healthy": true}`` once every model is loaded (and, on DFS_RUNTIME=triton, Triton and every
+    model are ready there); 503 with the reason before or on failure."""
+    reason = await runtime.health_reason()
+    if reason is None:
         return JSONResponse({"healthy": True})
-    return JSONResponse({"healthy": False, "reason": public_reason(runtime)}, status_code=503)
+    return JSONResponse({"healthy": False, "reason": public_reason(runtime, reason)}, status_code=503)
 
 
 @router.get("/livez", response_model=HealthResponse)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -24,7 +26,7 @@ from service.api.limits import check_overrides
 from service.api.schemas import ErrorResponse, PredictRequest, PredictResponse
 from service.api.uploads import FileUpload
 from service.errors import BadRequest, ServiceError, Unavailable
-from service.pipeline.analyse import AnalysisOptions, analyse_video
+from service.pipeline.analyse import AnalysisOptions, analyse_video, analyse_video_with_evidence
 from service.pipeline.fetch import FetchedVideo, fetched_video, staged_upload
 from service.runtime import Runtime
 
@@ -58,35 +60,64 @@ def unknown_models_detail(unknown: list[str], loaded: list[str]) -> str:
     return f"unknown model(s) {', '.join(repr(name) for name in shown)}{more}; loaded: {', '.join(loaded)}"
 
 
-def _options(body: PredictRequest, runtime: Runtime) -> AnalysisOptions:
+#: ``analyse(path, request_id, options, runtime) -> body``: the analysis :func:`score_video` times and completes.
+Analyse = Callable[[Path, str, AnalysisOptions, Runtime], Awaitable[dict]]
+
+
+def analysis_options(body: PredictRequest, runtime: Runtime, max_frames_cap: int | None = None) -> AnalysisOptions:
+    """The request's models (unknown names are a 400) and overrides as analysis options.
+
+    ``max_frames_cap`` replaces DFS_MAX_FRAMES as the bound on ``max_frames`` (jobs allow up to
+    DFS_JOB_MAX_FRAMES; the default stays DFS_MAX_FRAMES); the caller has checked the override."""
     names = body.models or sorted(runtime.models)
     unknown = [name for name in dict.fromkeys(names) if name not in runtime.models]  # in the order sent
     if unknown:
         raise BadRequest(unknown_models_detail(unknown, sorted(runtime.models)), code="unknown_model")
-    return AnalysisOptions.from_settings(
+    options = AnalysisOptions.from_settings(
         runtime.settings, names, max_frames=body.max_frames, clip_stride=body.clip_stride,
         max_clips_per_track=body.max_clips_per_track, frames_per_track=body.frames_per_track,
     )
+    if max_frames_cap is not None and body.max_frames is not None:
+        options.max_frames = min(body.max_frames, max_frames_cap)
+    return options
+
+
+async def analyse_with_thumbnails(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict:
+    """:func:`analyse_video` with each face's thumbnail and heat map inlined (``"thumbnails": true``)."""
+    body, evidence = await analyse_video_with_evidence(path, request_id, options, runtime)
+    evidence.inline(body["faces"])
+    return body
 
 
 async def _fetch_and_score(
-    source: AbstractAsyncContextManager[FetchedVideo], options: AnalysisOptions, request: Request, runtime: Runtime
+    source: AbstractAsyncContextManager[FetchedVideo], options: AnalysisOptions, request: Request, runtime: Runtime,
+    analyse: Analyse = analyse_video,
 ) -> dict:
     """Bring the video in (download or upload, timed as "fetch"), score it, always clean up."""
     started = time.perf_counter()
     async with source as video:
         fetch_ms = (time.perf_counter() - started) * 1000.0
-        return await _score(video, options, request, runtime, fetch_ms)
+        return await _score(video, options, request, runtime, fetch_ms, analyse)
 
 
-async def _score(video: FetchedVideo, options: AnalysisOptions, request: Request, runtime: Runtime, fetch_ms: float) -> dict:
+async def _score(video: FetchedVideo, options: AnalysisOptions, request: Request, runtime: Runtime, fetch_ms: float,
+                 analyse: Analyse = analyse_video) -> dict:
+    return await score_video(video, options, request.state.request_id, runtime, fetch_ms, analyse=analyse)
+
+
+async def score_video(video: FetchedVideo, options: AnalysisOptions, request_id: str, runtime: Runtime,
+                      fetch_ms: float, *, analyse: Analyse = analyse_video, timeout_s: float | None = None) -> dict:
+    """Analyse a fetched video under a time limit and complete the body /predict answers (timings,
+    request id, untrained-model warnings, verdict metrics). Jobs and the CLI call it too, with their
+    own ``analyse`` (progress, evidence) and limit (default DFS_REQUEST_TIMEOUT_S)."""
+    limit = timeout_s if timeout_s is not None else runtime.settings.request_timeout_s
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(runtime.settings.request_timeout_s):
-            body = await analyse_video(video.path, request.state.request_id, options, runtime)
+        async with asyncio.timeout(limit):
+            body = await analyse(video.path, request_id, options, runtime)
     except TimeoutError as exc:
         raise ServiceError(
-            f"analysis did not finish within {runtime.settings.request_timeout_s:g} s",
+            f"analysis did not finish within {limit:g} s",
             code="analysis_timeout",
             status_code=504,
         ) from exc
@@ -94,7 +125,7 @@ async def _score(video: FetchedVideo, options: AnalysisOptions, request: Request
     body["timings_ms"]["total"] = round(fetch_ms + (time.perf_counter() - started) * 1000.0, 1)
     metrics.STAGE_SECONDS.labels("fetch").observe(fetch_ms / 1000.0)
     metrics.STAGE_SECONDS.labels("total").observe(body["timings_ms"]["total"] / 1000.0)
-    body["request_id"] = request.state.request_id
+    body["request_id"] = request_id
     body["warnings"] = [*body.get("warnings", []), *(
         f"model {name} is untrained (random init): its score carries no information"
         for name in options.models
@@ -112,10 +143,11 @@ def _count_verdict(body: dict) -> None:
 
 
 async def _admitted(admission: Admission, source: AbstractAsyncContextManager[FetchedVideo],
-                    options: AnalysisOptions, request: Request, runtime: Runtime) -> dict:
+                    options: AnalysisOptions, request: Request, runtime: Runtime,
+                    analyse: Analyse = analyse_video) -> dict:
     """Wait for a processing slot, then fetch and score."""
     async with admission.slot():
-        return await _fetch_and_score(source, options, request, runtime)
+        return await _fetch_and_score(source, options, request, runtime, analyse)
 
 
 async def _admitted_score(admission: Admission, video: FetchedVideo, options: AnalysisOptions,
@@ -125,7 +157,8 @@ async def _admitted_score(admission: Admission, video: FetchedVideo, options: An
         return await _score(video, options, request, runtime, fetch_ms)
 
 
-def _require_ready(runtime: Runtime) -> None:
+def require_ready(runtime: Runtime) -> None:
+    """503 not_ready (with Retry-After) until the models are loaded."""
     if not runtime.ready:
         raise Unavailable(f"models are not loaded: {public_reason(runtime)}", code="not_ready",
                           headers={"Retry-After": "10"})
@@ -135,10 +168,11 @@ def _require_ready(runtime: Runtime) -> None:
 async def predict(body: PredictRequest, request: Request, runtime: RuntimeDep, admission: AdmissionDep) -> dict:
     """Fetch the video at ``file_path`` and score every face in it."""
     check_overrides(body, runtime.settings)  # part of validating the body: answered even before models load
-    _require_ready(runtime)
-    options = _options(body, runtime)
+    require_ready(runtime)
+    options = analysis_options(body, runtime)
     source = fetched_video(body.file_path, runtime.settings)
-    return await cancel_on_disconnect(request, _admitted(admission, source, options, request, runtime))
+    analyse = analyse_with_thumbnails if body.thumbnails else analyse_video
+    return await cancel_on_disconnect(request, _admitted(admission, source, options, request, runtime, analyse))
 
 
 @upload_router.post("/predict/upload", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
@@ -148,8 +182,8 @@ async def predict_upload(request: Request, runtime: RuntimeDep, admission: Admis
     The file is streamed to its staging file as it arrives and refused at the byte cap; it is staged
     before waiting for a processing slot, so a slow upload does not hold one.
     """
-    _require_ready(runtime)
-    options = _options(PredictRequest(file_path="upload"), runtime)
+    require_ready(runtime)
+    options = analysis_options(PredictRequest(file_path="upload"), runtime)
     started = time.perf_counter()
     upload = await FileUpload(request, "file", runtime.settings.max_download_bytes).open()
     async with staged_upload(upload.chunks(), runtime.settings, upload.filename or "upload") as video:

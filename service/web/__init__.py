@@ -1,0 +1,1 @@
+"""The analyst's web page at ``/`` (plain HTML, CSS and JS in ``static/``, no build step)."""
