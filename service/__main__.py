@@ -6,8 +6,9 @@ import argparse
 import logging
 
 import uvicorn
+from pydantic import ValidationError
 
-from service.config import Settings
+from service.config import Settings, invalid_settings_message
 from service.http_protocol import IMPORT_PATH as HTTP_PROTOCOL
 
 
@@ -19,7 +20,10 @@ def main() -> None:
             "(see README: DFS_MODEL_REPOSITORY, DFS_MODELS, DFS_DEVICE, DFS_ALLOW_PRIVATE_URLS, ...)."
         ),
     )
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        parser.error(f"the service was not started: {invalid_settings_message(exc)}")
     parser.add_argument("--host", default=settings.host, help=f"bind address (DFS_HOST, now {settings.host})")
     parser.add_argument("--port", type=int, default=settings.port, help=f"port (DFS_PORT, now {settings.port})")
     parser.add_argument("--workers", type=int, default=settings.workers, help="worker processes (DFS_WORKERS)")

@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from service.api.limits import check_overrides
 from service.api.routes.predict import analysis_options, score_video
 from service.api.schemas import PredictRequest
-from service.config import Settings, split_csv
+from service.config import Settings, invalid_settings_message, split_csv
 from service.errors import ServiceError
 from service.jobs.progress import ProgressTracker
 from service.jobs.runner import error_body, predict_body
@@ -274,8 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings()
-    except Exception as exc:  # noqa: BLE001 - a malformed DFS_* variable: say which
-        print(f"error: invalid DFS_* settings: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # a malformed DFS_* variable: say which
+        print(f"error: {invalid_settings_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     return asyncio.run(run_score(args, settings, sys.stdout))
 

@@ -7,11 +7,13 @@ strings (``DFS_MODELS=ftcn,dcl``) because that is what a ConfigMap or ``docker r
 
 from __future__ import annotations
 
+import math
+
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.api_keys import hash_entries
@@ -192,6 +194,21 @@ class Settings(BaseSettings):
                                 "DFS_MAX_FRAMES); still bounded by DFS_MAX_DECODE_PIXELS.")
     job_timeout_s: float = Field(3600.0, gt=0, description="Limit on one job's analysis after its fetch.")
 
+    @field_validator("ensemble_weights", mode="after")
+    @classmethod
+    def _check_ensemble_weights(cls, value: str) -> str:
+        """Refuse a malformed list at start-up: read lazily, it left a healthy-looking service that
+        answered 500 to every /predict."""
+        for item in split_csv(value):
+            name, sep, number = item.partition("=")
+            try:
+                weight = float(number)
+            except ValueError:
+                weight = math.nan
+            if not sep or not name.strip() or not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"{item!r} is not name=weight with a finite weight >= 0 (e.g. dcl=0.6,ftcn=0.4)")
+        return value
+
     @field_validator("api_keys", mode="after")
     @classmethod
     def _hash_api_keys(cls, value: SecretStr) -> SecretStr:
@@ -224,6 +241,12 @@ class Settings(BaseSettings):
             name, _, value = item.partition("=")
             weights[name.strip()] = float(value)
         return weights
+
+
+def invalid_settings_message(error: ValidationError) -> str:
+    """One line per bad DFS_* variable, named as the operator set it (not pydantic's field path)."""
+    lines = [f"DFS_{'_'.join(str(part) for part in item['loc']).upper()}: {item['msg']}" for item in error.errors()]
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 @lru_cache(maxsize=1)
