@@ -72,11 +72,17 @@ def test_committed_bundle_configs_are_current_and_match_the_onnx_graphs(tmp_path
     parsed = parse_with_triton_schema([d / CONFIG_NAME for d in model_dirs])
     for model_dir in model_dirs:
         config = parsed[str(model_dir / CONFIG_NAME)]
-        (graph_in,), (graph_out,) = onnx_io(model_dir / "1" / "model.onnx")
+        (graph_in,), graph_outs = onnx_io(model_dir / "1" / "model.onnx")
+        graph_out = graph_outs[0]  # logit first; the bundle's PCL-I2G adds its patch map (--heatmap)
         assert config["name"] == model_dir.name and config["backend"] == "onnxruntime"
         assert "platform" not in config
         assert int(config["max_batch_size"]) == (32 if model_dir.name == "ftcn" else 128)
-        (inp,), (out,) = config["input"], config["output"]
+        (inp,), out = config["input"], config["output"][0]
+        assert len(config["output"]) == len(graph_outs) == (2 if model_dir.name == "pcl_i2g" else 1)
+        for extra, graph_extra in zip(config["output"][1:], graph_outs[1:], strict=True):
+            assert (extra["name"], extra["data_type"], [int(d) for d in extra["dims"]]) == (
+                graph_extra[0], graph_extra[1], graph_extra[2][1:])
+            assert "reshape" not in extra
         # batch axis symbolic in the graph, left out of dims; the rest exactly the graph's
         assert isinstance(graph_in[2][0], str) and isinstance(graph_out[2][0], str)
         assert (inp["name"], inp["data_type"], [int(d) for d in inp["dims"]]) == (graph_in[0], graph_in[1], graph_in[2][1:])

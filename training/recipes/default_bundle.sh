@@ -66,9 +66,12 @@ fi
 if wants export; then
     # The bundle holds one version per model: a model's folder in OUT is replaced by its new export.
     for model in dcl pcl_i2g ftcn lib advgame; do
-        [ -f "$RUNS/$model/best.pt" ] || { echo "skip $model: no $RUNS/$model/best.pt" >&2; continue; }
+        checkpoint="$RUNS/$model/best.pt"
+        extra=()
+        [ "$model" = pcl_i2g ] && extra=(--heatmap)  # its patch map: the heat map in results and on the page
+        [ -f "$checkpoint" ] || { echo "skip $model: no $checkpoint" >&2; continue; }
         rm -rf "${OUT:?}/$model"
-        python -m export --model "$model" --checkpoint "$RUNS/$model/best.pt" --out "$OUT" --version 1 --fp16-weights
+        python -m export --model "$model" --checkpoint "$checkpoint" --out "$OUT" --version 1 --fp16-weights "${extra[@]}"
     done
 fi
 if wants calibrate; then
