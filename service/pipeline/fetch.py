@@ -189,13 +189,34 @@ async def _checked_addresses(hop: _Hop, settings: Settings, resolver: Resolver) 
     addresses = await _addresses(hop, resolver)
     if not settings.allow_private_urls:
         for address in addresses:
-            if not _address_is_public(address):
-                raise Forbidden(
-                    f"{hop.host} resolves to {address}, which is not a public address (loopback, private, "
-                    "link-local, multicast, reserved or documentation); set DFS_ALLOW_PRIVATE_URLS=true to allow it",
-                    code="address_not_allowed",
-                )
+            _refuse_if_private(hop.host, address)
     return addresses
+
+
+def _refuse_if_private(host: str, address: str) -> None:
+    if not _address_is_public(address):
+        raise Forbidden(
+            f"{host} resolves to {address}, which is not a public address (loopback, private, "
+            "link-local, multicast, reserved or documentation); set DFS_ALLOW_PRIVATE_URLS=true to allow it",
+            code="address_not_allowed",
+        )
+
+
+def refuse_early(file_path: str, settings: Settings) -> None:
+    """The source checks that need neither the network nor a processing slot, run before a request
+    waits for one: an empty path, a local path outside DFS_LOCAL_ROOTS or missing, a URL that does
+    not parse or has another scheme, an IP-literal host that is not public. Without this, a request
+    for a private address waited in the admission line and, with the line full, got 503 "retry
+    later" instead of 403. Host names are still resolved and checked when fetched (once, pinned)."""
+    file_path = file_path.strip()
+    if not file_path:
+        raise BadRequest("file_path is empty", code="invalid_url")
+    if _is_local(file_path):
+        resolve_local_path(file_path, settings)
+        return
+    hop = _parse_http_url(file_path)
+    if _ip_literal(hop.host) is not None and not settings.allow_private_urls:
+        _refuse_if_private(hop.host, hop.host)
 
 
 def _pinned_request(client: httpx.AsyncClient, hop: _Hop, address: str) -> httpx.Request:

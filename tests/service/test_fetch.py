@@ -355,3 +355,23 @@ def test_local_path_errors_echo_only_what_the_caller_sent(videos: dict[str, Path
     assert str(root / "link.mp4") in error.detail
     missing = error_of(str(root / "sub" / ".." / "missing.mp4"), settings)
     assert missing.code == "file_not_found" and str(root / "sub" / ".." / "missing.mp4") in missing.detail
+
+
+@pytest.mark.parametrize(("file_path", "code"), [
+    ("http://127.0.0.1:8000/video.mp4", "address_not_allowed"),
+    ("http://[::1]/video.mp4", "address_not_allowed"),
+    ("http://10.1.2.3/video.mp4", "address_not_allowed"),
+    ("ftp://example.com/video.mp4", "unsupported_scheme"),
+    ("   ", "invalid_url"),
+])
+def test_refuse_early_needs_no_network_and_no_slot(file_path: str, code: str) -> None:
+    """What /predict and POST /jobs refuse before waiting for a processing slot (a full line used
+    to answer a private address 503 "retry later" instead of 403)."""
+    with pytest.raises(ServiceError) as refused:
+        fetch.refuse_early(file_path, Settings())
+    assert refused.value.code == code
+
+
+def test_refuse_early_leaves_host_names_and_allowed_addresses_to_the_fetch() -> None:
+    fetch.refuse_early("https://example.com/video.mp4", Settings())  # resolved (and pinned) when fetched
+    fetch.refuse_early("http://127.0.0.1:8000/video.mp4", Settings(allow_private_urls=True))

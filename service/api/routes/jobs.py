@@ -26,6 +26,7 @@ from service.errors import ServiceError
 from service.jobs.runner import JobRunner, job_body
 from service.jobs.schemas import JobAccepted, JobStatus
 from service.jobs.store import DONE, JobRecord
+from service.pipeline.fetch import refuse_early
 
 router = APIRouter(tags=["jobs"])
 upload_router = APIRouter(tags=["jobs"])
@@ -75,6 +76,7 @@ async def create_job(body: PredictRequest, request: Request, runtime: RuntimeDep
     the job ``failed`` with the error /predict would have answered."""
     check_overrides(body, runtime.settings, job=True)
     require_ready(runtime)
+    refuse_early(body.file_path, runtime.settings)  # a source refused without the network: no job at all
     return _accepted(await jobs.submit_url(body, request.state.request_id), request)
 
 

@@ -27,7 +27,7 @@ from service.api.schemas import ErrorResponse, PredictRequest, PredictResponse
 from service.api.uploads import FileUpload
 from service.errors import BadRequest, ServiceError, Unavailable
 from service.pipeline.analyse import AnalysisOptions, analyse_video, analyse_video_with_evidence
-from service.pipeline.fetch import FetchedVideo, fetched_video, staged_upload
+from service.pipeline.fetch import FetchedVideo, fetched_video, refuse_early, staged_upload
 from service.runtime import Runtime
 
 router = APIRouter(tags=["predict"])
@@ -170,6 +170,7 @@ async def predict(body: PredictRequest, request: Request, runtime: RuntimeDep, a
     check_overrides(body, runtime.settings)  # part of validating the body: answered even before models load
     require_ready(runtime)
     options = analysis_options(body, runtime)
+    refuse_early(body.file_path, runtime.settings)  # 403/400 at once, not after waiting for a slot
     source = fetched_video(body.file_path, runtime.settings)
     analyse = analyse_with_thumbnails if body.thumbnails else analyse_video
     return await cancel_on_disconnect(request, _admitted(admission, source, options, request, runtime, analyse))
