@@ -97,12 +97,7 @@ async def _fetch_and_score(
     started = time.perf_counter()
     async with source as video:
         fetch_ms = (time.perf_counter() - started) * 1000.0
-        return await _score(video, options, request, runtime, fetch_ms, analyse)
-
-
-async def _score(video: FetchedVideo, options: AnalysisOptions, request: Request, runtime: Runtime, fetch_ms: float,
-                 analyse: Analyse = analyse_video) -> dict:
-    return await score_video(video, options, request.state.request_id, runtime, fetch_ms, analyse=analyse)
+        return await score_video(video, options, request.state.request_id, runtime, fetch_ms, analyse=analyse)
 
 
 async def score_video(video: FetchedVideo, options: AnalysisOptions, request_id: str, runtime: Runtime,
@@ -154,7 +149,7 @@ async def _admitted_score(admission: Admission, video: FetchedVideo, options: An
                           request: Request, runtime: Runtime, fetch_ms: float) -> dict:
     """Wait for a processing slot, then score a video already staged."""
     async with admission.slot():
-        return await _score(video, options, request, runtime, fetch_ms)
+        return await score_video(video, options, request.state.request_id, runtime, fetch_ms)
 
 
 def require_ready(runtime: Runtime) -> None:
