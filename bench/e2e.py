@@ -63,6 +63,16 @@ BASELINE_ENV = {
     "DFS_DECODER": "pyav",  # the deploy decoded on the CPU
 }
 
+#: CPU engine variants, each a service profile pinned to one runtime and precision (issue 17); the
+#: ``service`` profile is DFS_RUNTIME=auto, which times these per model at start-up and keeps the
+#: fastest. ``ort`` is the path before OpenVINO and INT8: the ratios are against it.
+CPU_PROFILES = {
+    "ort": {"DFS_RUNTIME": "onnxruntime", "DFS_PRECISION": "fp32"},
+    "openvino": {"DFS_RUNTIME": "openvino", "DFS_PRECISION": "fp32"},
+    "ort-int8": {"DFS_RUNTIME": "onnxruntime", "DFS_PRECISION": "int8"},
+    "openvino-int8": {"DFS_RUNTIME": "openvino", "DFS_PRECISION": "int8"},
+}
+
 
 @dataclass
 class LevelResult:
@@ -77,6 +87,7 @@ class LevelResult:
     p99_ms: float | None
     rss_mb_before: float | None
     rss_mb_after: float | None
+    rss_mb_peak: float | None
     gpu_mb_before: float | None
     gpu_mb_after: float | None
     stage_ms_mean: dict[str, float] = field(default_factory=dict)
@@ -86,11 +97,11 @@ class LevelResult:
 # --- process memory ---------------------------------------------------------------------------
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of ``pid`` from /proc (Linux), in MB."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """Resident memory of ``pid`` from /proc (Linux), in MB; ``field="VmHWM"`` is its peak so far."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -238,6 +249,7 @@ def measure(profile: str, service: LiveService, video: Path, clients: int, reque
         p99_ms=percentile(latencies_ms, 99),
         rss_mb_before=rss_before,
         rss_mb_after=rss_mb(service.pid),
+        rss_mb_peak=rss_mb(service.pid, "VmHWM"),
         gpu_mb_before=gpu_before,
         gpu_mb_after=gpu_mb(service.pid),
         stage_ms_mean={k: round(statistics.fmean(v), 1) for k, v in stages.items()},
@@ -271,12 +283,26 @@ def span(before: float | None, after: float | None) -> str:
 
 
 def print_table(results: list[LevelResult]) -> None:
-    print(f"{'profile':9} {'clients':>7} {'ok/req':>8} {'videos/s':>9} {'p50 ms':>9} {'p99 ms':>9} "
-          f"{'rss MB':>13} {'gpu MB':>13}  errors")
+    today = {r.clients: r for r in results if r.profile == "ort" and r.ok}
+    print(f"{'profile':13} {'clients':>7} {'ok/req':>8} {'s/video':>8} {'videos/s':>9} {'vs ort':>7} {'p50 ms':>9} "
+          f"{'p99 ms':>9} {'rss MB':>13} {'peak MB':>8} {'gpu MB':>13}  errors")
     for r in results:
-        print(f"{r.profile:9} {r.clients:7d} {f'{r.ok}/{r.requests}':>8} {r.videos_per_s:9.3f} {fmt(r.p50_ms):>9} "
-              f"{fmt(r.p99_ms):>9} {span(r.rss_mb_before, r.rss_mb_after):>13} "
+        per_video = r.seconds * r.clients / r.ok if r.ok else None
+        ratio = r.videos_per_s / today[r.clients].videos_per_s if r.clients in today and r.ok else None
+        print(f"{r.profile:13} {r.clients:7d} {f'{r.ok}/{r.requests}':>8} {fmt(per_video, '.2f'):>8} "
+              f"{r.videos_per_s:9.3f} {fmt(ratio, '.2f'):>7} {fmt(r.p50_ms):>9} {fmt(r.p99_ms):>9} "
+              f"{span(r.rss_mb_before, r.rss_mb_after):>13} {fmt(r.rss_mb_peak):>8} "
               f"{span(r.gpu_mb_before, r.gpu_mb_after):>13}  {r.errors or ''}")
+
+
+def print_stages(results: list[LevelResult]) -> None:
+    """Mean server-side milliseconds per stage, per profile and client count (the response's timings_ms)."""
+    stages = list(dict.fromkeys(stage for r in results for stage in r.stage_ms_mean))
+    if not stages:
+        return
+    print(f"\n{'stage ms (mean)':19}" + "".join(f"{stage[:12]:>13}" for stage in stages))
+    for r in results:
+        print(f"{r.profile[:13]:13} x{r.clients:<4d}" + "".join(f"{fmt(r.stage_ms_mean.get(s)):>13}" for s in stages))
 
 
 def ratios(results: list[LevelResult]) -> list[dict]:
@@ -302,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="post a SECONDS-long copy of --video resized to --height instead (H.264)")
     parser.add_argument("--height", type=int, default=1080, help="height for --make-video (default: %(default)s)")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--profiles", default="service,torch,baseline", help="comma list of service, torch, baseline")
+    parser.add_argument("--profiles", default="service,torch,baseline",
+                        help="comma list of service, torch, baseline and the CPU engine variants "
+                             f"{', '.join(CPU_PROFILES)} (e.g. --profiles ort,openvino,ort-int8,openvino-int8,service)")
     parser.add_argument("--clients", default="1,8,32", help="comma list of concurrent clients (default: %(default)s)")
     parser.add_argument("--requests", type=int, help="requests per client count (default: 2 x clients, at least 4)")
     parser.add_argument("--baseline-requests", type=int, default=2, help="requests for the sequential baseline")
@@ -320,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
-    unknown = set(profiles) - {"service", "torch", "baseline"}
+    unknown = set(profiles) - {"service", "torch", "baseline", *CPU_PROFILES}
     if unknown:
         parser.error(f"unknown profiles: {', '.join(sorted(unknown))}")
     levels = [int(c) for c in args.clients.split(",")]
@@ -351,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 env["DFS_MODEL_REPOSITORY"] = str(torch_repo)
             if profile == "torch":
                 env |= {"DFS_RUNTIME": "torch", "DFS_MODEL_REPOSITORY": str(torch_repo)}
+            env |= CPU_PROFILES.get(profile, {})
             if profile == "baseline":
                 env |= BASELINE_ENV | {"DFS_MODEL_REPOSITORY": str(torch_repo)}
             print(f"[{profile}] starting the service", flush=True)
@@ -371,10 +400,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"video: {video.name}; models: {results[0].runtimes if results else {}}")
+    print(f"video: {video.name}")
+    for profile in dict.fromkeys(r.profile for r in results):
+        served = next(r.runtimes for r in results if r.profile == profile)
+        print(f"  {profile}: " + ", ".join(f"{name} {runtime}" for name, runtime in served.items()))
     if stand_ins:
         print(f"torch/baseline profiles use random-init weights for {', '.join(stand_ins)} (speed only)")
     print_table(results)
+    print_stages(results)
     ratio_rows = ratios(results)
     if ratio_rows:
         print()

@@ -43,3 +43,28 @@ def store_weights_fp16(path: Path, min_elements: int = MIN_ELEMENTS) -> tuple[in
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return before, path.stat().st_size
+
+
+def weights_as_fp32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The inverse of :func:`store_weights_fp16` on a loaded model: float32 initializers, no casts.
+
+    Quantization (``export.quantize``) must see a Conv's weight as an initializer to quantize it
+    per channel; behind a ``Cast`` it would be taken for an activation. The values are the float16
+    ones widened, i.e. exactly what the fp32 graph computes with.
+    """
+    graph = model.graph
+    halves = {init.name: init for init in graph.initializer if init.name.endswith("__fp16")}
+    widened, kept_nodes, dropped = [], [], set()
+    for node in graph.node:
+        if node.op_type == "Cast" and len(node.input) == 1 and node.input[0] in halves:
+            array = numpy_helper.to_array(halves[node.input[0]]).astype(np.float32)
+            widened.append(numpy_helper.from_array(array, name=node.output[0]))
+            dropped.add(node.input[0])
+        else:
+            kept_nodes.append(node)
+    keep = [init for init in graph.initializer if init.name not in dropped] + widened
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    return model

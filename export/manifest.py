@@ -46,6 +46,43 @@ class Parity(BaseModel):
     samples: int
 
 
+class Variant(BaseModel):
+    """Another file of the same model beside ``file``: today an INT8 post-training quantization.
+
+    Written by ``python -m export.quantize``. ``parity`` compares it with the fp32 file on real face
+    crops; ``auc`` / ``auc_fp32`` are the video AUC of both on held-out labelled videos through the
+    serving pipeline. The service's ``DFS_PRECISION=auto`` only considers a variant whose
+    ``auc_delta`` is known and within ``MAX_AUC_DELTA``.
+    """
+
+    file: str
+    precision: Literal["int8"] = "int8"
+    method: str = Field("", description="How it was made, e.g. 'onnxruntime quantize_static QDQ, per-channel'.")
+    calibration: dict[str, Any] = Field(default_factory=dict, description="What the activation ranges came from.")
+    max_abs_diff_logit: float | None = Field(None, description="Against the fp32 file, on held-out real crops.")
+    max_abs_diff_prob: float | None = None
+    parity_samples: int = 0
+    auc_fp32: float | None = None
+    auc: float | None = None
+    auc_data: str = Field("", description="The labelled videos both AUCs were measured on.")
+    command: str | None = None
+    created_at: str = ""
+
+    @property
+    def auc_delta(self) -> float | None:
+        if self.auc is None or self.auc_fp32 is None:
+            return None
+        return self.auc - self.auc_fp32
+
+    def quality_kept(self) -> bool:
+        """Measured, and its AUC within ``MAX_AUC_DELTA`` of fp32 (the issue's bar for a default)."""
+        delta = self.auc_delta
+        return delta is not None and abs(delta) <= MAX_AUC_DELTA + 1e-9
+
+
+MAX_AUC_DELTA = 0.01
+
+
 class TensorInfo(BaseModel):
     name: str
     shape: list[int | str]
@@ -85,6 +122,10 @@ class Manifest(BaseModel):
     exporter: dict[str, str] = Field(default_factory=dict)
     command: str | None = None
     tensorrt: dict[str, Any] | None = None
+    variants: list[Variant] = Field(default_factory=list)
+
+    def variant(self, precision: str) -> Variant | None:
+        return next((v for v in self.variants if v.precision == precision), None)
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec.from_dict(self.spec)

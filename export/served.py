@@ -85,6 +85,7 @@ class ServedRun:
     versions: dict[str, ModelVersion]  # the loaded version of each model
     ensemble: ServedEnsemble  # the combination the service applies with these settings
     left_out: dict[str, str] = field(default_factory=dict)  # video -> why it was not scored
+    runtimes: dict[str, str] = field(default_factory=dict)  # model -> the engine that served it (e.g. ...:int8)
 
 
 def collect(settings: Settings, sources: list[Source]) -> ServedRun:
@@ -98,7 +99,8 @@ def collect(settings: Settings, sources: list[Source]) -> ServedRun:
             left_out: dict[str, str] = {}
             predictions = await served_logits(runtime, sources, left_out)
             versions = {name: model.version for name, model in runtime.models.items()}
-            return ServedRun(predictions, versions, runtime.ensemble, left_out)
+            runtimes = {name: model.runtime for name, model in runtime.models.items()}
+            return ServedRun(predictions, versions, runtime.ensemble, left_out, runtimes)
         finally:
             await runtime.close()
 

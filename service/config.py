@@ -68,10 +68,18 @@ class Settings(BaseSettings):
     model_repository: Path = Field(Path("model_repository"), description="Triton-style model repository.")
     models: str = Field("", description="Comma list of models to load; empty = every model found.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where engines and the face detector run.")
-    onnx_intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime CPU threads per session (0 = runtime default).")
-    runtime: Literal["auto", "torch", "triton"] = Field(
+    onnx_intra_op_threads: int = Field(
+        0, ge=0, description="CPU threads per model's engine, ONNX Runtime or OpenVINO (0 = the runtime's default: "
+        "every core).")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="CPU engines: auto = the model's INT8 variant (model.int8.onnx, `python -m "
+        "export.quantize`) competes with fp32 when its manifest records a video AUC within 0.01 of fp32; "
+        "int8 = the INT8 variant wherever one exists; fp32 = never INT8.")
+    runtime: Literal["auto", "onnxruntime", "openvino", "torch", "triton"] = Field(
         "auto",
-        description="auto = the exported engine (ONNX Runtime TensorRT/CUDA/CPU provider, or a TensorRT plan); "
+        description="auto = the exported engine: on a GPU ONNX Runtime's TensorRT/CUDA provider (or a TensorRT "
+        "plan); on a CPU the fastest of ONNX Runtime and OpenVINO, timed per model at start-up; onnxruntime / "
+        "openvino = only that runtime (openvino: CPU only, the `openvino` package); "
         "torch = eager PyTorch from the manifest's source checkpoint (the reference runtime); triton = each "
         "model's forward pass on the Triton Inference Server at DFS_TRITON_URL (same repository, config.pbtxt "
         "from `python -m export.triton_config`).",

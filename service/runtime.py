@@ -17,7 +17,24 @@ from service import metrics
 from service.config import Settings
 from service.ensemble import ServedEnsemble, resolve
 from service.model_repository import ModelVersion, discover, file_sha256
-from service.pipeline.engines import DynamicBatcher, Engine, EngineUnavailable, OnnxEngine, TorchEngine
+from service.pipeline.engine_choice import (
+    CHOICE_FILE,
+    Candidate,
+    ChoiceCache,
+    candidates,
+    choice_key,
+    choose,
+    probe_batch,
+)
+from service.pipeline.engines import (
+    DynamicBatcher,
+    Engine,
+    EngineUnavailable,
+    OnnxEngine,
+    TorchEngine,
+    onnx_providers,
+)
+from service.pipeline.openvino_engine import OpenVinoEngine, openvino_available
 from service.pipeline.faces import FaceDetector, create_detector
 from service.pipeline.tensor_frames import choose_decoder
 
@@ -63,6 +80,7 @@ class Runtime:
     # DFS_RUNTIME=triton: the server's and each model's readiness, folded into /healthcheck
     remote: TritonHealth | None = None
     _triton: TritonClients | None = None
+    _engine_files: dict[str, Path] = field(default_factory=dict)  # CPU engines: the file chosen per model
 
     async def load(self) -> None:
         """Load detector and engines off the event loop; record why if it fails."""
@@ -138,10 +156,11 @@ class Runtime:
         return self._triton
 
     def _served_file(self, version: ModelVersion) -> Path:
-        """The file the engine runs: the manifest's engine, or its source checkpoint on the torch runtime."""
+        """The file the engine runs: the chosen CPU file (fp32 or INT8), the manifest's engine, or the
+        source checkpoint on the torch runtime."""
         if self.settings.runtime == "torch" and version.manifest.source.path:
             return Path(version.manifest.source.path)
-        return version.engine_path
+        return self._engine_files.get(version.name, version.engine_path)
 
     def _open_engine(self, version: ModelVersion, spec: ModelSpec, max_batch: int) -> Engine:
         if self.settings.runtime == "triton":
@@ -178,13 +197,36 @@ class Runtime:
 
             check_compatible(version.manifest)
             return TensorRTEngine(version.engine_path.read_bytes(), max_batch=version.manifest.max_batch or 64)
-        return OnnxEngine(
-            version.engine_path,
-            device=self.settings.device,
-            threads=self.settings.onnx_intra_op_threads,
-            engine_cache=self.settings.engine_cache,
-            gpu_memory_limit_mb=self.settings.gpu_memory_limit_mb,
-        )
+        if self.settings.runtime == "openvino" and self.settings.device == "cuda":
+            raise RuntimeError("DFS_RUNTIME=openvino runs on the CPU; DFS_DEVICE=cuda asks for a GPU")
+        if self.settings.runtime != "openvino" and onnx_providers(self.settings.device)[0] != "CPUExecutionProvider":
+            return OnnxEngine(  # a GPU: ONNX Runtime's TensorRT/CUDA provider on the fp32 file
+                version.engine_path,
+                device=self.settings.device,
+                threads=self.settings.onnx_intra_op_threads,
+                engine_cache=self.settings.engine_cache,
+                gpu_memory_limit_mb=self.settings.gpu_memory_limit_mb,
+            )
+        options = candidates(version, self.settings.runtime, self.settings.precision,
+                             openvino_installed=openvino_available())
+        per_track = self.settings.max_clips_per_track if spec.kind == "clip" else self.settings.frames_per_track
+        batch = probe_batch(spec, min(max_batch, per_track)) if len(options) > 1 else probe_batch(spec, 1)
+        key = choice_key(options, batch.shape, self.settings.onnx_intra_op_threads) if len(options) > 1 else None
+        cache = ChoiceCache(self.settings.data_dir / CHOICE_FILE)
+        engine, chosen, _ = choose(version.name, options, self._open_cpu_engine, batch, cache, key)
+        self._engine_files[version.name] = chosen.path
+        return engine
+
+    def _open_cpu_engine(self, candidate: Candidate) -> Engine:
+        threads = self.settings.onnx_intra_op_threads
+        engine: OpenVinoEngine | OnnxEngine
+        if candidate.runtime == "openvino":
+            engine = OpenVinoEngine(candidate.path, threads=threads)
+        else:
+            engine = OnnxEngine(candidate.path, device="cpu", threads=threads)
+        if candidate.precision != "fp32":
+            engine.runtime += f":{candidate.precision}"  # /models and the logs say which file's precision runs
+        return engine
 
     async def close(self) -> None:
         for model in self.models.values():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,7 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
         self._worker: asyncio.Task | None = None
+        self._waiting: Counter[str] = Counter()  # request id -> its infer() calls awaiting results
 
     def start(self) -> None:
         if self._worker is None:
@@ -239,14 +241,22 @@ class DynamicBatcher:
             self._queue.put_nowait(_Pending(request_id, crop, future))
             futures.append(future)
         metrics.QUEUE_DEPTH.labels(self.name).set(self._queue.qsize())
+        self._waiting[request_id] += 1
         try:
             return np.asarray(await asyncio.gather(*futures), dtype=np.float32)
         finally:
+            self._waiting[request_id] -= 1
+            if not self._waiting[request_id]:
+                del self._waiting[request_id]
             for future in futures:  # a cancelled request leaves no work behind
                 future.cancel()
 
     async def _collect(self) -> list[_Pending]:
         """The next batch: the first live item, then what arrives within ``max_wait_s``, up to ``max_batch``.
+
+        The wait is skipped once the queue is empty and every request awaiting results has items in the
+        batch: a request submits all its crops at once, so then only a request not yet arrived could
+        join, and a lone request (the usual case on a CPU) never idles for it.
 
         Items of a cancelled request (its futures were cancelled by :meth:`infer`) are dropped as they
         are taken off the queue, so they neither reach the engine nor take a place in a batch.
@@ -257,6 +267,8 @@ class DynamicBatcher:
             batch = [p for p in [await self._queue.get()] if not p.future.done()]
         deadline = loop.time() + self.max_wait_s
         while len(batch) < self.max_batch:
+            if self._queue.empty() and set(self._waiting) <= {p.request_id for p in batch}:
+                break  # every waiting request is in this batch already: waiting could only add latency
             remaining = deadline - loop.time()
             try:
                 if remaining <= 0:

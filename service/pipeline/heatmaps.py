@@ -30,8 +30,12 @@ def heatmap_runner(engine: Engine) -> HeatmapRunner | None:
     """The engine's patch-map output as a callable, or None when it has none.
 
     ONNX Runtime sessions are asked for :data:`HEATMAP_OUTPUT` alone (the graph then skips the
-    score's own tail); the eager torch runtime calls the network's ``forward_with_heatmap``.
+    score's own tail); the eager torch runtime calls the network's ``forward_with_heatmap``; an
+    engine with its own ``heatmap_runner(output_name)`` (OpenVINO) is asked for it.
     """
+    own_runner = getattr(engine, "heatmap_runner", None)
+    if callable(own_runner):
+        return own_runner(HEATMAP_OUTPUT)
     session = getattr(engine, "session", None)
     if session is not None:
         if HEATMAP_OUTPUT not in {output.name for output in session.get_outputs()}:

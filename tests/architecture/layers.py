@@ -4,7 +4,8 @@ From the ground up (issue 18): ``models`` (networks, specs, registry) -> the med
 (fetch, decode, GPU frames, faces, tracks, crops, evidence drawing) -> engines and contracts
 (engines, scoring, the model repository and ensemble file formats) -> ``export`` and ``training``
 -> the web app (``service`` config, API, runtime, admission, jobs, CLI, the analysis that ties
-the stages to a runtime) -> ``bench``. A module may import its own unit and the layers below.
+the stages to a runtime) -> the export tools that run the app on labelled videos (``export.served``,
+``calibrate``, ``fit_ensemble``, ``quantize``) -> ``bench``. A module may import its own unit and the layers below.
 
 Imports are read with :mod:`ast`, not by importing anything, so the scan is fast and sees
 imports inside functions too (a lazy import is still a dependency).
@@ -27,6 +28,8 @@ UNITS: dict[str, tuple[str, int]] = {
     "service.pipeline": ("media", 1),
     "service.pipeline.engines": ("engines", 2),
     "service.pipeline.triton_engine": ("engines", 2),
+    "service.pipeline.openvino_engine": ("engines", 2),
+    "service.pipeline.engine_choice": ("engines", 2),
     "service.pipeline.scores": ("engines", 2),
     "service.model_repository": ("engines", 2),
     "export.manifest": ("engines", 2),
@@ -36,7 +39,12 @@ UNITS: dict[str, tuple[str, int]] = {
     "service": ("app", 4),
     "service.pipeline.analyse": ("app", 4),
     "service.pipeline.evidence": ("app", 4),
-    "bench": ("bench", 5),
+    # tools that run the whole app on labelled videos in-process (calibration, ensemble fit, INT8)
+    "export.served": ("served", 5),
+    "export.calibrate": ("served", 5),
+    "export.fit_ensemble": ("served", 5),
+    "export.quantize": ("served", 5),
+    "bench": ("bench", 6),
 }
 
 

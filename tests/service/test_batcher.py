@@ -120,3 +120,20 @@ def test_a_cancelled_requests_queued_crops_never_reach_the_engine() -> None:
             await batcher.stop()
 
     assert asyncio.run(scenario()) == [1, 2]
+
+
+def test_a_lone_request_does_not_wait_for_company(onnx_engine: OnnxEngine) -> None:
+    """With every waiting request's crops already in the batch, the batcher runs it at once instead of
+    holding it for ``max_wait_s`` (here 60 s: waiting would blow the 20 s bound by far)."""
+    engine = FailingEngine(onnx_engine, limit=8)
+
+    async def lone() -> np.ndarray:
+        batcher = DynamicBatcher("advgame", engine, SPEC, max_batch=8, max_wait_s=60.0)
+        batcher.start()
+        try:
+            return await asyncio.wait_for(batcher.infer("only", crops(3, 5)), timeout=20)
+        finally:
+            await batcher.stop()
+
+    got = asyncio.run(lone())
+    assert got.shape == (3,) and engine.batch_sizes == [3]

@@ -26,14 +26,14 @@ def test_onnx_and_torch_runtimes_agree(tmp_path: Path) -> None:
     crops = np.random.default_rng(0).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
 
     results = {}
-    for runtime in ("auto", "torch"):
+    for runtime in ("onnxruntime", "torch"):
         state = Runtime(Settings(model_repository=repository, runtime=runtime, device="cpu", face_detector="blazeface"))
         asyncio.run(state.load())
         assert state.ready, state.reason
         loaded = state.models["advgame"]
         results[runtime] = loaded.batcher.engine.run(normalize(loaded.spec, crops))
-        assert loaded.runtime.startswith("onnxruntime:CPUExecutionProvider" if runtime == "auto" else "torch:cpu:fp32")
-    np.testing.assert_allclose(results["auto"], results["torch"], atol=1e-4)
+        assert loaded.runtime.startswith("onnxruntime:CPUExecutionProvider" if runtime == "onnxruntime" else "torch:cpu:fp32")
+    np.testing.assert_allclose(results["onnxruntime"], results["torch"], atol=1e-4)
 
 
 def test_torch_runtime_without_a_checkpoint_keeps_the_service_unhealthy(tmp_path: Path) -> None:

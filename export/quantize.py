@@ -1,0 +1,290 @@
+"""``python -m export.quantize``: an INT8 variant of each exported model, calibrated on real face crops.
+
+    python -m export.quantize --repository model_repository --labels ../shared/data/corpus/labels.csv
+
+For every model in the repository (``--models`` narrows it) this
+
+1. runs labelled videos of ``--calibration-split`` (default train: never the split quality is judged
+   on) through the serving pipeline in this process, recording the normalised crops each model is
+   fed, exactly as served (decode, faces, tracks, sampling, crops);
+2. quantizes the fp32 ONNX file with ONNX Runtime's static post-training quantization (QDQ,
+   per-channel signed INT8 weights, unsigned INT8 activations whose ranges come from the recorded
+   crops of the first videos; the first convolution and the Gemm/MatMul heads stay fp32) into
+   ``model.int8.onnx`` beside it; OpenVINO runs the same QDQ file;
+3. measures parity against fp32 on the crops of the remaining, held-out videos (max |logit
+   difference| under ONNX Runtime and OpenVINO);
+4. unless ``--no-auc``, runs the ``--auc-split`` videos (default val) through the serving pipeline
+   twice, fp32 and INT8 (ONNX Runtime both, so only the precision differs), and records each model's
+   video AUC both ways, with the manifest calibration;
+5. records all of it as the manifest's ``variants`` entry (and the command). The service's
+   ``DFS_PRECISION=auto`` lets the variant compete for speed only when its AUC is within 0.01 of fp32.
+
+Why ONNX Runtime's quantizer and not NNCF: it is already a dependency, writes a standard QDQ ONNX file
+both runtimes read, and needs no second model format in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shlex
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from export.fp16_weights import weights_as_fp32
+from export.manifest import MAX_AUC_DELTA, Manifest, Variant
+from export.served import ServedRun, collect, labelled, served_logits, served_scores
+from service.config import Settings
+from service.model_repository import ModelVersion, discover
+from service.pipeline.engines import Engine, OnnxEngine
+from service.runtime import Runtime
+from training.metrics import binary_metrics
+from training.sources import Source
+
+log = logging.getLogger("export.quantize")
+
+INT8_FILE = "model.int8.onnx"
+CALIBRATION_SHARE = 0.75  # of the recorded videos: activation ranges; the rest: parity
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+@dataclass
+class Recorded:
+    """Normalised engine inputs of one model, one item each, with the video they came from."""
+
+    items: list[np.ndarray] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+
+
+class RecordingEngine:
+    """Passes batches through to the served engine and keeps up to ``cap`` items per video."""
+
+    def __init__(self, inner: Engine, store: Recorded, cap_per_video: int, current: list[str]) -> None:
+        self.inner = inner
+        self.runtime = inner.runtime
+        self.store = store
+        self.cap = cap_per_video
+        self.current = current  # the video being analysed, set by the loop over sources
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        video = self.current[0]
+        taken = sum(1 for v in self.store.videos if v == video)
+        for item in batch[: max(0, self.cap - taken)]:
+            self.store.items.append(np.array(item))
+            self.store.videos.append(video)
+        return self.inner.run(batch)
+
+
+def record_inputs(settings: Settings, sources: list[Source], cap_per_video: int) -> dict[str, Recorded]:
+    """Each model's inputs over ``sources``, served by fp32 ONNX Runtime (the file being quantized).
+
+    Videos go one at a time through one loaded runtime, so every batch belongs to the current video.
+    """
+    recorded: dict[str, Recorded] = defaultdict(Recorded)
+    current = [""]
+
+    async def run() -> None:
+        runtime = Runtime(settings)
+        await runtime.load()
+        if not runtime.ready:
+            raise SystemExit(f"the models could not be loaded: {runtime.reason}")
+        for name, model in runtime.models.items():
+            model.batcher.engine = RecordingEngine(model.batcher.engine, recorded[name], cap_per_video, current)
+        try:
+            for source in tqdm(sources, desc="recording", unit="video"):
+                current[0] = str(source.path)
+                await served_logits(runtime, [source])
+        finally:
+            await runtime.close()
+
+    asyncio.run(run())
+    return dict(recorded)
+
+
+def split_by_video(record: Recorded, share: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Calibration items (the first ``share`` of the videos) and held-out parity items (the rest)."""
+    videos = list(dict.fromkeys(record.videos))
+    cut = max(1, min(len(videos) - 1, round(len(videos) * share))) if len(videos) > 1 else 1
+    calibration_videos = set(videos[:cut])
+    calibration = [x for x, v in zip(record.items, record.videos, strict=True) if v in calibration_videos]
+    held_out = [x for x, v in zip(record.items, record.videos, strict=True) if v not in calibration_videos]
+    return calibration, held_out or calibration[-4:]
+
+
+def quantize_file(source: Path, target: Path, input_name: str, items: list[np.ndarray], method: str) -> None:
+    """Static QDQ INT8 quantization of ``source`` (fp16-stored weights are widened first)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter(items)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            item = next(self._items, None)
+            return None if item is None else {input_name: item[None]}
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    with tempfile.TemporaryDirectory() as work:
+        widened, prepared = Path(work) / "fp32.onnx", Path(work) / "prepared.onnx"
+        onnx.save(weights_as_fp32(onnx.load(str(source))), str(widened))
+        quant_pre_process(str(widened), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method], nodes_to_exclude=kept_in_fp32(onnx.load(str(prepared))))
+
+
+def kept_in_fp32(model: onnx.ModelProto) -> list[str]:
+    """The first convolution and every Gemm/MatMul (classifier heads, FTCN's transformer) stay fp32.
+
+    Measured on the bundle's crops (max |logit| error against fp32 on held-out crops, all-INT8 ->
+    these kept): advgame 0.40 -> 0.22, dcl 0.58 -> 0.51, FTCN 0.26 -> 0.02, LIB 0.37 -> 0.26, PCL-I2G
+    0.11 -> 0.07. The first layer sees raw pixels with a range unlike the rest, and the heads are a
+    negligible share of the compute.
+    """
+    convolutions = [node.name for node in model.graph.node if node.op_type == "Conv"]
+    heads = [node.name for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]
+    return convolutions[:1] + heads
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def parity(fp32: Path, int8: Path, items: list[np.ndarray]) -> dict[str, float]:
+    """Max |logit| and |P| differences of INT8 against fp32 on ``items``, per runtime."""
+    from service.pipeline.openvino_engine import OpenVinoEngine, openvino_available
+
+    batch = np.stack(items)
+    reference = OnnxEngine(fp32, device="cpu").run(batch)
+    out: dict[str, float] = {}
+    runtimes: dict[str, Engine] = {"onnxruntime": OnnxEngine(int8, device="cpu")}
+    if openvino_available():
+        runtimes["openvino"] = OpenVinoEngine(int8)
+    for runtime, engine in runtimes.items():
+        logits = engine.run(batch)
+        out[f"{runtime}_logit"] = float(np.abs(logits - reference).max())
+        out[f"{runtime}_prob"] = float(np.abs(_sigmoid(logits) - _sigmoid(reference)).max())
+    return out
+
+
+def video_aucs(run: ServedRun, versions: dict[str, ModelVersion]) -> dict[str, float]:
+    """Each model's video AUC (calibrated track scores, maximum over tracks) in ``run``."""
+    scores = served_scores(run.predictions, {n: v.manifest.calibration for n, v in versions.items()})
+    out = {}
+    for name in versions:
+        by_video = scores.model(name)
+        labels = [scores.labels[video] for video in by_video]
+        out[name] = binary_metrics(labels, list(by_video.values()))["auc"]
+    return out
+
+
+def write_variant(version: ModelVersion, variant: Variant) -> None:
+    """Replace the manifest's INT8 entry with ``variant`` (re-read: the file on disk is the truth)."""
+    manifest = Manifest.read(version.folder)
+    manifest.variants = [v for v in manifest.variants if v.precision != variant.precision] + [variant]
+    manifest.write(version.folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--labels", required=True, type=Path, help="label-list CSV of videos (label,path[,split])")
+    parser.add_argument("--models", default="", help="comma list (default: every model in the repository)")
+    parser.add_argument("--calibration-split", default="train", help="videos whose crops set the ranges (default train)")
+    parser.add_argument("--calibration-videos", type=int, default=16,
+                        help="videos of that split to record, spread over it (default 16)")
+    parser.add_argument("--items-per-video", type=int, default=8, help="crops kept per model per video (default 8)")
+    parser.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
+                        help="how activation ranges are set from the crops (default minmax)")
+    parser.add_argument("--auc-split", default="val", help="videos the fp32 and INT8 AUCs are measured on (default val)")
+    parser.add_argument("--no-auc", action="store_true",
+                        help="skip the AUC measurement (the variant is then not used by DFS_PRECISION=auto)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command = "python -m export.quantize " + shlex.join(sys.argv[1:] if argv is None else argv)
+    wanted = [m for m in args.models.split(",") if m] or None
+    versions = discover(args.repository, wanted)
+    fp32 = Settings(model_repository=args.repository, models=",".join(versions), runtime="onnxruntime",
+                    precision="fp32")
+
+    # photos are refused by the video pipeline (too few frames): calibrate on the split's videos
+    pool = [s for s in labelled(args.labels, args.calibration_split) if s.path.suffix.lower() not in PHOTO_SUFFIXES]
+    if not pool:
+        raise SystemExit(f"no videos in split {args.calibration_split!r} of {args.labels}")
+    picks = np.unique(np.linspace(0, len(pool) - 1, min(args.calibration_videos, len(pool))).round().astype(int))
+    sources = [pool[i] for i in picks]
+    log.info("recording crops of %d %s videos", len(sources), args.calibration_split)
+    recorded = record_inputs(fp32, sources, args.items_per_video)
+
+    report: dict[str, dict] = {}
+    for name, version in versions.items():
+        calibration, held_out = split_by_video(recorded.get(name, Recorded()), CALIBRATION_SHARE)
+        if not calibration:
+            raise SystemExit(f"{name}: no crops were recorded (no faces in the {args.calibration_split} videos?)")
+        target = version.folder / INT8_FILE
+        log.info("%s: quantizing on %d crops, parity on %d held-out crops", name, len(calibration), len(held_out))
+        quantize_file(version.engine_path, target, version.manifest.inputs[0].name, calibration, args.method)
+        report[name] = {"calibration_items": len(calibration), "parity_items": len(held_out),
+                        **parity(version.engine_path, target, held_out)}
+
+    for name, version in versions.items():  # written now: the INT8 pass below serves what the manifest lists
+        row = report[name]
+        variant = Variant(
+            file=INT8_FILE, method="onnxruntime quantize_static: QDQ, per-channel INT8 weights, UINT8 activations, "
+            f"{args.method} ranges, first Conv and Gemm/MatMul kept fp32",
+            calibration={"labels": str(args.labels), "split": args.calibration_split, "videos": len(sources),
+                         "items": row["calibration_items"]},
+            max_abs_diff_logit=max(row.get("onnxruntime_logit", 0.0), row.get("openvino_logit", 0.0)),
+            max_abs_diff_prob=max(row.get("onnxruntime_prob", 0.0), row.get("openvino_prob", 0.0)),
+            parity_samples=row["parity_items"], command=command,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        write_variant(version, variant)
+        row["kept"] = False
+
+    if not args.no_auc:
+        auc_sources = labelled(args.labels, args.auc_split)
+        log.info("AUC on %d %s videos: fp32, then INT8", len(auc_sources), args.auc_split)
+        auc32 = video_aucs(collect(fp32, auc_sources), versions)
+        int8_run = collect(fp32.model_copy(update={"precision": "int8"}), auc_sources)
+        not_int8 = {name: runtime for name, runtime in int8_run.runtimes.items() if not runtime.endswith(":int8")}
+        if not_int8:
+            raise SystemExit(f"the INT8 pass did not serve INT8 for {not_int8}")
+        auc8 = video_aucs(int8_run, versions)
+        for name, version in versions.items():
+            variant = Manifest.read(version.folder).variant("int8")
+            assert variant is not None
+            variant.auc_fp32, variant.auc = auc32[name], auc8[name]
+            variant.auc_data = f"{args.labels} split {args.auc_split}, through the serving pipeline"
+            write_variant(version, variant)
+            report[name] |= {"auc_fp32": auc32[name], "auc": auc8[name], "kept": variant.quality_kept()}
+    print_table(report)
+    return 0
+
+
+def print_table(report: dict[str, dict]) -> None:
+    print(f"\n{'model':10} {'calib':>5} {'parity':>6} {'max|dlogit| ort':>15} {'ov':>7} {'AUC fp32':>8} "
+          f"{'AUC int8':>8} {'delta':>7}  DFS_PRECISION=auto")
+    for name, row in report.items():
+        auc32, auc8 = row.get("auc_fp32"), row.get("auc")
+        delta = "" if auc32 is None or auc8 is None else f"{auc8 - auc32:+.3f}"
+        print(f"{name:10} {row['calibration_items']:>5} {row['parity_items']:>6} {row.get('onnxruntime_logit', 0):>15.3f} "
+              f"{row.get('openvino_logit', float('nan')):>7.3f} {'' if auc32 is None else f'{auc32:.3f}':>8} "
+              f"{'' if auc8 is None else f'{auc8:.3f}':>8} {delta:>7}  "
+              f"{'competes' if row['kept'] else f'not used (|delta| > {MAX_AUC_DELTA} or unmeasured)'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""An exported ONNX model run by OpenVINO's CPU plugin (``DFS_RUNTIME=openvino``, or chosen by ``auto``).
+
+OpenVINO reads the ONNX file as is (``Core.read_model``; no conversion step, no IR files to keep in
+step with the ONNX), so every model in the repository, fp32 or its INT8 variant, runs on either CPU
+runtime. Measured on the 2-core development CPU (AVX2, no AVX-512), it is the faster runtime for
+FTCN's 3D convolutions (fp32 ~25 ms per clip against ONNX Runtime's ~30; INT8 12 ms where ONNX
+Runtime's INT8 3D convolutions are slower than its fp32), and not for every 2D frame model, which
+is why ``auto`` times both (:mod:`service.pipeline.engine_choice`) rather than preferring one.
+
+Only the runtime is used: ``openvino.convert_model`` / ``ovc`` are the parts that send telemetry,
+and nothing here calls them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def openvino_available() -> bool:
+    """Whether the ``openvino`` package can be imported (it is in the ``cpu`` extra)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OpenVinoEngine:
+    """A model compiled for OpenVINO's CPU device with one infer request, called from one thread.
+
+    The batcher runs one batch at a time per model (its single worker thread), so one request and
+    the ``LATENCY`` hint (one stream, every inference thread on that batch) fit; ``threads`` caps
+    the inference threads as ``DFS_ONNX_INTRA_OP_THREADS`` does for ONNX Runtime. The batch
+    dimension stays dynamic, as exported.
+    """
+
+    def __init__(self, path: Path, *, threads: int = 0, output_name: str = "logit") -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        names = {name for output in self.compiled.outputs for name in output.get_names()}
+        self.output = self.compiled.output(output_name if output_name in names else 0)
+        self.request = self.compiled.create_infer_request()
+        self._names = names
+        self.runtime = "openvino:CPU"
+
+    def heatmap_runner(self, output_name: str) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The ``output_name`` output (PCL-I2G's patch map) as a callable, or None when the model has none.
+
+        It gets an infer request of its own behind a lock: evidence is drawn outside the batcher's thread.
+        """
+        if output_name not in self._names:
+            return None
+        output = self.compiled.output(output_name)
+        request = self.compiled.create_infer_request()
+        lock = threading.Lock()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            with lock:
+                return np.array(request.infer({0: batch})[output], dtype=np.float32)
+
+        return run
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        result = self.request.infer({0: batch})
+        # a copy: the request's output tensor is reused by the next inference
+        return np.array(result[self.output], dtype=np.float32).reshape(-1)

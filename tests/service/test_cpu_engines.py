@@ -1,0 +1,156 @@
+"""CPU engines: OpenVINO beside ONNX Runtime, the INT8 variant, and the start-up choice between them.
+
+Real exports of a real network (random weights: the engines must agree with each other, not detect),
+real OpenVINO and ONNX Runtime sessions, and ``python -m export.quantize`` on shared videos through
+the serving pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.__main__ import export_model
+from export.manifest import Manifest, Variant
+from export.quantize import INT8_FILE
+from export.quantize import main as quantize_main
+from models import create_model
+from service.config import Settings
+from service.model_repository import discover
+from service.pipeline.engine_choice import candidates
+from service.pipeline.engines import normalize
+from service.runtime import Runtime
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def advgame_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """advgame B0 with random weights, exported as the bundle's models are (fp16-stored weights)."""
+    work = tmp_path_factory.mktemp("cpu_engines")
+    torch.manual_seed(0)
+    model = create_model("advgame", variant="b0")
+    checkpoint = work / "advgame.pt"
+    torch.save({"model": "advgame", "model_kwargs": {"variant": "b0"}, "state_dict": model.state_dict()}, checkpoint)
+    export_model("advgame", work / "repo", checkpoint=checkpoint, parity_batches=[1, 2], fp16_weights=True)
+    return work / "repo"
+
+
+def load(repository: Path, **settings: object) -> Runtime:
+    state = Runtime(Settings(model_repository=repository, device="cpu", face_detector="blazeface", **settings))
+    asyncio.run(state.load())
+    assert state.ready, state.reason
+    return state
+
+
+def test_openvino_onnxruntime_and_torch_agree(advgame_repository: Path) -> None:
+    crops = np.random.default_rng(0).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    results, runtimes = {}, {}
+    for runtime in ("onnxruntime", "openvino", "torch"):
+        state = load(advgame_repository, runtime=runtime)
+        loaded = state.models["advgame"]
+        results[runtime] = loaded.batcher.engine.run(normalize(loaded.spec, crops))
+        runtimes[runtime] = loaded.runtime
+    assert runtimes == {"onnxruntime": "onnxruntime:CPUExecutionProvider", "openvino": "openvino:CPU",
+                        "torch": "torch:cpu:fp32"}
+    np.testing.assert_allclose(results["openvino"], results["onnxruntime"], atol=1e-4)
+    np.testing.assert_allclose(results["openvino"], results["torch"], atol=2e-3)  # torch: fp32 weights
+
+
+def test_auto_times_both_runtimes_and_serves_the_faster(advgame_repository: Path, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="service.pipeline.engine_choice"):
+        state = load(advgame_repository, data_dir=tmp_path)
+    choice = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("advgame:"))
+    timed = dict(part.rsplit(" ", 2)[0:2] for part in choice.split(" -> ")[0].removeprefix("advgame: ").split(", "))
+    assert set(timed) == {"onnxruntime fp32", "openvino fp32"}, choice
+    fastest = min(timed, key=lambda label: float(timed[label]))
+    assert choice.endswith(f"-> {fastest}")
+    served = state.models["advgame"].runtime
+    assert served.startswith("openvino" if fastest.startswith("openvino") else "onnxruntime")
+
+    # a restart on the same machine and files reuses the choice instead of timing again
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="service.pipeline.engine_choice"):
+        again = load(advgame_repository, data_dir=tmp_path)
+    reused = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("advgame:"))
+    assert reused.startswith(f"advgame: {fastest} (timed before:") and "engine_choice.json" in reused
+    assert again.models["advgame"].runtime == served
+
+
+def with_variant(repository: Path, tmp_path: Path, **fields: object) -> Path:
+    """A copy of the repository whose advgame has an INT8 file (a copy of fp32: only the choice is tested)."""
+    import shutil
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repository, copy)
+    folder = next(p for p in (copy / "advgame").iterdir() if p.is_dir())
+    shutil.copy(folder / "model.onnx", folder / INT8_FILE)
+    manifest = Manifest.read(folder)
+    manifest.variants = [Variant(file=INT8_FILE, **fields)]
+    manifest.write(folder)
+    return copy
+
+
+@pytest.mark.parametrize(("auc", "precision", "expected"), [
+    (0.80, "auto", {"int8", "fp32"}),  # within 0.01 of fp32's 0.805: competes
+    (0.70, "auto", {"fp32"}),  # loses 0.105 AUC: never a default
+    (None, "auto", {"fp32"}),  # unmeasured: never a default
+    (0.70, "int8", {"int8"}),  # asked for: served whatever it measured
+    (0.80, "fp32", {"fp32"}),
+])
+def test_int8_variant_competes_only_when_its_auc_is_kept(advgame_repository: Path, tmp_path: Path,
+                                                         auc: float | None, precision: str, expected: set[str]) -> None:
+    repository = with_variant(advgame_repository, tmp_path, auc_fp32=0.805, auc=auc)
+    version = discover(repository)["advgame"]
+    options = candidates(version, "auto", precision, openvino_installed=True)
+    assert {option.precision for option in options} == expected
+    assert {option.runtime for option in options} == {"onnxruntime", "openvino"}
+
+
+def test_openvino_asked_for_but_missing_is_a_clear_error(advgame_repository: Path) -> None:
+    version = discover(advgame_repository)["advgame"]
+    with pytest.raises(RuntimeError, match="DFS_RUNTIME=openvino but the openvino package is not installed"):
+        candidates(version, "openvino", "auto", openvino_installed=False)
+    assert {o.runtime for o in candidates(version, "auto", "auto", openvino_installed=False)} == {"onnxruntime"}
+
+
+@pytest.mark.slow
+def test_quantize_writes_a_measured_int8_variant_that_the_service_serves(
+        advgame_repository: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI end to end: crops recorded through the pipeline, QDQ file, parity and AUCs in the manifest."""
+    import shutil
+
+    repository = tmp_path / "repo"
+    shutil.copytree(advgame_repository, repository)
+    labels = tmp_path / "labels.csv"
+    rows = [("real", "wild_real_Obama.mp4", "train"), ("fake", "wild_fake_Obama.mp4", "train"),
+            ("real", "wild_real_Bateman.mp4", "val"), ("fake", "wild_fake_Reagan.mp4", "val")]
+    with labels.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "path", "split"])
+        writer.writerows([label, str(shared_data / "videos" / name), split] for label, name, split in rows)
+    for key, value in {"DFS_MAX_FRAMES": "24", "DFS_FRAMES_PER_TRACK": "4"}.items():
+        monkeypatch.setenv(key, value)
+    assert quantize_main(["--repository", str(repository), "--labels", str(labels), "--items-per-video", "4"]) == 0
+
+    folder = next(p for p in (repository / "advgame").iterdir() if p.is_dir())
+    assert (folder / INT8_FILE).stat().st_size < (folder / "model.onnx").stat().st_size
+    variant = Manifest.read(folder).variant("int8")
+    assert variant is not None and variant.file == INT8_FILE
+    assert variant.calibration["split"] == "train" and variant.calibration["items"] >= 4
+    assert variant.parity_samples >= 1 and variant.max_abs_diff_logit is not None
+    assert variant.auc_fp32 is not None and variant.auc is not None and "split val" in variant.auc_data
+    assert variant.command and variant.command.startswith("python -m export.quantize")
+
+    state = load(repository, runtime="openvino", precision="int8")
+    loaded = state.models["advgame"]
+    assert (loaded.file, loaded.runtime) == (INT8_FILE, "openvino:CPU:int8")
+    crops = np.random.default_rng(2).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    assert np.isfinite(loaded.batcher.engine.run(normalize(loaded.spec, crops))).all()
