@@ -24,6 +24,12 @@ JPEG and flips come afterwards from the datasets' augmentation. For clips, one r
 and deformation) and one source track serve every frame, so the forgery is temporally coherent
 the way face-swap videos are, and only its artefacts, not flicker, give it away; a clip is flipped
 (p 0.5) as a whole, frames and mask together.
+
+``flicker`` (clips only, 0 = off) makes the clip's blend drift from frame to frame the way a
+forgery made one frame at a time does (FTCN's premise: frame-wise generators leave temporal
+incoherence): each frame's mask deformation, source placement, source brightness and mask opacity
+are the clip's own plus a small independent draw. A fully temporal network (FTCN's spatial kernels
+are 1) cannot see a coherent blend's spatial artefacts, only this.
 """
 
 from __future__ import annotations
@@ -122,14 +128,32 @@ def colour_transfer(source: np.ndarray, target: np.ndarray, mask: np.ndarray) ->
     return np.clip(source.astype(np.float64) + shift, 0, 255)
 
 
+@dataclass(frozen=True)
+class FrameJitter:
+    """One frame's departure from its clip's blend (see ``flicker`` in the module docstring)."""
+
+    offset: tuple[float, float] = (0.0, 0.0)  # source placement, in eye distances
+    gain: float = 1.0  # source brightness after colour transfer
+    opacity: float = 1.0  # mask scale
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, amount: float) -> FrameJitter:
+        dx, dy = rng.normal(0.0, 0.02 * amount, size=2)
+        return cls((float(dx), float(dy)), float(1.0 + rng.normal(0.0, 0.03 * amount)),
+                   float(1.0 - rng.uniform(0.0, 0.25 * min(amount, 1.0))))
+
+
 def blend(target: np.ndarray, target_marks: np.ndarray, source: np.ndarray, source_marks: np.ndarray,
-          recipe: BlendRecipe) -> tuple[np.ndarray, np.ndarray]:
+          recipe: BlendRecipe, jitter: FrameJitter | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The blended fake (uint8) and its mask M (float32), both at the target's size."""
     size = target.shape[0]
-    aligned = cv2.warpAffine(source, similarity_matrix(source_marks[None], target_marks), (size, size),
-                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    mask = face_mask(target_marks, size, recipe)
-    shifted = colour_transfer(aligned, target, mask)
+    jitter = jitter or FrameJitter()
+    matrix = similarity_matrix(source_marks[None], target_marks).copy()
+    eye_distance = max(float(np.linalg.norm(target_marks[1] - target_marks[0])), 1.0)
+    matrix[:, 2] += np.asarray(jitter.offset) * eye_distance
+    aligned = cv2.warpAffine(source, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    mask = face_mask(target_marks, size, recipe) * jitter.opacity
+    shifted = colour_transfer(aligned, target, mask) * jitter.gain
     out = mask[..., None] * shifted + (1 - mask[..., None]) * target.astype(np.float64)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), mask
 
@@ -185,7 +209,7 @@ class BlendedClipDataset(EpochSeeded, Dataset):
     """
 
     def __init__(self, records: Sequence[TrackRecord], spec: ModelSpec, *, stride: int, max_clips_per_track: int,
-                 seed: int = 0, flip: bool = True) -> None:
+                 seed: int = 0, flip: bool = True, flicker: float = 0.0) -> None:
         reals = [r for r in records if r.label == 0]
         self.clips = ClipDataset(reals, spec, stride=stride, max_clips_per_track=max_clips_per_track, flip=flip,
                                  seed=seed)
@@ -193,6 +217,7 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         self.spec = spec
         self.seed = seed
         self.flip = flip
+        self.flicker = flicker
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -212,7 +237,7 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         record = self.clips.records[r_index]
         rng = self.rng(index)
         found = self.pool.nearest(landmarks_in_crop(record, int(window[0])), record.identity)
-        frames, mask = self.blended_clip(record, window, found, BlendRecipe.draw(rng))
+        frames, mask = self.blended_clip(record, window, found, BlendRecipe.draw(rng), rng)
         if self.flip and rng.random() < 0.5:
             frames, mask = frames[:, :, ::-1], mask[:, ::-1]
         label = 1 if found is not None else 0
@@ -221,11 +246,13 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         return Sample(normalize(self.spec, np.ascontiguousarray(frames)), label, mask_tensor, video, track=record.key)
 
     def blended_clip(self, record: TrackRecord, window: np.ndarray, found: tuple[TrackRecord, int] | None,
-                     recipe: BlendRecipe) -> tuple[np.ndarray, np.ndarray]:
+                     recipe: BlendRecipe, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Model-size frames (T, S, S, 3) of ``window`` blended with ``found``'s track, and their mean mask.
 
-        Without a source (no other identity) the frames stay real and the mask is zero.
+        Without a source (no other identity) the frames stay real and the mask is zero. With
+        ``self.flicker`` each frame's recipe and placement drift independently (drawn from ``rng``).
         """
+        flicker = self.flicker if rng is not None else 0.0
         size = self.spec.input_size
         matrices = loose_to_model(self.spec, record, list(window))
         frames, masks = [], []
@@ -235,9 +262,14 @@ class BlendedClipDataset(EpochSeeded, Dataset):
             if found is not None:
                 source_record, start = found
                 source_position = min(start + t, len(source_record) - 1)
+                frame_recipe, jitter = recipe, None
+                if flicker > 0 and rng is not None:
+                    frame_recipe = BlendRecipe(recipe.hull, recipe.parts,
+                                               recipe.displacement + rng.normal(0.0, flicker, recipe.displacement.shape))
+                    jitter = FrameJitter.draw(rng, flicker)
                 image, mask = blend(image, landmarks_in_crop(record, int(position)),
                                     source_record.image(source_position),
-                                    landmarks_in_crop(source_record, source_position), recipe)
+                                    landmarks_in_crop(source_record, source_position), frame_recipe, jitter)
             frames.append(warp(image, matrix, size))
             masks.append(warp(mask, matrix, size))
         return np.stack(frames), np.mean(masks, axis=0)

@@ -149,3 +149,29 @@ def test_blended_clips_flip_frames_and_mask_together(crops_dataset: Path) -> Non
         if all(len(v) == 2 for v in seen.values()):
             break
     assert seen == {"real": {False, True}, "fake": {False, True}}, "each clip flips with p 0.5"
+
+
+def test_flicker_makes_a_blended_clip_drift_from_frame_to_frame(crops_dataset: Path) -> None:
+    """``flicker``: a frame-wise forgery's temporal incoherence, the signal a fully temporal network can see.
+    Without it, consecutive frames of a blend differ from each other only as much as the real clip's do."""
+    from models import get_spec
+    from training.blended import BlendedClipDataset
+
+    records = load_index(crops_dataset)
+    spec = get_spec("ftcn")
+
+    def frame_to_frame(dataset: BlendedClipDataset) -> tuple[float, float]:
+        """Mean |frame t+1 - frame t| of the blended twin and of its real clip, same seed and source."""
+        real, fake = dataset[0].image.numpy(), dataset[1].image.numpy()
+        return float(np.abs(np.diff(fake, axis=1)).mean()), float(np.abs(np.diff(real, axis=1)).mean())
+
+    coherent = BlendedClipDataset(records, spec, stride=32, max_clips_per_track=1, flip=False)
+    flickering = BlendedClipDataset(records, spec, stride=32, max_clips_per_track=1, flip=False, flicker=1.0)
+    coherent_fake, real = frame_to_frame(coherent)
+    flicker_fake, real_again = frame_to_frame(flickering)
+    assert real_again == real, "the real clip is untouched by flicker"
+    print(f"frame-to-frame |diff|: real {real:.4f}, coherent blend {coherent_fake:.4f}, flicker {flicker_fake:.4f}")
+    assert flicker_fake > 1.1 * coherent_fake, (flicker_fake, coherent_fake, real)
+    first = flickering[1]
+    assert first.label == 1
+    assert torch.equal(first.image, flickering[1].image), "the drift is drawn from the seeded rng: deterministic"

@@ -37,6 +37,9 @@ class FtcnMethod(Method):
                                 "0.25 with --input-size 112 trains on a CPU)")
         group.add_argument("--input-size", type=int, default=224,
                            help="clip side in px, a multiple of 16 (224 = the paper's)")
+        group.add_argument("--blend-flicker", type=float, default=0.0,
+                           help="blended clips drift frame to frame by this much (0 = one coherent blend per clip; "
+                                "1 = mask, placement and brightness jitter like a frame-wise forgery)")
 
     def model_kwargs(self) -> dict[str, Any]:
         """Only the options that differ from the paper's network, so a default run's checkpoint reads as before."""
@@ -64,7 +67,8 @@ class FtcnMethod(Method):
         if self.args.fakes in ("data", "both"):
             parts.append(ClipDataset(train, self.spec, stride=stride, max_clips_per_track=cap, flip=True, seed=seed))
         if self.args.fakes in ("blended", "both"):
-            parts.append(BlendedClipDataset(train, self.spec, stride=stride, max_clips_per_track=cap, seed=seed))
+            parts.append(BlendedClipDataset(train, self.spec, stride=stride, max_clips_per_track=cap, seed=seed,
+                                            flicker=self.args.blend_flicker))
         train_set: Dataset = parts[0] if len(parts) == 1 else EpochConcatDataset(parts)
         if self.args.fakes == "blended":  # real-only data: validate on blended twins of the val clips
             val_set: Dataset = BlendedClipDataset(val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4,
