@@ -7,23 +7,43 @@ FTCN's 3D convolutions (fp32 ~25 ms per clip against ONNX Runtime's ~30; INT8 12
 Runtime's INT8 3D convolutions are slower than its fp32), and not for every 2D frame model, which
 is why ``auto`` times both (:mod:`service.pipeline.engine_choice`) rather than preferring one.
 
-Only the runtime is used: ``openvino.convert_model`` / ``ovc`` are the parts that send telemetry,
-and nothing here calls them.
+Only the runtime is used, and it is imported without the model-conversion API: ``import openvino``
+imports ``openvino.tools.ovc``, whose own import sends a Google Analytics event
+(``openvino-telemetry``; opt-out only by a consent file in the user's home), which the offline test
+(``tests/test_offline.py``) caught as DNS lookups. :func:`import_openvino` makes that one import fail
+the way ``openvino/__init__.py`` already tolerates (``except ImportError``), for this process only.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+
+
+def import_openvino() -> ModuleType:
+    """``openvino`` without ``openvino.tools.ovc`` (whose import phones home; see the module docstring).
+
+    Every use of OpenVINO in the project goes through here. If something else imported openvino
+    first, its event is already sent; this changes nothing then.
+    """
+    sys.modules.setdefault(CONVERSION_API, None)  # None: `import` raises ImportError, which openvino catches
+    import openvino
+
+    return openvino
+
+
+CONVERSION_API = "openvino.tools.ovc"
 
 
 def openvino_available() -> bool:
     """Whether the ``openvino`` package can be imported (it is in the ``cpu`` extra)."""
     try:
-        import openvino  # noqa: F401
+        import_openvino()
     except ImportError:
         return False
     return True
@@ -39,9 +59,7 @@ class OpenVinoEngine:
     """
 
     def __init__(self, path: Path, *, threads: int = 0, output_name: str = "logit") -> None:
-        import openvino as ov
-
-        core = ov.Core()
+        core = import_openvino().Core()
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
