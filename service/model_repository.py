@@ -7,6 +7,7 @@ a model the operator asked for that cannot be found keeps the service unhealthy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,18 @@ class ModelVersion:
 
 
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (an engine is tens of MB; it is never held whole for this)."""
-    with path.open("rb") as handle:
+    """Hex SHA-256 of a file, read in chunks (an engine is tens of MB; it is never held whole for this).
+
+    Memoised by path, size and modification time: start-up asks for the same engine's digest for the
+    CPU engine choice's key and again for ``/models``.
+    """
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size, mtime_ns: part of the cache key only
+    with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 

@@ -22,9 +22,8 @@ from service.pipeline.engine_choice import (
     Candidate,
     ChoiceCache,
     candidates,
-    choice_key,
     choose,
-    probe_batch,
+    probe_shape,
 )
 from service.pipeline.engines import (
     DynamicBatcher,
@@ -210,10 +209,10 @@ class Runtime:
         options = candidates(version, self.settings.runtime, self.settings.precision,
                              openvino_installed=openvino_available())
         per_track = self.settings.max_clips_per_track if spec.kind == "clip" else self.settings.frames_per_track
-        batch = probe_batch(spec, min(max_batch, per_track)) if len(options) > 1 else probe_batch(spec, 1)
-        key = choice_key(options, batch.shape, self.settings.onnx_intra_op_threads) if len(options) > 1 else None
-        cache = ChoiceCache(self.settings.data_dir / CHOICE_FILE)
-        engine, chosen, _ = choose(version.name, options, self._open_cpu_engine, batch, cache, key)
+        engine, chosen, _ = choose(version.name, options, self._open_cpu_engine,
+                                   probe_shape(spec, min(max_batch, per_track)),
+                                   threads=self.settings.onnx_intra_op_threads,
+                                   cache=ChoiceCache(self.settings.data_dir / CHOICE_FILE))
         self._engine_files[version.name] = chosen.path
         return engine
 

@@ -16,6 +16,7 @@ never bought with unmeasured quality. ``DFS_PRECISION=int8`` asks for it regardl
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -76,13 +77,13 @@ def candidates(version: ModelVersion, runtime: str, precision: str, *, openvino_
     return [Candidate(r, p, path) for p, path in files for r in runtimes]
 
 
-def probe_batch(spec: ModelSpec, size: int, seed: int = 0) -> np.ndarray:
-    """A normalised random batch of ``size`` items of the model's input shape.
+def probe_shape(spec: ModelSpec, size: int) -> tuple[int, ...]:
+    """The input shape candidates are timed at: ``size`` items of the model's input.
 
     Size it as the pipeline batches (a track's frames or clips): the runtimes rank differently at
     batch 4 and at 16 (OpenVINO gained on ONNX Runtime with the batch for the frame models).
     """
-    return np.random.default_rng(seed).normal(size=spec.input_shape(max(1, size))).astype(np.float32)
+    return tuple(spec.input_shape(max(1, size)))
 
 
 def seconds_per_item(engine: Engine, batch: np.ndarray, repeats: int = PROBE_REPEATS) -> float:
@@ -127,7 +128,7 @@ class ChoiceCache:
             log.warning("engine choice not cached in %s: %s", self.path, exc)
 
 
-def choice_key(options: list[Candidate], batch_shape: tuple[int, ...], threads: int) -> str:
+def choice_key(options: list[Candidate], shape: tuple[int, ...], threads: int) -> str:
     """What the ranking of ``options`` depends on, hashed (see :class:`ChoiceCache`)."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -140,13 +141,14 @@ def choice_key(options: list[Candidate], batch_shape: tuple[int, ...], threads: 
     cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
                platform.processor())
     facts = {
-        "candidates": [(o.runtime, o.precision, file_sha256(o.path)) for o in options],
-        "shape": list(batch_shape), "threads": threads, "cpu": cpu, "cores": os.cpu_count(),
+        "candidates": [(o.runtime, o.precision, file_sha256(o.path)) for o in options],  # digests memoised
+        "shape": list(shape), "threads": threads, "cpu": cpu, "cores": os.cpu_count(),
         "onnxruntime": installed("onnxruntime"), "openvino": installed("openvino"),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+@functools.cache
 def _cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text()
@@ -155,21 +157,23 @@ def _cpuinfo() -> str:
 
 
 def choose(name: str, options: list[Candidate], open_engine: Callable[[Candidate], Engine],
-           batch: np.ndarray, cache: ChoiceCache | None = None,
-           key: str | None = None) -> tuple[Engine, Candidate, dict[str, float]]:
-    """Open each candidate, time it on ``batch``, keep the fastest; the table is ms per item by label.
-
-    With ``cache`` and ``key``, a choice made before for the same key is reused without timing.
+           shape: tuple[int, ...], *, threads: int = 0,
+           cache: ChoiceCache | None = None) -> tuple[Engine, Candidate, dict[str, float]]:
+    """Open each candidate, time it on a random batch of ``shape``, keep the fastest; the table is ms
+    per item by label. One candidate is opened untimed; with ``cache``, a choice made before for the
+    same key (:func:`choice_key`) is reused untimed.
     """
     if len(options) == 1:
         return open_engine(options[0]), options[0], {}
-    if cache is not None and key is not None and (past := cache.get(key)) is not None:
+    key = choice_key(options, shape, threads)
+    if cache is not None and (past := cache.get(key)) is not None:
         chosen = next((o for o in options if o.label == past.get("chosen")), None)
         if chosen is not None:
             log.info("%s: %s (timed before: %s; %s)", name, chosen.label,
                      ", ".join(f"{label} {ms:.1f} ms/item" for label, ms in past.get("table", {}).items()),
                      cache.path)
             return open_engine(chosen), chosen, dict(past.get("table", {}))
+    batch = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     best: tuple[float, Engine, Candidate] | None = None
     table: dict[str, float] = {}
     for option in options:
@@ -185,6 +189,6 @@ def choose(name: str, options: list[Candidate], open_engine: Callable[[Candidate
     gc.collect()  # the losers' sessions and their arenas go now, not at some later collection
     log.info("%s: %s", name, ", ".join(f"{label} {ms:.1f} ms/item" for label, ms in table.items())
              + f" -> {chosen.label}")
-    if cache is not None and key is not None:
+    if cache is not None:
         cache.put(key, {"model": name, "chosen": chosen.label, "table": table})
     return engine, chosen, table
