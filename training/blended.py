@@ -121,11 +121,17 @@ def deform_and_blur(mask: np.ndarray, displacement: np.ndarray, face_scale: floa
 
 
 def colour_transfer(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Shift the source's per-channel mean inside the mask onto the target's."""
-    weights = mask[..., None].astype(np.float64)
+    """Shift the source's per-channel mean inside the mask onto the target's (float32).
+
+    The mask-weighted sums are one matrix-vector product per image (BLAS) in float32: with
+    ``--blend-flicker`` every frame of a clip is blended, and float64 reductions made blending
+    ~80% of a blended clip's loading time on the 2-core CPU, as long as the model's training step.
+    """
+    weights = mask.reshape(-1).astype(np.float32)
     total = max(float(weights.sum()), 1e-6)
-    shift = ((target * weights).sum(axis=(0, 1)) - (source * weights).sum(axis=(0, 1))) / total
-    return np.clip(source.astype(np.float64) + shift, 0, 255)
+    source32 = source.astype(np.float32)
+    shift = (weights @ target.reshape(-1, 3).astype(np.float32) - weights @ source32.reshape(-1, 3)) / total
+    return np.clip(source32 + shift, 0, 255)
 
 
 @dataclass(frozen=True)
@@ -153,8 +159,9 @@ def blend(target: np.ndarray, target_marks: np.ndarray, source: np.ndarray, sour
     matrix[:, 2] += np.asarray(jitter.offset) * eye_distance
     aligned = cv2.warpAffine(source, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     mask = face_mask(target_marks, size, recipe) * jitter.opacity
-    shifted = colour_transfer(aligned, target, mask) * jitter.gain
-    out = mask[..., None] * shifted + (1 - mask[..., None]) * target.astype(np.float64)
+    shifted = colour_transfer(aligned, target, mask) * np.float32(jitter.gain)
+    base = target.astype(np.float32)
+    out = base + mask[..., None].astype(np.float32) * (shifted - base)  # M * shifted + (1 - M) * target
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), mask
 
 
