@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 from models.spec import ModelSpec
 from service.pipeline.crops import similarity_matrix
 from training.data import ClipDataset, EpochSeeded, Sample, TrackRecord, loose_to_model, normalize, warp
+from training.degrade import Degradation
 
 HULL_SPREAD = 1.8  # five-point hull pushed outwards: eyes/mouth -> brows/chin
 GRID = 6
@@ -216,10 +217,10 @@ class BlendedClipDataset(EpochSeeded, Dataset):
     """
 
     def __init__(self, records: Sequence[TrackRecord], spec: ModelSpec, *, stride: int, max_clips_per_track: int,
-                 seed: int = 0, flip: bool = True, flicker: float = 0.0) -> None:
+                 seed: int = 0, flip: bool = True, flicker: float = 0.0, degrade: float = 0.0) -> None:
         reals = [r for r in records if r.label == 0]
         self.clips = ClipDataset(reals, spec, stride=stride, max_clips_per_track=max_clips_per_track, flip=flip,
-                                 seed=seed)
+                                 seed=seed, degrade=degrade)
         self.pool = SourcePool(reals)
         self.spec = spec
         self.seed = seed
@@ -244,7 +245,9 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         record = self.clips.records[r_index]
         rng = self.rng(index)
         found = self.pool.nearest(landmarks_in_crop(record, int(window[0])), record.identity)
-        frames, mask = self.blended_clip(record, window, found, BlendRecipe.draw(rng), rng)
+        recipe = BlendRecipe.draw(rng)
+        degradation = self.clips.degradation(rng)  # as for the real clips: either class, one draw per clip
+        frames, mask = self.blended_clip(record, window, found, recipe, rng, degradation)
         if self.flip and rng.random() < 0.5:
             frames, mask = frames[:, :, ::-1], mask[:, ::-1]
         label = 1 if found is not None else 0
@@ -253,11 +256,14 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         return Sample(normalize(self.spec, np.ascontiguousarray(frames)), label, mask_tensor, video, track=record.key)
 
     def blended_clip(self, record: TrackRecord, window: np.ndarray, found: tuple[TrackRecord, int] | None,
-                     recipe: BlendRecipe, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     recipe: BlendRecipe, rng: np.random.Generator | None = None,
+                     degradation: Degradation | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Model-size frames (T, S, S, 3) of ``window`` blended with ``found``'s track, and their mean mask.
 
         Without a source (no other identity) the frames stay real and the mask is zero. With
         ``self.flicker`` each frame's recipe and placement drift independently (drawn from ``rng``).
+        ``degradation`` applies to each blended frame at the stored crop's size, before the crop to the
+        model's input, where :class:`ClipDataset` degrades the real clips.
         """
         flicker = self.flicker if rng is not None else 0.0
         size = self.spec.input_size
@@ -277,6 +283,6 @@ class BlendedClipDataset(EpochSeeded, Dataset):
                 image, mask = blend(image, landmarks_in_crop(record, int(position)),
                                     source_record.image(source_position),
                                     landmarks_in_crop(source_record, source_position), frame_recipe, jitter)
-            frames.append(warp(image, matrix, size))
+            frames.append(warp(degradation(image) if degradation else image, matrix, size))
             masks.append(warp(mask, matrix, size))
         return np.stack(frames), np.mean(masks, axis=0)

@@ -23,6 +23,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from models.spec import ModelSpec
 from service.pipeline.crops import box_matrix, clip_windows, similarity_matrix
+from training.degrade import Degradation
 
 log = logging.getLogger("training.data")
 
@@ -247,11 +248,14 @@ class ClipDataset(EpochSeeded, Dataset):
     """Clips of ``spec.num_frames`` consecutive frames of a track (clip models), one transform per clip."""
 
     def __init__(self, records: Sequence[TrackRecord], spec: ModelSpec, *, stride: int, max_clips_per_track: int,
-                 flip: bool = False, seed: int = 0) -> None:
+                 flip: bool = False, seed: int = 0, degrade: float = 0.0) -> None:
+        """``degrade``: share of clips that lose resolution and are re-compressed, one draw per clip
+        applied to every frame (:class:`training.degrade.Degradation`)."""
         self.spec = spec
         self.records = list(records)
         self.flip = flip
         self.seed = seed
+        self.degrade = degrade
         self.items: list[tuple[int, np.ndarray]] = []
         _check_some_consecutive(self.records)
         for r_index, record in enumerate(self.records):
@@ -269,12 +273,23 @@ class ClipDataset(EpochSeeded, Dataset):
         record = self.records[r_index]
         size = self.spec.input_size
         matrices = loose_to_model(self.spec, record, list(window))
-        clip = np.stack([warp(record.image(int(p)), m, size) for p, m in zip(window, matrices, strict=True)])
         rng = self.rng(index)
-        if self.flip and rng.random() < 0.5:
+        flip = self.flip and rng.random() < 0.5
+        degradation = self.degradation(rng)
+        clip = np.stack([warp(degradation(record.image(int(p))) if degradation else record.image(int(p)), m, size)
+                         for p, m in zip(window, matrices, strict=True)])
+        if flip:
             clip = clip[:, :, ::-1]
         mask = torch.full((size, size), float(record.label))
         return Sample(normalize(self.spec, clip), record.label, mask, record.video, track=record.key)
+
+
+    def degradation(self, rng: np.random.Generator) -> Degradation | None:
+        """A clip's degradation, with probability ``degrade`` (no draw at all when 0: runs without it
+        see the random stream they always did)."""
+        if self.degrade > 0 and rng.random() < self.degrade:
+            return Degradation.draw(rng)
+        return None
 
 
 def consecutive_runs(frame_indices: Sequence[int]) -> list[tuple[int, int]]:

@@ -175,3 +175,26 @@ def test_flicker_makes_a_blended_clip_drift_from_frame_to_frame(crops_dataset: P
     first = flickering[1]
     assert first.label == 1
     assert torch.equal(first.image, flickering[1].image), "the drift is drawn from the seeded rng: deterministic"
+
+
+def test_degraded_clips_lose_detail_in_both_classes_and_degrade_zero_changes_nothing(crops_dataset: Path) -> None:
+    """``degrade`` (FTCN's ``--degrade``): the real clip and its blended twin are both re-compressed and
+    softened, so sharpness and compression carry no label; at 0 every clip is exactly as before."""
+    from models import get_spec
+    from training.blended import BlendedClipDataset
+
+    records = load_index(crops_dataset)
+    spec = get_spec("ftcn", input_size=96, width=0.25)
+
+    def detail(image: torch.Tensor) -> float:
+        """Mean |horizontal gradient|: what downscaling and JPEG take away."""
+        return float(image.diff(dim=-1).abs().mean())
+
+    plain = BlendedClipDataset(records, spec, stride=32, max_clips_per_track=1, flip=False)
+    untouched = BlendedClipDataset(records, spec, stride=32, max_clips_per_track=1, flip=False, degrade=0.0)
+    degraded = BlendedClipDataset(records, spec, stride=32, max_clips_per_track=1, flip=False, degrade=1.0)
+    for index in (0, 1):  # the real clip, then its blended twin
+        assert torch.equal(plain[index].image, untouched[index].image)
+        assert degraded[index].label == plain[index].label
+        assert detail(degraded[index].image) < 0.95 * detail(plain[index].image), index
+    assert torch.equal(degraded[1].image, degraded[1].image), "deterministic under the seed"

@@ -24,6 +24,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from training.data import FrameDataset, TrackRecord
+from training.degrade import degrade, jpeg  # noqa: F401 - part of this module's augmentation API
 from training.methods.base import Method
 
 Image = np.ndarray  # (H, W, 3) uint8 RGB
@@ -33,32 +34,9 @@ Mask = np.ndarray  # (H, W) float32, 1 where forged
 # ---- photometric ops: the image only ------------------------------------------------------------
 
 
-def jpeg(image: Image, quality: int) -> Image:
-    """Re-compress as JPEG; OpenCV encodes BGR, so the channels are swapped around the codec
-    (chroma subsampling would otherwise treat red as blue)."""
-    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1] if ok else image
-
-
 def gaussian_noise(image: Image, std: float, rng: np.random.Generator) -> Image:
     """Additive per-pixel, per-channel Gaussian noise (albumentations' GaussNoise draws its variance 10..50)."""
     return np.clip(image + rng.normal(0.0, std, image.shape), 0, 255).astype(np.uint8)
-
-
-def degrade(image: Image, rng: np.random.Generator, scale: tuple[float, float],
-            quality: tuple[int, int]) -> Image:
-    """Lose resolution and re-compress: area-downscale by ``scale``, back up bilinearly, then JPEG.
-
-    Sources differ in compression and sharpness (FaceForensics++ c40 is blocky, talking-head demos
-    are clean), which a detector can learn instead of forgery; degrading any sample, either class,
-    makes "compressed" or "soft" carry no label.
-    """
-    height, width = image.shape[:2]
-    factor = float(rng.uniform(*scale))
-    small = cv2.resize(np.ascontiguousarray(image), (max(8, round(width * factor)), max(8, round(height * factor))),
-                       interpolation=cv2.INTER_AREA)
-    restored = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
-    return jpeg(restored, int(rng.integers(quality[0], quality[1] + 1)))
 
 
 def to_gray(image: Image) -> Image:

@@ -40,6 +40,9 @@ class FtcnMethod(Method):
         group.add_argument("--blend-flicker", type=float, default=0.0,
                            help="blended clips drift frame to frame by this much (0 = one coherent blend per clip; "
                                 "1 = mask, placement and brightness jitter like a frame-wise forgery)")
+        group.add_argument("--degrade", type=float, default=0.0,
+                           help="share of training clips, real or fake, that lose resolution and are re-compressed "
+                                "as JPEG, one draw per clip for all its frames (0 = none; the frame models' recipes use 0.3)")
 
     def model_kwargs(self) -> dict[str, Any]:
         """Only the options that differ from the paper's network, so a default run's checkpoint reads as before."""
@@ -62,13 +65,14 @@ class FtcnMethod(Method):
         with ``both`` the real clips appear twice (once per set), the price of keeping each set's balance."""
         from training.blended import BlendedClipDataset
 
-        stride, cap, seed = self.args.clip_stride, self.args.clips_per_track, self.args.seed
+        stride, cap, seed, degrade = self.args.clip_stride, self.args.clips_per_track, self.args.seed, self.args.degrade
         parts: list[Dataset] = []
         if self.args.fakes in ("data", "both"):
-            parts.append(ClipDataset(train, self.spec, stride=stride, max_clips_per_track=cap, flip=True, seed=seed))
+            parts.append(ClipDataset(train, self.spec, stride=stride, max_clips_per_track=cap, flip=True, seed=seed,
+                                     degrade=degrade))
         if self.args.fakes in ("blended", "both"):
             parts.append(BlendedClipDataset(train, self.spec, stride=stride, max_clips_per_track=cap, seed=seed,
-                                            flicker=self.args.blend_flicker))
+                                            flicker=self.args.blend_flicker, degrade=degrade))
         train_set: Dataset = parts[0] if len(parts) == 1 else EpochConcatDataset(parts)
         if self.args.fakes == "blended":  # real-only data: validate on blended twins of the val clips
             val_set: Dataset = BlendedClipDataset(val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4,
