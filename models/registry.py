@@ -92,8 +92,10 @@ def register_model(
 
 
 def _ensure_loaded() -> None:
-    # Importing the package registers every model module (see models/__init__.py).
-    import models  # noqa: F401
+    # Each detector module registers itself when imported (see models/__init__.py).
+    from models import import_detectors
+
+    import_detectors()
 
 
 def list_models() -> list[str]:

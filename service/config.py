@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     onnx_intra_op_threads: int = Field(
         0, ge=0, description="CPU threads per model's engine, ONNX Runtime or OpenVINO (0 = the runtime's default: "
         "every core).")
+    cpu_memory_arena: bool = Field(
+        True, description="CPU engines keep working memory for the next batch: ONNX Runtime sessions share one "
+        "arena grown by exactly what is asked, OpenVINO keeps its buffers; false = hand it back after every "
+        "batch: less steady memory, ~35-90% more engine time (bench/memory.py measures both).")
     precision: Literal["auto", "fp32", "int8"] = Field(
         "auto", description="CPU engines: auto = the model's INT8 variant (model.int8.onnx, `python -m "
         "export.quantize`) competes with fp32 when its manifest records a video AUC within 0.01 of fp32; "
@@ -180,7 +184,10 @@ class Settings(BaseSettings):
 
     # --- batching and admission --------------------------------------------------------------
     batch_max_clips: int = Field(8, ge=1, description="Largest batch for clip models.")
-    batch_max_frames: int = Field(64, ge=1, description="Largest batch for frame models.")
+    batch_max_frames: int = Field(
+        0, ge=0, description="Largest batch for frame models; 0 = 64 where the engines run on a GPU or Triton, 16 "
+        "on a CPU, whose runtimes keep working memory sized for the largest batch (five models on ONNX Runtime: "
+        "2.8 GB at 64, 0.9 GB at 16 for ~10-20% more engine time; bench/memory.py).")
     batch_max_wait_ms: float = Field(20.0, ge=0, description="How long a batch waits to fill before it runs.")
     max_concurrent_requests: int = Field(4, ge=1, description="Videos processed at once.")
     max_queued_requests: int = Field(32, ge=0, description="Videos waiting beyond that; more get 503 + Retry-After.")

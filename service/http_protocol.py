@@ -14,6 +14,12 @@ line + headers (``h11_max_incomplete_event_size``, ``DFS_MAX_HEADER_BYTES``), wh
 not, so the two limits together bound what a slow or endless header costs. Parsing speed does not
 matter here: a request costs seconds of video analysis.
 
+It also answers a request beyond ``DFS_MAX_CONNECTIONS`` (uvicorn's ``limit_concurrency``) the way
+every other error leaves the service: JSON ``{"error": "too_many_connections", "detail", "request_id"}`` with
+``Retry-After``, where uvicorn sends a plain-text "Service Unavailable". uvicorn picks that reply by
+a module-level name in its h11 protocol module with no option or hook, so importing this module
+rebinds that one name (:func:`over_connection_limit`); the ASGI app never sees such a request.
+
 ``python -m service`` passes this class to uvicorn by its import path (``http=...``), so worker
 processes import it themselves.
 """
@@ -21,10 +27,13 @@ processes import it themselves.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import uuid
 from typing import Any
 
 import h11
+from uvicorn.protocols.http import h11_impl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import get_settings
@@ -32,6 +41,24 @@ from service.config import get_settings
 log = logging.getLogger(__name__)
 
 IMPORT_PATH = "service.http_protocol:HeaderDeadlineH11Protocol"
+RETRY_AFTER_S = 1
+
+
+async def over_connection_limit(scope: Any, receive: Any, send: Any) -> None:
+    """The 503 for a request beyond ``DFS_MAX_CONNECTIONS``, as JSON like every other error."""
+    body = json.dumps({
+        "error": "too_many_connections",
+        "detail": "the server is at its connection limit (DFS_MAX_CONNECTIONS); retry shortly",
+        "request_id": uuid.uuid4().hex,
+    }).encode()
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close"),
+    ]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+h11_impl.service_unavailable = over_connection_limit  # see the module docstring
 
 
 class HeaderDeadlineH11Protocol(H11Protocol):

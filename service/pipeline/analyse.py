@@ -25,7 +25,7 @@ from service import metrics
 from service.config import Settings
 from service.pipeline import scores
 from service.pipeline.crops import CropItem, SamplingOptions, extract_crops, plan_crops
-from service.errors import NotAVideo
+from service.errors import NotAVideo, Unavailable
 from service.pipeline.decode import DecodedFrame, DecodeGuard, VideoInfo, iter_frames, probe, same_shape_chunks
 from service.pipeline.evidence import Evidence, EvidencePlan, Progress, safe_progress
 from service.pipeline.faces import Face, FaceDetector
@@ -258,6 +258,13 @@ async def video_logits(
     """
     settings = runtime.settings
     assert runtime.detector is not None
+    if runtime.remote is not None:
+        # Seconds of decoding and face finding are not spent on a video whose engines are known to be
+        # away: Triton's readiness, cached ~1 s by the health check /healthcheck shares.
+        reason = await asyncio.to_thread(runtime.remote.check)
+        if reason:
+            raise Unavailable(f"the inference server is unavailable, the video was not decoded: {reason}",
+                              code="engine_unavailable", headers={"Retry-After": "5"})
     report = safe_progress(progress)
     clock = StageClock()
     guard = DecodeGuard(max_side=settings.max_video_side, max_pixels=settings.max_decode_pixels)

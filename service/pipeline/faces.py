@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from service.config import Settings
 from service.pipeline.gpu_streams import thread_stream
 
 if TYPE_CHECKING:  # torch is imported lazily: the BlazeFace-only path never needs it
@@ -163,10 +162,19 @@ def detect_tensor(detector: FaceDetector, batch: torch.Tensor) -> list[list[Face
     return detector.detect(list(host))
 
 
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
+
+
 def resolve_device(setting: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``.
+
+    Without the NVIDIA kernel driver there is no GPU to find, and torch is not imported to learn
+    that: its import alone holds ~500 MB of resident memory, which a CPU service never needs.
+    """
     if setting != "auto":
         return setting
+    if not NVIDIA_DRIVER.exists():
+        return "cpu"
     try:
         import torch
 
@@ -175,7 +183,21 @@ def resolve_device(setting: str) -> str:
         return "cpu"
 
 
-def create_detector(settings: Settings) -> FaceDetector:
+class DetectorSettings(Protocol):
+    """What :func:`create_detector` reads (``service.config.Settings`` has it): the media layer names
+    the settings it needs rather than import the app's configuration."""
+
+    @property
+    def face_detector(self) -> str: ...
+    @property
+    def retinaface_weights(self) -> Path | None: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def min_face_score(self) -> float: ...
+
+
+def create_detector(settings: DetectorSettings) -> FaceDetector:
     """Pick the detector the settings ask for (``auto``: RetinaFace when weights are configured)."""
     choice = settings.face_detector
     if choice == "auto":

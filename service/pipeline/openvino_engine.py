@@ -58,7 +58,12 @@ class OpenVinoEngine:
     dimension stays dynamic, as exported.
     """
 
-    def __init__(self, path: Path, *, threads: int = 0, output_name: str = "logit") -> None:
+    def __init__(self, path: Path, *, threads: int = 0, output_name: str = "logit", release_memory: bool = False) -> None:
+        """``release_memory``: hand the intermediate buffers back after every batch
+        (``CompiledModel.release_memory``) rather than keep them sized for the largest batch seen, the
+        counterpart of turning ONNX Runtime's arena off (``DFS_CPU_MEMORY_ARENA=false``)."""
+        self.release_memory = release_memory
+        self._release_lock = threading.Lock()
         core = import_openvino().Core()
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -79,7 +84,9 @@ class OpenVinoEngine:
             return None
         output = self.compiled.output(output_name)
         request = self.compiled.create_infer_request()
-        lock = threading.Lock()
+        # With release_memory, no inference may run while the compiled model frees its buffers: the
+        # heat map's request then shares the batches' lock.
+        lock = self._release_lock if self.release_memory else threading.Lock()
 
         def run(batch: np.ndarray) -> np.ndarray:
             with lock:
@@ -88,6 +95,14 @@ class OpenVinoEngine:
         return run
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if not self.release_memory:
+            return self._infer(batch)
+        with self._release_lock:
+            scores = self._infer(batch)
+            self.compiled.release_memory()
+        return scores
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: batch})
         # a copy: the request's output tensor is reused by the next inference
         return np.array(result[self.output], dtype=np.float32).reshape(-1)

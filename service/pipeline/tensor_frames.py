@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from service.config import Settings
 from service.pipeline.decode import DecodeGuard, iter_frames
 
 if TYPE_CHECKING:  # imported where used: the PyAV-only service never loads torch for this module
@@ -84,7 +83,17 @@ def pyav_tensor_frames(
         yield TensorFrame(frame.index, frame.time_s, resize_max_side(rgb, max_side).contiguous())
 
 
-def choose_decoder(settings: Settings) -> Decoder:
+class DecoderSettings(Protocol):
+    """What :func:`choose_decoder` reads (``service.config.Settings`` has it): the media layer names
+    the settings it needs rather than import the app's configuration."""
+
+    @property
+    def decoder(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+
+
+def choose_decoder(settings: DecoderSettings) -> Decoder:
     """Resolve ``DFS_DECODER``: ``auto`` = NVDEC when it is usable and the device is CUDA, else PyAV.
 
     An explicit ``nvdec`` that cannot run raises :class:`DecoderUnavailable` with the reason, so a
@@ -92,10 +101,15 @@ def choose_decoder(settings: Settings) -> Decoder:
     """
     if settings.decoder == "pyav":
         return "pyav"
-    from service.pipeline.decode_nvdec import nvdec_available
     from service.pipeline.faces import resolve_device
 
     device = resolve_device(settings.device)
+    if settings.decoder == "auto" and device != "cuda":
+        # Not even imported: the NVDEC module imports torch (~500 MB resident) a CPU service never uses.
+        log.info("frame decoder: PyAV (NVDEC not used: device is %s)", device)
+        return "pyav"
+    from service.pipeline.decode_nvdec import nvdec_available
+
     usable, reason = nvdec_available()
     if settings.decoder == "nvdec":
         if not usable:

@@ -56,6 +56,18 @@ def test_one_face_video(live_service: LiveService, file_server: FileServer) -> N
     assert body["warnings"] == []  # exported from a checkpoint, not --random-init
 
 
+def test_a_cpu_service_scores_without_loading_torch(live_service: LiveService, file_server: FileServer) -> None:
+    """On a machine without a GPU nothing the service runs needs torch, whose import alone holds ~500 MB
+    resident (its CUDA libraries mapped): the models package, the device check and the decoder choice
+    leave it unloaded, and a scored request does not load it either."""
+    if Path("/proc/driver/nvidia/version").exists():
+        pytest.skip("a GPU machine: DFS_DEVICE=auto asks torch about it")
+    with live_service.client() as client:
+        assert predict(client, file_server.url("one_face.mp4")).status_code == 200
+    mapped = Path(f"/proc/{live_service.pid}/maps").read_text()
+    assert "libtorch" not in mapped and "libcudart" not in mapped
+
+
 def test_same_video_same_score(live_service: LiveService, file_server: FileServer) -> None:
     with live_service.client() as client:
         first = predict(client, file_server.url("one_face.mp4")).json()

@@ -306,7 +306,10 @@ def test_idle_keepalive_connections_close_and_connections_are_capped(limited: Li
         assert time.monotonic() - sent < 4, "the idle keep-alive connection stayed open (uvicorn's default: 5 s)"
     idle = [socket.create_connection(address(limited), timeout=5) for _ in range(MAX_CONNECTIONS)]
     try:
-        assert httpx.get(f"{limited.base_url}/livez", timeout=5).status_code == 503
+        refused = httpx.get(f"{limited.base_url}/livez", timeout=5)
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "too_many_connections", refused.text  # JSON, as every error
+        assert refused.headers["retry-after"] == "1"
         time.sleep(HEADER_TIMEOUT_S + 1)
         assert httpx.get(f"{limited.base_url}/livez", timeout=5).status_code == 200
     finally:

@@ -265,18 +265,26 @@ def test_a_service_started_before_its_model_exists_waits_with_the_reason(
 def test_triton_stopped_mid_run_gives_503_with_reason_then_recovers(
     triton: TritonHolder, triton_service: LiveService, videos: dict[str, Path]
 ) -> None:
+    """A request while Triton is down is refused before its video is decoded (no call to Triton
+    counted), with the health check's reason; once Triton is back the service serves again."""
     stop_triton(triton.server)
     try:
         with triton_service.client() as client:
             health = client.get("/healthcheck")
             assert health.status_code == 503
             assert "unreachable" in health.json()["reason"] and triton.server.url in health.json()["reason"]
+            calls_before = client.get("/metrics").text
         response = predict(triton_service, videos["one_face"])
         assert response.status_code == 503, response.text
         body = response.json()
         assert body["error"] == "engine_unavailable" and "unreachable" in body["detail"], body
+        assert "not decoded" in body["detail"], body
         assert response.headers["retry-after"] == "5"
         assert triton_service.process.poll() is None  # the service is alive
+        with triton_service.client() as client:
+            calls_after = client.get("/metrics").text
+        for name in ("dfs_remote_errors_total", "dfs_remote_retries_total"):  # no engine call was tried
+            assert metric(calls_after, name) == metric(calls_before, name), name
     finally:
         triton.restart()
     deadline = time.monotonic() + 30
@@ -287,8 +295,7 @@ def test_triton_stopped_mid_run_gives_503_with_reason_then_recovers(
         metrics_text = client.get("/metrics").text
     again = predict(triton_service, videos["one_face"])
     assert again.status_code == 200, again.text
-    assert metric(metrics_text, "dfs_remote_errors_total", kind="unavailable") > 0
-    assert metric(metrics_text, "dfs_remote_retries_total") > 0
+    assert metric(metrics_text, "dfs_remote_ready", model="ftcn") == 1
 
 
 def test_triton_makes_no_connection_beyond_loopback(triton_repository: Path, tmp_path: Path) -> None:

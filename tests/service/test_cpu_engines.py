@@ -65,6 +65,28 @@ def test_openvino_onnxruntime_and_torch_agree(advgame_repository: Path) -> None:
     np.testing.assert_allclose(results["openvino"], results["torch"], atol=2e-3)  # torch: fp32 weights
 
 
+def test_engines_without_the_memory_arena_score_the_same_and_batches_default_to_16_on_a_cpu(
+        advgame_repository: Path) -> None:
+    """DFS_CPU_MEMORY_ARENA=false: ONNX Runtime without its CPU arena and OpenVINO releasing its buffers
+    after each batch give the same scores; DFS_BATCH_MAX_FRAMES=0 is 16 on a CPU, a set value is kept."""
+    crops = np.random.default_rng(1).integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
+    scores = {}
+    for runtime in ("onnxruntime", "openvino"):
+        for arena in (True, False):
+            state = load(advgame_repository, runtime=runtime, cpu_memory_arena=arena)
+            loaded = state.models["advgame"]
+            assert loaded.batcher.max_batch == 16
+            engine = loaded.batcher.engine
+            if runtime == "onnxruntime":
+                assert engine.session.get_session_options().enable_cpu_mem_arena is arena
+            else:
+                assert engine.release_memory is (not arena)
+            scores[runtime, arena] = engine.run(normalize(loaded.spec, crops))
+    for key, value in scores.items():
+        np.testing.assert_allclose(value, scores["onnxruntime", True], atol=1e-4, err_msg=str(key))
+    assert load(advgame_repository, batch_max_frames=48).models["advgame"].batcher.max_batch == 48
+
+
 def test_auto_times_both_runtimes_and_serves_the_faster(advgame_repository: Path, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="service.pipeline.engine_choice"):
