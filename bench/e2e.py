@@ -3,6 +3,7 @@
     python bench/e2e.py --video ../shared/data/videos/wild_fake_Obama.mp4
     python bench/e2e.py --make-video 10 --height 1080 --clients 1,8,32 --json e2e.json   # the GPU acceptance run
     python bench/e2e.py --profiles service --clients 8 --soak 500                        # memory over 500 requests
+    python bench/e2e.py --profiles ort,triton --clients 1,4 --max-frames 64              # the remote call's cost
 
 Each *profile* is one ``python -m service`` process started by this script on loopback, fed by
 concurrent clients that POST the same local video (``DFS_LOCAL_ROOTS``), so the numbers include
@@ -11,6 +12,10 @@ HTTP, decoding, faces, crops, batching and every model in ``--repository``:
 - ``service``: the service as configured (defaults plus ``--env``), exported engines;
 - ``torch``: the same sampling and batching, eager PyTorch fp32 (``DFS_RUNTIME=torch``): the
   reference runtime, reported as the ratio service/torch;
+- ``triton``: the same service with ``DFS_RUNTIME=triton``: every batch's forward pass goes to a
+  Triton server (``--triton-url``, or one started here on loopback: nvidia-pytriton's tritonserver on
+  the CPU with the python-backend variant of ``--repository``), so beside ``ort`` (in-process ONNX
+  Runtime, same models) the remote call's cost is a measured ratio;
 - ``baseline``: the recipe of the FTCN deploy this service replaces, run sequentially (one client):
   eager PyTorch fp32, CPU decode, face detection on every frame, clips at stride 1 and frame models
   on every frame, batches of 6, nothing shared across requests. The acceptance ratio is
@@ -44,6 +49,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.triton_server import TritonServer, missing_reason, start_triton, stop_triton  # noqa: E402
+from export.triton_config import TritonOptions, write_python_backend_repository  # noqa: E402
 from service.launcher import LiveService, start_service, stop_service  # noqa: E402
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "wild_fake_Obama.mp4"
@@ -281,6 +288,17 @@ def fmt(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def start_local_triton(repository: Path, workdir: Path) -> TritonServer:
+    """A tritonserver on loopback serving ``repository`` through the python backend (ONNX Runtime in
+    model.py), the CPU stand-in for a GPU Triton: the remote call's cost, not a GPU's speed."""
+    reason = missing_reason()
+    if reason:
+        raise SystemExit(f"the triton profile needs a Triton server: {reason}, or pass --triton-url")
+    served = workdir / "repository"
+    write_python_backend_repository(repository, served, TritonOptions(instance_kind="cpu"))
+    return start_triton(served, workdir)
+
+
 def span(before: float | None, after: float | None) -> str:
     return "-" if before is None and after is None else f"{fmt(before)}->{fmt(after)}"
 
@@ -346,12 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=int, default=0, metavar="N",
                         help="after the levels, N more requests to the service profile at the largest client count, "
                              "sampling its memory ten times")
+    parser.add_argument("--triton-url", help="the triton profile's Triton server (e.g. http://gpu-node:8000, serving "
+                        "this repository); default: start nvidia-pytriton's tritonserver on loopback, on the CPU, "
+                        "with the python-backend variant of --repository (bench/triton_server.py)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per request")
     parser.add_argument("--json", type=Path, help="write results here")
     args = parser.parse_args(argv)
 
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
-    unknown = set(profiles) - {"service", "torch", "baseline", *CPU_PROFILES}
+    unknown = set(profiles) - {"service", "torch", "baseline", "triton", *CPU_PROFILES}
     if unknown:
         parser.error(f"unknown profiles: {', '.join(sorted(unknown))}")
     levels = [int(c) for c in args.clients.split(",")]
@@ -385,8 +406,21 @@ def main(argv: list[str] | None = None) -> int:
             env |= CPU_PROFILES.get(profile, {})
             if profile == "baseline":
                 env |= BASELINE_ENV | {"DFS_MODEL_REPOSITORY": str(torch_repo)}
+            triton = None
+            if profile == "triton":
+                url = args.triton_url
+                if not url:
+                    triton = start_local_triton(args.repository, work / "triton")
+                    url = triton.url
+                    print(f"[triton] tritonserver ready at {url} in {triton.started_in_s:.1f} s", flush=True)
+                env |= {"DFS_RUNTIME": "triton", "DFS_TRITON_URL": url}
             print(f"[{profile}] starting the service", flush=True)
-            service = start_service(env, work / f"{profile}.log", ready_timeout=900)
+            try:
+                service = start_service(env, work / f"{profile}.log", ready_timeout=900)
+            except BaseException:
+                if triton:
+                    stop_triton(triton)
+                raise
             try:
                 measure(profile, service, video, 1, 1, args.timeout)  # warm-up: lazy init, first batches
                 for clients in [1] if profile == "baseline" else levels:
@@ -399,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                     soak_samples = soak(service, video, max(levels), args.soak, args.timeout)
             finally:
                 stop_service(service)
+                if triton:
+                    stop_triton(triton)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

