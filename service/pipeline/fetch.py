@@ -29,16 +29,36 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from service.config import Settings
 from service.errors import BadRequest, Forbidden, NotAVideo, TooLarge, UpstreamFailed, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+
+
+class FetchSettings(Protocol):
+    """The limits fetching reads (``service.config.Settings`` has them all): the media layer names the
+    settings it needs rather than import the app's configuration."""
+
+    @property
+    def allow_private_urls(self) -> bool: ...
+    @property
+    def max_download_bytes(self) -> int: ...
+    @property
+    def fetch_timeout_s(self) -> float: ...
+    @property
+    def fetch_connect_timeout_s(self) -> float: ...
+    @property
+    def max_redirects(self) -> int: ...
+    @property
+    def local_root_paths(self) -> list[Path]: ...
+    @property
+    def temp_dir(self) -> Path | None: ...
 
 #: ``async (host, port) -> addresses``: how a host name becomes the addresses to check and connect to.
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -183,7 +203,7 @@ async def _addresses(hop: _Hop, resolver: Resolver) -> list[str]:
     return found
 
 
-async def _checked_addresses(hop: _Hop, settings: Settings, resolver: Resolver) -> list[str]:
+async def _checked_addresses(hop: _Hop, settings: FetchSettings, resolver: Resolver) -> list[str]:
     """Resolve the hop's host once; every answer must pass the policy, since these answers are the
     only addresses the hop will connect to."""
     addresses = await _addresses(hop, resolver)
@@ -202,7 +222,7 @@ def _refuse_if_private(host: str, address: str) -> None:
         )
 
 
-def refuse_early(file_path: str, settings: Settings) -> None:
+def refuse_early(file_path: str, settings: FetchSettings) -> None:
     """The source checks that need neither the network nor a processing slot, run before a request
     waits for one: an empty path, a local path outside DFS_LOCAL_ROOTS or missing, a URL that does
     not parse or has another scheme, an IP-literal host that is not public. Without this, a request
@@ -263,7 +283,7 @@ def _redirect_target(hop: _Hop, response: httpx.Response) -> str:
         raise UpstreamFailed(f"{hop.url} redirects to an invalid URL {location!r}: {exc}", code="bad_redirect") from exc
 
 
-async def _save(response: httpx.Response, target: Path, settings: Settings) -> int:
+async def _save(response: httpx.Response, target: Path, settings: FetchSettings) -> int:
     """Stream the body to ``target`` under the byte cap; returns its size."""
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_download_bytes:
@@ -279,7 +299,7 @@ async def _save(response: httpx.Response, target: Path, settings: Settings) -> i
 
 
 async def _download(
-    url: str, target: Path, settings: Settings, resolver: Resolver, verify: ssl.SSLContext | bool
+    url: str, target: Path, settings: FetchSettings, resolver: Resolver, verify: ssl.SSLContext | bool
 ) -> tuple[int, str | None]:
     timeout = httpx.Timeout(settings.fetch_timeout_s, connect=settings.fetch_connect_timeout_s)
     async with httpx.AsyncClient(follow_redirects=False, timeout=timeout, trust_env=False, verify=verify) as client:
@@ -304,7 +324,7 @@ async def _download(
 # ---- local files ------------------------------------------------------------------------------
 
 
-def resolve_local_path(raw: str, settings: Settings) -> Path:
+def resolve_local_path(raw: str, settings: FetchSettings) -> Path:
     """Map a local path or ``file://`` URL to a file under one of ``DFS_LOCAL_ROOTS``.
 
     Details name the path as the caller wrote it, never as resolved: a symlink's target is the
@@ -342,7 +362,7 @@ def _is_local(file_path: str) -> bool:
     return scheme in ("", "file") or (len(scheme) == 1 and file_path[1:3] in (":\\", ":/"))
 
 
-def _staging_dir(settings: Settings, prefix: str) -> Path:
+def _staging_dir(settings: FetchSettings, prefix: str) -> Path:
     """A fresh private folder under DFS_TEMP_DIR (created if missing), or the system temp."""
     if settings.temp_dir is not None:
         settings.temp_dir.mkdir(parents=True, exist_ok=True)
@@ -357,7 +377,7 @@ def _check_not_empty(size: int, source: str) -> None:
 @asynccontextmanager
 async def fetched_video(
     file_path: str,
-    settings: Settings,
+    settings: FetchSettings,
     *,
     resolver: Resolver | None = None,
     verify: ssl.SSLContext | bool = True,
@@ -399,7 +419,7 @@ async def fetched_video(
 
 
 @asynccontextmanager
-async def staged_upload(chunks: AsyncIterator[bytes], settings: Settings, name: str) -> AsyncIterator[FetchedVideo]:
+async def staged_upload(chunks: AsyncIterator[bytes], settings: FetchSettings, name: str) -> AsyncIterator[FetchedVideo]:
     """Write an uploaded body to a temporary file under the same byte cap as downloads."""
     workdir = _staging_dir(settings, "dfs-upload-")
     try:
@@ -410,7 +430,7 @@ async def staged_upload(chunks: AsyncIterator[bytes], settings: Settings, name: 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def write_upload(chunks: AsyncIterator[bytes], target: Path, settings: Settings, name: str) -> int:
+async def write_upload(chunks: AsyncIterator[bytes], target: Path, settings: FetchSettings, name: str) -> int:
     """Write an uploaded body to ``target`` under the download byte cap; an empty one is a 415.
     Returns its size. (Jobs stage uploads in their own folder, where they outlive the request.)"""
     size = 0
