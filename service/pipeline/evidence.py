@@ -32,7 +32,8 @@ from models.spec import IMAGENET_MEAN, IMAGENET_STD, CropRule, ModelSpec
 from service.pipeline.crops import CropItem, SamplingOptions, plan_crops
 from service.pipeline.decode import DecodeGuard, VideoInfo
 from service.pipeline.engines import normalize
-from service.pipeline.heatmaps import HeatmapRunner, heatmap_png, heatmap_runner
+from service.pipeline.heatmap_runner import HeatmapRunner, heatmap_runner
+from service.pipeline.heatmaps import heatmap_png
 from service.pipeline.render import render_annotated
 from service.pipeline.tracks import Track
 

@@ -30,6 +30,7 @@ UNITS: dict[str, tuple[str, int]] = {
     "service.pipeline.triton_engine": ("engines", 2),
     "service.pipeline.openvino_engine": ("engines", 2),
     "service.pipeline.engine_choice": ("engines", 2),
+    "service.pipeline.heatmap_runner": ("engines", 2),
     "service.pipeline.scores": ("engines", 2),
     "service.model_repository": ("engines", 2),
     "export.manifest": ("engines", 2),

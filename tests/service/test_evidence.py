@@ -21,7 +21,8 @@ from service.config import Settings
 from service.pipeline.analyse import AnalysisOptions, analyse_video, analyse_video_with_evidence
 from service.pipeline.decode import VideoInfo, iter_frames
 from service.pipeline.evidence import THUMBNAIL_SIZE, Evidence, safe_progress
-from service.pipeline.heatmaps import HEATMAP_SIZE, heatmap_runner
+from service.pipeline.heatmap_runner import heatmap_runner
+from service.pipeline.heatmaps import HEATMAP_SIZE
 from service.pipeline.render import RENDER_MAX_SIDE, score_colour
 from service.pipeline.timeline import frame_rate, item_span, track_timeline
 from service.runtime import Runtime
