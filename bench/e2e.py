@@ -391,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = dict(item.split("=", 1) for item in args.env)
 
     stand_ins: list[str] = []
+    failed: dict[str, str] = {}  # profile -> why its service did not start
     results: list[LevelResult] = []
     soak_samples: list[dict] = []
     try:
@@ -417,10 +418,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{profile}] starting the service", flush=True)
             try:
                 service = start_service(env, work / f"{profile}.log", ready_timeout=900)
-            except BaseException:
-                if triton:
+            except RuntimeError as exc:  # this profile cannot run; the others' results still print
+                failed[profile] = str(exc).strip().splitlines()[-1][:300]
+                print(f"[{profile}] did not start: {failed[profile]}", file=sys.stderr, flush=True)
+                continue
+            finally:
+                if triton and profile in failed:
                     stop_triton(triton)
-                raise
             try:
                 measure(profile, service, video, 1, 1, args.timeout)  # warm-up: lazy init, first batches
                 for clients in [1] if profile == "baseline" else levels:
@@ -445,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {profile}: " + ", ".join(f"{name} {runtime}" for name, runtime in served.items()))
     if stand_ins:
         print(f"torch/baseline profiles use random-init weights for {', '.join(stand_ins)} (speed only)")
+    for profile, reason in failed.items():
+        print(f"  {profile}: did not start: {reason}")
     print_table(results)
     print_stages(results)
     ratio_rows = ratios(results)
@@ -463,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                 "random_init_stand_ins": stand_ins, "baseline_env": BASELINE_ENV, "extra_env": extra}
         args.json.write_text(json.dumps({"meta": meta, "levels": [asdict(r) for r in results],
                                          "ratios": ratio_rows, "soak": soak_samples}, indent=2))
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if all(r.ok for r in results) and not failed else 1
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ class LiveService:
         return self.log_path.read_text(errors="replace")
 
 
+LOAD_FAILED = "model loading failed"  # what service.runtime logs when loading ends in an error
+
+
 def start_service(env_overrides: dict[str, str], log_path: Path, ready_timeout: float = 180.0) -> LiveService:
     """Start the service with ``env_overrides`` on a free loopback port; return once /healthcheck is 200.
 
@@ -60,6 +63,9 @@ def start_service(env_overrides: dict[str, str], log_path: Path, ready_timeout: 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"service exited with {process.returncode}:\n{log_path.read_text()}")
+        if LOAD_FAILED in log_path.read_text(errors="replace"):  # the runtime gave up: it will not become healthy
+            process.terminate()
+            raise RuntimeError(f"service could not load its models:\n{log_path.read_text()}")
         try:
             if httpx.get(f"{base_url}/healthcheck", timeout=2).status_code == 200:
                 return LiveService(base_url, process, log_path)

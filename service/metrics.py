@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
+# The engines' own metrics live beside them (the engines' layer may not import the app); re-exported
+# here, so this module still names every metric the service exposes.
+from service.pipeline.engine_metrics import (  # noqa: F401
+    BATCH_REQUESTS,
+    BATCH_SIZE,
+    INFERENCE_SECONDS,
+    LATENCY_BUCKETS,
+    QUEUE_DEPTH,
+    REMOTE_ERRORS,
+    REMOTE_READY,
+    REMOTE_RETRIES,
+    REMOTE_SECONDS,
+)
 
 REQUESTS = Counter("dfs_requests_total", "Finished API requests.", ["endpoint", "status"])
 REQUEST_SECONDS = Histogram(
@@ -25,22 +37,6 @@ CANCELLED = Counter(
     ["endpoint"],
 )
 
-BATCH_SIZE = Histogram(
-    "dfs_batch_size",
-    "Items (clips or frames) per engine batch.",
-    ["model"],
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
-BATCH_REQUESTS = Histogram(
-    "dfs_batch_requests",
-    "Distinct requests whose items share one engine batch (>1 means cross-request batching).",
-    ["model"],
-    buckets=(1, 2, 3, 4, 8, 16, 32),
-)
-QUEUE_DEPTH = Gauge("dfs_queue_depth", "Items waiting in a model's batcher.", ["model"])
-INFERENCE_SECONDS = Histogram(
-    "dfs_inference_seconds", "Engine run time per batch.", ["model"], buckets=LATENCY_BUCKETS
-)
 FACES_FOUND = Histogram(
     "dfs_face_tracks", "Face tracks analysed per video.", buckets=(0, 1, 2, 3, 4, 6, 8, 16)
 )
@@ -58,17 +54,3 @@ VIDEO_SCORE = Histogram(
     "df_probability of scored videos (those with a face); drift here is the first sign of a shifted input mix.",
     buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
 )
-
-# DFS_RUNTIME=triton (service/pipeline/triton_engine.py): the forward pass is a call to Triton.
-REMOTE_SECONDS = Histogram(
-    "dfs_remote_inference_seconds", "Round trip of one inference request to Triton (DFS_RUNTIME=triton).", ["model"],
-    buckets=LATENCY_BUCKETS,
-)
-REMOTE_ERRORS = Counter(
-    "dfs_remote_errors_total",
-    "Failed calls to Triton after retries, by kind: unavailable, timeout, rejected (Triton refused the request).",
-    ["model", "kind"],
-)
-REMOTE_RETRIES = Counter("dfs_remote_retries_total", "Calls to Triton retried after a connection error or timeout.",
-                         ["model"])
-REMOTE_READY = Gauge("dfs_remote_ready", "1 when Triton and this model were ready at the last health check.", ["model"])

@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from models.spec import ModelSpec
-from service import metrics
+from service.pipeline import engine_metrics as metrics
 from service.errors import InferenceFailed, Unavailable
 from service.pipeline.gpu_streams import thread_stream
 

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service import metrics
+from service.pipeline import engine_metrics as metrics
 from service.pipeline.engines import EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,12 @@ class ServedModel:
     output_name: str
 
 
-def served_model(clients: TritonClients, name: str, version: str) -> ServedModel:
-    """Read the model's config from Triton; :class:`TritonUnavailable` if it is not ready there."""
+def served_model(clients: TritonClients, name: str, version: str, output_name: str = "logit") -> ServedModel:
+    """Read the model's config from Triton; :class:`TritonUnavailable` if it is not ready there.
+
+    ``output_name`` is the score output the service asks for; a model may have more (PCL-I2G's
+    exported ``heatmap``), which Triton then does not send.
+    """
 
     def ready(client: Any) -> bool:
         return bool(client.is_server_ready()) and bool(client.is_model_ready(name, version))
@@ -200,9 +204,10 @@ def served_model(clients: TritonClients, name: str, version: str) -> ServedModel
         raise TritonUnavailable(f"Triton at {clients.settings.url}: model {name} version {version} is not ready")
     config = call_with_retries(clients, name, "config", lambda client: client.get_model_config(name, version))
     inputs, outputs = config.get("input") or [], config.get("output") or []
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise RuntimeError(f"Triton model {name}: expected one input and one output, config has "
-                           f"{[i.get('name') for i in inputs]} / {[o.get('name') for o in outputs]}")
+    output_names = [o.get("name") for o in outputs]
+    if len(inputs) != 1 or output_name not in output_names:
+        raise RuntimeError(f"Triton model {name}: expected one input and an output {output_name!r}, config has "
+                           f"{[i.get('name') for i in inputs]} / {output_names}")
     datatype = TYPE_TO_WIRE.get(inputs[0].get("data_type", ""), "")
     if not datatype:
         raise RuntimeError(f"Triton model {name}: input data type {inputs[0].get('data_type')} is not supported")
@@ -213,7 +218,7 @@ def served_model(clients: TritonClients, name: str, version: str) -> ServedModel
         input_name=inputs[0]["name"],
         input_dims=tuple(int(d) for d in inputs[0].get("dims", [])),
         input_datatype=datatype,
-        output_name=outputs[0]["name"],
+        output_name=output_name,
     )
 
 
@@ -224,13 +229,11 @@ class TritonEngine:
                  item_shape: tuple[int, ...]) -> None:
         self.clients = clients
         self.name = name
-        self.served = served_model(clients, name, str(version))
+        self.served = served_model(clients, name, str(version), output_name)
         self.runtime = f"triton:{self.served.version}@{clients.settings.url}"
         problems = []
         if self.served.input_name != input_name:
             problems.append(f"input {self.served.input_name!r} (manifest: {input_name!r})")
-        if self.served.output_name != output_name:
-            problems.append(f"output {self.served.output_name!r} (manifest: {output_name!r})")
         dims = self.served.input_dims
         if self.served.max_batch_size < 1:
             problems.append("max_batch_size 0 (the service needs batching: config.pbtxt from python -m export.triton_config)")

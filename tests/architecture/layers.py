@@ -31,6 +31,7 @@ UNITS: dict[str, tuple[str, int]] = {
     "service.pipeline.openvino_engine": ("engines", 2),
     "service.pipeline.engine_choice": ("engines", 2),
     "service.pipeline.heatmap_runner": ("engines", 2),
+    "service.pipeline.engine_metrics": ("engines", 2),
     "service.pipeline.scores": ("engines", 2),
     "service.model_repository": ("engines", 2),
     "export.manifest": ("engines", 2),

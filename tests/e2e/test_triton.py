@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = REPO_ROOT / "model_repository"
-MODELS = ["dcl", "ftcn"]
+MODELS = ["dcl", "ftcn", "pcl_i2g"]  # pcl_i2g: a second output (its heat map) that Triton is not asked for
 MAX_BATCH = 4  # Triton's max_batch_size here: below the service's batches (8 clips), so they are split
 
 
