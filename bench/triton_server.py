@@ -9,6 +9,11 @@ site-packages (numpy 1.26, onnxruntime) first on ``sys.path`` via ``PYTHON_BACKE
 the stub reads arrays with numpy 1's memory layout, and under numpy 2 every output came back empty.
 
 Everything binds to 127.0.0.1 (HTTP, metrics) and gRPC is off, on free ports.
+
+As a script it serves a repository until interrupted, for trying ``DFS_RUNTIME=triton`` by hand::
+
+    python bench/triton_server.py --repository model_repository
+    DFS_RUNTIME=triton DFS_TRITON_URL=http://127.0.0.1:PORT python -m service   # in another shell
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from pathlib import Path
 
 import httpx
 
-from service.launcher import free_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the project's packages
+
+from service.launcher import free_port  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRITON_VENV = Path(os.environ.get("DFS_TEST_TRITON_VENV", REPO_ROOT / ".venv-triton"))
@@ -189,3 +196,41 @@ def stop_triton(server: TritonServer, timeout: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(group, signal.SIGKILL)
         server.process.wait(timeout=10)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import tempfile
+
+    from export.triton_config import TritonOptions, write_python_backend_repository
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository",
+                        help="the service's model repository; its python-backend variant is written to a temp folder")
+    parser.add_argument("--http-port", type=int, help="Triton's HTTP port on 127.0.0.1 (default: a free one)")
+    args = parser.parse_args(argv)
+    reason = missing_reason()
+    if reason:
+        print(f"cannot start Triton here: {reason}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="dfs-triton-") as work:
+        served = Path(work) / "repository"
+        write_python_backend_repository(args.repository, served, TritonOptions(instance_kind="cpu"))
+        server = start_triton(served, Path(work), http_port=args.http_port)
+        print(f"Triton ready in {server.started_in_s:.1f} s: DFS_TRITON_URL={server.url} (Ctrl-C stops it)", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_triton(server)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
