@@ -24,6 +24,7 @@ from service.api.errors import error_response, install_error_handlers
 from service.api.routes import health, jobs, models, predict
 from service.config import Settings, get_settings
 from service.jobs.runner import JobRunner
+from service.malloc import limit_malloc_arenas
 from service.metrics_server import start_metrics_server
 from service.runtime import Runtime
 from service.version import service_version
@@ -58,6 +59,7 @@ def _sample_gpu_memory() -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    limit_malloc_arenas(settings.malloc_arena_max)  # before the app's threads: see service/malloc.py
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
