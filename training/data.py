@@ -276,13 +276,14 @@ class ClipDataset(EpochSeeded, Dataset):
         rng = self.rng(index)
         flip = self.flip and rng.random() < 0.5
         degradation = self.degradation(rng)
-        clip = np.stack([warp(degradation(record.image(int(p))) if degradation else record.image(int(p)), m, size)
-                         for p, m in zip(window, matrices, strict=True)])
+        images = [record.image(int(p)) for p in window]
+        if degradation:
+            images = [degradation(image) for image in images]
+        clip = np.stack([warp(image, m, size) for image, m in zip(images, matrices, strict=True)])
         if flip:
             clip = clip[:, :, ::-1]
         mask = torch.full((size, size), float(record.label))
         return Sample(normalize(self.spec, clip), record.label, mask, record.video, track=record.key)
-
 
     def degradation(self, rng: np.random.Generator) -> Degradation | None:
         """A clip's degradation, with probability ``degrade`` (no draw at all when 0: runs without it

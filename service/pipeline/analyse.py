@@ -258,13 +258,11 @@ async def video_logits(
     """
     settings = runtime.settings
     assert runtime.detector is not None
-    if runtime.remote is not None:
-        # Seconds of decoding and face finding are not spent on a video whose engines are known to be
-        # away: Triton's readiness, cached ~1 s by the health check /healthcheck shares.
-        reason = await asyncio.to_thread(runtime.remote.check)
-        if reason:
-            raise Unavailable(f"the inference server is unavailable, the video was not decoded: {reason}",
-                              code="engine_unavailable", headers={"Retry-After": "5"})
+    # Seconds of decoding and face finding are not spent on a video whose engines are known to be
+    # away: Triton's readiness, as /healthcheck reports it (cached ~1 s).
+    if runtime.remote is not None and (reason := await runtime.health_reason()):
+        raise Unavailable(f"the inference server is unavailable, the video was not decoded: {reason}",
+                          code="engine_unavailable", headers={"Retry-After": "5"})
     report = safe_progress(progress)
     clock = StageClock()
     guard = DecodeGuard(max_side=settings.max_video_side, max_pixels=settings.max_decode_pixels)

@@ -94,6 +94,7 @@ def onnx_providers(
     return chosen
 
 
+ARENA_SAME_AS_REQUESTED = 1  # onnxruntime's ArenaExtendStrategy::kSameAsRequested (0 = kNextPowerOfTwo)
 _shared_arena_lock = threading.Lock()
 _shared_arena_registered = False
 
@@ -119,8 +120,6 @@ def use_shared_cpu_arena(options: object) -> None:
             _shared_arena_registered = True
     options.add_session_config_entry("session.use_env_allocators", "1")  # type: ignore[attr-defined]
 
-
-ARENA_SAME_AS_REQUESTED = 1  # onnxruntime's ArenaExtendStrategy::kSameAsRequested (0 = kNextPowerOfTwo)
 
 
 class OnnxEngine:

@@ -24,7 +24,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from training.data import FrameDataset, TrackRecord
-from training.degrade import degrade, jpeg  # noqa: F401 - part of this module's augmentation API
+from training.degrade import DEGRADE_QUALITY, DEGRADE_SCALE, degrade, jpeg
 from training.methods.base import Method
 
 Image = np.ndarray  # (H, W, 3) uint8 RGB
@@ -149,8 +149,8 @@ class Augmentation:
     rotate: float = 10.0  # degrees
     erase: float = 0.0
     degrade: float = 0.0  # resolution loss + JPEG (:func:`degrade`); 0 in the references' recipes
-    degrade_scale: tuple[float, float] = (0.3, 0.9)
-    degrade_quality: tuple[int, int] = (30, 90)  # inclusive
+    degrade_scale: tuple[float, float] = DEGRADE_SCALE
+    degrade_quality: tuple[int, int] = DEGRADE_QUALITY  # inclusive
 
     def __post_init__(self) -> None:
         unknown = {op for step in self.colour for op in step.ops} - set(COLOUR_OPS)
