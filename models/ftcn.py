@@ -20,11 +20,15 @@ the service applies the sigmoid once for every model.
 
 from __future__ import annotations
 
-import torch
 from dataclasses import replace
+from pathlib import Path
 
+import torch
 from torch import nn
 
+from models.ftcn_mobilenet import BACKBONE as MOBILENET
+from models.ftcn_mobilenet import FEATURE_CHANNELS as MOBILENET_FEATURES
+from models.ftcn_mobilenet import TemporalMobileNetV2
 from models.registry import StateDict, register_model
 from models.spec import IMAGENET_MEAN, IMAGENET_STD, CropRule, ModelSpec
 
@@ -63,21 +67,31 @@ TEMPORAL_TOKENS = 16  # 32 frames halved by the temporal pool after s2
 SIDE_DIVISOR = 16  # stem pool, stem max-pool, s3 and s4 each halve the side: 224 -> 14
 #: sides the light variants may take: multiples of 16 (the four halvings) from 64 px up.
 MIN_INPUT_SIZE = 64
+#: the temporal networks: the paper's ResNet-50 (``width`` scales it) or MobileNetV2 (models.ftcn_mobilenet)
+RESNET = "resnet50"
+BACKBONES = (RESNET, MOBILENET)
 
 
-def ftcn_spec(width: float = 1.0, input_size: int = 224, **_: object) -> ModelSpec:
+def ftcn_spec(width: float = 1.0, input_size: int = 224, backbone: str = RESNET, **_: object) -> ModelSpec:
     """The spec of a configuration: only the input side follows an option (``input_size``).
 
-    ``width`` scales channels and leaves the input alone; the crop rule (one similarity per clip,
-    the reference's five-point template) and the ImageNet statistics stay the paper's.
+    ``width`` and ``backbone`` change the network and leave the input alone; the crop rule (one
+    similarity per clip, the reference's five-point template) and the ImageNet statistics stay the paper's.
     """
-    if input_size == FTCN_SPEC.input_size:
+    if input_size == FTCN_SPEC.input_size and backbone == RESNET:
         return FTCN_SPEC
+    network = (
+        f"{width:g}x channel width"
+        if backbone == RESNET
+        else "MobileNetV2 with ImageNet weights inflated into spatial kernels of 1"
+    )
     return replace(
         FTCN_SPEC,
         input_size=input_size,
-        description=(f"FTCN + Temporal Transformer (ICCV 2021), light variant: the same temporal-only design at "
-                     f"{width:g}x channel width on {input_size} px clips of 32 frames."),
+        description=(
+            f"FTCN + Temporal Transformer (ICCV 2021), light variant: the same temporal-only design, "
+            f"{network}, on {input_size} px clips of 32 frames."
+        ),
     )
 
 
@@ -303,8 +317,13 @@ class TemporalHead(nn.Module):
     def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1, dim: int = FEATURE_CHANNELS) -> None:
         super().__init__()
         # heads of 64 channels each, as the reference's 16 x 64 for 1024; the MLP twice as wide
-        self.time_T = TimeTransformer(dim=dim, heads=max(1, dim // 64), mlp_dim=2 * dim,  # name fixed by the checkpoint
-                                      dropout=dropout, emb_dropout=emb_dropout)
+        self.time_T = TimeTransformer(
+            dim=dim,
+            heads=max(1, dim // 64),
+            mlp_dim=2 * dim,  # name fixed by the checkpoint
+            dropout=dropout,
+            emb_dropout=emb_dropout,
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         tokens = features.mean(dim=(3, 4)).transpose(1, 2)  # (N, 1024, 16, 14, 14) -> (N, 16, 1024)
@@ -318,8 +337,12 @@ class TemporalResNet(nn.Module):
         super().__init__()
         self.s1 = StemStage(_scaled(64, width))
         for name, dim_in, dim_out, dim_inner, kernels, downsample in STAGES:
-            self.add_module(name, ResStage(_scaled(dim_in, width), _scaled(dim_out, width),
-                                           _scaled(dim_inner, width), kernels, downsample))
+            self.add_module(
+                name,
+                ResStage(
+                    _scaled(dim_in, width), _scaled(dim_out, width), _scaled(dim_inner, width), kernels, downsample
+                ),
+            )
         self.pathway0_pool = nn.MaxPool3d(kernel_size=(2, 1, 1), stride=(2, 1, 1))
         self.s5 = nn.Identity()
         self.head = TemporalHead(dropout, emb_dropout, dim=_scaled(FEATURE_CHANNELS, width))
@@ -329,25 +352,69 @@ class TemporalResNet(nn.Module):
         return self.head(self.s5(self.s4(self.s3(x))))
 
 
+class TemporalMobileNet(nn.Module):
+    """The fully temporal MobileNetV2 (``models.ftcn_mobilenet``) -> time transformer over its 16 steps."""
+
+    def __init__(self, dropout: float, emb_dropout: float, frames: int) -> None:
+        super().__init__()
+        self.features = TemporalMobileNetV2(frames)
+        dim = MOBILENET_FEATURES
+        self.time_T = TimeTransformer(
+            tokens=frames // 2,
+            dim=dim,
+            heads=max(1, dim // 64),
+            mlp_dim=2 * dim,
+            dropout=dropout,
+            emb_dropout=emb_dropout,
+        )
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.time_T(self.features(clips))
+
+
 class FTCN(nn.Module):
     """Normalised RGB clips (N, 3, 32, 224, 224) -> fake logit (N,).
 
     ``width`` and ``input_size`` make a light variant of the same fully temporal design (every
     convolution spatial kernel 1, the time transformer over 16 tokens): ``width=0.25,
     input_size=112`` costs about 1/64 of the paper's 66.6 GMACs per clip, which a 2-core CPU can
-    train from scratch. The defaults are the paper's network with the official checkpoint's keys.
+    train from scratch. ``backbone="mobilenetv2_100"`` swaps the temporal ResNet for MobileNetV2
+    rewritten the same way, so ImageNet weights can be inflated into it
+    (:mod:`models.ftcn_mobilenet`). The defaults are the paper's network with the official
+    checkpoint's keys.
     """
 
-    def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1, width: float = 1.0,
-                 input_size: int = 224) -> None:
+    def __init__(
+        self,
+        dropout: float = 0.1,
+        emb_dropout: float = 0.1,
+        width: float = 1.0,
+        input_size: int = 224,
+        backbone: str = RESNET,
+    ) -> None:
         super().__init__()
         if not 0 < width <= 1:
             raise ValueError(f"width must be in (0, 1], got {width}")
         if input_size < MIN_INPUT_SIZE or input_size % SIDE_DIVISOR:
             raise ValueError(f"input_size must be a multiple of {SIDE_DIVISOR} >= {MIN_INPUT_SIZE}, got {input_size}")
-        self.spec = ftcn_spec(width, input_size)
-        self.resnet = TemporalResNet(dropout, emb_dropout, width)
-        init_like_slowfast(self.resnet)
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+        self.spec = ftcn_spec(width, input_size, backbone)
+        if backbone == RESNET:
+            self.resnet = TemporalResNet(dropout, emb_dropout, width)
+            init_like_slowfast(self.resnet)
+        else:
+            if width != 1.0:
+                raise ValueError(
+                    "width scales the temporal ResNet only; the MobileNetV2 variant keeps ImageNet's widths"
+                )
+            self.mobilenet = TemporalMobileNet(dropout, emb_dropout, self.spec.num_frames)
+
+    def load_backbone_weights(self, path: str | Path) -> None:
+        """ImageNet initialisation, inflated into spatial kernels of 1 (MobileNetV2 variant only)."""
+        if not hasattr(self, "mobilenet"):
+            raise ValueError("no ImageNet ResNet-50 ships offline: --backbone-weights needs --backbone mobilenetv2_100")
+        self.mobilenet.features.load_imagenet(path)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         # The 17 learned positions fix the frames; the side is fixed by the spec. Anything else would
@@ -356,7 +423,8 @@ class FTCN(nn.Module):
         expected = self.spec.input_shape(1)[1:]
         if tuple(clips.shape[1:]) != expected:
             raise ValueError(f"FTCN expects clips (N, {', '.join(map(str, expected))}), got {tuple(clips.shape)}")
-        return self.resnet(clips).reshape(-1)
+        network = self.resnet if hasattr(self, "resnet") else self.mobilenet
+        return network(clips).reshape(-1)
 
 
 def init_like_slowfast(backbone: nn.Module) -> None:
@@ -398,10 +466,12 @@ def filter_official_checkpoint(state_dict: StateDict, model: nn.Module) -> State
 
 
 @register_model(FTCN_SPEC, checkpoint_filter=filter_official_checkpoint, spec_for=ftcn_spec)
-def ftcn(dropout: float = 0.1, emb_dropout: float = 0.1, width: float = 1.0, input_size: int = 224) -> FTCN:
+def ftcn(
+    dropout: float = 0.1, emb_dropout: float = 0.1, width: float = 1.0, input_size: int = 224, backbone: str = RESNET
+) -> FTCN:
     """FTCN-TT as released (ftcn_tt.yaml): transformer and embedding dropout 0.1, inactive in eval;
-    ``width``/``input_size`` pick the light variant (see :class:`FTCN`)."""
-    return FTCN(dropout=dropout, emb_dropout=emb_dropout, width=width, input_size=input_size)
+    ``width``/``input_size``/``backbone`` pick a light variant (see :class:`FTCN`)."""
+    return FTCN(dropout=dropout, emb_dropout=emb_dropout, width=width, input_size=input_size, backbone=backbone)
 
 
 __all__ = ["FTCN", "FTCN_SPEC", "filter_official_checkpoint", "ftcn", "ftcn_spec"]

@@ -40,6 +40,9 @@ def test_ftcn_training_options_reach_the_model_kwargs(tmp_path: Path) -> None:
     assert default.model_kwargs() == {} and default.spec.input_size == 224
     light = method_class("ftcn")(parse_args([*common, "--width", "0.25", "--input-size", "112"]))
     assert light.model_kwargs() == {"width": 0.25, "input_size": 112} and light.spec.input_size == 112
+    inflated = method_class("ftcn")(parse_args([*common, "--backbone", "mobilenetv2_100", "--input-size", "96"]))
+    assert inflated.model_kwargs() == {"backbone": "mobilenetv2_100", "input_size": 96}
+    assert "MobileNetV2" in inflated.spec.description
 
 
 def test_degrade_loses_detail_for_either_class_and_is_off_in_the_reference_recipes(tmp_path: Path) -> None:
@@ -53,8 +56,20 @@ def test_degrade_loses_detail_for_either_class_and_is_off_in_the_reference_recip
     # fine detail is gone: neighbouring pixels differ far less than in the noise image
     assert np.abs(np.diff(out.astype(int), axis=1)).mean() < 0.5 * np.abs(np.diff(image.astype(int), axis=1)).mean()
     assert COMMON_AUGMENT.degrade == 0
-    args = parse_args(["--method", "dcl", "--data", str(tmp_path), "--output", str(tmp_path), "--degrade", "0.4",
-                       "--backbone", "mobilenetv2_100"])
+    args = parse_args(
+        [
+            "--method",
+            "dcl",
+            "--data",
+            str(tmp_path),
+            "--output",
+            str(tmp_path),
+            "--degrade",
+            "0.4",
+            "--backbone",
+            "mobilenetv2_100",
+        ]
+    )
     assert method_class("dcl")(args).training_augmentation().degrade == 0.4
 
 

