@@ -23,7 +23,7 @@ from tqdm import tqdm
 from export.manifest import Calibration
 from service.config import Settings
 from service.ensemble import ServedEnsemble
-from service.errors import ServiceError
+from service.errors import RequestFailure
 from service.model_repository import ModelVersion
 from service.pipeline.analyse import AnalysisOptions, video_logits
 from service.pipeline.scores import EnsembleWeights, track_model_score
@@ -46,8 +46,9 @@ def labelled(labels: Path, split: str | None) -> list[Source]:
     return sources
 
 
-async def served_logits(runtime: Runtime, sources: list[Source],
-                        left_out: dict[str, str] | None = None) -> dict[str, Predictions]:
+async def served_logits(
+    runtime: Runtime, sources: list[Source], left_out: dict[str, str] | None = None
+) -> dict[str, Predictions]:
     """Raw logits per model of every face-track item of every video, as the service computes them.
 
     Videos the service refuses or finds no face in are logged and, when ``left_out`` is given,
@@ -59,7 +60,7 @@ async def served_logits(runtime: Runtime, sources: list[Source],
     for source in tqdm(sources, desc="videos", unit="video"):
         try:
             result = await video_logits(source.path, "calibrate", options, runtime)
-        except ServiceError as exc:  # a file the service refuses is reported and left out, as it would be served
+        except RequestFailure as exc:  # a file the service refuses is reported and left out, as it would be served
             log.warning("%s: %s (%s); left out", source.path, exc.code, exc)
             left_out[str(source.path)] = f"{exc.code}: {exc}"
             continue
@@ -90,6 +91,7 @@ class ServedRun:
 
 def collect(settings: Settings, sources: list[Source]) -> ServedRun:
     """Load the repository as the service does and run every video through the pipeline."""
+
     async def run() -> ServedRun:
         runtime = Runtime(settings)
         await runtime.load()
@@ -125,8 +127,11 @@ class VideoScores:
 
     def ensemble(self, combination: EnsembleWeights) -> dict[str, float]:
         """Steps 3-4: each track's ensemble score, the maximum over the video's tracks (sorted)."""
-        return {video: max(combination.combine(models) for models in tracks.values())
-                for video, tracks in sorted(self.tracks.items()) if tracks}
+        return {
+            video: max(combination.combine(models) for models in tracks.values())
+            for video, tracks in sorted(self.tracks.items())
+            if tracks
+        }
 
     @property
     def models(self) -> list[str]:

@@ -29,7 +29,7 @@ class Admission:
             raise Unavailable(
                 "the service is at capacity; retry later",
                 code="queue_full",
-                headers={"Retry-After": str(self._retry_after_s)},
+                retry_after_s=self._retry_after_s,
             )
         self._waiting += 1
         metrics.WAITING.set(self._waiting)

@@ -35,7 +35,7 @@ from service.api.limits import check_overrides
 from service.api.routes.predict import analysis_options, score_video
 from service.api.schemas import PredictRequest
 from service.config import Settings, invalid_settings_message, split_csv
-from service.errors import ServiceError
+from service.errors import RequestFailure
 from service.jobs.progress import ProgressTracker
 from service.jobs.runner import error_body, predict_body
 from service.pipeline.analyse import AnalysisOptions, analyse_video_with_evidence
@@ -46,8 +46,18 @@ from service.runtime import Runtime
 log = logging.getLogger("service.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_LOADED = 0, 1, 2, 3
-CSV_FIELDS = ["input", "status", "prediction", "df_probability", "faces", "frames_analyzed", "annotated",
-              "error", "status_code", "detail"]
+CSV_FIELDS = [
+    "input",
+    "status",
+    "prediction",
+    "df_probability",
+    "faces",
+    "frames_analyzed",
+    "annotated",
+    "error",
+    "status_code",
+    "detail",
+]
 _REFRESH_S = 0.1
 
 
@@ -80,14 +90,21 @@ class Scorer:
         """``{"input", "ok": true, "result", "annotated"}`` or ``{"input", "ok": false, "error"}``."""
         request_id = uuid.uuid4().hex
         tracker = ProgressTracker("fetch")
-        bar = tqdm(total=1, desc=_short(source), file=sys.stderr, disable=not self.show_progress, leave=True,
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=1,
+            desc=_short(source),
+            file=sys.stderr,
+            disable=not self.show_progress,
+            leave=True,
+            unit="step",
+            dynamic_ncols=True,
+        )
         refresher = asyncio.create_task(_refresh(bar, tracker, _short(source)))
         try:
             result, annotated = await self._score(source, request_id, tracker)
             return {"input": source, "ok": True, "result": result, "annotated": annotated}
         except Exception as exc:  # noqa: BLE001 - every failure is one video's result, as /predict's error body
-            if not isinstance(exc, ServiceError):
+            if not isinstance(exc, RequestFailure):
                 log.exception("%s: unexpected error", source)
             return {"input": source, "ok": False, "error": error_body(exc, request_id)}
         finally:
@@ -109,8 +126,17 @@ class Scorer:
         async with fetched_video(source, settings_for(source, settings)) as video:
             fetch_ms = (time.perf_counter() - started) * 1000.0
             tracker("fetch", 1, 1)
-            result = predict_body(await score_video(video, self.options, request_id, self.runtime, fetch_ms,
-                                                    analyse=analyse, timeout_s=settings.job_timeout_s))
+            result = predict_body(
+                await score_video(
+                    video,
+                    self.options,
+                    request_id,
+                    self.runtime,
+                    fetch_ms,
+                    analyse=analyse,
+                    timeout_s=settings.job_timeout_s,
+                )
+            )
             annotated = None
             if self.annotate is not None and found and found[0].tracks:
                 target = self.annotate / f"{_stem(source)}.annotated.mp4"
@@ -126,7 +152,7 @@ def _stem(source: str) -> str:
 
 def _short(source: str, width: int = 32) -> str:
     name = Path(urlsplit(source).path).name or source
-    return name if len(name) <= width else "..." + name[-(width - 3):]
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
 
 
 def _draw(bar: tqdm, tracker: ProgressTracker, name: str) -> None:
@@ -152,15 +178,27 @@ async def _refresh(bar: tqdm, tracker: ProgressTracker, name: str) -> None:
 
 # ---- output -------------------------------------------------------------------------------------
 
+
 def _row(outcome: dict[str, Any]) -> dict[str, Any]:
     if outcome["ok"]:
         result = outcome["result"]
-        return {"input": outcome["input"], "status": "ok", "prediction": result["prediction"],
-                "df_probability": result["df_probability"], "faces": len(result["faces"]),
-                "frames_analyzed": result["video"]["frames_analyzed"], "annotated": outcome.get("annotated")}
+        return {
+            "input": outcome["input"],
+            "status": "ok",
+            "prediction": result["prediction"],
+            "df_probability": result["df_probability"],
+            "faces": len(result["faces"]),
+            "frames_analyzed": result["video"]["frames_analyzed"],
+            "annotated": outcome.get("annotated"),
+        }
     error = outcome["error"]
-    return {"input": outcome["input"], "status": "failed", "error": error["error"],
-            "status_code": error["status_code"], "detail": error["detail"]}
+    return {
+        "input": outcome["input"],
+        "status": "failed",
+        "error": error["error"],
+        "status_code": error["status_code"],
+        "detail": error["detail"],
+    }
 
 
 class Output:
@@ -191,6 +229,7 @@ class Output:
 
 # ---- command line -------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service.cli",
@@ -199,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     score = commands.add_parser(
-        "score", help="score videos (local paths or http(s) URLs)",
+        "score",
+        help="score videos (local paths or http(s) URLs)",
         description="Score each video as POST /predict would and print one result per video on stdout "
         "(a progress bar per video goes to stderr). Any local file may be named (its folder is allowed "
         "for that video, whatever DFS_LOCAL_ROOTS says); URLs are fetched under the service's rules "
@@ -211,19 +251,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="video files or http(s) URLs")
     fmt = score.add_mutually_exclusive_group()
-    fmt.add_argument("--json", dest="format", action="store_const", const="json",
-                     help="JSON Lines: one object per video, {input, ok, result (the /predict body), annotated} "
-                     "or {input, ok: false, error: {error, detail, request_id, status_code}}")
-    fmt.add_argument("--csv", dest="format", action="store_const", const="csv",
-                     help=f"CSV with a header: {','.join(CSV_FIELDS)}")
+    fmt.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        help="JSON Lines: one object per video, {input, ok, result (the /predict body), annotated} "
+        "or {input, ok: false, error: {error, detail, request_id, status_code}}",
+    )
+    fmt.add_argument(
+        "--csv", dest="format", action="store_const", const="csv", help=f"CSV with a header: {','.join(CSV_FIELDS)}"
+    )
     score.set_defaults(format="text")
-    score.add_argument("--annotate", type=Path, metavar="DIR",
-                       help="also write DIR/<name>.annotated.mp4: the analysed frames with each face's box "
-                       "coloured by its score (H.264; videos without a face get none)")
-    score.add_argument("--models", metavar="NAMES",
-                       help="comma list of models to load and run (default: DFS_MODELS, else every model found)")
-    score.add_argument("--max-frames", type=int, metavar="N",
-                       help="frames decoded from the start (default DFS_MAX_FRAMES; at most DFS_JOB_MAX_FRAMES)")
+    score.add_argument(
+        "--annotate",
+        type=Path,
+        metavar="DIR",
+        help="also write DIR/<name>.annotated.mp4: the analysed frames with each face's box "
+        "coloured by its score (H.264; videos without a face get none)",
+    )
+    score.add_argument(
+        "--models",
+        metavar="NAMES",
+        help="comma list of models to load and run (default: DFS_MODELS, else every model found)",
+    )
+    score.add_argument(
+        "--max-frames",
+        type=int,
+        metavar="N",
+        help="frames decoded from the start (default DFS_MAX_FRAMES; at most DFS_JOB_MAX_FRAMES)",
+    )
     score.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     score.add_argument("-v", "--verbose", action="store_true", help="log the pipeline's info messages to stderr")
     return parser
@@ -241,12 +298,13 @@ async def run_score(args: argparse.Namespace, settings: Settings, stdout: TextIO
         if not runtime.ready:
             print(f"error: the models could not be loaded: {runtime.reason}", file=sys.stderr)
             return EXIT_NOT_LOADED
-        body = PredictRequest(file_path="cli", models=split_csv(args.models) if args.models else None,
-                              max_frames=args.max_frames)
+        body = PredictRequest(
+            file_path="cli", models=split_csv(args.models) if args.models else None, max_frames=args.max_frames
+        )
         try:
             check_overrides(body, settings, job=True)
             options = analysis_options(body, runtime, max_frames_cap=max(settings.job_max_frames, settings.max_frames))
-        except Exception as exc:  # noqa: BLE001 - a ServiceError naming the limit or the unknown model
+        except Exception as exc:  # noqa: BLE001 - a RequestFailure naming the limit or the unknown model
             print(f"error: {getattr(exc, 'detail', exc)}", file=sys.stderr)
             return EXIT_USAGE
         if args.annotate is not None:
@@ -260,7 +318,9 @@ async def run_score(args: argparse.Namespace, settings: Settings, stdout: TextIO
             if not outcome["ok"]:
                 failed += 1
                 error = outcome["error"]
-                print(f"{source}: failed: {error['error']} ({error['status_code']}): {error['detail']}", file=sys.stderr)
+                print(
+                    f"{source}: failed: {error['error']} ({error['status_code']}): {error['detail']}", file=sys.stderr
+                )
         return EXIT_FAILED if failed else EXIT_OK
     finally:
         await runtime.close()
@@ -271,8 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
         parser.error("--max-frames must be at least 1")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         settings = Settings()
     except ValidationError as exc:  # a malformed DFS_* variable: say which

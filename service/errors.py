@@ -1,8 +1,10 @@
 """Errors that end a request with a JSON body ``{"error": code, "detail": text, "request_id"}``.
 
-Pipeline stages raise :class:`ServiceError` subclasses with the HTTP status that fits the cause;
-the app turns them into responses (``service/api/errors.py``). Anything else that escapes is a bug
-and becomes a 500 with ``error="internal"``, logged with its traceback; the server keeps serving.
+Pipeline stages raise the kinds of :mod:`service.pipeline.failures`, which carry no HTTP status;
+:func:`http_status` gives each kind its status here, in the app layer, and the app's own failures
+(an unknown job, a full queue) are :class:`ServiceError` with the status their raiser chose. The
+app turns both into responses (``service/api/errors.py``). Anything else that escapes is a bug and
+becomes a 500 with ``error="internal"``, logged with its traceback; the server keeps serving.
 """
 
 from __future__ import annotations
@@ -10,6 +12,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+
+from service.pipeline.failures import BadInput as BadRequest
+from service.pipeline.failures import (
+    InferenceFailed,
+    NotAVideo,
+    RequestFailure,
+    TooLarge,
+    Unavailable,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
+from service.pipeline.failures import NotAllowed as Forbidden
 
 # An absolute POSIX path not inside a word or URL (``http://host/a`` keeps its ``/a``).
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/[^\s'\"`,;:()<>\[\]{}]+")
@@ -31,60 +45,64 @@ def redact_paths(text: str, known: Mapping[str, Path | None] | None = None) -> s
     return _ABSOLUTE_PATH.sub("<path>", text)
 
 
-class ServiceError(Exception):
-    """A request-level failure with an HTTP status and a machine-readable code."""
+class ServiceError(RequestFailure):
+    """A failure of the app itself (jobs, uploads, limits), raised with the HTTP status that fits it."""
 
     status_code: int = 500
-    code: str = "internal"
 
     def __init__(
-        self,
-        detail: str,
-        *,
-        code: str | None = None,
-        status_code: int | None = None,
-        headers: dict[str, str] | None = None,
+        self, detail: str, *, code: str | None = None, status_code: int | None = None, retry_after_s: int | None = None
     ) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if code is not None:
-            self.code = code
+        super().__init__(detail, code=code, retry_after_s=retry_after_s)
         if status_code is not None:
             self.status_code = status_code
-        self.headers = headers or {}
-
-
-class BadRequest(ServiceError):
-    status_code, code = 400, "bad_request"
-
-
-class Forbidden(ServiceError):
-    status_code, code = 403, "forbidden"
-
-
-class TooLarge(ServiceError):
-    status_code, code = 413, "too_large"
-
-
-class NotAVideo(ServiceError):
-    status_code, code = 415, "not_a_video"
 
 
 class LimitExceeded(ServiceError):
     status_code, code = 422, "limit_exceeded"
 
 
-class UpstreamFailed(ServiceError):
-    status_code, code = 502, "fetch_failed"
+#: the HTTP status of each kind of stage failure (the most specific kind listed wins)
+STATUS_OF_KIND: dict[type[RequestFailure], int] = {
+    BadRequest: 400,
+    Forbidden: 403,
+    TooLarge: 413,
+    NotAVideo: 415,
+    InferenceFailed: 500,
+    UpstreamFailed: 502,
+    Unavailable: 503,
+    UpstreamTimeout: 504,
+}
 
 
-class UpstreamTimeout(ServiceError):
-    status_code, code = 504, "fetch_timeout"
+def http_status(failure: RequestFailure) -> int:
+    """The status a failure answers with: its own for the app's, its kind's for a stage's, else 500."""
+    if isinstance(failure, ServiceError):
+        return failure.status_code
+    for kind in type(failure).__mro__:
+        if kind in STATUS_OF_KIND:
+            return STATUS_OF_KIND[kind]
+    return 500
 
 
-class Unavailable(ServiceError):
-    status_code, code = 503, "unavailable"
+def http_headers(failure: RequestFailure) -> dict[str, str]:
+    """``Retry-After`` where the failure says a later try may succeed."""
+    return {} if failure.retry_after_s is None else {"Retry-After": str(failure.retry_after_s)}
 
 
-class InferenceFailed(ServiceError):
-    status_code, code = 500, "inference_failed"
+__all__ = [
+    "BadRequest",
+    "Forbidden",
+    "InferenceFailed",
+    "LimitExceeded",
+    "NotAVideo",
+    "RequestFailure",
+    "ServiceError",
+    "TooLarge",
+    "Unavailable",
+    "UpstreamFailed",
+    "UpstreamTimeout",
+    "http_headers",
+    "http_status",
+    "redact_paths",
+]

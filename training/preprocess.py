@@ -53,11 +53,11 @@ import numpy as np
 from tqdm import tqdm
 
 from service.config import Settings
-from service.errors import ServiceError
 from service.pipeline.analyse import StageClock, find_tracks
 from service.pipeline.crops import box_matrix
 from service.pipeline.decode import iter_frames, probe
 from service.pipeline.faces import FaceDetector, create_detector
+from service.pipeline.failures import RequestFailure
 from service.pipeline.tracks import IouTracker, Track
 from training.sources import Source, discover
 
@@ -122,8 +122,12 @@ def expected_marker(source: Source, options: CropOptions, detection: dict[str, A
     apply to a photo, so changing them does not redo photos.
     """
     options = source_options(source, options)
-    crops: dict[str, Any] = {"crop_size": options.size, "crop_scale": options.scale,
-                             "jpeg_quality": options.jpeg_quality, **detection}
+    crops: dict[str, Any] = {
+        "crop_size": options.size,
+        "crop_scale": options.scale,
+        "jpeg_quality": options.jpeg_quality,
+        **detection,
+    }
     if not source.is_image:
         crops |= {"max_frames": options.max_frames, "frame_step": options.frame_step}
     return {
@@ -150,8 +154,11 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
-            if old.get(key) != new.get(key)]
+    return [
+        f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    ]
 
 
 def plan(found: dict[str, Any] | None, wanted: dict[str, Any], force: bool = False) -> tuple[str, str]:
@@ -191,8 +198,9 @@ def image_tracks(image_rgb: np.ndarray, detector: FaceDetector, settings: Settin
     return tracker.finish(max_tracks=settings.max_tracks)
 
 
-def _write_track(folder: Path, track: Track, frames: dict[int, np.ndarray], source: Source,
-                 options: CropOptions) -> int:
+def _write_track(
+    folder: Path, track: Track, frames: dict[int, np.ndarray], source: Source, options: CropOptions
+) -> int:
     """Crops and ``track.json`` of one track; returns the frames kept (0: nothing written)."""
     folder.mkdir(parents=True, exist_ok=True)
     kept, matrices = [], []
@@ -229,8 +237,9 @@ def _write_track(folder: Path, track: Track, frames: dict[int, np.ndarray], sour
     return len(kept)
 
 
-def _find_source_tracks(source: Source, detector: FaceDetector, settings: Settings,
-                        options: CropOptions) -> tuple[list[Track], dict[int, np.ndarray]]:
+def _find_source_tracks(
+    source: Source, detector: FaceDetector, settings: Settings, options: CropOptions
+) -> tuple[list[Track], dict[int, np.ndarray]]:
     """Tracks of one source and the full-size frames they cover."""
     if source.is_image:
         image = cv2.imread(str(source.path), cv2.IMREAD_COLOR)
@@ -246,8 +255,15 @@ def _find_source_tracks(source: Source, detector: FaceDetector, settings: Settin
     return tracks, frames
 
 
-def process_source(source: Source, out: Path, key: str, detector: FaceDetector, settings: Settings,
-                   options: CropOptions, marker: dict[str, Any] | None = None) -> int:
+def process_source(
+    source: Source,
+    out: Path,
+    key: str,
+    detector: FaceDetector,
+    settings: Settings,
+    options: CropOptions,
+    marker: dict[str, Any] | None = None,
+) -> int:
     """Crop every face track of one source; returns the number of tracks written.
 
     The source's folder is cleared first: a previous run may have left more tracks (``t<k>``) than
@@ -279,14 +295,16 @@ def _index_rows(out: Path, key: str, source: Source) -> list[dict[str, Any]]:
     rows = []
     for track_file in sorted((out / "tracks" / key).glob("t*/track.json")):
         record = json.loads(track_file.read_text())
-        rows.append({
-            "track": str(track_file.parent.relative_to(out)),
-            "source": str(source.path),
-            "label": source.label,
-            "split": source.split,
-            "identity": source.identity,
-            "frames": len(record["frame_indices"]),
-        })
+        rows.append(
+            {
+                "track": str(track_file.parent.relative_to(out)),
+                "source": str(source.path),
+                "label": source.label,
+                "split": source.split,
+                "identity": source.identity,
+                "frames": len(record["frame_indices"]),
+            }
+        )
     return rows
 
 
@@ -356,13 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, type=Path, help="where crops and index.csv go")
     parser.add_argument("--ffpp-splits", type=Path, help="folder with FaceForensics++ train/val/test.json")
     parser.add_argument("--compression", default="c23", help="FaceForensics++ compression folder (default c23)")
-    parser.add_argument("--max-frames", type=_positive_int, default=256,
-                        help="frames read per video (default 256; a label list's frames column overrides it)")
-    parser.add_argument("--frame-step", type=_positive_int, default=1, help="keep every k-th frame of a track "
-                        "(default 1; FTCN needs consecutive frames, frame models train fine on k=4)")
+    parser.add_argument(
+        "--max-frames",
+        type=_positive_int,
+        default=256,
+        help="frames read per video (default 256; a label list's frames column overrides it)",
+    )
+    parser.add_argument(
+        "--frame-step",
+        type=_positive_int,
+        default=1,
+        help="keep every k-th frame of a track "
+        "(default 1; FTCN needs consecutive frames, frame models train fine on k=4)",
+    )
     parser.add_argument("--crop-size", type=_positive_int, default=320, help="loose crop side in px (default 320)")
-    parser.add_argument("--crop-scale", type=_positive_float, default=2.0,
-                        help="loose crop side / face box side (default 2)")
+    parser.add_argument(
+        "--crop-scale", type=_positive_float, default=2.0, help="loose crop side / face box side (default 2)"
+    )
     parser.add_argument("--retinaface-weights", type=Path, help="use RetinaFace instead of BlazeFace")
     parser.add_argument("--force", action="store_true", help="redo sources already processed")
     return parser
@@ -377,8 +405,16 @@ class Tally:
     skipped: int = 0
 
 
-def _run_source(source: Source, key: str, marker: dict[str, Any], args: argparse.Namespace, detector: FaceDetector,
-                settings: Settings, options: CropOptions, tally: Tally) -> None:
+def _run_source(
+    source: Source,
+    key: str,
+    marker: dict[str, Any],
+    args: argparse.Namespace,
+    detector: FaceDetector,
+    settings: Settings,
+    options: CropOptions,
+    tally: Tally,
+) -> None:
     """Skip, relabel or (re)process one source as its marker asks; failures propagate to the caller."""
     folder = args.output / "tracks" / key
     action, why = plan(read_marker(folder), marker, args.force)
@@ -401,8 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     sources = discover(args.input, ffpp_splits=args.ffpp_splits, compression=args.compression)
     settings = Settings(retinaface_weights=args.retinaface_weights, max_frames=args.max_frames)
     detector = create_detector(settings)
-    options = CropOptions(size=args.crop_size, scale=args.crop_scale, max_frames=args.max_frames,
-                          frame_step=args.frame_step)
+    options = CropOptions(
+        size=args.crop_size, scale=args.crop_scale, max_frames=args.max_frames, frame_step=args.frame_step
+    )
     detection = detection_record(settings, detector)
     args.output.mkdir(parents=True, exist_ok=True)
     root = args.input if args.input.is_dir() else args.input.parent
@@ -413,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, source, marker in tqdm(wanted, desc="preprocess", unit="file"):
             try:
                 _run_source(source, key, marker, args, detector, settings, options, tally)
-            except (ServiceError, ValueError, OSError, cv2.error) as exc:
+            except (RequestFailure, ValueError, OSError, cv2.error) as exc:
                 message = getattr(exc, "detail", None) or str(exc)
                 errors.append((str(source.path), message))
                 log.warning("skipped %s: %s", source.path, message)
@@ -422,8 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         with (args.output / "errors.csv").open("w", newline="") as handle:
             csv.writer(handle).writerows([("source", "error"), *errors])
         tracks = rebuild_index(args.output, wanted)
-    print(f"{tally.processed} processed, {tally.relabelled} relabelled, {tally.skipped} already done, "
-          f"{len(errors)} unreadable; {tracks} tracks in {args.output / 'index.csv'}")
+    print(
+        f"{tally.processed} processed, {tally.relabelled} relabelled, {tally.skipped} already done, "
+        f"{len(errors)} unreadable; {tracks} tracks in {args.output / 'index.csv'}"
+    )
     return 0
 
 

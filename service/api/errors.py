@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import metrics
 from service.api.body_limits import CLOSE, too_large_detail
-from service.errors import ServiceError, redact_paths
+from service.errors import RequestFailure, http_headers, http_status, redact_paths
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -25,19 +25,24 @@ def public_reason(runtime: Runtime, reason: str | None = None) -> str:
     (``/healthcheck``, a 503 from ``/predict``). The raw reason names the model repository, checkpoints
     or the engine cache; it stays in the service log, where loading failures are logged in full."""
     settings = runtime.settings
-    return redact_paths(runtime.reason if reason is None else reason, {
-        "DFS_MODEL_REPOSITORY": settings.model_repository,
-        "DFS_ENGINE_CACHE": settings.engine_cache,
-        "DFS_RETINAFACE_WEIGHTS": settings.retinaface_weights,
-        "DFS_TEMP_DIR": settings.temp_dir,
-    })
+    return redact_paths(
+        runtime.reason if reason is None else reason,
+        {
+            "DFS_MODEL_REPOSITORY": settings.model_repository,
+            "DFS_ENGINE_CACHE": settings.engine_cache,
+            "DFS_RETINAFACE_WEIGHTS": settings.retinaface_weights,
+            "DFS_TEMP_DIR": settings.temp_dir,
+        },
+    )
 
 
 def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
-def error_response(request: Request, status: int, code: str, detail: object, headers: dict | None = None) -> JSONResponse:
+def error_response(
+    request: Request, status: int, code: str, detail: object, headers: dict | None = None
+) -> JSONResponse:
     """The one builder of error bodies, so counting here counts every error path exactly once."""
     metrics.ERRORS.labels(code).inc()
     return JSONResponse(
@@ -48,10 +53,11 @@ def error_response(request: Request, status: int, code: str, detail: object, hea
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        log.info("request %s failed: %s %s: %s", _request_id(request), exc.status_code, exc.code, exc.detail)
-        return error_response(request, exc.status_code, exc.code, exc.detail, exc.headers)
+    @app.exception_handler(RequestFailure)
+    async def request_failure(request: Request, exc: RequestFailure) -> JSONResponse:
+        status = http_status(exc)
+        log.info("request %s failed: %s %s: %s", _request_id(request), status, exc.code, exc.detail)
+        return error_response(request, status, exc.code, exc.detail, http_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -34,7 +34,7 @@ from service.api.limits import check_overrides
 from service.api.routes.predict import analysis_options, score_video
 from service.api.schemas import PredictRequest, PredictResponse
 from service.config import Settings
-from service.errors import ServiceError, Unavailable
+from service.errors import RequestFailure, ServiceError, Unavailable, http_status
 from service.jobs.progress import Progress, ProgressTracker
 from service.jobs.store import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRecord, JobStore, QueueFull
 from service.pipeline.analyse import AnalysisOptions, analyse_video_with_evidence
@@ -57,10 +57,14 @@ _SLOT_RETRY_S = 1.0  # the admission line is full (of /predict requests): try ag
 
 def error_body(exc: BaseException, request_id: str) -> dict[str, Any]:
     """The body /predict's error handlers would have answered, and the status they would have sent."""
-    if isinstance(exc, ServiceError):
-        return {"error": exc.code, "detail": exc.detail, "request_id": request_id, "status_code": exc.status_code}
-    return {"error": "internal", "detail": f"internal error ({type(exc).__name__}); see the service log",
-            "request_id": request_id, "status_code": 500}
+    if isinstance(exc, RequestFailure):
+        return {"error": exc.code, "detail": exc.detail, "request_id": request_id, "status_code": http_status(exc)}
+    return {
+        "error": "internal",
+        "detail": f"internal error ({type(exc).__name__}); see the service log",
+        "request_id": request_id,
+        "status_code": 500,
+    }
 
 
 def predict_body(result: dict[str, Any]) -> dict[str, Any]:
@@ -70,8 +74,11 @@ def predict_body(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def queue_full(settings: Settings) -> Unavailable:
-    return Unavailable(f"{settings.jobs_max_queued} jobs are already waiting (DFS_JOBS_MAX_QUEUED); retry later",
-                       code="queue_full", headers={"Retry-After": "10"})
+    return Unavailable(
+        f"{settings.jobs_max_queued} jobs are already waiting (DFS_JOBS_MAX_QUEUED); retry later",
+        code="queue_full",
+        retry_after_s=10,
+    )
 
 
 async def _uncancellable(fn: Any, /, *args: Any) -> Any:
@@ -132,8 +139,9 @@ class JobRunner:
         self.ready, self.reason = True, ""
         log.info("jobs: database %s, files under %s", self.store.db_path, self.store.jobs_dir)
         await self._recover(at_start=True)
-        self._background = [asyncio.create_task(self._worker(), name=f"job-worker-{i}")
-                            for i in range(self.settings.jobs_concurrency)]
+        self._background = [
+            asyncio.create_task(self._worker(), name=f"job-worker-{i}") for i in range(self.settings.jobs_concurrency)
+        ]
         self._background.append(asyncio.create_task(self._sweep(), name="job-sweep"))
 
     async def stop(self) -> None:
@@ -149,8 +157,7 @@ class JobRunner:
     # ---- requests --------------------------------------------------------------------------
     def _require(self) -> None:
         if not self.ready:
-            raise Unavailable(f"jobs are unavailable: {self.reason}", code="jobs_unavailable",
-                              headers={"Retry-After": "30"})
+            raise Unavailable(f"jobs are unavailable: {self.reason}", code="jobs_unavailable", retry_after_s=30)
 
     def validate(self, body: PredictRequest) -> AnalysisOptions:
         """What /predict checks before it starts (limits with the jobs' frame cap, models)."""
@@ -184,8 +191,9 @@ class JobRunner:
 
     async def _create(self, job_id: str, kind: str, request: dict[str, Any], request_id: str) -> JobRecord:
         try:
-            record = await asyncio.to_thread(self.store.create, job_id, kind, request, request_id,
-                                             self.settings.jobs_max_queued)
+            record = await asyncio.to_thread(
+                self.store.create, job_id, kind, request, request_id, self.settings.jobs_max_queued
+            )
         except QueueFull:
             raise queue_full(self.settings) from None
         log.info("job %s queued (%s, request %s)", job_id, kind, request_id)
@@ -254,12 +262,11 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001 - any failure is the job's result, never the worker's end
             flusher.cancel()
             error = error_body(exc, job.request_id)
-            if isinstance(exc, ServiceError):
-                log.info("job %s failed: %s %s: %s", job.id, exc.status_code, exc.code, exc.detail)
+            if isinstance(exc, RequestFailure):
+                log.info("job %s failed: %s %s: %s", job.id, http_status(exc), exc.code, exc.detail)
             else:
                 log.exception("job %s: unexpected error", job.id)
-            await asyncio.to_thread(self.store.finish, job.id, FAILED, ttl, error=error,
-                                    progress=tracker.snapshot()[1])
+            await asyncio.to_thread(self.store.finish, job.id, FAILED, ttl, error=error, progress=tracker.snapshot()[1])
         else:
             flusher.cancel()
             await asyncio.to_thread(self.store.finish, job.id, DONE, ttl, result=result, evidence=evidence)
@@ -298,8 +305,11 @@ class JobRunner:
     async def _staged(self, job: JobRecord) -> AsyncIterator[FetchedVideo]:
         path = self.store.folder(job.id) / INPUT_NAME
         if not path.is_file():
-            raise ServiceError("the job's uploaded video is no longer on the server; upload it again",
-                               code="job_input_lost", status_code=410)
+            raise ServiceError(
+                "the job's uploaded video is no longer on the server; upload it again",
+                code="job_input_lost",
+                status_code=410,
+            )
         yield FetchedVideo(path=path, size_bytes=path.stat().st_size, source=job.request.get("filename", "upload"))
 
     async def _analyse(self, job: JobRecord, tracker: ProgressTracker) -> tuple[dict, dict]:
@@ -320,8 +330,15 @@ class JobRunner:
         async with self._source(job) as video:
             fetch_ms = (time.perf_counter() - started) * 1000.0
             tracker("fetch", 1, 1)
-            result = await score_video(video, options, job.request_id, self.runtime, fetch_ms, analyse=analyse,
-                                       timeout_s=self.settings.job_timeout_s)
+            result = await score_video(
+                video,
+                options,
+                job.request_id,
+                self.runtime,
+                fetch_ms,
+                analyse=analyse,
+                timeout_s=self.settings.job_timeout_s,
+            )
             result = predict_body(result)
             written = await _uncancellable(write_evidence, self.store.folder(job.id), found[0], video.path)
         return result, written
@@ -371,15 +388,25 @@ class JobRunner:
             staged = self.store.folder(job.id) / INPUT_NAME
             if job.kind == URL or staged.is_file():
                 await asyncio.to_thread(self.store.requeue, job.id)
-                log.warning("job %s was left running %s; re-queued (its input, %s, is still available)",
-                            job.id, when, "a URL" if job.kind == URL else "a staged upload")
+                log.warning(
+                    "job %s was left running %s; re-queued (its input, %s, is still available)",
+                    job.id,
+                    when,
+                    "a URL" if job.kind == URL else "a staged upload",
+                )
                 self._wake.set()
             else:
-                error = error_body(ServiceError(
-                    "the service stopped while this job ran and its uploaded video is gone; submit it again",
-                    code="job_interrupted", status_code=500), job.request_id)
-                await asyncio.to_thread(self.store.finish, job.id, FAILED, self.settings.job_ttl_s, error=error,
-                                        progress=job.progress)
+                error = error_body(
+                    ServiceError(
+                        "the service stopped while this job ran and its uploaded video is gone; submit it again",
+                        code="job_interrupted",
+                        status_code=500,
+                    ),
+                    job.request_id,
+                )
+                await asyncio.to_thread(
+                    self.store.finish, job.id, FAILED, self.settings.job_ttl_s, error=error, progress=job.progress
+                )
                 log.warning("job %s was left running %s; marked failed: its staged upload is gone", job.id, when)
 
     async def _sweep(self) -> None:
@@ -408,8 +435,12 @@ def job_body(job: JobRecord, base_url: str = "") -> dict[str, Any]:
     if job.status == QUEUED:
         progress = Progress("queued", 0, 0)
     body: dict[str, Any] = {
-        "job_id": job.id, "status": job.status, "progress": progress.body(),
-        "created_at": iso(job.created_at), "updated_at": iso(job.updated_at), "finished_at": iso(job.finished_at),
+        "job_id": job.id,
+        "status": job.status,
+        "progress": progress.body(),
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "finished_at": iso(job.finished_at),
         "expires_at": iso(job.expires_at),
     }
     if job.status == RUNNING and job.cancel_requested:

@@ -25,10 +25,10 @@ from service import metrics
 from service.config import Settings
 from service.pipeline import scores
 from service.pipeline.crops import CropItem, SamplingOptions, extract_crops, plan_crops
-from service.errors import NotAVideo, Unavailable
 from service.pipeline.decode import DecodedFrame, DecodeGuard, VideoInfo, iter_frames, probe, same_shape_chunks
 from service.pipeline.evidence import Evidence, EvidencePlan, Progress, safe_progress
 from service.pipeline.faces import Face, FaceDetector
+from service.pipeline.failures import NotAVideo, Unavailable
 from service.pipeline.gpu_streams import thread_stream
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrame, TensorFrameSource, tensor_frame_source
 from service.pipeline.timeline import track_timeline
@@ -49,9 +49,16 @@ class AnalysisOptions:
     sampling: SamplingOptions
 
     @classmethod
-    def from_settings(cls, settings: Settings, models: list[str], *, max_frames: int | None = None,
-                      clip_stride: int | None = None, max_clips_per_track: int | None = None,
-                      frames_per_track: int | None = None) -> AnalysisOptions:
+    def from_settings(
+        cls,
+        settings: Settings,
+        models: list[str],
+        *,
+        max_frames: int | None = None,
+        clip_stride: int | None = None,
+        max_clips_per_track: int | None = None,
+        frames_per_track: int | None = None,
+    ) -> AnalysisOptions:
         """The service's settings, with a request's overrides where given (frames capped by the settings)."""
         return cls(
             models=list(dict.fromkeys(models)),
@@ -120,20 +127,33 @@ def find_tracks(
         try:
             with thread_stream():  # this request's decode and detection overlap other requests' GPU work
                 return _link_tracks(
-                    frames(path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side,
-                           guard=guard),
+                    frames(
+                        path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side, guard=guard
+                    ),
                     lambda images: detect_tensor(detector, torch.stack(images)),
                     lambda rgb: rgb.shape[-1],  # (3, H, W)
-                    info, settings, clock, progress,
+                    info,
+                    settings,
+                    clock,
+                    progress,
                 )
         except FrameSourceUnsupported as exc:
             log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)
     return _link_tracks(
-        iter_frames(path, max_frames=max_frames, wanted=wanted, max_side=settings.detection_max_side,
-                    threads=settings.decode_threads, guard=guard),
+        iter_frames(
+            path,
+            max_frames=max_frames,
+            wanted=wanted,
+            max_side=settings.detection_max_side,
+            threads=settings.decode_threads,
+            guard=guard,
+        ),
         detector.detect,
         lambda rgb: rgb.shape[1],  # (H, W, 3)
-        info, settings, clock, progress,
+        info,
+        settings,
+        clock,
+        progress,
     )
 
 
@@ -205,10 +225,15 @@ def check_decoded_frames(info: VideoInfo, decoded: int, max_frames: int, setting
             code="too_few_frames",
         )
     if claimed and claimed - decoded > max(2, claimed // 20):
-        said = (f"of the {claimed} frames the container claims" if claimed == info.frames
-                else f"of the first {claimed} frames asked for (the container claims {info.frames})")
-        return [f"only {decoded} {said} could be decoded: the file may be truncated or damaged, and the scores "
-                f"rest on those {decoded} frames"]
+        said = (
+            f"of the {claimed} frames the container claims"
+            if claimed == info.frames
+            else f"of the first {claimed} frames asked for (the container claims {info.frames})"
+        )
+        return [
+            f"only {decoded} {said} could be decoded: the file may be truncated or damaged, and the scores "
+            f"rest on those {decoded} frames"
+        ]
     return []
 
 
@@ -261,8 +286,11 @@ async def video_logits(
     # Seconds of decoding and face finding are not spent on a video whose engines are known to be
     # away: Triton's readiness, as /healthcheck reports it (cached ~1 s).
     if runtime.remote is not None and (reason := await runtime.health_reason()):
-        raise Unavailable(f"the inference server is unavailable, the video was not decoded: {reason}",
-                          code="engine_unavailable", headers={"Retry-After": "5"})
+        raise Unavailable(
+            f"the inference server is unavailable, the video was not decoded: {reason}",
+            code="engine_unavailable",
+            retry_after_s=5,
+        )
     report = safe_progress(progress)
     clock = StageClock()
     guard = DecodeGuard(max_side=settings.max_video_side, max_pixels=settings.max_decode_pixels)
@@ -277,7 +305,16 @@ async def video_logits(
 
     frames = tensor_frame_source(runtime.decoder)  # None: the PyAV numpy path
     tracks, frames_read = await _in_thread(
-        guard, find_tracks, path, info, runtime.detector, settings, options.max_frames, clock, frames, guard,
+        guard,
+        find_tracks,
+        path,
+        info,
+        runtime.detector,
+        settings,
+        options.max_frames,
+        clock,
+        frames,
+        guard,
         lambda done: report("decode", done, max(planned, done)),
     )
     report("decode", frames_read, frames_read)  # done: the plan revised to the frames actually read
@@ -289,11 +326,18 @@ async def video_logits(
     extra_items, extra_specs = evidence.plan(tracks) if evidence is not None else ([], {})
     started = time.perf_counter()
     crops = await _in_thread(
-        guard, extract_crops, path, items + extra_items, {**specs, **extra_specs}, max_frames=frames_read,
-        threads=settings.decode_threads, frames=frames, guard=guard,
+        guard,
+        extract_crops,
+        path,
+        items + extra_items,
+        {**specs, **extra_specs},
+        max_frames=frames_read,
+        threads=settings.decode_threads,
+        frames=frames,
+        guard=guard,
         progress=lambda done, total: report("crops", done, total),
     )
-    crops, extra_crops = crops[: len(items)], crops[len(items):]
+    crops, extra_crops = crops[: len(items)], crops[len(items) :]
     clock.add("crops", time.perf_counter() - started)
 
     started = time.perf_counter()
@@ -301,7 +345,11 @@ async def video_logits(
 
     async def infer(name: str) -> np.ndarray:
         nonlocal scored
-        mine = [crop if specs[name].kind == "clip" else crop[0] for item, crop in zip(items, crops) if item.model == name]
+        mine = [
+            crop if specs[name].kind == "clip" else crop[0]
+            for item, crop in zip(items, crops, strict=True)
+            if item.model == name
+        ]
         logits = await runtime.models[name].batcher.infer(request_id, mine)
         scored += len(mine)
         report("inference", scored, len(items))
@@ -309,8 +357,17 @@ async def video_logits(
 
     logits_per_model = await asyncio.gather(*[infer(name) for name in options.models])
     clock.add("inference", time.perf_counter() - started)
-    return VideoLogits(info, frames_read, tracks, items, dict(zip(options.models, logits_per_model)), clock, warnings,
-                       extra_items, extra_crops)
+    return VideoLogits(
+        info,
+        frames_read,
+        tracks,
+        items,
+        dict(zip(options.models, logits_per_model, strict=True)),
+        clock,
+        warnings,
+        extra_items,
+        extra_crops,
+    )
 
 
 async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict[str, Any]:
@@ -330,8 +387,10 @@ async def analyse_video_with_evidence(
     into the pipeline.
     """
     report = safe_progress(progress)
-    plan = EvidencePlan.for_models({name: runtime.models[name].spec for name in options.models},
-                                   {name: runtime.models[name].batcher.engine for name in options.models})
+    plan = EvidencePlan.for_models(
+        {name: runtime.models[name].spec for name in options.models},
+        {name: runtime.models[name].batcher.engine for name in options.models},
+    )
     result = await video_logits(path, request_id, options, runtime, progress=report, evidence=plan)
     body = _response_body(result, runtime)
     guard = DecodeGuard(max_side=runtime.settings.max_video_side, max_pixels=runtime.settings.max_decode_pixels)
@@ -391,7 +450,11 @@ def build_scores(
         model_scores: dict[str, dict[str, Any]] = {}
         spans: dict[str, tuple[list[np.ndarray], list[float]]] = {}
         for name, model_logits in logits.items():
-            mine = [(item, v) for item, v in zip(per_model_items[name], model_logits) if item.track_id == track.track_id]
+            mine = [
+                (item, v)
+                for item, v in zip(per_model_items[name], model_logits, strict=True)
+                if item.track_id == track.track_id
+            ]
             if not mine:
                 continue
             result = scores.track_model_score([v for _, v in mine], runtime.models[name].version.manifest.calibration)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import av
 import numpy as np
 
-from service.errors import NotAVideo, TooLarge
+from service.pipeline.failures import NotAVideo, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,11 @@ class DecodeGuard:
         if planned <= self.max_pixels:
             return
         fits = self.max_pixels // (width * height * DECODE_PASSES)
-        hint = (f"ask for max_frames={fits} or fewer, or send a smaller video" if fits >= 1
-                else "its frames are too large for this server")
+        hint = (
+            f"ask for max_frames={fits} or fewer, or send a smaller video"
+            if fits >= 1
+            else "its frames are too large for this server"
+        )
         raise TooLarge(
             f"decoding {frames} frames of {width}x{height} in {DECODE_PASSES} passes is {_megapixels(planned)}, "
             f"above this server's budget of {_megapixels(self.max_pixels)} (DFS_MAX_DECODE_PIXELS); {hint}",
@@ -132,8 +135,7 @@ class DecodeGuard:
 
     def _size_message(self, index: int, width: int, height: int) -> str:
         first = f" (it began at {self.sizes[0][0]}x{self.sizes[0][1]})" if self.sizes else ""
-        return (f"frame {index} is {width}x{height}{first}, above the limit of {self.max_side} px "
-                "(DFS_MAX_VIDEO_SIDE)")
+        return f"frame {index} is {width}x{height}{first}, above the limit of {self.max_side} px (DFS_MAX_VIDEO_SIDE)"
 
     def limit_codec(self, stream: av.VideoStream) -> None:
         """Tell FFmpeg the largest picture it may allocate (its ``max_pixels`` option, default INT_MAX).

@@ -40,8 +40,8 @@ from pathlib import Path
 import av
 import torch
 
-from service.errors import NotAVideo, ServiceError
 from service.pipeline.decode import DecodeGuard, RequestCancelled, ffmpeg_reason, frame_rotation, open_container
+from service.pipeline.failures import NotAVideo, RequestFailure
 from service.pipeline.gpu_color import Matrix, matrix_for_tags, nv12_to_rgb
 from service.pipeline.gpu_warp import resize_max_side
 from service.pipeline.tensor_frames import DecoderUnavailable, FrameSourceUnsupported, TensorFrame
@@ -74,9 +74,7 @@ def nvdec_available() -> tuple[bool, str]:
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         return False, f"torch is not importable: {exc}"
     if not _torch.cuda.is_available():
-        return False, "torch sees no CUDA device" + (
-            " (CPU-only torch build)" if _torch.version.cuda is None else ""
-        )
+        return False, "torch sees no CUDA device" + (" (CPU-only torch build)" if _torch.version.cuda is None else "")
     try:
         import PyNvVideoCodec as nvc  # noqa: N813 - the library's own name
     except ImportError as exc:
@@ -167,7 +165,7 @@ def iter_frames(
 
     Raises :class:`NvdecUnavailable` when NVDEC cannot run at all, :class:`NvdecUnsupported`
     (before yielding anything) when this file must go through PyAV, and the PyAV path's
-    :class:`~service.errors.NotAVideo` for files that are not videos.
+    :class:`~service.pipeline.failures.NotAVideo` for files that are not videos.
     """
     usable, reason = nvdec_available()
     if not usable:
@@ -205,7 +203,7 @@ def iter_frames(
                     time_s = float(pts * facts.time_base) if pts is not None and facts.time_base else 0.0
                     yield TensorFrame(index=index, time_s=time_s, rgb=rgb)
                 index += 1
-    except (ServiceError, RequestCancelled):
+    except (RequestFailure, RequestCancelled):
         raise  # the guard's refusals and a cancellation end the request, not only this decoder
     except NvdecUnsupported:
         if index == 0:

@@ -26,7 +26,7 @@ import numpy as np
 
 from models.spec import ModelSpec
 from service.pipeline import engine_metrics as metrics
-from service.errors import InferenceFailed, Unavailable
+from service.pipeline.failures import InferenceFailed, Unavailable
 from service.pipeline.gpu_streams import thread_stream
 
 log = logging.getLogger(__name__)
@@ -85,11 +85,15 @@ def onnx_providers(
         if "CUDAExecutionProvider" in available:
             cuda_options: dict[str, object] = {}
             if gpu_memory_limit_mb:
-                cuda_options = {"gpu_mem_limit": gpu_memory_limit_mb * 1024 * 1024,
-                                "arena_extend_strategy": "kSameAsRequested"}
+                cuda_options = {
+                    "gpu_mem_limit": gpu_memory_limit_mb * 1024 * 1024,
+                    "arena_extend_strategy": "kSameAsRequested",
+                }
             chosen.append(("CUDAExecutionProvider", cuda_options))
         if device == "cuda" and not chosen:
-            raise RuntimeError("DFS_DEVICE=cuda but onnxruntime has no CUDA/TensorRT provider (install onnxruntime-gpu)")
+            raise RuntimeError(
+                "DFS_DEVICE=cuda but onnxruntime has no CUDA/TensorRT provider (install onnxruntime-gpu)"
+            )
     chosen.append("CPUExecutionProvider")
     return chosen
 
@@ -119,7 +123,6 @@ def use_shared_cpu_arena(options: object) -> None:
             ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, ARENA_SAME_AS_REQUESTED, -1, -1))
             _shared_arena_registered = True
     options.add_session_config_entry("session.use_env_allocators", "1")  # type: ignore[attr-defined]
-
 
 
 class OnnxEngine:
@@ -204,8 +207,9 @@ class TorchEngine:
             model = model.to(memory_format=self.memory_format)
         self.compiled = compile_mode != "off"
         if self.compiled:
-            model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, dynamic=False,
-                                  backend=compile_backend)
+            model = torch.compile(
+                model, mode=None if compile_mode == "default" else compile_mode, dynamic=False, backend=compile_backend
+            )
         self.model = model
         self.max_batch = max_batch
         self.autocast = dtype == "bf16"
@@ -225,8 +229,11 @@ class TorchEngine:
         if self.memory_format is not None:
             tensor = tensor.contiguous(memory_format=self.memory_format)
         try:
-            with thread_stream(self.device), torch.inference_mode(), \
-                    torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with (
+                thread_stream(self.device),
+                torch.inference_mode(),
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast),
+            ):
                 out = self.model(tensor)
         except torch.cuda.OutOfMemoryError:
             # hand the failed batch's blocks back before the batcher retries in halves
@@ -332,13 +339,18 @@ class DynamicBatcher:
                 if pending.future.done():
                     continue
                 if isinstance(result, EngineUnavailable):
-                    pending.future.set_exception(Unavailable(
-                        f"model {self.name} is unavailable: {result}", code="engine_unavailable",
-                        headers={"Retry-After": "5"},
-                    ))
+                    pending.future.set_exception(
+                        Unavailable(
+                            f"model {self.name} is unavailable: {result}",
+                            code="engine_unavailable",
+                            retry_after_s=5,
+                        )
+                    )
                 elif isinstance(result, Exception):
                     pending.future.set_exception(
-                        InferenceFailed(f"model {self.name} failed: {type(result).__name__}: {result}", code="inference_failed")
+                        InferenceFailed(
+                            f"model {self.name} failed: {type(result).__name__}: {result}", code="inference_failed"
+                        )
                     )
                 else:
                     pending.future.set_result(result)

@@ -34,7 +34,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from service.errors import BadRequest, Forbidden, NotAVideo, TooLarge, UpstreamFailed, UpstreamTimeout
+from service.pipeline.failures import BadInput, NotAllowed, NotAVideo, TooLarge, UpstreamFailed, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class FetchSettings(Protocol):
     def local_root_paths(self) -> list[Path]: ...
     @property
     def temp_dir(self) -> Path | None: ...
+
 
 #: ``async (host, port) -> addresses``: how a host name becomes the addresses to check and connect to.
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -89,8 +90,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 def _plainly_public(ip: IPAddress) -> bool:
     """The ``ipaddress`` verdict, spelled out: ``is_global`` alone lets multicast (and, depending on
     the Python version, other special ranges) through."""
-    special = (ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback
-               or ip.is_link_local or ip.is_private)
+    special = (
+        ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback or ip.is_link_local or ip.is_private
+    )
     return ip.is_global and not special and not any(ip in net for net in _NOT_PUBLIC if ip.version == net.version)
 
 
@@ -156,27 +158,28 @@ def _check_hostname(host: str) -> None:
         return
     name = host[:-1] if host.endswith(".") else host
     if len(name) > 253:
-        raise BadRequest(f"host name is {len(name)} characters long; DNS allows 253", code="invalid_url")
+        raise BadInput(f"host name is {len(name)} characters long; DNS allows 253", code="invalid_url")
     for label in name.split("."):
         if not label:
-            raise BadRequest(f"host name {host!r} has an empty label", code="invalid_url")
+            raise BadInput(f"host name {host!r} has an empty label", code="invalid_url")
         if len(label) > 63:
-            raise BadRequest(f"host name label {label[:20]!r}... is {len(label)} characters long; DNS allows 63",
-                             code="invalid_url")
+            raise BadInput(
+                f"host name label {label[:20]!r}... is {len(label)} characters long; DNS allows 63", code="invalid_url"
+            )
         if not _LABEL_CHARS.fullmatch(label):
-            raise BadRequest(f"host name {host!r} holds a character a host name cannot", code="invalid_url")
+            raise BadInput(f"host name {host!r} holds a character a host name cannot", code="invalid_url")
 
 
 def _parse_http_url(url: str) -> _Hop:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as exc:  # IDNA errors are UnicodeError, a ValueError
-        raise BadRequest(f"invalid URL {url!r}: {exc}", code="invalid_url") from exc
+        raise BadInput(f"invalid URL {url!r}: {exc}", code="invalid_url") from exc
     if parsed.scheme not in ("http", "https"):
-        raise BadRequest(f"unsupported URL scheme {parsed.scheme!r}; use http or https", code="unsupported_scheme")
+        raise BadInput(f"unsupported URL scheme {parsed.scheme!r}; use http or https", code="unsupported_scheme")
     host = parsed.raw_host.decode("ascii")
     if not host:
-        raise BadRequest(f"URL has no host: {url!r}", code="invalid_url")
+        raise BadInput(f"URL has no host: {url!r}", code="invalid_url")
     _check_hostname(host)
     return _Hop(parsed, host, parsed.port or (443 if parsed.scheme == "https" else 80))
 
@@ -215,7 +218,7 @@ async def _checked_addresses(hop: _Hop, settings: FetchSettings, resolver: Resol
 
 def _refuse_if_private(host: str, address: str) -> None:
     if not _address_is_public(address):
-        raise Forbidden(
+        raise NotAllowed(
             f"{host} resolves to {address}, which is not a public address (loopback, private, "
             "link-local, multicast, reserved or documentation); set DFS_ALLOW_PRIVATE_URLS=true to allow it",
             code="address_not_allowed",
@@ -230,7 +233,7 @@ def refuse_early(file_path: str, settings: FetchSettings) -> None:
     later" instead of 403. Host names are still resolved and checked when fetched (once, pinned)."""
     file_path = file_path.strip()
     if not file_path:
-        raise BadRequest("file_path is empty", code="invalid_url")
+        raise BadInput("file_path is empty", code="invalid_url")
     if _is_local(file_path):
         resolve_local_path(file_path, settings)
         return
@@ -332,24 +335,24 @@ def resolve_local_path(raw: str, settings: FetchSettings) -> Path:
     """
     roots = settings.local_root_paths
     if not roots:
-        raise BadRequest(
+        raise BadInput(
             "local paths and file:// URLs are disabled on this server: set DFS_LOCAL_ROOTS to the folders it may "
             "read, send an http(s) URL, or upload the file's bytes to POST /predict/upload",
             code="unsupported_scheme",
         )
     text = unquote(urlsplit(raw).path) if raw.startswith("file://") else raw
     if "\x00" in text:
-        raise BadRequest(f"path {raw!r} holds a NUL byte", code="invalid_path")
+        raise BadInput(f"path {raw!r} holds a NUL byte", code="invalid_path")
     try:
         path = Path(text).expanduser().resolve()
         inside = any(path == root or root in path.parents for root in roots)
         is_file = inside and path.is_file()
     except (OSError, RuntimeError, ValueError) as exc:  # e.g. a name too long, a symlink loop
-        raise BadRequest(f"path {raw!r} cannot be used: {type(exc).__name__}", code="invalid_path") from exc
+        raise BadInput(f"path {raw!r} cannot be used: {type(exc).__name__}", code="invalid_path") from exc
     if not inside:
-        raise Forbidden(f"{raw} is outside the allowed local roots", code="path_not_allowed")
+        raise NotAllowed(f"{raw} is outside the allowed local roots", code="path_not_allowed")
     if not is_file:
-        raise BadRequest(f"no such file: {raw}", code="file_not_found")
+        raise BadInput(f"no such file: {raw}", code="file_not_found")
     return path
 
 
@@ -358,7 +361,7 @@ def _is_local(file_path: str) -> bool:
     try:
         scheme = urlsplit(file_path).scheme.lower()
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-        raise BadRequest(f"invalid URL {file_path!r}: {exc}", code="invalid_url") from exc
+        raise BadInput(f"invalid URL {file_path!r}: {exc}", code="invalid_url") from exc
     return scheme in ("", "file") or (len(scheme) == 1 and file_path[1:3] in (":\\", ":/"))
 
 
@@ -389,7 +392,7 @@ async def fetched_video(
     """
     file_path = file_path.strip()
     if not file_path:
-        raise BadRequest("file_path is empty", code="invalid_url")
+        raise BadInput("file_path is empty", code="invalid_url")
     if _is_local(file_path):
         path = resolve_local_path(file_path, settings)
         size = path.stat().st_size
@@ -419,7 +422,9 @@ async def fetched_video(
 
 
 @asynccontextmanager
-async def staged_upload(chunks: AsyncIterator[bytes], settings: FetchSettings, name: str) -> AsyncIterator[FetchedVideo]:
+async def staged_upload(
+    chunks: AsyncIterator[bytes], settings: FetchSettings, name: str
+) -> AsyncIterator[FetchedVideo]:
     """Write an uploaded body to a temporary file under the same byte cap as downloads."""
     workdir = _staging_dir(settings, "dfs-upload-")
     try:

@@ -11,7 +11,7 @@ with the service's own functions (``service/pipeline/decode.py``, ``analyse.py``
 BlazeFace on chunks of frames, the tracker), ``check_decoded_frames``, then ``plan_crops`` and
 ``extract_crops`` (the second decode pass, at full size, warping a clip and a frame model's crops
 from every track). Only the engines are left out. A documented refusal
-(a :class:`service.errors.ServiceError`: ``NotAVideo``, ``TooLarge``, ...) is a pass, as is a
+(a :class:`service.pipeline.failures.RequestFailure`: ``NotAVideo``, ``TooLarge``, ...) is a pass, as is a
 scored video; any other exception is a crash (libFuzzer saves the input as ``crash-<sha1>`` under
 ``--artifacts`` and stops), and so is a native crash in FFmpeg or mediapipe, or an input that runs
 past ``-timeout`` seconds.
@@ -138,19 +138,26 @@ class MediaPath:
         from service.config import Settings
         from service.pipeline.faces import BlazeFaceDetector
 
-        self.settings = Settings(max_frames=MAX_FRAMES, max_video_side=MAX_SIDE, max_decode_pixels=MAX_PIXELS,
-                                 decode_threads=1, detect_every=1)
+        self.settings = Settings(
+            max_frames=MAX_FRAMES,
+            max_video_side=MAX_SIDE,
+            max_decode_pixels=MAX_PIXELS,
+            decode_threads=1,
+            detect_every=1,
+        )
         self.detector = BlazeFaceDetector(min_score=self.settings.min_face_score)
         # FTCN's aligned clips and DCL's box crops, shrunk to fit MAX_FRAMES and to warp fast
-        self.specs = {"clip": replace(get_spec("ftcn"), num_frames=4, input_size=32),
-                      "frame": replace(get_spec("dcl"), input_size=32)}
+        self.specs = {
+            "clip": replace(get_spec("ftcn"), num_frames=4, input_size=32),
+            "frame": replace(get_spec("dcl"), input_size=32),
+        }
         self.scratch = Path(tempfile.mkdtemp(prefix="dfs-fuzz-")) / "video"  # no suffix, as staged uploads
 
     def run(self, data: bytes) -> str:
         """Take ``data`` through the path; returns ``"ok: N tracks"`` or the documented error's code.
 
-        Anything but a :class:`~service.errors.ServiceError` propagates: that is the crash."""
-        from service.errors import ServiceError
+        Anything but a :class:`~service.pipeline.failures.RequestFailure` propagates: that is the crash."""
+        from service.errors import RequestFailure, http_status
         from service.pipeline.analyse import StageClock, check_decoded_frames, find_tracks, planned_frames
         from service.pipeline.crops import SamplingOptions, extract_crops, plan_crops
         from service.pipeline.decode import DecodeGuard, probe
@@ -161,14 +168,16 @@ class MediaPath:
         try:
             info = probe(self.scratch, max_side=settings.max_video_side, max_duration_s=settings.max_duration_s)
             guard.check_plan(info.width, info.height, planned_frames(info, MAX_FRAMES))
-            tracks, frames_read = find_tracks(self.scratch, info, self.detector, settings, MAX_FRAMES, StageClock(),
-                                              guard=guard)
+            tracks, frames_read = find_tracks(
+                self.scratch, info, self.detector, settings, MAX_FRAMES, StageClock(), guard=guard
+            )
             check_decoded_frames(info, guard.frames, MAX_FRAMES, settings)
-            items = plan_crops(tracks, self.specs, SamplingOptions(clip_stride=2, max_clips_per_track=2,
-                                                                   frames_per_track=2))
+            items = plan_crops(
+                tracks, self.specs, SamplingOptions(clip_stride=2, max_clips_per_track=2, frames_per_track=2)
+            )
             extract_crops(self.scratch, items, self.specs, max_frames=frames_read, threads=1, guard=guard)
-        except ServiceError as exc:
-            return f"{exc.status_code} {exc.code}"
+        except RequestFailure as exc:
+            return f"{http_status(exc)} {exc.code}"
         return f"ok: {len(tracks)} tracks"
 
 
@@ -213,10 +222,10 @@ def make_mutator(seeds: list[bytes]):  # noqa: ANN201 - atheris's custom mutator
         elif pick < 0.35 and len(data) >= 8:
             at = rng.randrange(0, len(data) - 4)
             value = rng.choice([*_EXTREMES, len(data), rng.getrandbits(32)])
-            out = data[:at] + value.to_bytes(4, rng.choice(["big", "little"])) + data[at + 4:]
+            out = data[:at] + value.to_bytes(4, rng.choice(["big", "little"])) + data[at + 4 :]
         elif pick < 0.45 and seeds:
             other = rng.choice(seeds)
-            out = data[: rng.randrange(0, len(data) + 1)] + other[rng.randrange(0, len(other)):]
+            out = data[: rng.randrange(0, len(data) + 1)] + other[rng.randrange(0, len(other)) :]
         else:
             out = atheris.Mutate(data, max_size)
         return out[:max_size]
@@ -251,10 +260,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "-max_total_time=60, -timeout=30) and corpus folders or input files go to libFuzzer.",
         epilog="Crash files land in --artifacts; keep the small ones in tests/fuzz/corpus_regressions/.",
     )
-    parser.add_argument("--artifacts", type=Path, default=Path("."), help="folder for crash-/timeout- files (default: .)")
-    parser.add_argument("--seeds", type=Path, default=None,
-                        help="seed folder to write and fuzz from (default: a fresh temp folder); "
-                             "ignored when corpus folders or files are given")
+    parser.add_argument(
+        "--artifacts", type=Path, default=Path("."), help="folder for crash-/timeout- files (default: .)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=Path,
+        default=None,
+        help="seed folder to write and fuzz from (default: a fresh temp folder); "
+        "ignored when corpus folders or files are given",
+    )
     return parser.parse_known_args(argv)
 
 

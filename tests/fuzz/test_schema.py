@@ -50,12 +50,13 @@ from typing import Any
 import hypothesis
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, strategies as st
+from hypothesis import HealthCheck
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.hooks import HookDispatcher, HookScope
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.errors import ServiceError
+from service.errors import RequestFailure
 from service.pipeline import fetch
 from tests.fuzz.conftest import LiveService
 
@@ -65,10 +66,12 @@ SEED = int(os.environ.get("DFS_FUZZ_SEED", "20261201"))
 MAX_EXAMPLES = int(os.environ.get("DFS_FUZZ_EXAMPLES", "30"))
 ERROR_KEYS = {"error", "detail", "request_id"}
 
-CONFIG = schemathesis.Config.from_dict({
-    "seed": SEED,
-    "generation": {"max-examples": MAX_EXAMPLES, "mode": "all", "deterministic": True, "database": "none"},
-})
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "seed": SEED,
+        "generation": {"max-examples": MAX_EXAMPLES, "mode": "all", "deterministic": True, "database": "none"},
+    }
+)
 
 
 def touches_network(file_path: str) -> bool:
@@ -83,7 +86,7 @@ def touches_network(file_path: str) -> bool:
         if not text or fetch._is_local(text):
             return False
         hop = fetch._parse_http_url(text)
-    except ServiceError:
+    except RequestFailure:
         return False
     return fetch._ip_literal(hop.host) is None or fetch._address_is_public(hop.host)
 
@@ -110,9 +113,34 @@ def within_limits(paths: list[str], models: list[str]) -> st.SearchStrategy[dict
 
 #: Hosts that are refused before any connection (DFS_ALLOW_PRIVATE_URLS=false) or do not parse, in
 #: the spellings URL parsers disagree on; touches_network drops whatever would still go out.
-_HOSTS = ["127.0.0.1", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "10.0.0.1", "0", "0.0.0.0", "0x7f.1",
-          "2130706433", "[fe80::1%25eth0]", "169.254.169.254", "[64:ff9b::a00:1]", "[2002:a00:1::]", "[",
-          "]", "[::1", "a..b", "-a.b", "%00", "xn--", "xn--zz", "\u00e9.local", "h\u0000st", "", "@", ":"]
+_HOSTS = [
+    "127.0.0.1",
+    "[::1]",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]",
+    "10.0.0.1",
+    "0",
+    "0.0.0.0",
+    "0x7f.1",
+    "2130706433",
+    "[fe80::1%25eth0]",
+    "169.254.169.254",
+    "[64:ff9b::a00:1]",
+    "[2002:a00:1::]",
+    "[",
+    "]",
+    "[::1",
+    "a..b",
+    "-a.b",
+    "%00",
+    "xn--",
+    "xn--zz",
+    "\u00e9.local",
+    "h\u0000st",
+    "",
+    "@",
+    ":",
+]
 
 
 def url_like(root: Path) -> st.SearchStrategy[str]:
@@ -123,11 +151,25 @@ def url_like(root: Path) -> st.SearchStrategy[str]:
     port = st.one_of(st.just(""), st.integers(-1, 70000).map(lambda p: f":{p}"), st.text(max_size=4).map(":{}".format))
     rest = st.text(max_size=24)
     urls = st.builds(lambda s, h, p, r: f"{s}://{h}{p}/{r}", scheme, host, port, rest)
-    local = st.sampled_from([
-        str(root), f"{root}/", f"{root}/face.mp4/", f"{root}/../{root.name}/face.mp4", f"{root}/../../etc/passwd",
-        f"file://{root}/face.mp4", f"file://{root}/face%2Emp4", f"file:///{root}/%00", f"{root}/face.mp4\x00",
-        f"{root}/{'a' * 300}", f"{root}/{'a/' * 1900}", "~/face.mp4", "C:\\face.mp4", "/proc/self/environ", "/dev/zero",
-    ])
+    local = st.sampled_from(
+        [
+            str(root),
+            f"{root}/",
+            f"{root}/face.mp4/",
+            f"{root}/../{root.name}/face.mp4",
+            f"{root}/../../etc/passwd",
+            f"file://{root}/face.mp4",
+            f"file://{root}/face%2Emp4",
+            f"file:///{root}/%00",
+            f"{root}/face.mp4\x00",
+            f"{root}/{'a' * 300}",
+            f"{root}/{'a/' * 1900}",
+            "~/face.mp4",
+            "C:\\face.mp4",
+            "/proc/self/environ",
+            "/dev/zero",
+        ]
+    )
     return st.one_of(urls, local, st.builds(lambda a, b: a + b, local, rest))
 
 
@@ -144,8 +186,12 @@ def real_media_hooks(media_files: dict[str, Path], models: list[str]) -> HookDis
 
     def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrategy:
         if isinstance(body, dict) and isinstance(body.get("file_path"), str):
-            return st.one_of(st.just(body), st.sampled_from(paths).map(lambda p: {**body, "file_path": p}),
-                             within_limits(paths, models), odd_paths.map(lambda p: {**body, "file_path": p}))
+            return st.one_of(
+                st.just(body),
+                st.sampled_from(paths).map(lambda p: {**body, "file_path": p}),
+                within_limits(paths, models),
+                odd_paths.map(lambda p: {**body, "file_path": p}),
+            )
         if isinstance(body, dict) and "file" in body:
             return st.one_of(st.just(body), st.sampled_from(contents).map(lambda b: {**body, "file": b}))
         return st.just(body)
@@ -183,18 +229,32 @@ def assert_documented_error(response: schemathesis.Response) -> None:
 
 
 #: Every operation the document lists; test_the_fuzzed_operations_are_all_there keeps this complete.
-JOB_OPERATIONS = ["POST /jobs", "POST /jobs/upload", "GET /jobs/{job_id}", "DELETE /jobs/{job_id}",
-                  "GET /jobs/{job_id}/faces/{track_id}.jpg", "GET /jobs/{job_id}/heatmaps/{track_id}.png",
-                  "GET /jobs/{job_id}/annotated.mp4"]
-OPERATIONS = ["GET /healthcheck", "GET /livez", "GET /models", "GET /ensemble", "POST /predict", "POST /predict/upload",
-              *JOB_OPERATIONS]
+JOB_OPERATIONS = [
+    "POST /jobs",
+    "POST /jobs/upload",
+    "GET /jobs/{job_id}",
+    "DELETE /jobs/{job_id}",
+    "GET /jobs/{job_id}/faces/{track_id}.jpg",
+    "GET /jobs/{job_id}/heatmaps/{track_id}.png",
+    "GET /jobs/{job_id}/annotated.mp4",
+]
+OPERATIONS = [
+    "GET /healthcheck",
+    "GET /livez",
+    "GET /models",
+    "GET /ensemble",
+    "POST /predict",
+    "POST /predict/upload",
+    *JOB_OPERATIONS,
+]
 #: Those that take input: only they have anything to violate, so only they get negative cases.
 WITH_INPUT = {"POST /predict", "POST /predict/upload", *JOB_OPERATIONS}
 #: Inputs with nothing to violate: a free-form string path parameter only (any job id is valid by the
 #: schema, so no negative case exists; an unknown id is a positive case answered 404).
 NOTHING_TO_VIOLATE = {"GET /jobs/{job_id}", "DELETE /jobs/{job_id}", "GET /jobs/{job_id}/annotated.mp4"}
 CASES = [(label, GenerationMode.POSITIVE) for label in OPERATIONS] + [
-    (label, GenerationMode.NEGATIVE) for label in OPERATIONS if label in WITH_INPUT - NOTHING_TO_VIOLATE]
+    (label, GenerationMode.NEGATIVE) for label in OPERATIONS if label in WITH_INPUT - NOTHING_TO_VIOLATE
+]
 
 
 def takes_input(operation: schemathesis.APIOperation) -> bool:
@@ -208,8 +268,9 @@ def test_the_fuzzed_operations_are_all_there(service_schema: schemathesis.BaseSc
 
 
 @pytest.mark.parametrize(("label", "mode"), CASES, ids=[f"{label}-{mode.value}" for label, mode in CASES])
-def test_every_answer_is_documented(service_schema: schemathesis.BaseSchema, positive_hooks: HookDispatcher,
-                                    label: str, mode: GenerationMode) -> None:
+def test_every_answer_is_documented(
+    service_schema: schemathesis.BaseSchema, positive_hooks: HookDispatcher, label: str, mode: GenerationMode
+) -> None:
     """``MAX_EXAMPLES`` generated requests to one operation (schema-valid ones, or schema-violating
     ones), each answered as documented (see the module docstring)."""
     operation = service_schema.find_operation_by_label(label)
@@ -218,7 +279,11 @@ def test_every_answer_is_documented(service_schema: schemathesis.BaseSchema, pos
 
     @hypothesis.seed(SEED)
     @hypothesis.settings(
-        max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
         suppress_health_check=list(HealthCheck),
     )
     @hypothesis.given(case=operation.as_strategy(mode, hooks=hooks))

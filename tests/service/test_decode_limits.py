@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
-from service.errors import NotAVideo, TooLarge
+from service.errors import NotAVideo, TooLarge, http_status
 from service.pipeline.analyse import _in_thread, check_decoded_frames
 from service.pipeline.decode import DecodeGuard, RequestCancelled, VideoInfo, iter_frames, probe
 from tests import media
@@ -32,7 +32,7 @@ def test_a_frame_above_the_size_limit_mid_stream_is_refused(switch: Path) -> Non
     with pytest.raises(TooLarge) as refused:
         for _ in iter_frames(switch, max_frames=256, max_side=640, guard=guard):
             pass
-    assert refused.value.status_code == 413 and refused.value.code == "video_too_large"
+    assert http_status(refused.value) == 413 and refused.value.code == "video_too_large"
     assert "4000x4000" in refused.value.detail and "64x64" in refused.value.detail
     assert "DFS_MAX_VIDEO_SIDE" in refused.value.detail
     assert guard.frames == 30, "only the small frames were decoded"
@@ -86,7 +86,7 @@ def test_fewer_frames_than_claimed_is_a_warning_and_too_few_is_a_415() -> None:
     assert "only 100 of the first 256 frames" in warning and "claims 1000" in warning
     with pytest.raises(NotAVideo) as refused:
         check_decoded_frames(_info(1), 1, 256, settings)  # a still GIF
-    assert refused.value.status_code == 415 and refused.value.code == "too_few_frames"
+    assert http_status(refused.value) == 415 and refused.value.code == "too_few_frames"
     assert "DFS_MIN_DECODED_FRAMES" in refused.value.detail
     assert check_decoded_frames(_info(40), 4, 4, settings) == [], "a request's own small max_frames is no fault"
     assert check_decoded_frames(_info(24), 24, 256, settings) == [], "a 1-second clip passes"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from service.config import Settings
-from service.errors import ServiceError
+from service.errors import RequestFailure, http_status
 from service.pipeline import fetch
 from tests.conftest import FileServer, _MediaHandler
 
@@ -33,8 +33,8 @@ def run_fetch(url: str, settings: Settings, **network: Any) -> tuple[int, Path]:
     return asyncio.run(go())
 
 
-def error_of(url: str, settings: Settings, **network: Any) -> ServiceError:
-    with pytest.raises(ServiceError) as info:
+def error_of(url: str, settings: Settings, **network: Any) -> RequestFailure:
+    with pytest.raises(RequestFailure) as info:
         run_fetch(url, settings, **network)
     return info.value
 
@@ -53,10 +53,13 @@ def test_temp_dir_is_created_when_missing(file_server: FileServer, tmp_path: Pat
 
 def test_loopback_refused_by_default(file_server: FileServer) -> None:
     error = error_of(file_server.url("one_face.mp4"), Settings())
-    assert (error.status_code, error.code) == (403, "address_not_allowed")
+    assert (http_status(error), error.code) == (403, "address_not_allowed")
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.8", "192.168.1.1", "169.254.169.254", "::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0"])
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "10.0.0.8", "192.168.1.1", "169.254.169.254", "::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0"],
+)
 def test_non_public_addresses(address: str) -> None:
     assert not fetch._address_is_public(address)
 
@@ -74,16 +77,16 @@ def test_redirect_to_private_address_is_refused(file_server: FileServer, monkeyp
     ok_size, _ = run_fetch(file_server.url("one_face.mp4"), Settings())
     assert ok_size > 0
     error = error_of(file_server.url("redirect?to=http://169.254.169.254/latest/meta-data"), Settings())
-    assert (error.status_code, error.code) == (403, "address_not_allowed")
+    assert (http_status(error), error.code) == (403, "address_not_allowed")
     followed, _ = run_fetch(file_server.url("redirect?to=/one_face.mp4"), Settings())
     assert followed == ok_size
 
 
 def test_limits(file_server: FileServer) -> None:
     settings = Settings(allow_private_urls=True, max_download_bytes=1024 * 1024, fetch_timeout_s=1.5)
-    assert error_of(file_server.url("large.mp4"), settings).status_code == 413
-    assert error_of(file_server.url("stall"), settings).status_code == 504
-    assert error_of(file_server.url("nothing-here.mp4"), settings).status_code == 502
+    assert http_status(error_of(file_server.url("large.mp4"), settings)) == 413
+    assert http_status(error_of(file_server.url("stall"), settings)) == 504
+    assert http_status(error_of(file_server.url("nothing-here.mp4"), settings)) == 502
     assert error_of(file_server.url("empty.mp4"), settings).code == "empty_file"
 
 
@@ -114,7 +117,9 @@ class FakeDns:
         self.script: dict[str, list[list[str]]] = {}
         self.asked: list[str] = []
 
-    def __call__(self, host: object, port: object, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> list:  # noqa: A002
+    def __call__(
+        self, host: object, port: object, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> list:  # noqa: A002
         name = host.decode() if isinstance(host, bytes) else str(host)
         if name not in self.script:
             return _REAL_GETADDRINFO(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
@@ -123,7 +128,8 @@ class FakeDns:
         addresses = answers.pop(0) if len(answers) > 1 else answers[0]
         number = int(port or 0)
         return [
-            (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (a, number, 0, 0)) if ":" in a
+            (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (a, number, 0, 0))
+            if ":" in a
             else (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (a, number))
             for a in addresses
         ]
@@ -218,7 +224,7 @@ def test_rebinding_between_redirect_hops_is_refused_before_connecting(
     treat_as_public(monkeypatch, "::1")
     dns.script["rebind.test"] = [["::1"], ["127.0.0.1"]]
     error = error_of(servers.url("rebind.test", "/redirect?to=/one_face.mp4"), Settings())
-    assert (error.status_code, error.code) == (403, "address_not_allowed")
+    assert (http_status(error), error.code) == (403, "address_not_allowed")
     assert servers.internal.seen == [], "a request reached the internal server"
     assert servers.public.seen == [("/redirect?to=/one_face.mp4", f"rebind.test:{servers.port}")]
 
@@ -232,7 +238,7 @@ def test_every_resolved_address_must_be_public(servers: Servers, monkeypatch: py
         return ["::1", "127.0.0.1"]
 
     error = error_of(servers.url("mixed.test", "/one_face.mp4"), Settings(), resolver=resolver)
-    assert (error.status_code, error.code) == (403, "address_not_allowed")
+    assert (http_status(error), error.code) == (403, "address_not_allowed")
     assert servers.internal.seen == [] and servers.public.seen == []
 
 
@@ -254,10 +260,28 @@ def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
         pytest.skip("openssl not found")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
-         "-addext", f"subjectAltName=DNS:{name}"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            f"subjectAltName=DNS:{name}",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -285,16 +309,36 @@ def test_https_pinning_verifies_the_certificate_for_the_hostname(videos: dict[st
         assert size == videos["one_face"].stat().st_size
         assert sni == ["video.test"] and server.seen == [("/one_face.mp4", f"video.test:{port}")]
         error = error_of(f"https://other.test:{port}/one_face.mp4", settings, resolver=resolver, verify=trust)
-        assert error.status_code == 502 and len(server.seen) == 1, "a certificate for another name was accepted"
+        assert http_status(error) == 502 and len(server.seen) == 1, "a certificate for another name was accepted"
 
 
 @pytest.mark.parametrize(
     "address",
     [
-        "::ffff:10.0.0.1", "::127.0.0.1", "::10.0.0.1", "64:ff9b::127.0.0.1", "64:ff9b::a00:1", "64:ff9b:1::808:808",
-        "2002:7f00:1::1", "2002:a00:1::", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "ff02::1", "ff0e::1", "239.1.1.1",
-        "224.0.0.1", "240.0.0.1", "255.255.255.255", "::", "192.0.2.1", "198.51.100.7", "203.0.113.9", "2001:db8::1",
-        "3fff::1", "100.64.0.1", "fec0::1", "fe80::1%eth0",
+        "::ffff:10.0.0.1",
+        "::127.0.0.1",
+        "::10.0.0.1",
+        "64:ff9b::127.0.0.1",
+        "64:ff9b::a00:1",
+        "64:ff9b:1::808:808",
+        "2002:7f00:1::1",
+        "2002:a00:1::",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "ff02::1",
+        "ff0e::1",
+        "239.1.1.1",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::",
+        "192.0.2.1",
+        "198.51.100.7",
+        "203.0.113.9",
+        "2001:db8::1",
+        "3fff::1",
+        "100.64.0.1",
+        "fec0::1",
+        "fe80::1%eth0",
     ],
 )
 def test_embedded_ipv4_and_special_ranges_are_not_public(address: str) -> None:
@@ -328,7 +372,7 @@ def test_translated_public_ipv4_stays_public(address: str) -> None:
 def test_malformed_input_is_a_400(raw: str, code: str, videos: dict[str, Path], dns: FakeDns) -> None:
     root = videos["one_face"].parent
     error = error_of(raw.format(root=root), Settings(local_roots=str(root)))
-    assert (error.status_code, error.code) == (400, code), error.detail
+    assert (http_status(error), error.code) == (400, code), error.detail
     assert dns.asked == [], "a malformed host must be refused before any lookup"
 
 
@@ -337,7 +381,7 @@ def test_malformed_input_is_a_400(raw: str, code: str, videos: dict[str, Path], 
 
 def test_local_path_without_roots_says_how_to_enable_it(videos: dict[str, Path]) -> None:
     error = error_of(str(videos["one_face"]), Settings())
-    assert (error.status_code, error.code) == (400, "unsupported_scheme")
+    assert (http_status(error), error.code) == (400, "unsupported_scheme")
     assert "DFS_LOCAL_ROOTS" in error.detail and "/predict/upload" in error.detail
 
 
@@ -357,17 +401,20 @@ def test_local_path_errors_echo_only_what_the_caller_sent(videos: dict[str, Path
     assert missing.code == "file_not_found" and str(root / "sub" / ".." / "missing.mp4") in missing.detail
 
 
-@pytest.mark.parametrize(("file_path", "code"), [
-    ("http://127.0.0.1:8000/video.mp4", "address_not_allowed"),
-    ("http://[::1]/video.mp4", "address_not_allowed"),
-    ("http://10.1.2.3/video.mp4", "address_not_allowed"),
-    ("ftp://example.com/video.mp4", "unsupported_scheme"),
-    ("   ", "invalid_url"),
-])
+@pytest.mark.parametrize(
+    ("file_path", "code"),
+    [
+        ("http://127.0.0.1:8000/video.mp4", "address_not_allowed"),
+        ("http://[::1]/video.mp4", "address_not_allowed"),
+        ("http://10.1.2.3/video.mp4", "address_not_allowed"),
+        ("ftp://example.com/video.mp4", "unsupported_scheme"),
+        ("   ", "invalid_url"),
+    ],
+)
 def test_refuse_early_needs_no_network_and_no_slot(file_path: str, code: str) -> None:
     """What /predict and POST /jobs refuse before waiting for a processing slot (a full line used
     to answer a private address 503 "retry later" instead of 403)."""
-    with pytest.raises(ServiceError) as refused:
+    with pytest.raises(RequestFailure) as refused:
         fetch.refuse_early(file_path, Settings())
     assert refused.value.code == code
 

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from models import get_spec
 from service.config import Settings
-from service.errors import Unavailable
+from service.errors import Unavailable, http_headers, http_status
 from service.launcher import free_port
 from service.pipeline.engines import DynamicBatcher
 from service.pipeline.triton_engine import (
@@ -49,16 +49,17 @@ def test_an_unavailable_engine_fails_the_batch_with_503_without_splitting_it() -
         batcher.start()
         try:
             images = list(np.zeros((4, SPEC.input_size, SPEC.input_size, 3), np.uint8))
-            return await asyncio.gather(batcher.infer("a", images[:2]), batcher.infer("b", images[2:]),
-                                        return_exceptions=True)
+            return await asyncio.gather(
+                batcher.infer("a", images[:2]), batcher.infer("b", images[2:]), return_exceptions=True
+            )
         finally:
             await batcher.stop()
 
     results = asyncio.run(scenario())
     assert engine.calls == [4]  # one batch, not retried in halves
     for result in results:
-        assert isinstance(result, Unavailable) and result.status_code == 503 and result.code == "engine_unavailable"
-        assert "unreachable" in result.detail and result.headers == {"Retry-After": "5"}
+        assert isinstance(result, Unavailable) and http_status(result) == 503 and result.code == "engine_unavailable"
+        assert "unreachable" in result.detail and http_headers(result) == {"Retry-After": "5"}
 
 
 def test_connection_errors_are_retried_with_backoff_then_typed_and_counted() -> None:
@@ -68,7 +69,10 @@ def test_connection_errors_are_retried_with_backoff_then_typed_and_counted() -> 
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
-    retries, errors = sample("dfs_remote_retries_total", model="m"), sample("dfs_remote_errors_total", model="m", kind="unavailable")
+    retries, errors = (
+        sample("dfs_remote_retries_total", model="m"),
+        sample("dfs_remote_errors_total", model="m", kind="unavailable"),
+    )
     started = time.perf_counter()
     with pytest.raises(TritonUnavailable, match=f"Triton at {url} unreachable for readiness of m after 3 attempts"):
         call_with_retries(clients, "m", "readiness", lambda client: client.is_server_ready())
@@ -82,8 +86,14 @@ def test_connection_errors_are_retried_with_backoff_then_typed_and_counted() -> 
 
 
 def _settings(**extra: object) -> Settings:
-    return Settings(model_repository=REPO_ROOT / "model_repository", models="dcl", device="cpu",
-                    face_detector="blazeface", runtime="triton", **extra)
+    return Settings(
+        model_repository=REPO_ROOT / "model_repository",
+        models="dcl",
+        device="cpu",
+        face_detector="blazeface",
+        runtime="triton",
+        **extra,
+    )
 
 
 def test_grpc_and_missing_urls_are_refused_at_load_with_the_reason() -> None:

@@ -35,14 +35,23 @@ upload_router = APIRouter(tags=["predict"])
 
 # The upload route reads its body itself (streamed, not a FastAPI File parameter), so its form is
 # described here for /docs.
-_UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"],
-    "properties": {"file": {"type": "string", "format": "binary", "description": "the video file"}},
-}}}}}
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary", "description": "the video file"}},
+                }
+            }
+        },
+    }
+}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse}
-    for code in (400, 403, 413, 415, 422, 500, 502, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 403, 413, 415, 422, 500, 502, 503, 504)
 }
 
 
@@ -54,8 +63,10 @@ def unknown_models_detail(unknown: list[str], loaded: list[str]) -> str:
     """The unknown_model error: the loaded models in full, and only a few of the caller's names,
     cut short. A request may name thousands of models (or very long names), and echoing them all
     made the error as large as the request."""
-    shown = [name if len(name) <= _ECHOED_NAME_CHARS else name[:_ECHOED_NAME_CHARS] + "..."
-             for name in unknown[:_ECHOED_UNKNOWN]]
+    shown = [
+        name if len(name) <= _ECHOED_NAME_CHARS else name[:_ECHOED_NAME_CHARS] + "..."
+        for name in unknown[:_ECHOED_UNKNOWN]
+    ]
     more = f" and {len(unknown) - len(shown)} more" if len(unknown) > len(shown) else ""
     return f"unknown model(s) {', '.join(repr(name) for name in shown)}{more}; loaded: {', '.join(loaded)}"
 
@@ -74,8 +85,12 @@ def analysis_options(body: PredictRequest, runtime: Runtime, max_frames_cap: int
     if unknown:
         raise BadRequest(unknown_models_detail(unknown, sorted(runtime.models)), code="unknown_model")
     options = AnalysisOptions.from_settings(
-        runtime.settings, names, max_frames=body.max_frames, clip_stride=body.clip_stride,
-        max_clips_per_track=body.max_clips_per_track, frames_per_track=body.frames_per_track,
+        runtime.settings,
+        names,
+        max_frames=body.max_frames,
+        clip_stride=body.clip_stride,
+        max_clips_per_track=body.max_clips_per_track,
+        frames_per_track=body.frames_per_track,
     )
     if max_frames_cap is not None and body.max_frames is not None:
         options.max_frames = min(body.max_frames, max_frames_cap)
@@ -90,7 +105,10 @@ async def analyse_with_thumbnails(path: Path, request_id: str, options: Analysis
 
 
 async def _fetch_and_score(
-    source: AbstractAsyncContextManager[FetchedVideo], options: AnalysisOptions, request: Request, runtime: Runtime,
+    source: AbstractAsyncContextManager[FetchedVideo],
+    options: AnalysisOptions,
+    request: Request,
+    runtime: Runtime,
     analyse: Analyse = analyse_video,
 ) -> dict:
     """Bring the video in (download or upload, timed as "fetch"), score it, always clean up."""
@@ -100,8 +118,16 @@ async def _fetch_and_score(
         return await score_video(video, options, request.state.request_id, runtime, fetch_ms, analyse=analyse)
 
 
-async def score_video(video: FetchedVideo, options: AnalysisOptions, request_id: str, runtime: Runtime,
-                      fetch_ms: float, *, analyse: Analyse = analyse_video, timeout_s: float | None = None) -> dict:
+async def score_video(
+    video: FetchedVideo,
+    options: AnalysisOptions,
+    request_id: str,
+    runtime: Runtime,
+    fetch_ms: float,
+    *,
+    analyse: Analyse = analyse_video,
+    timeout_s: float | None = None,
+) -> dict:
     """Analyse a fetched video under a time limit and complete the body /predict answers (timings,
     request id, untrained-model warnings, verdict metrics). Jobs and the CLI call it too, with their
     own ``analyse`` (progress, evidence) and limit (default DFS_REQUEST_TIMEOUT_S)."""
@@ -121,11 +147,14 @@ async def score_video(video: FetchedVideo, options: AnalysisOptions, request_id:
     metrics.STAGE_SECONDS.labels("fetch").observe(fetch_ms / 1000.0)
     metrics.STAGE_SECONDS.labels("total").observe(body["timings_ms"]["total"] / 1000.0)
     body["request_id"] = request_id
-    body["warnings"] = [*body.get("warnings", []), *(
-        f"model {name} is untrained (random init): its score carries no information"
-        for name in options.models
-        if runtime.models[name].version.manifest.untrained
-    )]
+    body["warnings"] = [
+        *body.get("warnings", []),
+        *(
+            f"model {name} is untrained (random init): its score carries no information"
+            for name in options.models
+            if runtime.models[name].version.manifest.untrained
+        ),
+    ]
     _count_verdict(body)
     return body
 
@@ -137,16 +166,27 @@ def _count_verdict(body: dict) -> None:
         metrics.VIDEO_SCORE.observe(body["df_probability"])
 
 
-async def _admitted(admission: Admission, source: AbstractAsyncContextManager[FetchedVideo],
-                    options: AnalysisOptions, request: Request, runtime: Runtime,
-                    analyse: Analyse = analyse_video) -> dict:
+async def _admitted(
+    admission: Admission,
+    source: AbstractAsyncContextManager[FetchedVideo],
+    options: AnalysisOptions,
+    request: Request,
+    runtime: Runtime,
+    analyse: Analyse = analyse_video,
+) -> dict:
     """Wait for a processing slot, then fetch and score."""
     async with admission.slot():
         return await _fetch_and_score(source, options, request, runtime, analyse)
 
 
-async def _admitted_score(admission: Admission, video: FetchedVideo, options: AnalysisOptions,
-                          request: Request, runtime: Runtime, fetch_ms: float) -> dict:
+async def _admitted_score(
+    admission: Admission,
+    video: FetchedVideo,
+    options: AnalysisOptions,
+    request: Request,
+    runtime: Runtime,
+    fetch_ms: float,
+) -> dict:
     """Wait for a processing slot, then score a video already staged."""
     async with admission.slot():
         return await score_video(video, options, request.state.request_id, runtime, fetch_ms)
@@ -155,8 +195,7 @@ async def _admitted_score(admission: Admission, video: FetchedVideo, options: An
 def require_ready(runtime: Runtime) -> None:
     """503 not_ready (with Retry-After) until the models are loaded."""
     if not runtime.ready:
-        raise Unavailable(f"models are not loaded: {public_reason(runtime)}", code="not_ready",
-                          headers={"Retry-After": "10"})
+        raise Unavailable(f"models are not loaded: {public_reason(runtime)}", code="not_ready", retry_after_s=10)
 
 
 @router.post("/predict", response_model=PredictResponse, responses=_ERRORS)
