@@ -8,7 +8,6 @@ strings (``DFS_MODELS=ftcn,dcl``) because that is what a ConfigMap or ``docker r
 from __future__ import annotations
 
 import math
-
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -37,52 +36,90 @@ class Settings(BaseSettings):
     # timer only after a response, so a connection that trickles its request line or headers used to
     # stay open for good (300 of them did); the header deadline closes it.
     header_timeout_s: float = Field(
-        10.0, gt=0, description="A request's line and headers must arrive within this many seconds of the "
-        "connection opening (or of the previous response on a keep-alive connection); else it is closed.")
-    keepalive_timeout_s: float = Field(5.0, gt=0, description="Idle keep-alive connections close after this (uvicorn's "
-                                       "timeout_keep_alive; its default).")
+        10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this many seconds of the "
+        "connection opening (or of the previous response on a keep-alive connection); else it is closed.",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A request body that stops arriving for this many seconds (no byte while some are still "
+        "owed) is answered 408 body_timeout and its connection closed; nginx's client_body_timeout, same default.",
+    )
+    keepalive_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Idle keep-alive connections close after this (uvicorn's timeout_keep_alive; its default).",
+    )
     max_connections: int = Field(
-        512, ge=1, description="Open connections (and running requests) served at once; beyond, uvicorn answers "
-        "503 to new requests (its limit_concurrency). Kept below the usual 1024 file-descriptor limit.")
+        512,
+        ge=1,
+        description="Open connections (and running requests) served at once; beyond, uvicorn answers "
+        "503 to new requests (its limit_concurrency). Kept below the usual 1024 file-descriptor limit.",
+    )
     max_header_bytes: int = Field(
-        16 * 1024, ge=1024, description="Largest request line + headers; beyond, a 400 and the connection closes "
-        "(h11's incomplete-event limit; its default).")
+        16 * 1024,
+        ge=1024,
+        description="Largest request line + headers; beyond, a 400 and the connection closes "
+        "(h11's incomplete-event limit; its default).",
+    )
     max_json_bytes: int = Field(
-        64 * 1024, ge=1024, description="Largest body of a JSON route such as POST /predict (it needs a few KB); beyond "
-        "it a 413 is answered without reading the rest. Uploads are bounded by DFS_MAX_DOWNLOAD_BYTES.")
+        64 * 1024,
+        ge=1024,
+        description="Largest body of a JSON route such as POST /predict (it needs a few KB); beyond "
+        "it a 413 is answered without reading the rest. Uploads are bounded by DFS_MAX_DOWNLOAD_BYTES.",
+    )
 
     # API keys (service/api/auth.py). Unset = the API is open (logged at start-up). The settings keep
     # only SHA-256 hashes of DFS_API_KEYS (see _hash_api_keys), and the file is read once at start-up.
     api_keys: SecretStr = Field(
-        SecretStr(""), description="Comma list of API keys; when any key is set (here or in DFS_API_KEYS_FILE), "
+        SecretStr(""),
+        description="Comma list of API keys; when any key is set (here or in DFS_API_KEYS_FILE), "
         "every route but /healthcheck, /livez, /metrics (on this port), /docs, /openapi.json and / needs one, as "
-        "`Authorization: Bearer KEY` or `X-API-Key: KEY` (else 401). An entry `sha256:HEX` is a key's hash.")
+        "`Authorization: Bearer KEY` or `X-API-Key: KEY` (else 401). An entry `sha256:HEX` is a key's hash.",
+    )
     api_keys_file: Path | None = Field(
-        None, description="File of accepted keys, one key or `sha256:HEX` (the key's SHA-256) per line; `#` starts "
-        "a comment. Keeps keys out of the environment; unreadable or empty = start-up fails.")
+        None,
+        description="File of accepted keys, one key or `sha256:HEX` (the key's SHA-256) per line; `#` starts "
+        "a comment. Keeps keys out of the environment; unreadable or empty = start-up fails.",
+    )
     metrics_port: int = Field(
-        0, ge=0, le=65535, description="Serve /metrics from prometheus_client's own server on this port (bound to "
-        "DFS_HOST) and not from the API port; 0 = on the API port, as /metrics.")
+        0,
+        ge=0,
+        le=65535,
+        description="Serve /metrics from prometheus_client's own server on this port (bound to "
+        "DFS_HOST) and not from the API port; 0 = on the API port, as /metrics.",
+    )
 
     # --- models -----------------------------------------------------------------------------
     model_repository: Path = Field(Path("model_repository"), description="Triton-style model repository.")
     models: str = Field("", description="Comma list of models to load; empty = every model found.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where engines and the face detector run.")
     onnx_intra_op_threads: int = Field(
-        0, ge=0, description="CPU threads per model's engine, ONNX Runtime or OpenVINO (0 = the runtime's default: "
-        "every core).")
+        0,
+        ge=0,
+        description="CPU threads per model's engine, ONNX Runtime or OpenVINO (0 = the runtime's default: every core).",
+    )
     malloc_arena_max: int = Field(
-        2, ge=0, description="glibc malloc arenas at most, set with mallopt when the app starts (each keeps the "
+        2,
+        ge=0,
+        description="glibc malloc arenas at most, set with mallopt when the app starts (each keeps the "
         "memory freed in it; five models at 4 clients: 2.3 GB of RSS with 2, 2.5-2.7 GB with glibc's default "
-        "of 8 per core); 0 = glibc's default.")
+        "of 8 per core); 0 = glibc's default.",
+    )
     cpu_memory_arena: bool = Field(
-        True, description="CPU engines keep working memory for the next batch: ONNX Runtime sessions share one "
+        True,
+        description="CPU engines keep working memory for the next batch: ONNX Runtime sessions share one "
         "arena grown by exactly what is asked, OpenVINO keeps its buffers; false = hand it back after every "
-        "batch: less steady memory, ~35-90% more engine time (bench/memory.py measures both).")
+        "batch: less steady memory, ~35-90% more engine time (bench/memory.py measures both).",
+    )
     precision: Literal["auto", "fp32", "int8"] = Field(
-        "auto", description="CPU engines: auto = the model's INT8 variant (model.int8.onnx, `python -m "
+        "auto",
+        description="CPU engines: auto = the model's INT8 variant (model.int8.onnx, `python -m "
         "export.quantize`) competes with fp32 when its manifest records a video AUC within 0.01 of fp32; "
-        "int8 = the INT8 variant wherever one exists; fp32 = never INT8.")
+        "int8 = the INT8 variant wherever one exists; fp32 = never INT8.",
+    )
     runtime: Literal["auto", "onnxruntime", "openvino", "torch", "triton"] = Field(
         "auto",
         description="auto = the exported engine: on a GPU ONNX Runtime's TensorRT/CUDA provider (or a TensorRT "
@@ -94,9 +131,14 @@ class Settings(BaseSettings):
     )
     # DFS_RUNTIME=triton (service/pipeline/triton_engine.py). The service still decodes, finds faces and
     # batches across requests; Triton batches again across replicas and holds the GPUs.
-    triton_url: str = Field("", description="Triton's HTTP endpoint for DFS_RUNTIME=triton, e.g. http://triton:8000 "
-                            "(grpc:// is refused: tritonclient[grpc] needs protobuf >= 6.30, mediapipe < 5).")
-    triton_timeout_s: float = Field(30.0, gt=0, description="Network timeout of one call to Triton (a batch's inference).")
+    triton_url: str = Field(
+        "",
+        description="Triton's HTTP endpoint for DFS_RUNTIME=triton, e.g. http://triton:8000 "
+        "(grpc:// is refused: tritonclient[grpc] needs protobuf >= 6.30, mediapipe < 5).",
+    )
+    triton_timeout_s: float = Field(
+        30.0, gt=0, description="Network timeout of one call to Triton (a batch's inference)."
+    )
     triton_connect_timeout_s: float = Field(5.0, gt=0, description="Timeout to open a connection to Triton.")
     triton_retries: int = Field(2, ge=0, description="Retries of a call to Triton after a connection error or timeout.")
     triton_retry_backoff_s: float = Field(0.2, ge=0, description="First retry delay; doubled at each retry.")
@@ -116,9 +158,16 @@ class Settings(BaseSettings):
         None, description="Where TensorRT engines built at first start are cached (a volume in containers)."
     )
     ensemble_weights: str = Field(
-        "", description="Comma list name=weight for the ensemble; missing names weigh 1. When set it overrides the "
-        "repository's ensemble.json (fitted weights and bias, see service/ensemble.py); empty = that file, else equal.")
+        "",
+        description="Comma list name=weight for the ensemble; missing names weigh 1. When set it overrides the "
+        "repository's ensemble.json (fitted weights and bias, see service/ensemble.py); empty = that file, else equal.",
+    )
     threshold: float = Field(0.5, gt=0, lt=1, description="P(fake) at or above which a video is FAKE.")
+    model_versions: str = Field(
+        "",
+        description="Comma list model:version pinning the version folder a model serves (e.g. ftcn:2, to roll "
+        "back or to keep a GPU-specific folder off other machines); unpinned models serve their highest version.",
+    )
 
     # --- fetch ------------------------------------------------------------------------------
     allow_private_urls: bool = Field(False, description="Allow loopback/private/link-local fetch targets.")
@@ -133,7 +182,9 @@ class Settings(BaseSettings):
     max_frames: int = Field(
         256, gt=0, description="Frames decoded from the start of a video, at most (a request's max_frames too)."
     )
-    max_video_side: int = Field(8192, gt=0, description="Refuse videos wider or taller than this (header check, then every decoded frame).")
+    max_video_side: int = Field(
+        8192, gt=0, description="Refuse videos wider or taller than this (header check, then every decoded frame)."
+    )
     max_duration_s: float = Field(4 * 3600.0, gt=0, description="Refuse videos longer than this (header check).")
     decode_threads: int = Field(2, ge=0, description="FFmpeg decoder threads per request (0 = auto).")
     # Decode cost follows pixels, not bytes: a 405 KB 8192x8192 black video cost 21 s of both cores,
@@ -142,14 +193,20 @@ class Settings(BaseSettings):
     # The default is 4K UHD (3840x2160) at the default 256 frames in both decode passes (detection,
     # then crops): the README's 1080p x 256 frames uses a quarter of it.
     max_decode_pixels: int = Field(
-        3840 * 2160 * 256 * 2, gt=0, description="Pixels (width x height x frames) one request may decode, both "
-        "passes together; a video whose header already exceeds it, or that exceeds it while decoding, is a 413.")
+        3840 * 2160 * 256 * 2,
+        gt=0,
+        description="Pixels (width x height x frames) one request may decode, both "
+        "passes together; a video whose header already exceeds it, or that exceeds it while decoding, is a 413.",
+    )
     # A still GIF or a file that breaks after a few frames was scored from the 1-25 frames that decoded.
     # 8 lets any 1-second clip at 8 fps or more pass (every common frame rate), and is twice
     # DFS_MIN_TRACK_FRAMES, so a face seen on every frame still forms a track.
     min_decoded_frames: int = Field(
-        8, ge=1, description="Fewer decoded frames than this (or than a request's max_frames, if lower) is a 415 "
-        "too_few_frames; fewer than the container claims is a warning in the response.")
+        8,
+        ge=1,
+        description="Fewer decoded frames than this (or than a request's max_frames, if lower) is a 415 "
+        "too_few_frames; fewer than the container claims is a warning in the response.",
+    )
     decoder: Literal["auto", "pyav", "nvdec"] = Field(
         "auto",
         description="auto = NVDEC (PyNvVideoCodec; frames stay on the GPU through detection and crops) when it is "
@@ -161,9 +218,13 @@ class Settings(BaseSettings):
     face_detector: Literal["auto", "blazeface", "retinaface"] = Field(
         "auto", description="auto = RetinaFace when its weights file exists, else mediapipe BlazeFace."
     )
-    retinaface_weights: Path | None = Field(None, description="Pytorch_Retinaface weights (MobileNet-0.25 or ResNet-50).")
+    retinaface_weights: Path | None = Field(
+        None, description="Pytorch_Retinaface weights (MobileNet-0.25 or ResNet-50)."
+    )
     detection_max_side: int = Field(640, ge=64, description="Frames are downscaled to this longer side for detection.")
-    detect_every: int = Field(1, ge=1, description="Run the face detector every k-th frame; tracks interpolate between.")
+    detect_every: int = Field(
+        1, ge=1, description="Run the face detector every k-th frame; tracks interpolate between."
+    )
     min_face_score: float = Field(0.5, ge=0, le=1)
     min_face_size: int = Field(24, ge=1, description="Smallest face side in pixels of the original frame.")
     max_tracks: int = Field(8, ge=1, description="Face tracks analysed per video (largest first).")
@@ -189,9 +250,12 @@ class Settings(BaseSettings):
     # --- batching and admission --------------------------------------------------------------
     batch_max_clips: int = Field(8, ge=1, description="Largest batch for clip models.")
     batch_max_frames: int = Field(
-        0, ge=0, description="Largest batch for frame models; 0 = 64 where the engines run on a GPU or Triton, 16 "
+        0,
+        ge=0,
+        description="Largest batch for frame models; 0 = 64 where the engines run on a GPU or Triton, 16 "
         "on a CPU, whose runtimes keep working memory sized for the largest batch (five models on ONNX Runtime: "
-        "2.8 GB at 64, 0.9 GB at 16 for ~10-20% more engine time; bench/memory.py).")
+        "2.8 GB at 64, 0.9 GB at 16 for ~10-20% more engine time; bench/memory.py).",
+    )
     batch_max_wait_ms: float = Field(20.0, ge=0, description="How long a batch waits to fill before it runs.")
     max_concurrent_requests: int = Field(4, ge=1, description="Videos processed at once.")
     max_queued_requests: int = Field(32, ge=0, description="Videos waiting beyond that; more get 503 + Retry-After.")
@@ -201,16 +265,30 @@ class Settings(BaseSettings):
     # Asynchronous analyses kept in an embedded SQLite database, with a folder per job for its
     # evidence (face thumbnails, heat maps, the annotated video). They run through the same admission
     # slots and batchers as /predict.
-    data_dir: Path = Field(Path("data"), description="Folder for the jobs database and each job's files "
-                           "(created if missing; relative to the working directory).")
-    jobs_db: Path | None = Field(None, description="The jobs SQLite database (WAL mode); default "
-                                 "DFS_DATA_DIR/jobs.sqlite3. Job folders live in a `jobs` folder beside it.")
-    job_ttl_s: float = Field(24 * 3600.0, gt=0, description="A finished job (done, failed, cancelled) and its "
-                             "files are deleted this long after it finished; its id then answers 410 job_expired.")
+    data_dir: Path = Field(
+        Path("data"),
+        description="Folder for the jobs database and each job's files "
+        "(created if missing; relative to the working directory).",
+    )
+    jobs_db: Path | None = Field(
+        None,
+        description="The jobs SQLite database (WAL mode); default "
+        "DFS_DATA_DIR/jobs.sqlite3. Job folders live in a `jobs` folder beside it.",
+    )
+    job_ttl_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="A finished job (done, failed, cancelled) and its "
+        "files are deleted this long after it finished; its id then answers 410 job_expired.",
+    )
     jobs_max_queued: int = Field(64, ge=1, description="Jobs waiting to run, at most; more get 503 + Retry-After.")
     jobs_concurrency: int = Field(1, ge=1, description="Jobs run at once (each also takes a /predict admission slot).")
-    job_max_frames: int = Field(1024, gt=0, description="Frames a job may ask for with max_frames (its default is "
-                                "DFS_MAX_FRAMES); still bounded by DFS_MAX_DECODE_PIXELS.")
+    job_max_frames: int = Field(
+        1024,
+        gt=0,
+        description="Frames a job may ask for with max_frames (its default is "
+        "DFS_MAX_FRAMES); still bounded by DFS_MAX_DECODE_PIXELS.",
+    )
     job_timeout_s: float = Field(3600.0, gt=0, description="Limit on one job's analysis after its fetch.")
 
     @field_validator("ensemble_weights", mode="after")
@@ -226,6 +304,16 @@ class Settings(BaseSettings):
                 weight = math.nan
             if not sep or not name.strip() or not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"{item!r} is not name=weight with a finite weight >= 0 (e.g. dcl=0.6,ftcn=0.4)")
+        return value
+
+    @field_validator("model_versions", mode="after")
+    @classmethod
+    def _check_model_versions(cls, value: str) -> str:
+        """Refuse a malformed pin at start-up, naming the entry."""
+        for item in split_csv(value):
+            name, sep, number = item.partition(":")
+            if not sep or not name.strip() or not number.strip().isdigit() or int(number) < 1:
+                raise ValueError(f"{item!r} is not model:version with a version >= 1 (e.g. ftcn:2)")
         return value
 
     @field_validator("api_keys", mode="after")
@@ -252,6 +340,15 @@ class Settings(BaseSettings):
     @property
     def jobs_db_path(self) -> Path:
         return self.jobs_db if self.jobs_db is not None else self.data_dir / "jobs.sqlite3"
+
+    @property
+    def model_version_pins(self) -> dict[str, int]:
+        """DFS_MODEL_VERSIONS as {model: version}."""
+        pins: dict[str, int] = {}
+        for item in split_csv(self.model_versions):
+            name, _, number = item.partition(":")
+            pins[name.strip()] = int(number)
+        return pins
 
     @property
     def ensemble_weight_map(self) -> dict[str, float]:

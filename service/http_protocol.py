@@ -1,4 +1,4 @@
-"""uvicorn's h11 protocol with a deadline on reading a request's line and headers.
+"""uvicorn's h11 protocol with deadlines on reading a request's headers and on a stalled body.
 
 uvicorn bounds an idle keep-alive connection (``timeout_keep_alive``) but arms that timer only once
 a response is complete, and cancels it as soon as any byte arrives: a connection that opens and
@@ -7,7 +7,12 @@ stayed). uvicorn 0.54 has no option for it (its options: ``timeout_keep_alive``,
 ``limit_concurrency``, ``h11_max_incomplete_event_size``, ...), so this subclass adds the one thing
 missing, the way nginx's ``client_header_timeout`` does: from the moment a connection opens, or a
 response on it completes, the next request's headers must be complete within
-``DFS_HEADER_TIMEOUT_S``, else the connection is closed. Everything else is uvicorn's.
+``DFS_HEADER_TIMEOUT_S``, else the connection is closed. Once the headers are in, a body that
+stops arriving (no byte for ``DFS_BODY_TIMEOUT_S`` while the request still owes some, the way
+nginx's ``client_body_timeout`` counts) gets a JSON 408 ``body_timeout`` and the connection is
+closed, which also tells the app the client is gone, so a half-read upload stops holding its slot.
+Time while uvicorn itself has paused reading (the app has not taken the last chunk yet) is not the
+client's and does not count. Everything else is uvicorn's.
 
 Why h11 rather than uvicorn's default httptools: h11 also bounds the bytes of an incomplete request
 line + headers (``h11_max_incomplete_event_size``, ``DFS_MAX_HEADER_BYTES``), which httptools does
@@ -44,17 +49,27 @@ IMPORT_PATH = "service.http_protocol:HeaderDeadlineH11Protocol"
 RETRY_AFTER_S = 1
 
 
+def _error_body(code: str, detail: str) -> bytes:
+    return json.dumps({"error": code, "detail": detail, "request_id": uuid.uuid4().hex}).encode()
+
+
 async def over_connection_limit(scope: Any, receive: Any, send: Any) -> None:
     """The 503 for a request beyond ``DFS_MAX_CONNECTIONS``, as JSON like every other error."""
-    body = json.dumps({
-        "error": "too_many_connections",
-        "detail": "the server is at its connection limit (DFS_MAX_CONNECTIONS); retry shortly",
-        "request_id": uuid.uuid4().hex,
-    }).encode()
-    await send({"type": "http.response.start", "status": 503, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close"),
-    ]})
+    body = _error_body(
+        "too_many_connections", "the server is at its connection limit (DFS_MAX_CONNECTIONS); retry shortly"
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(RETRY_AFTER_S).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -62,12 +77,15 @@ h11_impl.service_unavailable = over_connection_limit  # see the module docstring
 
 
 class HeaderDeadlineH11Protocol(H11Protocol):
-    """:class:`H11Protocol` that closes a connection whose request headers do not arrive in time."""
+    """:class:`H11Protocol` that closes a connection whose request headers, or body, stall."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.header_timeout_s = get_settings().header_timeout_s  # the DFS_* environment, as the app reads it
+        settings = get_settings()  # the DFS_* environment, as the app reads it
+        self.header_timeout_s = settings.header_timeout_s
+        self.body_timeout_s = settings.body_timeout_s
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._body_deadline: asyncio.TimerHandle | None = None
 
     # --- the deadline ---------------------------------------------------------------------------
 
@@ -88,9 +106,67 @@ class HeaderDeadlineH11Protocol(H11Protocol):
     def _header_deadline_passed(self) -> None:
         self._header_deadline = None
         if self._awaiting_headers() and not self.transport.is_closing():
-            log.info("closing connection from %s: no complete request headers within %g s (DFS_HEADER_TIMEOUT_S)",
-                     "%s:%d" % self.client if self.client else "?", self.header_timeout_s)
+            log.info(
+                "closing connection from %s: no complete request headers within %g s (DFS_HEADER_TIMEOUT_S)",
+                self._peer(),
+                self.header_timeout_s,
+            )
             self.transport.close()
+
+    def _peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+
+    # --- the body deadline (idle time between body bytes) ---------------------------------------------
+
+    def _awaiting_body(self) -> bool:
+        """h11 is in SEND_BODY on the client's side until the request's body is complete."""
+        return self.conn.their_state is h11.SEND_BODY
+
+    def _arm_body_deadline(self) -> None:
+        self._cancel_body_deadline()
+        if self._awaiting_body() and not self.transport.is_closing():
+            self._body_deadline = self.loop.call_later(self.body_timeout_s, self._body_deadline_passed)
+
+    def _cancel_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
+
+    def _body_deadline_passed(self) -> None:
+        self._body_deadline = None
+        if not self._awaiting_body() or self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # uvicorn stopped reading until the app takes what it has: not the client's wait
+            self._arm_body_deadline()
+            return
+        log.info(
+            "closing connection from %s: no request body bytes for %g s (DFS_BODY_TIMEOUT_S)",
+            self._peer(),
+            self.body_timeout_s,
+        )
+        self._answer_body_timeout()
+        self.transport.close()  # uvicorn then tells the app: http.disconnect
+
+    def _answer_body_timeout(self) -> None:
+        """A JSON 408 written by h11 itself, unless the app has started its own response."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_started or self.conn.our_state is not h11.SEND_RESPONSE:
+            return
+        body = _error_body(
+            "body_timeout", f"the request body stopped arriving for {self.body_timeout_s:g} s (DFS_BODY_TIMEOUT_S)"
+        )
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+        ]
+        try:
+            data = self.conn.send(h11.Response(status_code=408, headers=headers))
+            data += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:  # h11 refuses a reply in this state: closing is answer enough
+            return
+        cycle.response_started = cycle.response_complete = True  # the app's own reply, if any, is dropped
+        self.transport.write(data)
 
     # --- uvicorn's hooks ----------------------------------------------------------------------------
 
@@ -102,11 +178,17 @@ class HeaderDeadlineH11Protocol(H11Protocol):
         super().data_received(data)
         if not self._awaiting_headers():  # a request is under way: its body and work have their own limits
             self._cancel_header_deadline()
+        if self._awaiting_body():  # every byte of body restarts the body's idle clock
+            self._arm_body_deadline()
+        else:
+            self._cancel_body_deadline()
 
     def on_response_complete(self) -> None:
+        self._cancel_body_deadline()
         super().on_response_complete()  # may start a pipelined request, which leaves h11 IDLE no more
         self._arm_header_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_deadline()
+        self._cancel_body_deadline()
         super().connection_lost(exc)

@@ -33,8 +33,8 @@ from service.pipeline.engines import (
     TorchEngine,
     onnx_providers,
 )
-from service.pipeline.openvino_engine import OpenVinoEngine, openvino_available
 from service.pipeline.faces import FaceDetector, create_detector, resolve_device
+from service.pipeline.openvino_engine import OpenVinoEngine, openvino_available
 from service.pipeline.tensor_frames import choose_decoder
 
 if TYPE_CHECKING:  # tritonclient is imported only on DFS_RUNTIME=triton
@@ -104,13 +104,19 @@ class Runtime:
         try:
             limit_torch_memory(self.settings.torch_memory_fraction)
             if self.settings.torch_compile != "off" and self.settings.runtime != "torch":
-                log.warning("DFS_TORCH_COMPILE=%s has no effect: it applies to DFS_RUNTIME=torch, not %s",
-                            self.settings.torch_compile, self.settings.runtime)
+                log.warning(
+                    "DFS_TORCH_COMPILE=%s has no effect: it applies to DFS_RUNTIME=torch, not %s",
+                    self.settings.torch_compile,
+                    self.settings.runtime,
+                )
             self.decoder = await asyncio.to_thread(choose_decoder, self.settings)
             log.info("frame decoder: %s", self.decoder)
             self.detector = await asyncio.to_thread(create_detector, self.settings)
             versions = await asyncio.to_thread(
-                discover, self.settings.model_repository, self.settings.model_names or None
+                discover,
+                self.settings.model_repository,
+                self.settings.model_names or None,
+                self.settings.model_version_pins,
             )
             # before the engines: a malformed ensemble.json fails loading at once, not after minutes of engines
             self.ensemble = resolve(self.settings, versions)
@@ -126,8 +132,11 @@ class Runtime:
                 digest = await asyncio.to_thread(file_sha256, served)
                 self.models[name] = LoadedModel(version, spec, batcher, served.name, digest)
                 if version.manifest.untrained:
-                    log.warning("model %s v%d is UNTRAINED (random init): its scores carry no information",
-                                name, version.version)
+                    log.warning(
+                        "model %s v%d is UNTRAINED (random init): its scores carry no information",
+                        name,
+                        version.version,
+                    )
                 log.info("loaded %s v%d (%s) from %s", name, version.version, engine.runtime, version.folder)
             metrics.MODELS_LOADED.set(len(self.models))
             if self._triton is not None:
@@ -166,10 +175,15 @@ class Runtime:
             from service.pipeline.triton_engine import TritonClients, TritonSettings
 
             s = self.settings
-            self._triton = TritonClients(TritonSettings(
-                url=s.triton_url, timeout_s=s.triton_timeout_s, connect_timeout_s=s.triton_connect_timeout_s,
-                retries=s.triton_retries, backoff_s=s.triton_retry_backoff_s,
-            ))
+            self._triton = TritonClients(
+                TritonSettings(
+                    url=s.triton_url,
+                    timeout_s=s.triton_timeout_s,
+                    connect_timeout_s=s.triton_connect_timeout_s,
+                    retries=s.triton_retries,
+                    backoff_s=s.triton_retry_backoff_s,
+                )
+            )
         return self._triton
 
     def _served_file(self, version: ModelVersion) -> Path:
@@ -185,8 +199,11 @@ class Runtime:
 
             manifest = version.manifest
             return TritonEngine(
-                self._triton_clients(), version.name, version.version,
-                input_name=manifest.inputs[0].name, output_name=manifest.outputs[0].name,
+                self._triton_clients(),
+                version.name,
+                version.version,
+                input_name=manifest.inputs[0].name,
+                output_name=manifest.outputs[0].name,
                 item_shape=tuple(spec.input_shape(1)[1:]),
             )
         if self.settings.runtime == "torch":
@@ -205,8 +222,12 @@ class Runtime:
                 max_batch=max_batch,
             )
             if engine.compiled:
-                log.info("%s: compiling for batch sizes up to %d (torch.compile %s)", version.name, engine.max_batch,
-                         self.settings.torch_compile)
+                log.info(
+                    "%s: compiling for batch sizes up to %d (torch.compile %s)",
+                    version.name,
+                    engine.max_batch,
+                    self.settings.torch_compile,
+                )
                 engine.warmup(spec.input_shape(1))
             return engine
         if version.manifest.format == "tensorrt":
@@ -224,13 +245,18 @@ class Runtime:
                 engine_cache=self.settings.engine_cache,
                 gpu_memory_limit_mb=self.settings.gpu_memory_limit_mb,
             )
-        options = candidates(version, self.settings.runtime, self.settings.precision,
-                             openvino_installed=openvino_available())
+        options = candidates(
+            version, self.settings.runtime, self.settings.precision, openvino_installed=openvino_available()
+        )
         per_track = self.settings.max_clips_per_track if spec.kind == "clip" else self.settings.frames_per_track
-        engine, chosen, _ = choose(version.name, options, self._open_cpu_engine,
-                                   probe_shape(spec, min(max_batch, per_track)),
-                                   threads=self.settings.onnx_intra_op_threads,
-                                   cache=ChoiceCache(self.settings.data_dir / CHOICE_FILE))
+        engine, chosen, _ = choose(
+            version.name,
+            options,
+            self._open_cpu_engine,
+            probe_shape(spec, min(max_batch, per_track)),
+            threads=self.settings.onnx_intra_op_threads,
+            cache=ChoiceCache(self.settings.data_dir / CHOICE_FILE),
+        )
         self._engine_files[version.name] = chosen.path
         return engine
 

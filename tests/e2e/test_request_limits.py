@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 MAX_UPLOAD = 1 << 20  # DFS_MAX_DOWNLOAD_BYTES
 MAX_JSON = 16 * 1024  # DFS_MAX_JSON_BYTES
 HEADER_TIMEOUT_S = 1.0  # DFS_HEADER_TIMEOUT_S
+BODY_TIMEOUT_S = 1.0  # DFS_BODY_TIMEOUT_S
 MAX_CONNECTIONS = 32  # DFS_MAX_CONNECTIONS
 PIXEL_BUDGET = 50_000_000  # DFS_MAX_DECODE_PIXELS: the test videos fit (the long one: 272x240 x 256 x 2 = 33 M)
 
@@ -51,8 +52,13 @@ def staging(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def limited(ftcn_repository: Path, media_dir: Path, staging: Path, videos: dict[str, Path],
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+def limited(
+    ftcn_repository: Path,
+    media_dir: Path,
+    staging: Path,
+    videos: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LiveService]:
     service = start_service(
         {
             "DFS_MODEL_REPOSITORY": str(ftcn_repository),
@@ -65,6 +71,7 @@ def limited(ftcn_repository: Path, media_dir: Path, staging: Path, videos: dict[
             "DFS_MAX_VIDEO_SIDE": "1024",
             "DFS_MAX_DECODE_PIXELS": str(PIXEL_BUDGET),
             "DFS_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+            "DFS_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
             "DFS_KEEPALIVE_TIMEOUT_S": "1",
             "DFS_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
             "DFS_MAX_CONCURRENT_REQUESTS": "1",
@@ -143,8 +150,10 @@ def test_decode_cost_is_bounded_by_the_pixel_budget(limited: LiveService, media_
 
 def test_a_huge_declared_json_body_is_refused_before_it_is_read(limited: LiveService) -> None:
     with socket.create_connection(address(limited), timeout=10) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 600000000\r\n\r\n" + b'{"file_path": "' + b"a" * 1000)
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 600000000\r\n\r\n" + b'{"file_path": "' + b"a" * 1000
+        )
         started = time.monotonic()
         response = read_response(sock, timeout=10)
     assert time.monotonic() - started < 5, "the server waited for the body"
@@ -156,8 +165,10 @@ def test_a_huge_declared_json_body_is_refused_before_it_is_read(limited: LiveSer
 def test_a_chunked_json_body_is_counted_and_refused_at_the_cap(limited: LiveService) -> None:
     """No Content-Length: the server counts while receiving and answers 413 without waiting for the end."""
     with socket.create_connection(address(limited), timeout=10) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         piece = b'{"file_path": "' + b"a" * 4096
         for _ in range(MAX_JSON // len(piece) + 2):  # past the cap; the body is never finished
             sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -196,8 +207,10 @@ def test_a_chunked_upload_stops_at_the_byte_cap(limited: LiveService, staging: P
             time.sleep(0.01)
 
     def body() -> Iterator[bytes]:
-        yield (b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="big.mp4"\r\n'
-               b"Content-Type: video/mp4\r\n\r\n")
+        yield (
+            b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="big.mp4"\r\n'
+            b"Content-Type: video/mp4\r\n\r\n"
+        )
         for _ in range(128):
             yield b"\x00" * 65536
         yield b"\r\n--XyZ--\r\n"
@@ -206,8 +219,9 @@ def test_a_chunked_upload_stops_at_the_byte_cap(limited: LiveService, staging: P
     watcher.start()
     try:
         with limited.client(timeout=60) as client:
-            response = client.post("/predict/upload", content=body(),
-                                   headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+            response = client.post(
+                "/predict/upload", content=body(), headers={"Content-Type": "multipart/form-data; boundary=XyZ"}
+            )
     finally:
         stop.set()
         watcher.join()
@@ -221,8 +235,9 @@ def test_a_chunked_upload_stops_at_the_byte_cap(limited: LiveService, staging: P
 # ---- 5: abandoned requests ----------------------------------------------------------------------------
 
 
-def test_a_client_that_disconnects_has_its_work_cancelled(limited: LiveService, media_dir: Path,
-                                                           videos: dict[str, Path]) -> None:
+def test_a_client_that_disconnects_has_its_work_cancelled(
+    limited: LiveService, media_dir: Path, videos: dict[str, Path]
+) -> None:
     """256 frames and 8 clip batches take the one processing slot for many seconds; the client leaves
     after 1 s. The work stops (the slot frees within seconds, fewer than the 8 batches ran), the
     cancellation is counted, and the next request is served."""
@@ -230,8 +245,10 @@ def test_a_client_that_disconnects_has_its_work_cancelled(limited: LiveService, 
     batches = metric(limited, "dfs_batch_size_count", model="ftcn")
     payload = json.dumps({"file_path": str(media_dir / "long.mp4")}).encode()
     with socket.create_connection(address(limited), timeout=10) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+        )
         time.sleep(1.0)
         assert metric(limited, "dfs_requests_in_flight") == 1, "the long request should be running"
     left = time.monotonic()
@@ -279,7 +296,7 @@ def test_connections_trickling_headers_are_closed_while_the_service_answers(limi
                     continue
                 try:
                     sock.setblocking(True)
-                    sock.sendall(header[position:position + 1])
+                    sock.sendall(header[position : position + 1])
                 except OSError:
                     closed_after[number] = time.monotonic() - opened
             if position == 2:
@@ -293,6 +310,46 @@ def test_connections_trickling_headers_are_closed_while_the_service_answers(limi
     assert healthy == [200]
     assert len(closed_after) == len(socks), f"{len(socks) - len(closed_after)} slow connections stayed open"
     assert max(closed_after.values()) < HEADER_TIMEOUT_S + 3, closed_after
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict/upload"])
+def test_a_body_that_stops_arriving_gets_a_408_and_the_connection_closes(limited: LiveService, path: str) -> None:
+    """Headers complete, then the start of a 1,000-byte body and silence: after DFS_BODY_TIMEOUT_S the
+    server answers JSON 408 body_timeout and closes, for the JSON and the upload route alike."""
+    if path == "/predict":
+        kind, start = "application/json", b'{"file_pa'
+    else:  # a well-formed multipart start, so the upload parser waits for the file's bytes
+        kind = "multipart/form-data; boundary=b"
+        start = b'--b\r\nContent-Disposition: form-data; name="file"; filename="v.mp4"\r\n\r\n\x00\x00\x00'
+    head = f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {kind}\r\nContent-Length: 1000\r\n\r\n"
+    with socket.create_connection(address(limited), timeout=5) as sock:
+        sock.sendall(head.encode() + start)
+        sent = time.monotonic()
+        response = read_response(sock, timeout=BODY_TIMEOUT_S + 5)
+        waited = time.monotonic() - sent
+    assert response.startswith(b"HTTP/1.1 408"), response[:200]
+    assert json_body(response)["error"] == "body_timeout" and b"connection: close" in response.lower()
+    assert BODY_TIMEOUT_S - 0.2 < waited < BODY_TIMEOUT_S + 3, waited
+    assert httpx.get(f"{limited.base_url}/healthcheck", timeout=5).status_code == 200
+
+
+def test_a_slow_body_that_keeps_arriving_is_read_to_the_end(limited: LiveService) -> None:
+    """The deadline is on silence, not on the whole body: bytes every 0.4 s for ~3 x DFS_BODY_TIMEOUT_S
+    reach the route, which answers the (invalid) request as it would a fast one."""
+    body = b'{"file_path": "", "models": ["ftcn"]}'
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    pieces = [body[i : i + 5] for i in range(0, len(body), 5)]
+    with socket.create_connection(address(limited), timeout=5) as sock:
+        sock.sendall(head.encode())
+        for piece in pieces:
+            time.sleep(0.4)
+            sock.sendall(piece)
+        assert len(pieces) * 0.4 > 2 * BODY_TIMEOUT_S
+        response = read_response(sock, timeout=5)
+    assert response.startswith(b"HTTP/1.1 422"), response[:300]
+    assert json_body(response)["error"] == "invalid_request"  # the empty file_path, as a fast client is told
 
 
 def test_idle_keepalive_connections_close_and_connections_are_capped(limited: LiveService) -> None:
