@@ -42,8 +42,15 @@ def keyed_service(videos: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     folder = tmp_path_factory.mktemp("web-page")
     repository = folder / "model_repository"
     shutil.copytree(BUNDLE, repository)
-    export_model("pcl_i2g", repository, random_init=True, seed=3, heatmap=True, version=2,
-                 model_options={"backbone": "mobilenetv2_100", "head_norm": False})
+    export_model(
+        "pcl_i2g",
+        repository,
+        random_init=True,
+        seed=3,
+        heatmap=True,
+        version=2,
+        model_options={"backbone": "mobilenetv2_100", "head_norm": False},
+    )
     service = start_service(
         {
             "DFS_MODEL_REPOSITORY": str(repository),
@@ -67,7 +74,8 @@ def browser() -> Iterator[object]:
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
+            executable_path=str(CHROMIUM),
+            headless=True,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         yield browser
@@ -82,8 +90,12 @@ class PageWatch:
         self.errors: list[str] = []
         self.failed: list[tuple[int, str]] = []  # (status, path) of every answer >= 400
         page.on("request", lambda request: self.urls.append(request.url))
-        page.on("response", lambda response: response.status >= 400 and self.failed.append(
-            (response.status, urlparse(response.url).path)))
+        page.on(
+            "response",
+            lambda response: (
+                response.status >= 400 and self.failed.append((response.status, urlparse(response.url).path))
+            ),
+        )
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
 
@@ -94,14 +106,13 @@ class PageWatch:
 
     def unexpected_failures(self) -> list[tuple[int, str]]:
         """Failed answers other than a heat map the job has none of (404 by contract)."""
-        return [(status, path) for status, path in self.failed
-                if not (status == 404 and "/heatmaps/" in path)]
+        return [(status, path) for status, path in self.failed if not (status == 404 and "/heatmaps/" in path)]
 
     def outside_hosts(self) -> list[str]:
         """Requests to anything but loopback: blob: URLs are the page's own (fetched media)."""
         outside = []
         for url in self.urls:
-            inner = url[len("blob:"):] if url.startswith("blob:") else url
+            inner = url[len("blob:") :] if url.startswith("blob:") else url
             parsed = urlparse(inner)
             if parsed.scheme not in ("http", "https") or parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
                 outside.append(url)
@@ -171,14 +182,16 @@ def check_result(page: object, service: LiveService) -> tuple[dict, int]:
         thumbnail = card.locator("img.thumbnail")
         thumbnail.wait_for(state="visible")
         page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=thumbnail.element_handle())
-        heatmap = httpx.get(f"{service.base_url}/jobs/{job_id}/heatmaps/{face['track_id']}.png",
-                            headers={"X-API-Key": KEY}, timeout=30)
+        heatmap = httpx.get(
+            f"{service.base_url}/jobs/{job_id}/heatmaps/{face['track_id']}.png", headers={"X-API-Key": KEY}, timeout=30
+        )
         assert heatmap.status_code in (200, 404), heatmap.text
         if heatmap.status_code == 200:
             figure = card.locator("figure.heatmap")
             figure.wait_for(state="visible")
-            page.wait_for_function("(img) => img.complete && img.naturalWidth > 0",
-                                   arg=figure.locator("img").element_handle())
+            page.wait_for_function(
+                "(img) => img.complete && img.naturalWidth > 0", arg=figure.locator("img").element_handle()
+            )
             heatmaps += 1
         else:
             assert card.locator("figure.heatmap").is_hidden()
@@ -192,8 +205,9 @@ def check_result(page: object, service: LiveService) -> tuple[dict, int]:
     return result, heatmaps
 
 
-def test_upload_a_video_and_read_the_verdict(browser: object, keyed_service: LiveService,
-                                            videos: dict[str, Path]) -> None:
+def test_upload_a_video_and_read_the_verdict(
+    browser: object, keyed_service: LiveService, videos: dict[str, Path]
+) -> None:
     page, watch = open_page(browser, keyed_service, viewport={"width": 1280, "height": 900})
     file_input = page.get_by_label("Choose a video file")
     file_input.set_input_files(str(videos["one_face"]))
@@ -229,8 +243,9 @@ def test_upload_a_video_and_read_the_verdict(browser: object, keyed_service: Liv
 
 
 def test_a_url_on_a_phone_sized_screen(browser: object, keyed_service: LiveService, file_server: FileServer) -> None:
-    page, watch = open_page(browser, keyed_service, viewport={"width": 390, "height": 844}, is_mobile=True,
-                            has_touch=True)
+    page, watch = open_page(
+        browser, keyed_service, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
     enter_key(page)
     page.get_by_label("Video URL").fill(file_server.url("two_faces.mp4"))
     page.get_by_label("Video URL").press("Enter")  # the keyboard submits the form
@@ -287,3 +302,58 @@ def test_cancel_a_queued_job(browser: object, keyed_service: LiveService, tmp_pa
             assert not watch.outside_hosts() and not watch.errors and not watch.unexpected_failures(), watch.failed
         finally:
             client.delete(f"/jobs/{blocker.json()['job_id']}")
+
+
+def test_drop_a_file_and_watch_its_upload(browser: object, keyed_service: LiveService, tmp_path: Path) -> None:
+    """A file dropped onto the drop zone starts at once; the bar follows the upload (XHR progress)
+    to 100 % before the job's own progress takes over; Cancel then stops the job on the service."""
+    import base64
+
+    from tests import media
+
+    dropped = media.face_video(tmp_path / "dropped.mp4", frames=240)
+    page, watch = open_page(browser, keyed_service, viewport={"width": 1280, "height": 900})
+    enter_key(page)
+    # every state the progress box goes through, recorded by the page itself as it changes
+    page.evaluate("""() => {
+        window.progressSeen = [];
+        const bar = document.getElementById('progress-bar'), stage = document.getElementById('progress-stage');
+        const record = () => window.progressSeen.push([stage.textContent, bar.getAttribute('value')]);
+        new MutationObserver(record).observe(bar, {attributes: true, attributeFilter: ['value']});
+        new MutationObserver(record).observe(stage, {childList: true, characterData: true, subtree: true});
+    }""")
+    transfer = page.evaluate_handle(
+        """([name, data]) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, {type: 'video/mp4'}));
+        return transfer;
+    }""",
+        [dropped.name, base64.b64encode(dropped.read_bytes()).decode()],
+    )
+    zone = page.locator("#drop-zone")
+    zone.dispatch_event("dragover", {"dataTransfer": transfer})
+    assert "dragging" in zone.get_attribute("class")
+    with page.expect_response(lambda response: response.request.method == "POST") as submitted:
+        zone.dispatch_event("drop", {"dataTransfer": transfer})
+    assert submitted.value.status == 202, submitted.value.text()
+    job_id = submitted.value.json()["job_id"]
+    assert "dragging" not in zone.get_attribute("class")
+    assert f"Chosen: {dropped.name}" in page.locator("#chosen-file").inner_text()
+    page.wait_for_function("() => /^(Queued|Running)/.test(document.getElementById('progress-stage').textContent)")
+
+    seen = page.evaluate("() => window.progressSeen")
+    uploading = [float(value) for stage, value in seen if stage.startswith("Uploading") and value is not None]
+    assert all(stage.endswith(dropped.name) for stage, _ in seen if stage.startswith("Uploading")), seen
+    assert uploading and uploading == sorted(uploading) and uploading[-1] == 1.0, seen
+    first_job_state = next(i for i, (stage, _) in enumerate(seen) if not stage.startswith("Uploading"))
+    assert all(not stage.startswith("Uploading") for stage, _ in seen[first_job_state:]), seen
+
+    headers = {"X-API-Key": KEY}
+    status = httpx.get(f"{keyed_service.base_url}/jobs/{job_id}", headers=headers, timeout=30).json()
+    assert status["status"] in ("queued", "running", "done"), status
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_function("() => document.getElementById('progress-text').textContent === 'Cancelled'")
+    final = httpx.get(f"{keyed_service.base_url}/jobs/{job_id}", headers=headers, timeout=30).json()
+    assert final["status"] in ("cancelled", "done"), final  # a job that finished first cannot be cancelled
+    assert not watch.outside_hosts() and not watch.errors and not watch.unexpected_failures(), watch.failed
