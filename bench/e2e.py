@@ -125,11 +125,16 @@ def gpu_mb(pid: int) -> float | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (subprocess.SubprocessError, OSError):
         return None
-    used = [float(mem) for p, mem in (line.split(",") for line in out.strip().splitlines() if "," in line) if int(p) == pid]
+    used = [
+        float(mem) for p, mem in (line.split(",") for line in out.strip().splitlines() if "," in line) if int(p) == pid
+    ]
     return sum(used) if used else 0.0
 
 
@@ -188,8 +193,14 @@ def torch_repository(repository: Path, target: Path) -> tuple[Path, list[str]]:
         if source is None or not source.is_file():
             kwargs = manifest.source.model_kwargs
             source = manifest_path.parent / "random_init.pt"
-            torch.save({"model": manifest.name, "model_kwargs": kwargs,
-                        "state_dict": create_model(manifest.name, **kwargs).state_dict()}, source)
+            torch.save(
+                {
+                    "model": manifest.name,
+                    "model_kwargs": kwargs,
+                    "state_dict": create_model(manifest.name, **kwargs).state_dict(),
+                },
+                source,
+            )
             stand_ins.append(manifest.name)
         manifest.source.path = str(source)
         manifest.write(manifest_path.parent)
@@ -237,7 +248,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def measure(profile: str, service: LiveService, video: Path, clients: int, requests: int, timeout: float) -> LevelResult:
+def measure(
+    profile: str, service: LiveService, video: Path, clients: int, requests: int, timeout: float
+) -> LevelResult:
     rss_before, gpu_before = rss_mb(service.pid), gpu_mb(service.pid)
     raw = asyncio.run(run_level(service, video, clients, requests, timeout))
     stages: dict[str, list[float]] = {}
@@ -275,9 +288,18 @@ def soak(service: LiveService, video: Path, clients: int, total: int, timeout: f
         count = total * (part + 1) // 10 - done
         raw = asyncio.run(run_level(service, video, clients, count, timeout))
         done += count
-        samples.append({"requests": done, "rss_mb": rss_mb(service.pid), "gpu_mb": gpu_mb(service.pid),
-                        "errors": sum(raw["errors"].values())})
-        print(f"  soak {done}/{total}: rss {fmt(samples[-1]['rss_mb'])} MB, gpu {fmt(samples[-1]['gpu_mb'])} MB", flush=True)
+        samples.append(
+            {
+                "requests": done,
+                "rss_mb": rss_mb(service.pid),
+                "gpu_mb": gpu_mb(service.pid),
+                "errors": sum(raw["errors"].values()),
+            }
+        )
+        print(
+            f"  soak {done}/{total}: rss {fmt(samples[-1]['rss_mb'])} MB, gpu {fmt(samples[-1]['gpu_mb'])} MB",
+            flush=True,
+        )
     return samples
 
 
@@ -305,15 +327,19 @@ def span(before: float | None, after: float | None) -> str:
 
 def print_table(results: list[LevelResult]) -> None:
     today = {r.clients: r for r in results if r.profile == "ort" and r.ok}
-    print(f"{'profile':13} {'clients':>7} {'ok/req':>8} {'s/video':>8} {'videos/s':>9} {'vs ort':>7} {'p50 ms':>9} "
-          f"{'p99 ms':>9} {'rss MB':>13} {'peak MB':>8} {'gpu MB':>13}  errors")
+    print(
+        f"{'profile':13} {'clients':>7} {'ok/req':>8} {'s/video':>8} {'videos/s':>9} {'vs ort':>7} {'p50 ms':>9} "
+        f"{'p99 ms':>9} {'rss MB':>13} {'peak MB':>8} {'gpu MB':>13}  errors"
+    )
     for r in results:
         per_video = r.seconds * r.clients / r.ok if r.ok else None
         ratio = r.videos_per_s / today[r.clients].videos_per_s if r.clients in today and r.ok else None
-        print(f"{r.profile:13} {r.clients:7d} {f'{r.ok}/{r.requests}':>8} {fmt(per_video, '.2f'):>8} "
-              f"{r.videos_per_s:9.3f} {fmt(ratio, '.2f'):>7} {fmt(r.p50_ms):>9} {fmt(r.p99_ms):>9} "
-              f"{span(r.rss_mb_before, r.rss_mb_after):>13} {fmt(r.rss_mb_peak):>8} "
-              f"{span(r.gpu_mb_before, r.gpu_mb_after):>13}  {r.errors or ''}")
+        print(
+            f"{r.profile:13} {r.clients:7d} {f'{r.ok}/{r.requests}':>8} {fmt(per_video, '.2f'):>8} "
+            f"{r.videos_per_s:9.3f} {fmt(ratio, '.2f'):>7} {fmt(r.p50_ms):>9} {fmt(r.p99_ms):>9} "
+            f"{span(r.rss_mb_before, r.rss_mb_after):>13} {fmt(r.rss_mb_peak):>8} "
+            f"{span(r.gpu_mb_before, r.gpu_mb_after):>13}  {r.errors or ''}"
+        )
 
 
 def print_stages(results: list[LevelResult]) -> None:
@@ -334,39 +360,63 @@ def ratios(results: list[LevelResult]) -> list[dict]:
         if r.profile != "service" or not r.ok:
             continue
         torch_same = next((t for t in results if t.profile == "torch" and t.clients == r.clients and t.ok), None)
-        rows.append({
-            "clients": r.clients,
-            "vs_torch": r.videos_per_s / torch_same.videos_per_s if torch_same else None,
-            "vs_baseline": r.videos_per_s / baseline.videos_per_s if baseline else None,
-        })
+        rows.append(
+            {
+                "clients": r.clients,
+                "vs_torch": r.videos_per_s / torch_same.videos_per_s if torch_same else None,
+                "vs_baseline": r.videos_per_s / baseline.videos_per_s if baseline else None,
+            }
+        )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="local video every client posts (default: %(default)s)")
-    parser.add_argument("--make-video", type=float, metavar="SECONDS",
-                        help="post a SECONDS-long copy of --video resized to --height instead (H.264)")
+    parser.add_argument(
+        "--video", type=Path, default=DEFAULT_VIDEO, help="local video every client posts (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--make-video",
+        type=float,
+        metavar="SECONDS",
+        help="post a SECONDS-long copy of --video resized to --height instead (H.264)",
+    )
     parser.add_argument("--height", type=int, default=1080, help="height for --make-video (default: %(default)s)")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--profiles", default="service,torch,baseline",
-                        help="comma list of service, torch, baseline and the CPU engine variants "
-                             f"{', '.join(CPU_PROFILES)} (e.g. --profiles ort,openvino,ort-int8,openvino-int8,service)")
+    parser.add_argument(
+        "--profiles",
+        default="service,torch,baseline",
+        help="comma list of service, torch, baseline and the CPU engine variants "
+        f"{', '.join(CPU_PROFILES)} (e.g. --profiles ort,openvino,ort-int8,openvino-int8,service)",
+    )
     parser.add_argument("--clients", default="1,8,32", help="comma list of concurrent clients (default: %(default)s)")
     parser.add_argument("--requests", type=int, help="requests per client count (default: 2 x clients, at least 4)")
     parser.add_argument("--baseline-requests", type=int, default=2, help="requests for the sequential baseline")
     parser.add_argument("--max-frames", type=int, help="DFS_MAX_FRAMES for every profile (default: the service's)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="DFS_DEVICE")
     parser.add_argument("--retinaface-weights", type=Path, help="DFS_RETINAFACE_WEIGHTS for every profile")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra DFS_* setting for the service and torch profiles (repeatable); "
-                             "DFS_RUNTIME=torch serves the service profile from torch checkpoints too")
-    parser.add_argument("--soak", type=int, default=0, metavar="N",
-                        help="after the levels, N more requests to the service profile at the largest client count, "
-                             "sampling its memory ten times")
-    parser.add_argument("--triton-url", help="the triton profile's Triton server (e.g. http://gpu-node:8000, serving "
-                        "this repository); default: start nvidia-pytriton's tritonserver on loopback, on the CPU, "
-                        "with the python-backend variant of --repository (bench/triton_server.py)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra DFS_* setting for the service and torch profiles (repeatable); "
+        "DFS_RUNTIME=torch serves the service profile from torch checkpoints too",
+    )
+    parser.add_argument(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the levels, N more requests to the service profile at the largest client count, "
+        "sampling its memory ten times",
+    )
+    parser.add_argument(
+        "--triton-url",
+        help="the triton profile's Triton server (e.g. http://gpu-node:8000, serving "
+        "this repository); default: start nvidia-pytriton's tritonserver on loopback, on the CPU, "
+        "with the python-backend variant of --repository (bench/triton_server.py)",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per request")
     parser.add_argument("--json", type=Path, help="write results here")
     args = parser.parse_args(argv)
@@ -379,11 +429,17 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dfs-bench-"))
     video = args.video.resolve()
     if args.make_video:
-        video = make_video(video, work / f"{video.stem}_{args.height}p_{args.make_video:g}s.mp4", args.make_video, args.height)
+        video = make_video(
+            video, work / f"{video.stem}_{args.height}p_{args.make_video:g}s.mp4", args.make_video, args.height
+        )
         print(f"made {video}")
-    common = {"DFS_LOCAL_ROOTS": str(video.parent), "DFS_DEVICE": args.device,
-              "DFS_MODEL_REPOSITORY": str(args.repository.resolve()), "DFS_LOG_LEVEL": "warning",
-              "DFS_MAX_QUEUED_REQUESTS": str(max(levels) * 2)}
+    common = {
+        "DFS_LOCAL_ROOTS": str(video.parent),
+        "DFS_DEVICE": args.device,
+        "DFS_MODEL_REPOSITORY": str(args.repository.resolve()),
+        "DFS_LOG_LEVEL": "warning",
+        "DFS_MAX_QUEUED_REQUESTS": str(max(levels) * 2),
+    }
     if args.max_frames:
         common["DFS_MAX_FRAMES"] = str(args.max_frames)
     if args.retinaface_weights:
@@ -428,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 measure(profile, service, video, 1, 1, args.timeout)  # warm-up: lazy init, first batches
                 for clients in [1] if profile == "baseline" else levels:
-                    requests = args.baseline_requests if profile == "baseline" else (args.requests or max(4, 2 * clients))
+                    requests = (
+                        args.baseline_requests if profile == "baseline" else (args.requests or max(4, 2 * clients))
+                    )
                     print(f"[{profile}] {clients} clients x {requests} requests", flush=True)
                     results.append(measure(profile, service, video, clients, requests, args.timeout))
                     if results[-1].errors:  # say why, from the server's own log
@@ -461,14 +519,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['clients']:7d} {fmt(row['vs_torch'], '.2f'):>14} {fmt(row['vs_baseline'], '.2f'):>17}")
     if soak_samples:
         first, last = soak_samples[0], soak_samples[-1]
-        print(f"\nsoak: {last['requests']} requests, rss {fmt(first['rss_mb'])} -> {fmt(last['rss_mb'])} MB, "
-              f"gpu {fmt(first['gpu_mb'])} -> {fmt(last['gpu_mb'])} MB, errors {sum(s['errors'] for s in soak_samples)}")
+        print(
+            f"\nsoak: {last['requests']} requests, rss {fmt(first['rss_mb'])} -> {fmt(last['rss_mb'])} MB, "
+            f"gpu {fmt(first['gpu_mb'])} -> {fmt(last['gpu_mb'])} MB, errors {sum(s['errors'] for s in soak_samples)}"
+        )
     if args.json:
-        meta = {"machine": platform.node(), "cpu": platform.processor() or platform.machine(), "video": str(args.video),
-                "made_video": {"seconds": args.make_video, "height": args.height} if args.make_video else None,
-                "random_init_stand_ins": stand_ins, "baseline_env": BASELINE_ENV, "extra_env": extra}
-        args.json.write_text(json.dumps({"meta": meta, "levels": [asdict(r) for r in results],
-                                         "ratios": ratio_rows, "soak": soak_samples}, indent=2))
+        meta = {
+            "machine": platform.node(),
+            "cpu": platform.processor() or platform.machine(),
+            "video": str(args.video),
+            "made_video": {"seconds": args.make_video, "height": args.height} if args.make_video else None,
+            "random_init_stand_ins": stand_ins,
+            "baseline_env": BASELINE_ENV,
+            "extra_env": extra,
+        }
+        args.json.write_text(
+            json.dumps(
+                {"meta": meta, "levels": [asdict(r) for r in results], "ratios": ratio_rows, "soak": soak_samples},
+                indent=2,
+            )
+        )
     return 0 if all(r.ok for r in results) and not failed else 1
 
 

@@ -11,8 +11,8 @@ The *floor* is the slower of FLOPs / measured matmul rate and bytes / measured c
 items/s; then the engine the service would run (ONNX Runtime with its best provider, or eager torch
 with ``--runtime torch``) is timed at each batch size and its best rate given as a share of that
 floor, plus the smallest batch within 10% of the best rate (what ``DFS_BATCH_MAX_*`` needs to
-reach; larger batches only add waiting). FTCN's temporal convolutions make it memory-bound (see ../shared/docs/GPU.md), which is why
-bytes are counted at all.
+reach; larger batches only add waiting). FTCN's temporal convolutions make it memory-bound (see
+../shared/docs/GPU.md), which is why bytes are counted at all.
 
 For the decoder: frames/s of a bare decode loop (PyAV, and NVDEC where available) against the
 pipeline's decode (which converts to RGB and resizes).
@@ -94,8 +94,11 @@ def cost_per_item(model: nn.Module, spec: ModelSpec, dtype_bytes: int) -> Cost:
         if isinstance(output, torch.Tensor):
             written[0] += output.numel()
 
-    hooks = [m.register_forward_hook(count_output) for m in model.modules()
-             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    hooks = [
+        m.register_forward_hook(count_output)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    ]
     x = torch.zeros(spec.input_shape(1))
     try:
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
@@ -122,8 +125,16 @@ class Row:
     kind: str | None = None
 
 
-def engine_rate(name: str, spec: ModelSpec, model: nn.Module, engine_path: Path | None, runtime: str,
-                device: torch.device, dtype: torch.dtype, batches: list[int]) -> tuple[dict[int, float], str]:
+def engine_rate(
+    name: str,
+    spec: ModelSpec,
+    model: nn.Module,
+    engine_path: Path | None,
+    runtime: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    batches: list[int],
+) -> tuple[dict[int, float], str]:
     """Items/s per batch size for the engine the service would run (or eager torch)."""
     from service.pipeline.engines import OnnxEngine
 
@@ -171,8 +182,19 @@ def decode_rows(video: Path) -> list[Row]:
     bare_rate = frames / best_seconds(bare, 2)
     rows = [Row("decode, bare loop", "pyav", None, None, bare_rate, "measured", bare_rate, None, 1.0)]
     seconds = best_seconds(lambda: sum(1 for _ in iter_frames(video, max_frames=frames)), 2)
-    rows.append(Row("decode to RGB (pipeline)", "pyav", None, None, rows[0].floor_per_s, "bare loop",
-                    frames / seconds, None, frames / seconds / rows[0].floor_per_s))
+    rows.append(
+        Row(
+            "decode to RGB (pipeline)",
+            "pyav",
+            None,
+            None,
+            rows[0].floor_per_s,
+            "bare loop",
+            frames / seconds,
+            None,
+            frames / seconds / rows[0].floor_per_s,
+        )
+    )
     try:
         from service.pipeline import decode_nvdec
     except ImportError:
@@ -181,8 +203,9 @@ def decode_rows(video: Path) -> list[Row]:
     if not available:
         print(f"NVDEC not measured: {why}")
         return rows
-    seconds = best_seconds(lambda: sum(1 for _ in decode_nvdec.iter_frames(video, max_frames=frames)), 2,
-                           sync=torch.cuda.synchronize)
+    seconds = best_seconds(
+        lambda: sum(1 for _ in decode_nvdec.iter_frames(video, max_frames=frames)), 2, sync=torch.cuda.synchronize
+    )
     rows.append(Row("decode to RGB (NVDEC)", "nvdec", None, None, None, "-", frames / seconds, None, None))
     return rows
 
@@ -206,11 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--models", help="comma list of registered models instead of a repository (random init, torch)")
-    parser.add_argument("--runtime", choices=["onnx", "torch"], default="onnx",
-                        help="what to time: the exported engine (default) or eager torch")
+    parser.add_argument(
+        "--runtime",
+        choices=["onnx", "torch"],
+        default="onnx",
+        help="what to time: the exported engine (default) or eager torch",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="compute precision for the floor and torch "
-                        "(default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="compute precision for the floor and torch (default: bf16 on CUDA, fp32 on CPU)",
+    )
     parser.add_argument("--batches", default="1,4,16", help="batch sizes to time (default: %(default)s)")
     parser.add_argument("--video", type=Path, help="also measure the decoder on this video")
     parser.add_argument("--json", type=Path, help="write the rows here")
@@ -236,33 +266,60 @@ def main(argv: list[str] | None = None) -> int:
         rates, runtime = engine_rate(name, spec, model, engine_path, args.runtime, device, dtype, batches)
         best_batch = max(rates, key=rates.__getitem__)
         knee = min(b for b, r in rates.items() if r >= 0.9 * rates[best_batch])
-        rows.append(Row(name, runtime, round(cost.gflop, 3), round(cost.mbytes, 1), floor,
-                        "compute" if compute_s >= memory_s else "memory", rates[best_batch], best_batch,
-                        rates[best_batch] / floor, knee, spec.kind))
+        rows.append(
+            Row(
+                name,
+                runtime,
+                round(cost.gflop, 3),
+                round(cost.mbytes, 1),
+                floor,
+                "compute" if compute_s >= memory_s else "memory",
+                rates[best_batch],
+                best_batch,
+                rates[best_batch] / floor,
+                knee,
+                spec.kind,
+            )
+        )
     if args.video:
         rows.extend(decode_rows(args.video))
 
     print()
-    print(f"{'stage':26} {'runtime':34} {'GFLOP':>8} {'MB':>8} {'floor/s':>9} {'bound':>8} {'best/s':>9} "
-          f"{'batch':>5} {'share':>6} {'knee':>5}")
+    print(
+        f"{'stage':26} {'runtime':34} {'GFLOP':>8} {'MB':>8} {'floor/s':>9} {'bound':>8} {'best/s':>9} "
+        f"{'batch':>5} {'share':>6} {'knee':>5}"
+    )
     for r in rows:
+
         def num(value: float | None, spec: str) -> str:
             return "-" if value is None else format(value, spec)
 
-        print(f"{r.stage:26} {r.runtime:34} {num(r.gflop_per_item, '.2f'):>8} {num(r.mb_per_item, '.1f'):>8} "
-              f"{num(r.floor_per_s, '.1f'):>9} {r.bound:>8} {r.best_per_s:9.2f} {num(r.best_batch, 'd'):>5} "
-              f"{num(r.share_of_floor, '.1%'):>6} {num(r.knee_batch, 'd'):>5}")
-    knees = {kind: max((r.knee_batch for r in rows if r.kind == kind and r.knee_batch), default=None)
-             for kind in ("clip", "frame")}
+        print(
+            f"{r.stage:26} {r.runtime:34} {num(r.gflop_per_item, '.2f'):>8} {num(r.mb_per_item, '.1f'):>8} "
+            f"{num(r.floor_per_s, '.1f'):>9} {r.bound:>8} {r.best_per_s:9.2f} {num(r.best_batch, 'd'):>5} "
+            f"{num(r.share_of_floor, '.1%'):>6} {num(r.knee_batch, 'd'):>5}"
+        )
+    knees = {
+        kind: max((r.knee_batch for r in rows if r.kind == kind and r.knee_batch), default=None)
+        for kind in ("clip", "frame")
+    }
     if any(knees.values()):
         # the batcher's cap only needs to reach the knee: bigger batches add waiting, not throughput
         suggestion = {"DFS_BATCH_MAX_CLIPS": knees["clip"], "DFS_BATCH_MAX_FRAMES": knees["frame"]}
-        print("\nbatch sizes within 10% of the best rate (measured batches only): "
-              + " ".join(f"{k}={v}" for k, v in suggestion.items() if v))
+        print(
+            "\nbatch sizes within 10% of the best rate (measured batches only): "
+            + " ".join(f"{k}={v}" for k, v in suggestion.items() if v)
+        )
     if args.json:
-        meta = {"machine": platform.node(), "device": device.type, "dtype": str(dtype), "matmul_flops_per_s": peak,
-                "copy_bytes_per_s": bandwidth, "torch": torch.__version__,
-                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
+        meta = {
+            "machine": platform.node(),
+            "device": device.type,
+            "dtype": str(dtype),
+            "matmul_flops_per_s": peak,
+            "copy_bytes_per_s": bandwidth,
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        }
         args.json.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
     return 0
 

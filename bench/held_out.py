@@ -52,11 +52,21 @@ def main(argv: list[str] | None = None) -> int:
             response = client.post("/predict", json={"file_path": str(path)})
             body = response.json()
             if response.status_code != 200:
-                print(f"{path.name}: HTTP {response.status_code} {body.get('error')}: {body.get('detail')}", file=sys.stderr)
+                print(
+                    f"{path.name}: HTTP {response.status_code} {body.get('error')}: {body.get('detail')}",
+                    file=sys.stderr,
+                )
                 continue
-            rows.append({"video": path.name, "label": label, "ensemble": body["df_probability"],
-                         "threshold": body["threshold"], "total_ms": body["timings_ms"].get("total"),
-                         **{name: m["score"] for name, m in body["models"].items()}})
+            rows.append(
+                {
+                    "video": path.name,
+                    "label": label,
+                    "ensemble": body["df_probability"],
+                    "threshold": body["threshold"],
+                    "total_ms": body["timings_ms"].get("total"),
+                    **{name: m["score"] for name, m in body["models"].items()},
+                }
+            )
     models = sorted({k for r in rows for k in r} - {"video", "label", "ensemble", "threshold", "total_ms"})
     columns = [*models, "ensemble"]
     print(f"{'video':28} {'label':5} " + " ".join(f"{c:>9}" for c in columns) + f" {'ms':>8}")
@@ -69,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         threshold = rows[0]["threshold"] if c == "ensemble" and rows else 0.5
         metrics[c] = binary_metrics([r["label"] for r in scored], [r[c] for r in scored], threshold)
     print()
-    print(f"{'model':10} {'videos':>6} {'AUC':>6} {'acc':>6}  (scores are calibrated, so 0.5 is each model's threshold)")
+    print(
+        f"{'model':10} {'videos':>6} {'AUC':>6} {'acc':>6}  (scores are calibrated, so 0.5 is each model's threshold)"
+    )
     for c, m in metrics.items():
         print(f"{c:10} {int(m['n']):6d} {m.get('auc', float('nan')):6.3f} {m['accuracy']:6.3f}")
     if args.json:

@@ -141,8 +141,9 @@ class FileServer:
         self.server.shutdown()
 
 
-def request_kinds(videos: list[Path], bad: dict[str, Path], files: FileServer, *, fetch: bool,
-                  max_json_bytes: int, max_frames: int) -> list[Kind]:
+def request_kinds(
+    videos: list[Path], bad: dict[str, Path], files: FileServer, *, fetch: bool, max_json_bytes: int, max_frames: int
+) -> list[Kind]:
     """The mix every client cycles through (see the module docstring)."""
 
     def post(body: object) -> Callable[[httpx.AsyncClient], object]:
@@ -163,17 +164,27 @@ def request_kinds(videos: list[Path], bad: dict[str, Path], files: FileServer, *
     for name, path in bad.items():
         source = files.url(path.name) if fetch else str(path)
         if name == "truncated":  # decodes up to the cut: 415 too_few_frames, or scored with a warning
-            kinds.append(Kind(name, False, frozenset({200, 415, 503}), post({"file_path": source}),
-                              says_truncated(max_frames)))
+            kinds.append(
+                Kind(name, False, frozenset({200, 415, 503}), post({"file_path": source}), says_truncated(max_frames))
+            )
         else:
             kinds.append(Kind(name, False, frozenset({415, 503}), post({"file_path": source})))
     kinds += [
-        Kind("unknown_model", False, frozenset({400}), post({"file_path": str(videos[0]), "models": ["no_such_model"]})),
+        Kind(
+            "unknown_model", False, frozenset({400}), post({"file_path": str(videos[0]), "models": ["no_such_model"]})
+        ),
         Kind("malformed_json", False, frozenset({400}), raw(b'{"file_path": ')),
-        Kind("oversize_body", False, frozenset({413}), raw(json.dumps({"file_path": "x" * (max_json_bytes + 1)}).encode())),
+        Kind(
+            "oversize_body",
+            False,
+            frozenset({413}),
+            raw(json.dumps({"file_path": "x" * (max_json_bytes + 1)}).encode()),
+        ),
     ]
     if not fetch:  # with --fetch loopback addresses are allowed, so there is no private URL to refuse
-        kinds.append(Kind("private_url", False, frozenset({403}), post({"file_path": files.url("private/" + videos[0].name)})))
+        kinds.append(
+            Kind("private_url", False, frozenset({403}), post({"file_path": files.url("private/" + videos[0].name)}))
+        )
     return kinds
 
 
@@ -246,8 +257,14 @@ class Budget:
         return True
 
 
-async def client_loop(client: httpx.AsyncClient, kinds: list[Kind], seed: int, deadline: float, budget: Budget,
-                      record: Callable[[Kind, str, float], None]) -> None:
+async def client_loop(
+    client: httpx.AsyncClient,
+    kinds: list[Kind],
+    seed: int,
+    deadline: float,
+    budget: Budget,
+    record: Callable[[Kind, str, float], None],
+) -> None:
     """One client: the kinds in a shuffled cycle until the deadline or the cap."""
     order = list(kinds)
     random.Random(seed).shuffle(order)
@@ -274,8 +291,9 @@ def percentile(values: list[float], q: int) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def run_phase(service: LiveService, name: str, kinds: list[Kind], clients: int, seconds: float,
-                    budget: Budget, timeout: float) -> PhaseResult:
+async def run_phase(
+    service: LiveService, name: str, kinds: list[Kind], clients: int, seconds: float, budget: Budget, timeout: float
+) -> PhaseResult:
     """``clients`` concurrent clients for ``seconds`` (in-flight requests finish), probes polled beside."""
     by_kind: dict[str, Counter[str]] = {kind.name: Counter() for kind in kinds}
     good_latencies: list[float] = []
@@ -298,15 +316,25 @@ async def run_phase(service: LiveService, name: str, kinds: list[Kind], clients:
         polled = await probes
     statuses = sum(by_kind.values(), Counter())
     expected = {kind.name: kind.expected for kind in kinds}
-    unexpected = {k: {s: n for s, n in c.items() if not (s.isdigit() and int(s) in expected[k])} for k, c in by_kind.items()}
+    unexpected = {
+        k: {s: n for s, n in c.items() if not (s.isdigit() and int(s) in expected[k])} for k, c in by_kind.items()
+    }
     return PhaseResult(
-        name=name, clients=clients, seconds=round(elapsed, 2), requests=sum(statuses.values()),
-        statuses=dict(sorted(statuses.items())), by_kind={k: dict(sorted(c.items())) for k, c in by_kind.items()},
-        unexpected={k: v for k, v in unexpected.items() if v}, good_ok=len(good_latencies),
+        name=name,
+        clients=clients,
+        seconds=round(elapsed, 2),
+        requests=sum(statuses.values()),
+        statuses=dict(sorted(statuses.items())),
+        by_kind={k: dict(sorted(c.items())) for k, c in by_kind.items()},
+        unexpected={k: v for k, v in unexpected.items() if v},
+        good_ok=len(good_latencies),
         good_per_s=round(len(good_latencies) / elapsed, 3) if elapsed else 0.0,
-        p50_ms=percentile(good_latencies, 50), p99_ms=percentile(good_latencies, 99),
-        rss_mb_before=rss_before, rss_mb_after=rss_mb(service.pid),
-        healthcheck=polled["/healthcheck"], metrics=polled["/metrics"],
+        p50_ms=percentile(good_latencies, 50),
+        p99_ms=percentile(good_latencies, 99),
+        rss_mb_before=rss_before,
+        rss_mb_after=rss_mb(service.pid),
+        healthcheck=polled["/healthcheck"],
+        metrics=polled["/metrics"],
     )
 
 
@@ -326,8 +354,10 @@ def verdict(phases: list[PhaseResult], private_fetches: int) -> list[str]:
     if base is None or end is None:
         reasons.append("the server's RSS could not be read")
     elif end > base * (1 + RSS_GROWTH_LIMIT):
-        reasons.append(f"RSS grew {100 * (end / base - 1):.1f}% after the warm-up ({base:.0f} -> {end:.0f} MB), "
-                       f"above {100 * RSS_GROWTH_LIMIT:.0f}%")
+        reasons.append(
+            f"RSS grew {100 * (end / base - 1):.1f}% after the warm-up ({base:.0f} -> {end:.0f} MB), "
+            f"above {100 * RSS_GROWTH_LIMIT:.0f}%"
+        )
     if private_fetches:
         reasons.append(f"the private URL was fetched {private_fetches} time(s)")
     return reasons
@@ -338,14 +368,18 @@ def fmt(value: float | None, spec: str = ".0f") -> str:
 
 
 def print_table(phases: list[PhaseResult]) -> None:
-    print(f"{'phase':8} {'clients':>7} {'s':>6} {'requests':>8} {'good 200/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'rss MB':>11} {'health fail/slowest':>19} {'metrics fail/slowest':>20}  statuses")
+    print(
+        f"{'phase':8} {'clients':>7} {'s':>6} {'requests':>8} {'good 200/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'rss MB':>11} {'health fail/slowest':>19} {'metrics fail/slowest':>20}  statuses"
+    )
     for p in phases:
         health = f"{p.healthcheck.failures}/{p.healthcheck.slowest_ms:.0f}ms"
         metrics = f"{p.metrics.failures}/{p.metrics.slowest_ms:.0f}ms"
-        print(f"{p.name:8} {p.clients:7d} {p.seconds:6.0f} {p.requests:8d} {p.good_per_s:10.2f} {fmt(p.p50_ms):>8} "
-              f"{fmt(p.p99_ms):>8} {fmt(p.rss_mb_before) + '->' + fmt(p.rss_mb_after):>11} {health:>19} "
-              f"{metrics:>20}  {p.statuses}")
+        print(
+            f"{p.name:8} {p.clients:7d} {p.seconds:6.0f} {p.requests:8d} {p.good_per_s:10.2f} {fmt(p.p50_ms):>8} "
+            f"{fmt(p.p99_ms):>8} {fmt(p.rss_mb_before) + '->' + fmt(p.rss_mb_after):>11} {health:>19} "
+            f"{metrics:>20}  {p.statuses}"
+        )
 
 
 def print_kinds(phases: list[PhaseResult], kinds: list[Kind]) -> None:
@@ -360,24 +394,52 @@ def print_kinds(phases: list[PhaseResult], kinds: list[Kind]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository",
-                        help="model repository to serve (default: the bundled model_repository/)")
-    parser.add_argument("--videos", type=Path, nargs="+", default=None,
-                        help=f"good videos (default: {', '.join(p.name for p in DEFAULT_VIDEOS)} from {SHARED_VIDEOS})")
-    parser.add_argument("--clients", default="16,64", help="comma list of concurrent clients, one phase each "
-                        "(default: %(default)s)")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=REPO_ROOT / "model_repository",
+        help="model repository to serve (default: the bundled model_repository/)",
+    )
+    parser.add_argument(
+        "--videos",
+        type=Path,
+        nargs="+",
+        default=None,
+        help=f"good videos (default: {', '.join(p.name for p in DEFAULT_VIDEOS)} from {SHARED_VIDEOS})",
+    )
+    parser.add_argument(
+        "--clients", default="16,64", help="comma list of concurrent clients, one phase each (default: %(default)s)"
+    )
     parser.add_argument("--duration", type=float, default=120.0, help="seconds per phase (default: %(default)s)")
-    parser.add_argument("--warmup", type=float, default=None,
-                        help="seconds of warm-up at the first client count (default: a quarter of --duration, "
-                             "at least 5); its RSS at the end is the base of the growth check")
-    parser.add_argument("--max-requests", type=int, default=20000, help="hard cap on requests over all phases "
-                        "(default: %(default)s)")
-    parser.add_argument("--max-frames", type=int, default=64, help="DFS_MAX_FRAMES for the service (default: "
-                        "%(default)s: keeps a good request to about a second of CPU)")
-    parser.add_argument("--fetch", action="store_true", help="allow loopback URLs and fetch good and bad files from "
-                        "the loopback file server (no private-URL kind then)")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra DFS_* setting for the service (repeatable)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of warm-up at the first client count (default: a quarter of --duration, "
+        "at least 5); its RSS at the end is the base of the growth check",
+    )
+    parser.add_argument(
+        "--max-requests", type=int, default=20000, help="hard cap on requests over all phases (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=64,
+        help="DFS_MAX_FRAMES for the service (default: %(default)s: keeps a good request to about a second of CPU)",
+    )
+    parser.add_argument(
+        "--fetch",
+        action="store_true",
+        help="allow loopback URLs and fetch good and bad files from "
+        "the loopback file server (no private-URL kind then)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra DFS_* setting for the service (repeatable)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="shuffles each client's order of kinds")
     parser.add_argument("--json", type=Path, help="write the result here")
@@ -430,8 +492,14 @@ def main(argv: list[str] | None = None) -> int:
     roots = sorted({p.parent for p in args.videos} | {work / "bad"})
     settings_env = service_env(args, roots)
     max_json = int(settings_env.get("DFS_MAX_JSON_BYTES", 64 * 1024))
-    kinds = request_kinds(args.videos, bad, files, fetch=args.fetch, max_json_bytes=max_json,
-                          max_frames=int(settings_env["DFS_MAX_FRAMES"]))
+    kinds = request_kinds(
+        args.videos,
+        bad,
+        files,
+        fetch=args.fetch,
+        max_json_bytes=max_json,
+        max_frames=int(settings_env["DFS_MAX_FRAMES"]),
+    )
     print(f"starting the service ({args.repository}); {len(kinds)} request kinds", flush=True)
     try:
         service = start_service(settings_env, work / "service.log", ready_timeout=900)
@@ -447,20 +515,39 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"videos: {', '.join(p.name for p in args.videos)}; repository: {args.repository}; "
-          f"fetch: {'loopback URLs' if args.fetch else 'local paths and uploads'}")
+    print(
+        f"videos: {', '.join(p.name for p in args.videos)}; repository: {args.repository}; "
+        f"fetch: {'loopback URLs' if args.fetch else 'local paths and uploads'}"
+    )
     print_table(phases)
     print_kinds(phases, kinds)
     reasons = verdict(phases, private_fetches)
     print(f"\n{'PASS' if not reasons else 'FAIL'}" + "".join(f"\n  - {r}" for r in reasons))
     if args.json:
-        meta = {"machine": platform.node(), "cpu": platform.processor() or platform.machine(),
-                "videos": [str(p) for p in args.videos], "repository": str(args.repository), "fetch": args.fetch,
-                "env": settings_env, "duration_s": args.duration, "warmup_s": args.warmup,
-                "max_requests": args.max_requests, "rss_growth_limit": RSS_GROWTH_LIMIT}
-        args.json.write_text(json.dumps({"meta": meta, "phases": [asdict(p) for p in phases],
-                                         "private_fetches": private_fetches, "pass": not reasons,
-                                         "reasons": reasons}, indent=2))
+        meta = {
+            "machine": platform.node(),
+            "cpu": platform.processor() or platform.machine(),
+            "videos": [str(p) for p in args.videos],
+            "repository": str(args.repository),
+            "fetch": args.fetch,
+            "env": settings_env,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "max_requests": args.max_requests,
+            "rss_growth_limit": RSS_GROWTH_LIMIT,
+        }
+        args.json.write_text(
+            json.dumps(
+                {
+                    "meta": meta,
+                    "phases": [asdict(p) for p in phases],
+                    "private_fetches": private_fetches,
+                    "pass": not reasons,
+                    "reasons": reasons,
+                },
+                indent=2,
+            )
+        )
     return 0 if not reasons else 1
 
 

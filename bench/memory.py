@@ -68,9 +68,15 @@ def measure(repository: Path, runtime: str, batch: int, arena: bool, repeats: in
     engines = {}
     for name, version in discover(repository).items():
         if runtime == "openvino":
-            engines[name] = (OpenVinoEngine(version.engine_path, release_memory=not arena), version.manifest.model_spec())
+            engines[name] = (
+                OpenVinoEngine(version.engine_path, release_memory=not arena),
+                version.manifest.model_spec(),
+            )
         else:
-            engines[name] = (OnnxEngine(version.engine_path, device="cpu", memory_arena=arena), version.manifest.model_spec())
+            engines[name] = (
+                OnnxEngine(version.engine_path, device="cpu", memory_arena=arena),
+                version.manifest.model_spec(),
+            )
     result.engines_mb = resident_mb()
     rng = np.random.default_rng(0)
     for name, (engine, spec) in engines.items():
@@ -89,11 +95,22 @@ def measure(repository: Path, runtime: str, batch: int, arena: bool, repeats: in
 
 
 def run_child(args: argparse.Namespace, runtime: str, batch: int, arena: bool) -> Measured | None:
-    command = [sys.executable, __file__, "--repository", str(args.repository), "--repeats", str(args.repeats),
-               "--child", f"{runtime}:{batch}:{int(arena)}"]
+    command = [
+        sys.executable,
+        __file__,
+        "--repository",
+        str(args.repository),
+        "--repeats",
+        str(args.repeats),
+        "--child",
+        f"{runtime}:{batch}:{int(arena)}",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, check=False)
     if done.returncode != 0:
-        print(f"  {runtime} batch {batch} arena {'on' if arena else 'off'}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+        print(
+            f"  {runtime} batch {batch} arena {'on' if arena else 'off'}: failed\n{done.stderr[-2000:]}",
+            file=sys.stderr,
+        )
         return None
     return Measured(**json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -101,15 +118,19 @@ def run_child(args: argparse.Namespace, runtime: str, batch: int, arena: bool) -
 def print_table(rows: list[Measured]) -> None:
     models = sorted({name for row in rows for name in row.ms_per_item})
     print(f"\nCPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    header = (f"{'runtime':<12} {'batch':>5} {'arena':>5} {'imports MB':>10} {'engines MB':>10} {'steady MB':>9} "
-              f"{'peak MB':>8} " + " ".join(f"{m + ' ms':>11}" for m in models) + f" {'sum ms':>7}")
+    header = (
+        f"{'runtime':<12} {'batch':>5} {'arena':>5} {'imports MB':>10} {'engines MB':>10} {'steady MB':>9} "
+        f"{'peak MB':>8} " + " ".join(f"{m + ' ms':>11}" for m in models) + f" {'sum ms':>7}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         per_model = " ".join(f"{row.ms_per_item.get(m, float('nan')):>11.1f}" for m in models)
-        print(f"{row.runtime:<12} {row.batch:>5} {'on' if row.arena else 'off':>5} {row.imports_mb:>10.0f} "
-              f"{row.engines_mb:>10.0f} {row.steady_mb:>9.0f} {row.peak_mb:>8.0f} {per_model} "
-              f"{sum(row.ms_per_item.values()):>7.1f}")
+        print(
+            f"{row.runtime:<12} {row.batch:>5} {'on' if row.arena else 'off':>5} {row.imports_mb:>10.0f} "
+            f"{row.engines_mb:>10.0f} {row.steady_mb:>9.0f} {row.peak_mb:>8.0f} {per_model} "
+            f"{sum(row.ms_per_item.values()):>7.1f}"
+        )
     print("ms = per frame (per clip for clip models, whose batch is an eighth of the frames'), median of the repeats")
 
 

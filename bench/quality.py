@@ -59,9 +59,16 @@ ENSEMBLE = "ensemble"
 
 #: manipulation methods recognised in a fake's file name or origin: (token pattern, name)
 METHODS = (
-    (r"deepfakes", "Deepfakes"), (r"face2face", "Face2Face"), (r"faceswap", "FaceSwap"),
-    (r"neuraltextures", "NeuralTextures"), (r"wav2lip", "Wav2Lip"), (r"sadtalker", "SadTalker"),
-    (r"retalking", "video-retalking"), (r"emo", "EMO"), (r"vasa-?1?", "VASA-1"), (r"dreamtalk", "DreamTalk"),
+    (r"deepfakes", "Deepfakes"),
+    (r"face2face", "Face2Face"),
+    (r"faceswap", "FaceSwap"),
+    (r"neuraltextures", "NeuralTextures"),
+    (r"wav2lip", "Wav2Lip"),
+    (r"sadtalker", "SadTalker"),
+    (r"retalking", "video-retalking"),
+    (r"emo", "EMO"),
+    (r"vasa-?1?", "VASA-1"),
+    (r"dreamtalk", "DreamTalk"),
 )
 
 
@@ -131,18 +138,21 @@ def columns(scores: VideoScores, run: ServedRun) -> dict[str, dict[str, float]]:
 
 
 def subset(scores: VideoScores, videos: set[str]) -> VideoScores:
-    return VideoScores({v: y for v, y in scores.labels.items() if v in videos},
-                       {v: t for v, t in scores.tracks.items() if v in videos})
+    return VideoScores(
+        {v: y for v, y in scores.labels.items() if v in videos}, {v: t for v, t in scores.tracks.items() if v in videos}
+    )
 
 
-def metrics_of(labels: dict[str, int], scored: dict[str, float], threshold: float,
-               videos: set[str] | None = None) -> dict[str, float]:
+def metrics_of(
+    labels: dict[str, int], scored: dict[str, float], threshold: float, videos: set[str] | None = None
+) -> dict[str, float]:
     keep = [v for v in scored if videos is None or v in videos]
     return binary_metrics([labels[v] for v in keep], [scored[v] for v in keep], threshold)
 
 
-def per_source(data: DataSet, labels: dict[str, int], table: dict[str, dict[str, float]],
-               thresholds: dict[str, float]) -> list[dict[str, Any]]:
+def per_source(
+    data: DataSet, labels: dict[str, int], table: dict[str, dict[str, float]], thresholds: dict[str, float]
+) -> list[dict[str, Any]]:
     """Per source and column: n, share called right, and for fakes the AUC/AP/EER against all reals."""
     reals = {v for v, y in labels.items() if y == 0}
     groups: dict[tuple[int, str], set[str]] = {}
@@ -150,15 +160,23 @@ def per_source(data: DataSet, labels: dict[str, int], table: dict[str, dict[str,
         groups.setdefault((label, data.origin.get(video, "?")), set()).add(video)
     rows = []
     for (label, name), videos in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
-        row: dict[str, Any] = {"source": name, "label": "fake" if label else "real", "videos": len(videos),
-                               "columns": {}}
+        row: dict[str, Any] = {
+            "source": name,
+            "label": "fake" if label else "real",
+            "videos": len(videos),
+            "columns": {},
+        }
         for column, scored in table.items():
             mine = [v for v in videos if v in scored]
             right = [(scored[v] >= thresholds[column]) == bool(label) for v in mine]
             paired = metrics_of(labels, scored, thresholds[column], videos | reals) if label else {}
-            row["columns"][column] = {"n": len(mine), "right": sum(right) / len(right) if right else math.nan,
-                                      "auc": paired.get("auc", math.nan), "ap": paired.get("ap", math.nan),
-                                      "eer": paired.get("eer", math.nan)}
+            row["columns"][column] = {
+                "n": len(mine),
+                "right": sum(right) / len(right) if right else math.nan,
+                "auc": paired.get("auc", math.nan),
+                "ap": paired.get("ap", math.nan),
+                "eer": paired.get("eer", math.nan),
+            }
         rows.append(row)
     return rows
 
@@ -168,27 +186,42 @@ def fmt(value: float, digits: int = 3) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Detection quality of `{report['repository']}`", "",
-             f"Served in-process through the service's pipeline; settings {report['settings']}; ensemble from "
-             f"{report['ensemble']['source']} (weights {report['ensemble']['weights']}, bias "
-             f"{report['ensemble']['bias']:+.4f}). Accuracy, FPR and FNR at the served threshold: 0.5 for a model "
-             f"(its calibration maps its threshold there), DFS_THRESHOLD = {report['threshold']} for the ensemble.", ""]
+    lines = [
+        f"# Detection quality of `{report['repository']}`",
+        "",
+        f"Served in-process through the service's pipeline; settings {report['settings']}; ensemble from "
+        f"{report['ensemble']['source']} (weights {report['ensemble']['weights']}, bias "
+        f"{report['ensemble']['bias']:+.4f}). Accuracy, FPR and FNR at the served threshold: 0.5 for a model "
+        f"(its calibration maps its threshold there), DFS_THRESHOLD = {report['threshold']} for the ensemble.",
+        "",
+    ]
     for name, data in report["data_sets"].items():
         split = f" (split {data['split']})" if data["split"] else ""
-        lines += [f"## {name}: `{data['labels']}`{split}", "",
-                  f"{data['videos']} videos ({data['fakes']} fake, {data['reals']} real); "
-                  f"not scored: {len(data['left_out'])}" + "".join(f"\n- `{Path(v).name}`: {why}"
-                                                                     for v, why in data["left_out"].items()), "",
-                  "| model | videos | AUC | AP | EER | accuracy | FPR | FNR |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {name}: `{data['labels']}`{split}",
+            "",
+            f"{data['videos']} videos ({data['fakes']} fake, {data['reals']} real); "
+            f"not scored: {len(data['left_out'])}"
+            + "".join(f"\n- `{Path(v).name}`: {why}" for v, why in data["left_out"].items()),
+            "",
+            "| model | videos | AUC | AP | EER | accuracy | FPR | FNR |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for column, m in data["metrics"].items():
-            lines.append(f"| {column} | {int(m['n'])} | {fmt(m['auc'])} | {fmt(m['ap'])} | {fmt(m['eer'])} | "
-                         f"{fmt(m['accuracy'])} | {fmt(m['fpr'])} | {fmt(m['fnr'])} |")
+            lines.append(
+                f"| {column} | {int(m['n'])} | {fmt(m['auc'])} | {fmt(m['ap'])} | {fmt(m['eer'])} | "
+                f"{fmt(m['accuracy'])} | {fmt(m['fpr'])} | {fmt(m['fnr'])} |"
+            )
         names = list(data["metrics"])
-        lines += ["", f"Per source ({name}): share of the source's videos called right at the served threshold; "
-                  "for a fake source also its AUC against **all real videos of this data set** (a source holds one "
-                  "class, so the AUC pairs it with the same reals).", "",
-                  "| source | label | scored | " + " | ".join(f"{c} right | {c} AUC" for c in names) + " |",
-                  "|---|---|---|" + "---|---|" * len(names)]
+        lines += [
+            "",
+            f"Per source ({name}): share of the source's videos called right at the served threshold; "
+            "for a fake source also its AUC against **all real videos of this data set** (a source holds one "
+            "class, so the AUC pairs it with the same reals).",
+            "",
+            "| source | label | scored | " + " | ".join(f"{c} right | {c} AUC" for c in names) + " |",
+            "|---|---|---|" + "---|---|" * len(names),
+        ]
         for row in data["per_source"]:
             cells = " | ".join(f"{fmt(row['columns'][c]['right'], 2)} | {fmt(row['columns'][c]['auc'])}" for c in names)
             lines.append(f"| {row['source']} | {row['label']} | {row['videos']} | {cells} |")
@@ -204,8 +237,9 @@ def save_roc(path: Path, curves: dict[str, dict[str, tuple[list[int], list[float
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    figure, axes = plt.subplots(1, max(len(curves), 1), figsize=(4.8 * max(len(curves), 1), 4.8), dpi=110,
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        1, max(len(curves), 1), figsize=(4.8 * max(len(curves), 1), 4.8), dpi=110, squeeze=False
+    )
     for axis, (name, per_column) in zip(axes[0], curves.items(), strict=False):
         drawn = 0
         for column, (labels, scores) in per_column.items():
@@ -232,13 +266,23 @@ def evaluate(data_sets: list[DataSet], run: ServedRun, settings: Settings) -> tu
     scores = served_scores(run.predictions, calibrations)
     report: dict[str, Any] = {
         "repository": str(settings.model_repository),
-        "models": {name: {"version": v.version, "calibration": v.manifest.calibration.model_dump(),
-                          "untrained": v.manifest.untrained} for name, v in sorted(run.versions.items())},
+        "models": {
+            name: {
+                "version": v.version,
+                "calibration": v.manifest.calibration.model_dump(),
+                "untrained": v.manifest.untrained,
+            }
+            for name, v in sorted(run.versions.items())
+        },
         "ensemble": run.ensemble.describe(sorted(run.versions)),
         "threshold": settings.threshold,
-        "settings": {"max_frames": settings.max_frames, "clip_stride": settings.clip_stride,
-                     "max_clips_per_track": settings.max_clips_per_track,
-                     "frames_per_track": settings.frames_per_track, "face_detector": settings.face_detector},
+        "settings": {
+            "max_frames": settings.max_frames,
+            "clip_stride": settings.clip_stride,
+            "max_clips_per_track": settings.max_clips_per_track,
+            "frames_per_track": settings.frames_per_track,
+            "face_detector": settings.face_detector,
+        },
         "data_sets": {},
     }
     curves: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
@@ -248,43 +292,74 @@ def evaluate(data_sets: list[DataSet], run: ServedRun, settings: Settings) -> tu
         table = columns(mine, run)
         thresholds = {c: settings.threshold if c == ENSEMBLE else 0.5 for c in table}
         report["data_sets"][data.name] = {
-            "labels": str(data.labels), "split": data.split, "videos": len(data.sources),
-            "fakes": sum(s.label for s in data.sources), "reals": sum(1 - s.label for s in data.sources),
+            "labels": str(data.labels),
+            "split": data.split,
+            "videos": len(data.sources),
+            "fakes": sum(s.label for s in data.sources),
+            "reals": sum(1 - s.label for s in data.sources),
             "left_out": {v: why for v, why in run.left_out.items() if v in videos},
             "metrics": {c: metrics_of(mine.labels, scored, thresholds[c]) for c, scored in table.items()},
             "per_source": per_source(data, mine.labels, table, thresholds),
-            "per_video": {v: {"label": mine.labels[v], "source": data.origin.get(v),
-                              **{c: round(table[c][v], 6) for c in table if v in table[c]}} for v in mine.labels},
+            "per_video": {
+                v: {
+                    "label": mine.labels[v],
+                    "source": data.origin.get(v),
+                    **{c: round(table[c][v], 6) for c in table if v in table[c]},
+                }
+                for v in mine.labels
+            },
         }
-        curves[data.name] = {c: ([mine.labels[v] for v in scored], list(scored.values())) for c, scored in table.items()}
+        curves[data.name] = {
+            c: ([mine.labels[v] for v in scored], list(scored.values())) for c, scored in table.items()
+        }
     return report, curves
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python bench/quality.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repository", type=Path,
-                        help="model repository (default: DFS_MODEL_REPOSITORY, else model_repository/)")
-    parser.add_argument("--data", action="append", metavar="NAME=CSV[:SPLIT]",
-                        help="a label list (label,path[,split,...]; paths relative to the CSV) and the split to "
-                             "score; repeat for several (default: corpus_val and held_out, see above)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "quality",
-                        help="folder for roc.png, quality.md, quality.json (default: bench/results/quality/)")
+    parser = argparse.ArgumentParser(
+        prog="python bench/quality.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repository", type=Path, help="model repository (default: DFS_MODEL_REPOSITORY, else model_repository/)"
+    )
+    parser.add_argument(
+        "--data",
+        action="append",
+        metavar="NAME=CSV[:SPLIT]",
+        help="a label list (label,path[,split,...]; paths relative to the CSV) and the split to "
+        "score; repeat for several (default: corpus_val and held_out, see above)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "bench" / "results" / "quality",
+        help="folder for roc.png, quality.md, quality.json (default: bench/results/quality/)",
+    )
     parser.add_argument("--models", help="comma list of models to load (default: DFS_MODELS, else all)")
     parser.add_argument("--max-frames", type=int, help="frames decoded per video (default: DFS_MAX_FRAMES)")
     parser.add_argument("--clip-stride", type=int, help="default: DFS_CLIP_STRIDE")
     parser.add_argument("--max-clips-per-track", type=int, help="default: DFS_MAX_CLIPS_PER_TRACK")
     parser.add_argument("--frames-per-track", type=int, help="default: DFS_FRAMES_PER_TRACK")
-    parser.add_argument("--face-detector", choices=("auto", "blazeface", "retinaface"),
-                        help="default: DFS_FACE_DETECTOR")
+    parser.add_argument(
+        "--face-detector", choices=("auto", "blazeface", "retinaface"), help="default: DFS_FACE_DETECTOR"
+    )
     parser.add_argument("--limit", type=int, help="score at most this many videos per data set (a quick look)")
     args = parser.parse_args(argv)
 
     repository = args.repository or (None if os.environ.get("DFS_MODEL_REPOSITORY") else REPO_ROOT / "model_repository")
-    overrides: dict[str, Any] = {key: value for key, value in {
-        "models": args.models, "max_frames": args.max_frames, "clip_stride": args.clip_stride,
-        "max_clips_per_track": args.max_clips_per_track, "frames_per_track": args.frames_per_track,
-        "face_detector": args.face_detector, "model_repository": repository}.items() if value is not None}
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "models": args.models,
+            "max_frames": args.max_frames,
+            "clip_stride": args.clip_stride,
+            "max_clips_per_track": args.max_clips_per_track,
+            "frames_per_track": args.frames_per_track,
+            "face_detector": args.face_detector,
+            "model_repository": repository,
+        }.items()
+        if value is not None
+    }
     settings = Settings(**overrides)  # what is not given here comes from the DFS_* environment
     data_sets = [load_data_set(text, args.limit) for text in (args.data or DEFAULT_DATA)]
     everything = list({str(s.path): s for data in data_sets for s in data.sources}.values())

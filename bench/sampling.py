@@ -33,7 +33,11 @@ from service.launcher import start_service, stop_service  # noqa: E402
 
 EXHAUSTIVE = {"clip_stride": 1, "max_clips_per_track": 256, "frames_per_track": 256}
 #: The service refuses overrides costlier than its limits (service/api/limits.py); this benchmark needs them.
-EXHAUSTIVE_LIMITS = {"DFS_MIN_CLIP_STRIDE": "1", "DFS_MAX_CLIPS_PER_TRACK_LIMIT": "256", "DFS_FRAMES_PER_TRACK_LIMIT": "256"}
+EXHAUSTIVE_LIMITS = {
+    "DFS_MIN_CLIP_STRIDE": "1",
+    "DFS_MAX_CLIPS_PER_TRACK_LIMIT": "256",
+    "DFS_FRAMES_PER_TRACK_LIMIT": "256",
+}
 
 #: (name, per-request overrides); ``default`` is what the service does when the request says nothing.
 GRID: list[tuple[str, dict[str, int]]] = [
@@ -63,9 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="label CSV (default: the bundle's)")
     parser.add_argument("--split", default="test", help="rows of this split (default: %(default)s)")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--max-frames", type=int, default=128,
-                        help="frames per video for every setting (default: %(default)s; the service caps at "
-                             "DFS_MAX_FRAMES, 256 by default). Exhaustive FTCN costs one clip per frame.")
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=128,
+        help="frames per video for every setting (default: %(default)s; the service caps at "
+        "DFS_MAX_FRAMES, 256 by default). Exhaustive FTCN costs one clip per frame.",
+    )
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--json", type=Path, help="write per-video scores and the summary here")
     parser.add_argument("--from-json", type=Path, help="only re-print the table of an earlier --json run")
@@ -77,35 +85,62 @@ def main(argv: list[str] | None = None) -> int:
 
     videos = labelled_videos(args.labels, args.split)
     defaults = Settings()
-    print(f"service defaults: clip_stride {defaults.clip_stride}, max_clips_per_track {defaults.max_clips_per_track}, "
-          f"frames_per_track {defaults.frames_per_track}; {len(videos)} videos, max_frames {args.max_frames}")
+    print(
+        f"service defaults: clip_stride {defaults.clip_stride}, max_clips_per_track {defaults.max_clips_per_track}, "
+        f"frames_per_track {defaults.frames_per_track}; {len(videos)} videos, max_frames {args.max_frames}"
+    )
     roots = sorted({str(path.parent) for path, _ in videos})
     log = Path(tempfile.mkdtemp(prefix="dfs-sampling-")) / "service.log"
-    service = start_service({"DFS_MODEL_REPOSITORY": str(args.repository.resolve()), "DFS_LOCAL_ROOTS": ",".join(roots),
-                             "DFS_MAX_FRAMES": str(max(args.max_frames, 1)), "DFS_LOG_LEVEL": "warning",
-                             **EXHAUSTIVE_LIMITS}, log)
+    service = start_service(
+        {
+            "DFS_MODEL_REPOSITORY": str(args.repository.resolve()),
+            "DFS_LOCAL_ROOTS": ",".join(roots),
+            "DFS_MAX_FRAMES": str(max(args.max_frames, 1)),
+            "DFS_LOG_LEVEL": "warning",
+            **EXHAUSTIVE_LIMITS,
+        },
+        log,
+    )
     per_video: list[dict] = []
     try:
         with service.client(timeout=args.timeout) as client:
             for path, label in videos:
                 reference = post(client, path, args.max_frames, EXHAUSTIVE)
-                row = {"video": path.name, "label": label, "exhaustive": scores_of(reference),
-                       "exhaustive_ms": reference["timings_ms"].get("total"), "threshold": reference["threshold"],
-                       "settings": {}}
+                row = {
+                    "video": path.name,
+                    "label": label,
+                    "exhaustive": scores_of(reference),
+                    "exhaustive_ms": reference["timings_ms"].get("total"),
+                    "threshold": reference["threshold"],
+                    "settings": {},
+                }
                 for name, overrides in GRID:
                     body = post(client, path, args.max_frames, overrides)
                     row["settings"][name] = {"scores": scores_of(body), "ms": body["timings_ms"].get("total")}
                 per_video.append(row)
-                print(f"  {path.name}: exhaustive {row['exhaustive']['ensemble']}, default "
-                      f"{row['settings']['default']['scores']['ensemble']}", flush=True)
+                print(
+                    f"  {path.name}: exhaustive {row['exhaustive']['ensemble']}, default "
+                    f"{row['settings']['default']['scores']['ensemble']}",
+                    flush=True,
+                )
     finally:
         stop_service(service)
 
     summary = summarise(per_video)
     print_table(summary, per_video)
     if args.json:
-        args.json.write_text(json.dumps({"max_frames": args.max_frames, "grid": dict(GRID), "exhaustive": EXHAUSTIVE,
-                                         "summary": summary, "videos": per_video}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "max_frames": args.max_frames,
+                    "grid": dict(GRID),
+                    "exhaustive": EXHAUSTIVE,
+                    "summary": summary,
+                    "videos": per_video,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
@@ -132,7 +167,8 @@ def summarise(per_video: list[dict]) -> dict[str, dict]:
         summary[name] = {
             # scale-free views: calibration may squeeze scores near 0.5, so compare with how videos differ
             "rank_corr": {k: rank_corr(per_video, name, k) for k in outputs},
-            "ensemble_diff_over_spread": mean_abs_diff["ensemble"] / spread if spread and "ensemble" in mean_abs_diff
+            "ensemble_diff_over_spread": mean_abs_diff["ensemble"] / spread
+            if spread and "ensemble" in mean_abs_diff
             else None,
             "mean_abs_diff": mean_abs_diff,
             "max_abs_diff": {k: max(v) for k, v in outputs.items()},
@@ -154,16 +190,24 @@ def rank_corr(per_video: list[dict], setting: str, output: str) -> float | None:
 def print_table(summary: dict[str, dict], per_video: list[dict]) -> None:
     outputs = sorted({k for r in per_video for k in r["exhaustive"]} - {"ensemble"}) + ["ensemble"]
     print()
-    print(f"{'setting':24} " + " ".join(f"{'|d| ' + o:>15}" for o in outputs)
-          + f" {'max|d| ens':>10} {'|d|/sd':>7} {'rank r':>7} {'agree':>6} {'ms/video':>9} {'speed-up':>8}")
+    print(
+        f"{'setting':24} "
+        + " ".join(f"{'|d| ' + o:>15}" for o in outputs)
+        + f" {'max|d| ens':>10} {'|d|/sd':>7} {'rank r':>7} {'agree':>6} {'ms/video':>9} {'speed-up':>8}"
+    )
     for name in (n for n in summary if n != "exhaustive"):
         s = summary[name]
         cells = " ".join(f"{s['mean_abs_diff'].get(o, float('nan')):15.4f}" for o in outputs)
-        print(f"{name:24} {cells} {s['max_abs_diff'].get('ensemble', float('nan')):10.4f} "
-              f"{s['ensemble_diff_over_spread'] or float('nan'):7.3f} {s['rank_corr'].get('ensemble') or float('nan'):7.3f} "
-              f"{s['call_agreement'] or 0:6.2f} {s['mean_ms'] or 0:9.0f} {s['speedup'] or 0:8.1f}")
-    print(f"{'exhaustive (stride 1)':24} " + " ".join(f"{0.0:15.4f}" for _ in outputs)
-          + f" {0.0:10.4f} {0.0:7.3f} {1.0:7.3f} {1.0:6.2f} {summary['exhaustive']['mean_ms'] or 0:9.0f} {1.0:8.1f}")
+        print(
+            f"{name:24} {cells} {s['max_abs_diff'].get('ensemble', float('nan')):10.4f} "
+            f"{s['ensemble_diff_over_spread'] or float('nan'):7.3f} {s['rank_corr'].get('ensemble') or float('nan'):7.3f} "
+            f"{s['call_agreement'] or 0:6.2f} {s['mean_ms'] or 0:9.0f} {s['speedup'] or 0:8.1f}"
+        )
+    print(
+        f"{'exhaustive (stride 1)':24} "
+        + " ".join(f"{0.0:15.4f}" for _ in outputs)
+        + f" {0.0:10.4f} {0.0:7.3f} {1.0:7.3f} {1.0:6.2f} {summary['exhaustive']['mean_ms'] or 0:9.0f} {1.0:8.1f}"
+    )
 
 
 if __name__ == "__main__":

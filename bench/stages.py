@@ -64,13 +64,21 @@ def main() -> int:
     small = [f.rgb for f in iter_frames(args.video, max_frames=frames, max_side=settings.detection_max_side)]
     detector = create_detector(settings)
     seconds = timed(lambda: detector.detect(small), 2)
-    rows.append({"stage": f"face detection ({detector.name}, {small[0].shape[1]}x{small[0].shape[0]})", "items": len(small), "per_s": len(small) / seconds})
+    rows.append(
+        {
+            "stage": f"face detection ({detector.name}, {small[0].shape[1]}x{small[0].shape[0]})",
+            "items": len(small),
+            "per_s": len(small) / seconds,
+        }
+    )
     clock = StageClock()
     tracks, frames_read = find_tracks(args.video, info, detector, settings, frames, clock)
 
     versions = discover(args.repository)
     specs = {name: v.manifest.model_spec() for name, v in versions.items()}
-    items = plan_crops(tracks, specs, SamplingOptions(settings.clip_stride, settings.max_clips_per_track, settings.frames_per_track))
+    items = plan_crops(
+        tracks, specs, SamplingOptions(settings.clip_stride, settings.max_clips_per_track, settings.frames_per_track)
+    )
     if items:
         seconds = timed(lambda: extract_crops(args.video, items, specs, max_frames=frames_read), 2)
         rows.append({"stage": "crops (2nd decode + warps)", "items": len(items), "per_s": len(items) / seconds})
@@ -79,9 +87,13 @@ def main() -> int:
         spec = specs[name]
         engine = OnnxEngine(version.engine_path, device=args.device)
         for batch in (int(b) for b in args.batches.split(",")):
-            shape = (batch, spec.num_frames, spec.input_size, spec.input_size, 3) if spec.kind == "clip" else (batch, spec.input_size, spec.input_size, 3)
+            shape = (
+                (batch, spec.num_frames, spec.input_size, spec.input_size, 3)
+                if spec.kind == "clip"
+                else (batch, spec.input_size, spec.input_size, 3)
+            )
             crops = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-            seconds = timed(lambda: engine.run(normalize(spec, crops)), 2)
+            seconds = timed(lambda: engine.run(normalize(spec, crops)), 2)  # noqa: B023 - timed() calls it now
             rows.append({"stage": f"{name} {engine.runtime} batch {batch}", "items": batch, "per_s": batch / seconds})
             if args.torch:
                 import torch
@@ -91,8 +103,10 @@ def main() -> int:
                 model = create_model(name)
                 tensor = torch.from_numpy(normalize(spec, crops))
                 with torch.inference_mode():
-                    seconds = timed(lambda: model(tensor), 2)
-                rows.append({"stage": f"{name} torch eager fp32 batch {batch}", "items": batch, "per_s": batch / seconds})
+                    seconds = timed(lambda: model(tensor), 2)  # noqa: B023 - timed() calls it now
+                rows.append(
+                    {"stage": f"{name} torch eager fp32 batch {batch}", "items": batch, "per_s": batch / seconds}
+                )
 
     width = max(len(r["stage"]) for r in rows)
     print(f"{'stage':<{width}}  {'items':>6}  {'items/s':>10}")

@@ -54,8 +54,11 @@ class MethodResult:
 
 def steady_rate(records: list[dict], warmup: int) -> tuple[float | None, float | None]:
     """(samples/s, s/step) over the steps after ``warmup``, leaving out each epoch's first step."""
-    kept = [r for i, r in enumerate(records)
-            if i >= warmup and (i == 0 or records[i - 1]["epoch"] == r["epoch"]) and "step_s" in r]
+    kept = [
+        r
+        for i, r in enumerate(records)
+        if i >= warmup and (i == 0 or records[i - 1]["epoch"] == r["epoch"]) and "step_s" in r
+    ]
     seconds = sum(r["step_s"] for r in kept)
     if not kept or seconds <= 0:
         return None, None
@@ -69,8 +72,17 @@ def mean_loss(records: list[dict]) -> float | None:
 
 def preprocess(sources: Path, crops: Path, max_frames: int, retinaface: Path | None) -> None:
     """Face-track crops of ``sources`` (skipped when ``crops`` already holds them: preprocess resumes)."""
-    command = [sys.executable, "-m", "training.preprocess", "--input", str(sources), "--output", str(crops),
-               "--max-frames", str(max_frames)]
+    command = [
+        sys.executable,
+        "-m",
+        "training.preprocess",
+        "--input",
+        str(sources),
+        "--output",
+        str(crops),
+        "--max-frames",
+        str(max_frames),
+    ]
     if retinaface:
         command += ["--retinaface-weights", str(retinaface)]
     print(f"[preprocess] {' '.join(command)}", flush=True)
@@ -82,10 +94,31 @@ def run_method(method: str, amp: str, args: argparse.Namespace, data: Path) -> M
     for stale in ("metrics.jsonl", "last.pt", "best.pt"):  # a fresh run, not a resume
         (output / stale).unlink(missing_ok=True)
     batch = args.batch_size
-    command = [sys.executable, "-m", "training.train", "--method", method, "--data", str(data),
-               "--output", str(output), "--fakes", "blended", "--max-steps", str(args.steps),
-               "--batch-size", str(batch), "--workers", str(args.workers), "--amp", amp,
-               "--no-tensorboard", "--epochs", "1000", *shlex.split(args.extra.get(method, ""))]
+    command = [
+        sys.executable,
+        "-m",
+        "training.train",
+        "--method",
+        method,
+        "--data",
+        str(data),
+        "--output",
+        str(output),
+        "--fakes",
+        "blended",
+        "--max-steps",
+        str(args.steps),
+        "--batch-size",
+        str(batch),
+        "--workers",
+        str(args.workers),
+        "--amp",
+        amp,
+        "--no-tensorboard",
+        "--epochs",
+        "1000",
+        *shlex.split(args.extra.get(method, "")),
+    ]
     print(f"[{method}] {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
     log_path = args.work / f"{method}-{amp}.log"
@@ -105,9 +138,18 @@ def run_method(method: str, amp: str, args: argparse.Namespace, data: Path) -> M
     rate, per_step = steady_rate(records, args.warmup)
     peaks = [r["gpu_peak_mb"] for r in records if "gpu_peak_mb" in r]
     return MethodResult(
-        method=method, amp=amp, batch_size=batch, steps=len(records), samples_per_s=rate, step_s=per_step,
-        loss_first=mean_loss(records[:3]), loss_last=mean_loss(records[-3:]),
-        gpu_peak_mb=max(peaks) if peaks else None, wall_s=wall, returncode=returncode, error=error,
+        method=method,
+        amp=amp,
+        batch_size=batch,
+        steps=len(records),
+        samples_per_s=rate,
+        step_s=per_step,
+        loss_first=mean_loss(records[:3]),
+        loss_last=mean_loss(records[-3:]),
+        gpu_peak_mb=max(peaks) if peaks else None,
+        wall_s=wall,
+        returncode=returncode,
+        error=error,
     )
 
 
@@ -116,12 +158,16 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(results: list[MethodResult]) -> None:
-    print(f"\n{'method':<8} {'amp':<5} {'batch':>5} {'steps':>5} {'samples/s':>10} {'s/step':>8} {'loss first':>10} "
-          f"{'loss last':>10} {'gpu MB':>8} {'wall s':>7}")
+    print(
+        f"\n{'method':<8} {'amp':<5} {'batch':>5} {'steps':>5} {'samples/s':>10} {'s/step':>8} {'loss first':>10} "
+        f"{'loss last':>10} {'gpu MB':>8} {'wall s':>7}"
+    )
     for r in results:
-        print(f"{r.method:<8} {r.amp:<5} {r.batch_size:>5} {r.steps:>5} {fmt(r.samples_per_s, '.2f'):>10} "
-              f"{fmt(r.step_s, '.2f'):>8} {fmt(r.loss_first, '.4f'):>10} {fmt(r.loss_last, '.4f'):>10} "
-              f"{fmt(r.gpu_peak_mb, '.0f'):>8} {r.wall_s:>7.0f}")
+        print(
+            f"{r.method:<8} {r.amp:<5} {r.batch_size:>5} {r.steps:>5} {fmt(r.samples_per_s, '.2f'):>10} "
+            f"{fmt(r.step_s, '.2f'):>8} {fmt(r.loss_first, '.4f'):>10} {fmt(r.loss_last, '.4f'):>10} "
+            f"{fmt(r.gpu_peak_mb, '.0f'):>8} {r.wall_s:>7.0f}"
+        )
     for r in results:
         if r.error:
             print(f"  {r.method}: {r.error}")
@@ -139,20 +185,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of methods to train")
     parser.add_argument("--data", type=Path, help="preprocessed crops (index.csv); default: preprocess --sources")
-    parser.add_argument("--sources", type=Path, default=DEFAULT_SOURCES,
-                        help="what to preprocess when --data is not given (folder or label-list CSV)")
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        default=DEFAULT_SOURCES,
+        help="what to preprocess when --data is not given (folder or label-list CSV)",
+    )
     parser.add_argument("--max-frames", type=int, default=32, help="frames per video when preprocessing")
     parser.add_argument("--retinaface-weights", type=Path, help="preprocess with RetinaFace instead of BlazeFace")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_train", help="crops, runs and logs")
     parser.add_argument("--steps", type=int, default=8, help="optimiser steps per method")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the rate")
     parser.add_argument("--batch-size", type=int, default=4, help="per-process batch size, every method")
-    parser.add_argument("--amp", default="auto",
-                        help="comma list of autocast settings to run side by side (auto, none, bf16, fp16; auto = bf16 "
-                             "on CUDA, fp32 on a CPU)")
-    parser.add_argument("--method-args", action="append", default=[], metavar="METHOD=FLAGS",
-                        help="extra training.train flags for one method, e.g. 'dcl=--backbone mobilenetv2_100' "
-                             "(repeatable)")
+    parser.add_argument(
+        "--amp",
+        default="auto",
+        help="comma list of autocast settings to run side by side (auto, none, bf16, fp16; auto = bf16 "
+        "on CUDA, fp32 on a CPU)",
+    )
+    parser.add_argument(
+        "--method-args",
+        action="append",
+        default=[],
+        metavar="METHOD=FLAGS",
+        help="extra training.train flags for one method, e.g. 'dcl=--backbone mobilenetv2_100' (repeatable)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per method")
     parser.add_argument("--json", type=Path, help="write the table and settings here")
@@ -170,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.method_args:
         name, sep, flags = item.partition("=")
         if not sep or name.strip() not in METHODS:
-            print(f"--method-args expects METHOD=FLAGS with METHOD one of {', '.join(METHODS)}; got {item!r}",
-                  file=sys.stderr)
+            print(
+                f"--method-args expects METHOD=FLAGS with METHOD one of {', '.join(METHODS)}; got {item!r}",
+                file=sys.stderr,
+            )
             return 2
         args.extra[name.strip()] = flags
     unknown = sorted(set(methods) - set(METHODS))
@@ -190,13 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     device = device_name()
     print(f"device: {device}", flush=True)
     results = [run_method(method, amp, args, data.resolve()) for method in methods for amp in amps]
-    print(f"\ndevice: {device}; fakes blended from real faces; batch {args.batch_size}, {args.steps} steps, "
-          f"rate over steps after the first {args.warmup}")
+    print(
+        f"\ndevice: {device}; fakes blended from real faces; batch {args.batch_size}, {args.steps} steps, "
+        f"rate over steps after the first {args.warmup}"
+    )
     print_table(results)
     if args.json:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        args.json.write_text(json.dumps({"device": device, "settings": settings,
-                                         "results": [asdict(r) for r in results]}, indent=2))
+        args.json.write_text(
+            json.dumps({"device": device, "settings": settings, "results": [asdict(r) for r in results]}, indent=2)
+        )
     return 0 if all(r.returncode == 0 for r in results) else 1
 
 

@@ -51,8 +51,10 @@ def missing_reason() -> str | None:
     """Why the server cannot start here, or None."""
     site = pytriton_site()
     if site is None:
-        return (f"nvidia-pytriton=={PYTRITON_VERSION} is not installed in {TRITON_VENV} "
-                "(scripts/setup.sh installs it; it could not be installed here)")
+        return (
+            f"nvidia-pytriton=={PYTRITON_VERSION} is not installed in {TRITON_VENV} "
+            "(scripts/setup.sh installs it; it could not be installed here)"
+        )
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if not (site / "pytriton" / "tritonserver" / "python_backend_stubs" / version).is_dir():
         return f"nvidia-pytriton has no python backend stub for Python {version}"
@@ -102,15 +104,17 @@ def triton_env(site: Path) -> dict[str, str]:
     """The server's environment: its bundled libraries, this interpreter's libpython, no telemetry."""
     libdir = sysconfig.get_config_var("LIBDIR") or str(Path(sys.base_prefix) / "lib")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "LD_LIBRARY_PATH"))}
-    env.update({
-        "LD_LIBRARY_PATH": os.pathsep.join([str(site / "nvidia_pytriton.libs"), libdir]),
-        # the stub reads numpy arrays with numpy 1's layout (pybind11 < 2.12): under numpy 2 every output
-        # tensor came back empty ("output tensor shape does not match size of output"), so model.py runs
-        # on the Triton venv's packages (numpy<2, onnxruntime pinned as the project's), not the project's
-        "PYTHON_BACKEND_SITE_PACKAGES": str(site),
-        "ORT_DISABLE_TELEMETRY": "1",
-        "CUDA_VISIBLE_DEVICES": "",  # CPU only: never probe for GPUs
-    })
+    env.update(
+        {
+            "LD_LIBRARY_PATH": os.pathsep.join([str(site / "nvidia_pytriton.libs"), libdir]),
+            # the stub reads numpy arrays with numpy 1's layout (pybind11 < 2.12): under numpy 2 every output
+            # tensor came back empty ("output tensor shape does not match size of output"), so model.py runs
+            # on the Triton venv's packages (numpy<2, onnxruntime pinned as the project's), not the project's
+            "PYTHON_BACKEND_SITE_PACKAGES": str(site),
+            "ORT_DISABLE_TELEMETRY": "1",
+            "CUDA_VISIBLE_DEVICES": "",  # CPU only: never probe for GPUs
+        }
+    )
     return env
 
 
@@ -135,25 +139,40 @@ def start_triton(
     workdir.mkdir(parents=True, exist_ok=True)
     http_port = http_port or free_port()
     metrics_port = metrics_port or free_port()
-    names = models if models is not None else sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+    names = (
+        models if models is not None else sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+    )
     command = [
         str(site / "pytriton" / "tritonserver" / "bin" / "tritonserver"),
         f"--model-repository={repository}",
         f"--backend-directory={_backends(workdir, site)}",
-        "--http-address=127.0.0.1", f"--http-port={http_port}",
+        "--http-address=127.0.0.1",
+        f"--http-port={http_port}",
         "--allow-grpc=false",
-        "--allow-metrics=true", "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
+        "--allow-metrics=true",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={metrics_port}",
         "--allow-gpu-metrics=false",
-        "--model-control-mode=explicit", *[f"--load-model={name}" for name in names],
-        "--exit-on-error=false", "--strict-readiness=true", "--log-verbose=0", "--exit-timeout-secs=5",
+        "--model-control-mode=explicit",
+        *[f"--load-model={name}" for name in names],
+        "--exit-on-error=false",
+        "--strict-readiness=true",
+        "--log-verbose=0",
+        "--exit-timeout-secs=5",
     ]
     env = triton_env(site)
     log_path = workdir / f"tritonserver-{http_port}.log"
     started = time.perf_counter()
     # a session of its own: stop_triton signals the whole group (a wrapper such as strace, the server
     # and its python-backend stubs), so no server outlives its test
-    process = subprocess.Popen([*(wrapper or []), *command], cwd=workdir, env=env, stdout=log_path.open("w"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [*(wrapper or []), *command],
+        cwd=workdir,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     server = TritonServer(process, http_port, metrics_port, log_path, 0.0, command, env)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
@@ -161,12 +180,16 @@ def start_triton(
             raise RuntimeError(f"tritonserver exited with {process.returncode}:\n{server.log_text()[-4000:]}")
         try:
             ready = httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200
-            if ready and all(httpx.get(f"{server.url}/v2/models/{name}/ready", timeout=2).status_code == 200
-                             for name in names):
+            if ready and all(
+                httpx.get(f"{server.url}/v2/models/{name}/ready", timeout=2).status_code == 200 for name in names
+            ):
                 server.started_in_s = time.perf_counter() - started
                 return server
-            failed = [m for m in httpx.post(f"{server.url}/v2/repository/index", timeout=2).json()
-                      if m.get("name") in names and m.get("state") == "UNAVAILABLE"]
+            failed = [
+                m
+                for m in httpx.post(f"{server.url}/v2/repository/index", timeout=2).json()
+                if m.get("name") in names and m.get("state") == "UNAVAILABLE"
+            ]
             if failed:
                 stop_triton(server)
                 raise RuntimeError(f"Triton could not load {failed}:\n{server.log_text()[-4000:]}")
@@ -209,8 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     from export.triton_config import TritonOptions, write_python_backend_repository
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository",
-                        help="the service's model repository; its python-backend variant is written to a temp folder")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=REPO_ROOT / "model_repository",
+        help="the service's model repository; its python-backend variant is written to a temp folder",
+    )
     parser.add_argument("--http-port", type=int, help="Triton's HTTP port on 127.0.0.1 (default: a free one)")
     args = parser.parse_args(argv)
     reason = missing_reason()

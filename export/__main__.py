@@ -27,8 +27,6 @@ from typing import Any
 import torch
 
 from export.fp16_weights import store_weights_fp16
-from export.options import parse_model_options
-from export.triton_config import write_model_config
 from export.manifest import (
     ENGINE_FILES,
     Calibration,
@@ -45,6 +43,8 @@ from export.onnx_export import (
     heatmap_parity,
     measure_parity,
 )
+from export.options import parse_model_options
+from export.triton_config import write_model_config
 from models.registry import (
     KwargsInferenceError,
     ModelKwargs,
@@ -137,8 +137,13 @@ def export_model(
             size_before, size_after = store_weights_fp16(engine_path)
             log.info("%s: weights stored as float16: %.1f MB -> %.1f MB", name, size_before / 1e6, size_after / 1e6)
         parity = measure_parity(model, spec, engine_path, batch_sizes=batches, seed=seed + 1)
-        log.info("%s: parity max|dP| = %.2e (logit %.2e), tolerance %.1e",
-                 name, parity.max_abs_diff_prob, parity.max_abs_diff_logit, tolerance)
+        log.info(
+            "%s: parity max|dP| = %.2e (logit %.2e), tolerance %.1e",
+            name,
+            parity.max_abs_diff_prob,
+            parity.max_abs_diff_logit,
+            tolerance,
+        )
         if parity.max_abs_diff_prob > tolerance:
             raise ExportError(
                 f"{name}: onnxruntime differs from torch by {parity.max_abs_diff_prob:.3e} in P(fake) "
@@ -151,8 +156,10 @@ def export_model(
             map_tolerance = max(tolerance, HEATMAP_TOLERANCE)
             log.info("%s: patch map parity max|dP| = %.2e, tolerance %.1e", name, map_diff, map_tolerance)
             if map_diff > map_tolerance:
-                raise ExportError(f"{name}: the exported patch map differs from torch by {map_diff:.3e} in P(fake) "
-                                  f"(tolerance {map_tolerance:.1e}); nothing was written")
+                raise ExportError(
+                    f"{name}: the exported patch map differs from torch by {map_diff:.3e} in P(fake) "
+                    f"(tolerance {map_tolerance:.1e}); nothing was written"
+                )
             outputs.append(TensorInfo(name=HEATMAP_OUTPUT, shape=[batch_dim, *map_shape]))
         manifest = Manifest(
             name=name,
@@ -233,29 +240,47 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="weights file (ours or the reference layout)")
     source.add_argument(
-        "--random-init", action="store_true",
+        "--random-init",
+        action="store_true",
         help="export untrained random weights (for tests and demos; marked untrained in the manifest)",
     )
     parser.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="constructor option of the model (repeatable), e.g. variant=b3 for advgame or backbone=resnet18 "
-             "for pcl_i2g; wins over what is read from the checkpoint (a reference checkpoint's variant is "
-             "inferred from its tensors). Values are typed by the constructor's signature.",
+        "for pcl_i2g; wins over what is read from the checkpoint (a reference checkpoint's variant is "
+        "inferred from its tensors). Values are typed by the constructor's signature.",
     )
-    parser.add_argument("--out", type=Path, default=Path("model_repository"), help="model repository (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("model_repository"), help="model repository (default: %(default)s)"
+    )
     parser.add_argument("--version", type=int, help="version folder number (default: next free)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
-    parser.add_argument("--tolerance", type=float, default=1e-3,
-                        help="largest |P_torch - P_onnx| accepted on random inputs (default: %(default)s)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        help="largest |P_torch - P_onnx| accepted on random inputs (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for random init and parity inputs")
-    parser.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs the tensorrt package and a GPU)")
+    parser.add_argument(
+        "--tensorrt", action="store_true", help="also build a TensorRT engine (needs the tensorrt package and a GPU)"
+    )
     parser.add_argument("--fp16", action="store_true", help="with --tensorrt: allow fp16 kernels")
-    parser.add_argument("--heatmap", action="store_true",
-                        help="also output the model's patch map (pcl_i2g), which the service draws as a heat map; "
-                             "logit stays the first output, so serving is unchanged (not with --tensorrt)")
-    parser.add_argument("--fp16-weights", action="store_true",
-                        help="store large ONNX weights as float16 (half the file; compute stays float32; "
-                             "the parity check then measures the rounding)")
+    parser.add_argument(
+        "--heatmap",
+        action="store_true",
+        help="also output the model's patch map (pcl_i2g), which the service draws as a heat map; "
+        "logit stays the first output, so serving is unchanged (not with --tensorrt)",
+    )
+    parser.add_argument(
+        "--fp16-weights",
+        action="store_true",
+        help="store large ONNX weights as float16 (half the file; compute stays float32; "
+        "the parity check then measures the rounding)",
+    )
     return parser
 
 
@@ -273,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     if args.tensorrt and args.heatmap:
-        print("error: --heatmap adds an output the TensorRT runner does not bind; export without --tensorrt",
-              file=sys.stderr)
+        print(
+            "error: --heatmap adds an output the TensorRT runner does not bind; export without --tensorrt",
+            file=sys.stderr,
+        )
         return 2
     command = "python -m export " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:

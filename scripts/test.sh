@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export ORT_DISABLE_TELEMETRY=1  # onnxruntime telemetry off: nothing may phone home
 scripts/setup.sh
+scripts/lint.sh  # ruff: lint and format (pyproject.toml), seconds
 exec .venv/bin/python -m pytest -ra "$@"

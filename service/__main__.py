@@ -31,8 +31,10 @@ def main() -> None:
     args = parser.parse_args()
     if settings.metrics_port and (args.workers > 1 or settings.metrics_port == args.port):
         # each worker process keeps its own metrics, and only one of them could listen on the port
-        parser.error(f"DFS_METRICS_PORT={settings.metrics_port} needs one worker and a port other than the API's "
-                     f"(now --workers {args.workers}, --port {args.port})")
+        parser.error(
+            f"DFS_METRICS_PORT={settings.metrics_port} needs one worker and a port other than the API's "
+            f"(now --workers {args.workers}, --port {args.port})"
+        )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         "service.app:create_app",

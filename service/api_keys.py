@@ -27,12 +27,12 @@ def hash_key(key: str) -> bytes:
 
 
 def is_hash_entry(entry: str) -> bool:
-    return entry.startswith(HASH_PREFIX) and _HEX_DIGEST.fullmatch(entry[len(HASH_PREFIX):]) is not None
+    return entry.startswith(HASH_PREFIX) and _HEX_DIGEST.fullmatch(entry[len(HASH_PREFIX) :]) is not None
 
 
 def parse_entry(entry: str) -> bytes:
     """A ``sha256:HEX`` entry is a key's hash as it stands; anything else is a key, hashed here."""
-    return bytes.fromhex(entry[len(HASH_PREFIX):]) if is_hash_entry(entry) else hash_key(entry)
+    return bytes.fromhex(entry[len(HASH_PREFIX) :]) if is_hash_entry(entry) else hash_key(entry)
 
 
 def hash_entries(keys: Iterable[str]) -> list[str]:

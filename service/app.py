@@ -33,8 +33,21 @@ from service.web.page import install_web_page
 log = logging.getLogger(__name__)
 
 # Paths used as the metrics label; anything else is "other" so scanners cannot explode label sets.
-_KNOWN_PATHS = frozenset({"/predict", "/predict/upload", "/healthcheck", "/livez", "/models", "/ensemble", "/metrics", "/docs", "/openapi.json",
-                          "/jobs", "/jobs/upload"})
+_KNOWN_PATHS = frozenset(
+    {
+        "/predict",
+        "/predict/upload",
+        "/healthcheck",
+        "/livez",
+        "/models",
+        "/ensemble",
+        "/metrics",
+        "/docs",
+        "/openapi.json",
+        "/jobs",
+        "/jobs/upload",
+    }
+)
 
 
 def _route_label(path: str) -> str:
@@ -101,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_web_page(app)  # "/": the analyst's page (service/web/static/)
 
     if not settings.metrics_port:  # else prometheus_client's own server has it (service/metrics_server.py)
+
         @app.get("/metrics", include_in_schema=False)
         async def prometheus_metrics() -> Response:
             _sample_gpu_memory()

@@ -57,7 +57,9 @@ class ServedEnsemble:
             "bias": combination.bias,
             "bias_applies_to": sorted(combination.bias_models),
             "warnings": list(self.warnings),
-            "fitted": None if self.file is None else {
+            "fitted": None
+            if self.file is None
+            else {
                 "model_versions": self.file.model_versions,
                 "model_calibrations": self.file.model_calibrations,
                 "fit": self.file.fit,
@@ -78,7 +80,9 @@ def _mismatch(file: EnsembleFile, name: str, loaded: Mapping[str, ModelVersion],
         return f"{path} was fitted with {name} v{version}, but v{model.version} is loaded"
     fitted = file.model_calibrations.get(name)
     served = model.manifest.calibration.model_dump()
-    if fitted is not None and any(not math.isclose(fitted.get(k, math.nan), v, rel_tol=1e-9) for k, v in served.items()):
+    if fitted is not None and any(
+        not math.isclose(fitted.get(k, math.nan), v, rel_tol=1e-9) for k, v in served.items()
+    ):
         return f"{path} was fitted with {name}'s calibration {fitted}, but its manifest now has {served}"
     return None
 
@@ -88,8 +92,11 @@ def from_file(file: EnsembleFile, loaded: Mapping[str, ModelVersion], path: str 
     problems = {name: _mismatch(file, name, loaded, path) for name in sorted(file.weights)}
     matching = {name: file.weights[name] for name, problem in problems.items() if problem is None}
     warnings = [problem for problem in problems.values() if problem is not None]
-    warnings += [f"{path} has no weight for loaded model {name} v{model.version}"
-                 for name, model in sorted(loaded.items()) if name not in file.weights]
+    warnings += [
+        f"{path} has no weight for loaded model {name} v{model.version}"
+        for name, model in sorted(loaded.items())
+        if name not in file.weights
+    ]
     lacking = sorted(set(loaded) - set(matching))
     if not matching or sum(matching.values()) <= 0:
         weights = {name: 1.0 for name in loaded}
@@ -99,8 +106,11 @@ def from_file(file: EnsembleFile, loaded: Mapping[str, ModelVersion], path: str 
         fallback = sum(matching.values()) / len(matching)
         weights = {**matching, **{name: fallback for name in lacking}}
         if warnings:
-            warnings.append(f"no bias; {', '.join(lacking)} weigh(s) the mean fitted weight {fallback:.4g}"
-                            if lacking else "no bias: the fit was made with more models than are loaded")
+            warnings.append(
+                f"no bias; {', '.join(lacking)} weigh(s) the mean fitted weight {fallback:.4g}"
+                if lacking
+                else "no bias: the fit was made with more models than are loaded"
+            )
     exact = not warnings
     combination = EnsembleWeights(
         weights=weights,
@@ -126,6 +136,7 @@ def resolve(settings: Settings, loaded: Mapping[str, ModelVersion]) -> ServedEns
     served = from_file(file, loaded)
     for warning in served.warnings:
         log.warning("ensemble (%s): %s", path, warning)
-    log.info("ensemble from %s: weights %s, bias %+.4f", path, dict(served.combination.weights),
-             served.combination.bias)
+    log.info(
+        "ensemble from %s: weights %s, bias %+.4f", path, dict(served.combination.weights), served.combination.bias
+    )
     return served

@@ -37,9 +37,7 @@ CANCELLED = Counter(
     ["endpoint"],
 )
 
-FACES_FOUND = Histogram(
-    "dfs_face_tracks", "Face tracks analysed per video.", buckets=(0, 1, 2, 3, 4, 6, 8, 16)
-)
+FACES_FOUND = Histogram("dfs_face_tracks", "Face tracks analysed per video.", buckets=(0, 1, 2, 3, 4, 6, 8, 16))
 MODELS_LOADED = Gauge("dfs_models_loaded", "Engines loaded and serving.")
 GPU_MEMORY_BYTES = Gauge("dfs_gpu_memory_bytes", "GPU memory allocated by this process.", ["device"])
 

@@ -62,11 +62,15 @@ def start_metrics_server(settings: Settings, before_scrape: Callable[[], None]) 
     if not settings.metrics_port:
         return None
     try:
-        server, thread = start_http_server(settings.metrics_port, addr=settings.host,
-                                           registry=SampledRegistry(REGISTRY, before_scrape))
+        server, thread = start_http_server(
+            settings.metrics_port, addr=settings.host, registry=SampledRegistry(REGISTRY, before_scrape)
+        )
     except OSError as exc:
-        raise RuntimeError(f"DFS_METRICS_PORT={settings.metrics_port}: cannot listen on "
-                           f"{settings.host}:{settings.metrics_port}: {exc.strerror or exc}") from exc
-    log.info("metrics on http://%s:%d/metrics (DFS_METRICS_PORT), not on the API port", settings.host,
-             settings.metrics_port)
+        raise RuntimeError(
+            f"DFS_METRICS_PORT={settings.metrics_port}: cannot listen on "
+            f"{settings.host}:{settings.metrics_port}: {exc.strerror or exc}"
+        ) from exc
+    log.info(
+        "metrics on http://%s:%d/metrics (DFS_METRICS_PORT), not on the API port", settings.host, settings.metrics_port
+    )
     return MetricsServer(server, thread)

@@ -139,7 +139,9 @@ def full_repository(ftcn_repository: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="session")
-def live_service(ftcn_repository: Path, videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+def live_service(
+    ftcn_repository: Path, videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveService]:
     """The service with FTCN, loopback fetches allowed (the default refuses them), small limits."""
     logs = tmp_path_factory.mktemp("logs")
     roots = [str(videos["one_face"].parent)] + ([str(SHARED / "data")] if (SHARED / "data").is_dir() else [])

@@ -15,14 +15,23 @@ SCRIPTS = sorted(p.name for p in (REPO_ROOT / "bench").glob("*.py") if not p.nam
 
 
 def test_bench_scripts_found() -> None:
-    assert {"e2e.py", "floor.py", "sampling.py", "stages.py", "held_out.py", "train.py", "quality.py",
-            "load.py"} <= set(SCRIPTS)
+    assert {
+        "e2e.py",
+        "floor.py",
+        "sampling.py",
+        "stages.py",
+        "held_out.py",
+        "train.py",
+        "quality.py",
+        "load.py",
+    } <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help(script: str) -> None:
-    result = subprocess.run([sys.executable, f"bench/{script}", "--help"], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, f"bench/{script}", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout and len(result.stdout) > 300
 
@@ -31,8 +40,14 @@ def test_help(script: str) -> None:
 def test_gpu_check_scripts_parse_and_refuse_bad_usage(script: str) -> None:
     assert subprocess.run(["bash", "-n", script], cwd=REPO_ROOT, timeout=30).returncode == 0
     if script == "bench/gpu_check.sh":
-        result = subprocess.run(["bash", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
-                                env={"OUT": "/tmp/dfs-gpu-check-usage", "PATH": "/usr/bin:/bin"})
+        result = subprocess.run(
+            ["bash", script],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"OUT": "/tmp/dfs-gpu-check-usage", "PATH": "/usr/bin:/bin"},
+        )
         assert result.returncode == 2 and "usage:" in result.stderr
 
 
@@ -60,16 +75,41 @@ def test_quality_report_on_a_tiny_repository(videos: dict[str, Path], tmp_path: 
         writer.writerow([str(videos["one_face"].with_name("unused.mp4")), "fake", "train", ""])  # other split
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "bench/quality.py", "--repository", str(repository), "--data", f"tiny={labels}:val",
-         "--out", str(out), "--max-frames", "40", "--max-clips-per-track", "1", "--frames-per-track", "2",
-         "--face-detector", "blazeface"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "bench/quality.py",
+            "--repository",
+            str(repository),
+            "--data",
+            f"tiny={labels}:val",
+            "--out",
+            str(out),
+            "--max-frames",
+            "40",
+            "--max-clips-per-track",
+            "1",
+            "--frames-per-track",
+            "2",
+            "--face-detector",
+            "blazeface",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "quality.md").read_text()
-    for row in ("| dcl | 3 |", "| ftcn | 3 |", "| ensemble | 3 |", "| FF++ Deepfakes | fake | 1 |",
-                "| Wav2Lip | fake | 1 |", "| studio footage | real | 1 |", "no_face.mp4`: no face found"):
+    for row in (
+        "| dcl | 3 |",
+        "| ftcn | 3 |",
+        "| ensemble | 3 |",
+        "| FF++ Deepfakes | fake | 1 |",
+        "| Wav2Lip | fake | 1 |",
+        "| studio footage | real | 1 |",
+        "no_face.mp4`: no face found",
+    ):
         assert row in table, (row, table)
     report = json.loads((out / "quality.json").read_text())
     tiny = report["data_sets"]["tiny"]
@@ -90,10 +130,31 @@ def test_load_smoke_on_a_tiny_repository(videos: dict[str, Path], tmp_path: Path
     shutil.copytree(bundle, repository / "dcl" / bundle.name)
     out = tmp_path / "load.json"
     result = subprocess.run(
-        [sys.executable, "bench/load.py", "--repository", str(repository), "--videos", str(videos["one_face"]),
-         str(videos["two_faces"]), "--clients", "2", "--duration", "5", "--warmup", "3", "--max-frames", "16",
-         "--max-requests", "200", "--json", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "bench/load.py",
+            "--repository",
+            str(repository),
+            "--videos",
+            str(videos["one_face"]),
+            str(videos["two_faces"]),
+            "--clients",
+            "2",
+            "--duration",
+            "5",
+            "--warmup",
+            "3",
+            "--max-frames",
+            "16",
+            "--max-requests",
+            "200",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode in (0, 1), result.stderr[-3000:]
     assert "phase    clients" in result.stdout and ("PASS" in result.stdout or "FAIL" in result.stdout), result.stdout

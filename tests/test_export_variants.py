@@ -35,11 +35,24 @@ from models.registry import KwargsInferenceError, StateDict, resolve_model_kwarg
 
 #: timm EfficientNet -> EfficientNet-PyTorch (lukemelas; ``ForensicNet.feature_model``)
 _EFFNET_TOP = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1"}
-_EFFNET_FIRST_STAGE = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "se.conv_reduce": "_se_reduce",
-                       "se.conv_expand": "_se_expand", "conv_pw": "_project_conv", "bn2": "_bn2"}
-_EFFNET_EXPANDING = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1",
-                     "se.conv_reduce": "_se_reduce", "se.conv_expand": "_se_expand", "conv_pwl": "_project_conv",
-                     "bn3": "_bn2"}
+_EFFNET_FIRST_STAGE = {
+    "conv_dw": "_depthwise_conv",
+    "bn1": "_bn1",
+    "se.conv_reduce": "_se_reduce",
+    "se.conv_expand": "_se_expand",
+    "conv_pw": "_project_conv",
+    "bn2": "_bn2",
+}
+_EFFNET_EXPANDING = {
+    "conv_pw": "_expand_conv",
+    "bn1": "_bn0",
+    "conv_dw": "_depthwise_conv",
+    "bn2": "_bn1",
+    "se.conv_reduce": "_se_reduce",
+    "se.conv_expand": "_se_expand",
+    "conv_pwl": "_project_conv",
+    "bn3": "_bn2",
+}
 #: timm MobileNetV1 block -> LIB reference ``conv_dw()`` Sequential indices
 _MOBILENET_LAYERS = {"conv_dw": 0, "bn1": 1, "conv_pw": 3, "bn2": 4}
 
@@ -101,8 +114,11 @@ def dcl_reference(state: StateDict) -> dict[str, Any]:
     """Our DCL keys -> TFace's ``DCL`` checkpoint: MoCo pair, the timm classifier it never calls, queues."""
     width = state["fc.weight"].shape[1]
     device = state["fc.weight"].device
-    encoder = {**state, "encoder.classifier.weight": torch.zeros(1000, width, device=device),
-               "encoder.classifier.bias": torch.zeros(1000, device=device)}
+    encoder = {
+        **state,
+        "encoder.classifier.weight": torch.zeros(1000, width, device=device),
+        "encoder.classifier.bias": torch.zeros(1000, device=device),
+    }
     weights = {f"encoder_q.{k}": v for k, v in encoder.items()}
     weights.update({f"encoder_k.{k}": v.clone() for k, v in encoder.items()})
     weights.update({"queue": torch.zeros(2, 16, 100, device=device), "prototypes": torch.zeros(2, 100, device=device)})
@@ -168,8 +184,9 @@ def test_an_explicit_option_wins_and_our_checkpoints_keep_their_own_kwargs() -> 
     assert ours.kwargs == {"backbone": "resnet18"} and ours.origin == {"backbone": "checkpoint"}
 
 
-def test_a_checkpoint_that_fits_no_variant_names_the_option_to_pass(tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_checkpoint_that_fits_no_variant_names_the_option_to_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     state = advgame_reference(meta_state("advgame", variant="b0"))
     state["_fc.weight"] = torch.zeros(5, 1280)  # the reference's --multi 5-class head
     with pytest.raises(KwargsInferenceError, match=r"closest b0: 1 difference, e\.g\. fc\.weight: \(5, 1280\)"):
@@ -189,7 +206,10 @@ def test_a_checkpoint_that_fits_no_variant_names_the_option_to_pass(tmp_path: Pa
 
 def test_options_are_typed_by_the_constructor_and_unknown_keys_are_refused() -> None:
     assert parse_model_options("lib", ["backbone=mobilenet", "num_regions=2", "dropout=0.3"]) == {
-        "backbone": "mobilenet", "num_regions": 2, "dropout": 0.3}
+        "backbone": "mobilenet",
+        "num_regions": 2,
+        "dropout": 0.3,
+    }
     assert parse_model_options("advgame", ["variant=b3", "dropout=1"]) == {"variant": "b3", "dropout": 1.0}
     assert parse_model_options("advgame", None) == {}
     with pytest.raises(ValueError, match=r"advgame takes no option 'varient'; allowed: variant, dropout"):
@@ -238,16 +258,27 @@ def assert_engine_reproduces(folder: Path, original: nn.Module, kwargs: dict[str
 
 
 @pytest.mark.slow
-def test_reference_advgame_b3_exports_through_the_cli(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_reference_advgame_b3_exports_through_the_cli(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The issue's case: ``ah651/deepfake_adv``'s ``{"state": ForensicNet.state_dict(), "epoch"}``, B3."""
     torch.manual_seed(0)
     original = _vary_statistics(create_model("advgame", variant="b3"), seed=1)
     checkpoint = tmp_path / "adv_b3.pth"
     torch.save({"state": advgame_reference(original.state_dict()), "epoch": 20}, checkpoint)
     with caplog.at_level(logging.INFO, logger="export"):
-        code = main(["--model", "advgame", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "repo"),
-                     "--option", "dropout=0.3"])
+        code = main(
+            [
+                "--model",
+                "advgame",
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(tmp_path / "repo"),
+                "--option",
+                "dropout=0.3",
+            ]
+        )
     assert code == 0
     assert "variant='b3' (inferred), dropout=0.3 (option)" in caplog.text
     folder = Path(capsys.readouterr().out.strip().splitlines()[-1])

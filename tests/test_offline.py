@@ -42,16 +42,18 @@ def outside_contacts(trace: str) -> list[str]:
 
 
 def test_outside_contacts_parses_strace_lines() -> None:
-    lines = "\n".join([
-        '9 connect(8, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.255.255.53")}, 16) = -1',
-        '9 connect(8, {sa_family=AF_INET, sin_port=htons(8000), sin_addr=inet_addr("127.0.0.1")}, 16) = 0',
-        '9 connect(8, {sa_family=AF_INET6, sin6_port=htons(443), sin6_flowinfo=htonl(0), '
-        'inet_pton(AF_INET6, "2001:db8::1", &sin6_addr), sin6_scope_id=0}, 28) = -1',
-        '9 connect(8, {sa_family=AF_INET6, sin6_port=htons(80), sin6_flowinfo=htonl(0), '
-        'inet_pton(AF_INET6, "::1", &sin6_addr), sin6_scope_id=0}, 28) = 0',
-        '9 sendto(5, "x", 1, 0, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("127.0.0.53")}, 16) = 1',
-        '9 connect(8, {sa_family=AF_UNIX, sun_path="/var/run/nscd/socket"}, 110) = -1 ENOENT',
-    ])
+    lines = "\n".join(
+        [
+            '9 connect(8, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.255.255.53")}, 16) = -1',
+            '9 connect(8, {sa_family=AF_INET, sin_port=htons(8000), sin_addr=inet_addr("127.0.0.1")}, 16) = 0',
+            "9 connect(8, {sa_family=AF_INET6, sin6_port=htons(443), sin6_flowinfo=htonl(0), "
+            'inet_pton(AF_INET6, "2001:db8::1", &sin6_addr), sin6_scope_id=0}, 28) = -1',
+            "9 connect(8, {sa_family=AF_INET6, sin6_port=htons(80), sin6_flowinfo=htonl(0), "
+            'inet_pton(AF_INET6, "::1", &sin6_addr), sin6_scope_id=0}, 28) = 0',
+            '9 sendto(5, "x", 1, 0, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("127.0.0.53")}, 16) = 1',
+            '9 connect(8, {sa_family=AF_UNIX, sun_path="/var/run/nscd/socket"}, 110) = -1 ENOENT',
+        ]
+    )
     leaks = outside_contacts(lines)
     assert len(leaks) == 3
     assert "10.255.255.53" in leaks[0] and "2001:db8::1" in leaks[1] and "127.0.0.53" in leaks[2]
@@ -73,12 +75,17 @@ def test_service_and_training_stack_contact_nothing_outside(tmp_path: Path) -> N
         pytest.skip(reason)
     trace = tmp_path / "connect.trace"
     probe = f"{sys.executable} -m tests.offline_probe --work {tmp_path / 'work'} --linger 30"
-    command = (f"ip link set lo up && exec strace -f -qq -e trace=connect,sendto,sendmsg "
-               f"-o {trace} {probe}")
+    command = f"ip link set lo up && exec strace -f -qq -e trace=connect,sendto,sendmsg -o {trace} {probe}"
     # The environment as a user would have it: the variable is not pre-set, the packages set it.
     env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
-    result = subprocess.run(["unshare", "-n", "--", "sh", "-c", command], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=360)
+    result = subprocess.run(
+        ["unshare", "-n", "--", "sh", "-c", command],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
     assert result.returncode == 0, f"probe failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     assert "predict: 200" in result.stdout
     text = trace.read_text()

@@ -146,12 +146,21 @@ class FrameJitter:
     @classmethod
     def draw(cls, rng: np.random.Generator, amount: float) -> FrameJitter:
         dx, dy = rng.normal(0.0, 0.02 * amount, size=2)
-        return cls((float(dx), float(dy)), float(1.0 + rng.normal(0.0, 0.03 * amount)),
-                   float(1.0 - rng.uniform(0.0, 0.25 * min(amount, 1.0))))
+        return cls(
+            (float(dx), float(dy)),
+            float(1.0 + rng.normal(0.0, 0.03 * amount)),
+            float(1.0 - rng.uniform(0.0, 0.25 * min(amount, 1.0))),
+        )
 
 
-def blend(target: np.ndarray, target_marks: np.ndarray, source: np.ndarray, source_marks: np.ndarray,
-          recipe: BlendRecipe, jitter: FrameJitter | None = None) -> tuple[np.ndarray, np.ndarray]:
+def blend(
+    target: np.ndarray,
+    target_marks: np.ndarray,
+    source: np.ndarray,
+    source_marks: np.ndarray,
+    recipe: BlendRecipe,
+    jitter: FrameJitter | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The blended fake (uint8) and its mask M (float32), both at the target's size."""
     size = target.shape[0]
     jitter = jitter or FrameJitter()
@@ -198,15 +207,21 @@ class BlendedFakes:
         self.pool = SourcePool(records)
         self.seed = seed
 
-    def __call__(self, record: TrackRecord, position: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    def __call__(
+        self, record: TrackRecord, position: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         target_marks = landmarks_in_crop(record, position)
         found = self.pool.nearest(target_marks, record.identity)
         if found is None:
             return None
         source_record, source_position = found
-        return blend(record.image(position), target_marks, source_record.image(source_position),
-                     landmarks_in_crop(source_record, source_position), BlendRecipe.draw(rng))
+        return blend(
+            record.image(position),
+            target_marks,
+            source_record.image(source_position),
+            landmarks_in_crop(source_record, source_position),
+            BlendRecipe.draw(rng),
+        )
 
 
 class BlendedClipDataset(EpochSeeded, Dataset):
@@ -216,11 +231,22 @@ class BlendedClipDataset(EpochSeeded, Dataset):
     and the mask together, as ``ClipDataset(flip=True)`` does for dataset clips. Validation passes False.
     """
 
-    def __init__(self, records: Sequence[TrackRecord], spec: ModelSpec, *, stride: int, max_clips_per_track: int,
-                 seed: int = 0, flip: bool = True, flicker: float = 0.0, degrade: float = 0.0) -> None:
+    def __init__(
+        self,
+        records: Sequence[TrackRecord],
+        spec: ModelSpec,
+        *,
+        stride: int,
+        max_clips_per_track: int,
+        seed: int = 0,
+        flip: bool = True,
+        flicker: float = 0.0,
+        degrade: float = 0.0,
+    ) -> None:
         reals = [r for r in records if r.label == 0]
-        self.clips = ClipDataset(reals, spec, stride=stride, max_clips_per_track=max_clips_per_track, flip=flip,
-                                 seed=seed, degrade=degrade)
+        self.clips = ClipDataset(
+            reals, spec, stride=stride, max_clips_per_track=max_clips_per_track, flip=flip, seed=seed, degrade=degrade
+        )
         self.pool = SourcePool(reals)
         self.spec = spec
         self.seed = seed
@@ -255,9 +281,15 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         mask_tensor = torch.from_numpy(np.ascontiguousarray(mask, np.float32))
         return Sample(normalize(self.spec, np.ascontiguousarray(frames)), label, mask_tensor, video, track=record.key)
 
-    def blended_clip(self, record: TrackRecord, window: np.ndarray, found: tuple[TrackRecord, int] | None,
-                     recipe: BlendRecipe, rng: np.random.Generator | None = None,
-                     degradation: Degradation | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def blended_clip(
+        self,
+        record: TrackRecord,
+        window: np.ndarray,
+        found: tuple[TrackRecord, int] | None,
+        recipe: BlendRecipe,
+        rng: np.random.Generator | None = None,
+        degradation: Degradation | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Model-size frames (T, S, S, 3) of ``window`` blended with ``found``'s track, and their mean mask.
 
         Without a source (no other identity) the frames stay real and the mask is zero. With
@@ -277,12 +309,20 @@ class BlendedClipDataset(EpochSeeded, Dataset):
                 source_position = min(start + t, len(source_record) - 1)
                 frame_recipe, jitter = recipe, None
                 if flicker > 0 and rng is not None:
-                    frame_recipe = BlendRecipe(recipe.hull, recipe.parts,
-                                               recipe.displacement + rng.normal(0.0, flicker, recipe.displacement.shape))
+                    frame_recipe = BlendRecipe(
+                        recipe.hull,
+                        recipe.parts,
+                        recipe.displacement + rng.normal(0.0, flicker, recipe.displacement.shape),
+                    )
                     jitter = FrameJitter.draw(rng, flicker)
-                image, mask = blend(image, landmarks_in_crop(record, int(position)),
-                                    source_record.image(source_position),
-                                    landmarks_in_crop(source_record, source_position), frame_recipe, jitter)
+                image, mask = blend(
+                    image,
+                    landmarks_in_crop(record, int(position)),
+                    source_record.image(source_position),
+                    landmarks_in_crop(source_record, source_position),
+                    frame_recipe,
+                    jitter,
+                )
             frames.append(warp(degradation(image) if degradation else image, matrix, size))
             masks.append(warp(mask, matrix, size))
         return np.stack(frames), np.mean(masks, axis=0)

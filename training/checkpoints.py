@@ -41,7 +41,11 @@ class Progress:
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -55,8 +59,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_payload(method: Method, model: nn.Module, optimizers: Optimizers, scalers: Scalers, progress: Progress,
-                       metrics: dict, args: argparse.Namespace) -> dict[str, Any]:
+def checkpoint_payload(
+    method: Method,
+    model: nn.Module,
+    optimizers: Optimizers,
+    scalers: Scalers,
+    progress: Progress,
+    metrics: dict,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     """Everything ``python -m export`` and ``--resume`` need, in one file."""
     return {
         "model": method.name,
@@ -78,8 +89,9 @@ def checkpoint_payload(method: Method, model: nn.Module, optimizers: Optimizers,
     }
 
 
-def resume(path: Path, method: Method, model: nn.Module, optimizers: Optimizers, scalers: Scalers,
-           single_process: bool) -> Progress:
+def resume(
+    path: Path, method: Method, model: nn.Module, optimizers: Optimizers, scalers: Scalers, single_process: bool
+) -> Progress:
     """Load ``path`` into the run's objects; returns where to go on from.
 
     The random generators are restored only in a single process: DDP ranks are seeded apart
@@ -104,10 +116,19 @@ def resume(path: Path, method: Method, model: nn.Module, optimizers: Optimizers,
     method.load_extra_state(state.get("extra", {}))
     if single_process and "rng" in state:
         restore_rng_state(state["rng"])
-    progress = Progress(epoch=state["epoch"], step=state["step"], batches_done=state.get("batches_done", 0),
-                        best=state.get("best_val_auc", -math.inf))
-    log.info("resumed from %s at epoch %d (%d batches into it), step %d", path, progress.epoch,
-             progress.batches_done, progress.step)
+    progress = Progress(
+        epoch=state["epoch"],
+        step=state["step"],
+        batches_done=state.get("batches_done", 0),
+        best=state.get("best_val_auc", -math.inf),
+    )
+    log.info(
+        "resumed from %s at epoch %d (%d batches into it), step %d",
+        path,
+        progress.epoch,
+        progress.batches_done,
+        progress.step,
+    )
     return progress
 
 

@@ -81,13 +81,17 @@ def load_index(root: Path, splits: Sequence[str] | None = None) -> list[TrackRec
     """Tracks listed in ``root/index.csv`` (optionally only some splits)."""
     index = root / "index.csv"
     if not index.is_file():
-        raise FileNotFoundError(f"{index} not found: run `python -m training.preprocess --input ... --output {root}` first")
+        raise FileNotFoundError(
+            f"{index} not found: run `python -m training.preprocess --input ... --output {root}` first"
+        )
     records = []
     with index.open(newline="") as handle:
         for row in csv.DictReader(handle):
             if splits and row["split"] not in splits:
                 continue
-            records.append(TrackRecord(root / row["track"], int(row["label"]), row["split"], row["identity"], row["source"]))
+            records.append(
+                TrackRecord(root / row["track"], int(row["label"]), row["split"], row["identity"], row["source"])
+            )
     return records
 
 
@@ -196,8 +200,11 @@ class FrameDataset(EpochSeeded, Dataset):
             if record.label == 1 and not use_data_fakes:
                 continue
             count = len(record)
-            positions = range(count) if not frames_per_track else np.unique(
-                np.linspace(0, count - 1, min(count, frames_per_track)).round().astype(int))
+            positions = (
+                range(count)
+                if not frames_per_track
+                else np.unique(np.linspace(0, count - 1, min(count, frames_per_track)).round().astype(int))
+            )
             for position in positions:
                 self.items.append((r_index, int(position), False))
                 if fake_maker is not None and record.label == 0:
@@ -240,15 +247,25 @@ class FrameDataset(EpochSeeded, Dataset):
         # a dataset fake's all-ones mask is a stand-in ("the whole face is suspect"), not a measured one:
         # losses that read masks pixel by pixel (PCL's consistency volume) skip it
         mask_known = torch.tensor(not (label == 1 and not self.items[index][2]))
-        return Sample(normalize(self.spec, crop), label, mask_tensor, video, track=track,
-                      extra={"mask_known": mask_known})
+        return Sample(
+            normalize(self.spec, crop), label, mask_tensor, video, track=track, extra={"mask_known": mask_known}
+        )
 
 
 class ClipDataset(EpochSeeded, Dataset):
     """Clips of ``spec.num_frames`` consecutive frames of a track (clip models), one transform per clip."""
 
-    def __init__(self, records: Sequence[TrackRecord], spec: ModelSpec, *, stride: int, max_clips_per_track: int,
-                 flip: bool = False, seed: int = 0, degrade: float = 0.0) -> None:
+    def __init__(
+        self,
+        records: Sequence[TrackRecord],
+        spec: ModelSpec,
+        *,
+        stride: int,
+        max_clips_per_track: int,
+        flip: bool = False,
+        seed: int = 0,
+        degrade: float = 0.0,
+    ) -> None:
         """``degrade``: share of clips that lose resolution and are re-compressed, one draw per clip
         applied to every frame (:class:`training.degrade.Degradation`)."""
         self.spec = spec
@@ -330,8 +347,10 @@ def _check_some_consecutive(records: Sequence[TrackRecord]) -> None:
     """Fail early when no track has two consecutive frames: the data was preprocessed with --frame-step > 1."""
     multi = [r for r in records if len(r) > 1]
     if multi and all(len(consecutive_runs(r.frame_indices)) == len(r) for r in multi):
-        raise ValueError(f"{multi[0].folder} (and every other track): clip models need consecutive frames "
-                         "(preprocess with --frame-step 1)")
+        raise ValueError(
+            f"{multi[0].folder} (and every other track): clip models need consecutive frames "
+            "(preprocess with --frame-step 1)"
+        )
 
 
 def collate(samples: list[Sample]) -> dict[str, object]:

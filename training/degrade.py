@@ -34,21 +34,31 @@ class Degradation:
     quality: int
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, scale: tuple[float, float] = DEGRADE_SCALE,
-             quality: tuple[int, int] = DEGRADE_QUALITY) -> Degradation:
+    def draw(
+        cls,
+        rng: np.random.Generator,
+        scale: tuple[float, float] = DEGRADE_SCALE,
+        quality: tuple[int, int] = DEGRADE_QUALITY,
+    ) -> Degradation:
         factor = float(rng.uniform(*scale))
         return cls(factor, int(rng.integers(quality[0], quality[1] + 1)))
 
     def __call__(self, image: Image) -> Image:
         height, width = image.shape[:2]
-        small = cv2.resize(np.ascontiguousarray(image),
-                           (max(8, round(width * self.factor)), max(8, round(height * self.factor))),
-                           interpolation=cv2.INTER_AREA)
+        small = cv2.resize(
+            np.ascontiguousarray(image),
+            (max(8, round(width * self.factor)), max(8, round(height * self.factor))),
+            interpolation=cv2.INTER_AREA,
+        )
         restored = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
         return jpeg(restored, self.quality)
 
 
-def degrade(image: Image, rng: np.random.Generator, scale: tuple[float, float] = DEGRADE_SCALE,
-            quality: tuple[int, int] = DEGRADE_QUALITY) -> Image:
+def degrade(
+    image: Image,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = DEGRADE_SCALE,
+    quality: tuple[int, int] = DEGRADE_QUALITY,
+) -> Image:
     """One image, its degradation drawn from ``rng``."""
     return Degradation.draw(rng, scale, quality)(image)

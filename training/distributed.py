@@ -88,7 +88,7 @@ def average_gradients(params: Iterable[torch.Tensor], weight: float | None = Non
     offset = 0
     for grad in grads:
         count = grad.numel()
-        grad.copy_(flat[offset:offset + count].view_as(grad))
+        grad.copy_(flat[offset : offset + count].view_as(grad))
         offset += count
 
 

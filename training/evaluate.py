@@ -138,9 +138,12 @@ def fit_calibration(pred: Predictions) -> Calibration:
     offset = fit_offset(labels, flips)
     threshold = float(np.clip(sigmoid(offset), *THRESHOLD_RANGE))
     if threshold != sigmoid(offset):
-        log.warning("the equal-error offset %.2f is beyond the manifest's threshold range; clipped to %.2f, so the "
-                    "operating point moves (see videos_at_calibrated_threshold)", offset,
-                    math.log(threshold / (1 - threshold)))
+        log.warning(
+            "the equal-error offset %.2f is beyond the manifest's threshold range; clipped to %.2f, so the "
+            "operating point moves (see videos_at_calibrated_threshold)",
+            offset,
+            math.log(threshold / (1 - threshold)),
+        )
     return Calibration(temperature=temperature, threshold=threshold)
 
 
@@ -197,8 +200,10 @@ def report(pred: Predictions, calibration: Calibration, split: str, calibrated_o
         # per video (full identifier: FF++ reuses file names across method folders): label, raw P(fake)
         # (track mean, max over tracks) and the calibrated service score; a dozen videos are easier to judge
         # one by one than by AUC
-        "per_video": {name: {"label": int(y), "score": round(float(p), 4), "service_score": round(float(q), 4)}
-                      for name, y, p, q in zip(names, video_labels, video_scores, service_scores, strict=True)},
+        "per_video": {
+            name: {"label": int(y), "score": round(float(p), 4), "service_score": round(float(q), 4)}
+            for name, y, p, q in zip(names, video_labels, video_scores, service_scores, strict=True)
+        },
         "items": binary_metrics(pred.labels, probs),
         "videos": binary_metrics(video_labels, video_scores),
         "calibration": {"temperature": calibration.temperature, "threshold": calibration.threshold},
@@ -209,8 +214,14 @@ def report(pred: Predictions, calibration: Calibration, split: str, calibrated_o
     }
 
 
-def evaluate(checkpoint_path: Path, data: Path, split: str, batch_size: int, roc_path: Path | None,
-             calibrate_on: str | None = None) -> dict[str, Any]:
+def evaluate(
+    checkpoint_path: Path,
+    data: Path,
+    split: str,
+    batch_size: int,
+    roc_path: Path | None,
+    calibrate_on: str | None = None,
+) -> dict[str, Any]:
     """Score ``split``, fit the calibration on ``calibrate_on`` (see default_calibration_split), report both."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     calibrate_on = calibrate_on or default_calibration_split(data, split)
@@ -227,14 +238,18 @@ def evaluate(checkpoint_path: Path, data: Path, split: str, batch_size: int, roc
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint from training.train")
     parser.add_argument("--data", required=True, type=Path, help="preprocessed data (index.csv)")
     parser.add_argument("--split", default="test", help="which split to score (default: test)")
-    parser.add_argument("--calibrate-on", metavar="SPLIT",
-                        help="split to fit temperature + threshold on (default: val when the data has a val split, "
-                             "otherwise the --split itself, and then the operating-point metrics are in-sample)")
+    parser.add_argument(
+        "--calibrate-on",
+        metavar="SPLIT",
+        help="split to fit temperature + threshold on (default: val when the data has a val split, "
+        "otherwise the --split itself, and then the operating-point metrics are in-sample)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--roc", type=Path, help="ROC curve PNG (default: next to the checkpoint)")
     parser.add_argument("--write", action="store_true", help="store calibration + metrics in the checkpoint for export")

@@ -40,7 +40,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def split_records(records: list[TrackRecord], val_fraction: float, seed: int) -> tuple[list[TrackRecord], list[TrackRecord]]:
+def split_records(
+    records: list[TrackRecord], val_fraction: float, seed: int
+) -> tuple[list[TrackRecord], list[TrackRecord]]:
     """Use the dataset's val split when it has one; otherwise hold out whole identities."""
     val = [r for r in records if r.split == "val"]
     train = [r for r in records if r.split == "train"]
@@ -85,15 +87,22 @@ def train_loader(train_set: Dataset, batch_size: int, workers: int, rank: int, w
     only a copy made after :func:`start_epoch` draws that epoch's augmentations and blends.
     """
     if world > 1:
-        inner: RandomSampler | DistributedSampler = DistributedSampler(train_set, num_replicas=world, rank=rank,
-                                                                       shuffle=True, seed=seed)
+        inner: RandomSampler | DistributedSampler = DistributedSampler(
+            train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed
+        )
     else:
         inner = RandomSampler(train_set, generator=torch.Generator())
     # the loader's own generator seeds its workers, so starting an epoch draws nothing from the global
     # torch generator the methods use (mixup, SRM coin flips): a resumed run draws what the original did
-    return DataLoader(train_set, batch_size=batch_size, sampler=EpochSampler(inner, seed), num_workers=workers,
-                      collate_fn=collate, drop_last=len(train_set) >= batch_size * world,
-                      generator=torch.Generator().manual_seed(seed + rank))
+    return DataLoader(
+        train_set,
+        batch_size=batch_size,
+        sampler=EpochSampler(inner, seed),
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=len(train_set) >= batch_size * world,
+        generator=torch.Generator().manual_seed(seed + rank),
+    )
 
 
 def start_epoch(loader: DataLoader, epoch: int, batches_done: int = 0) -> None:
@@ -185,8 +194,17 @@ def train(method: Method, args: argparse.Namespace) -> Path:
     if len(train_set) == 0:
         raise ValueError("the training set is empty (does it hold both classes, or --fakes blended with reals?)")
     loader = train_loader(train_set, args.batch_size, args.workers, rank, world, args.seed)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=SequentialSampler(val_set),
-                            num_workers=args.workers, collate_fn=collate) if len(val_set) else None
+    val_loader = (
+        DataLoader(
+            val_set,
+            batch_size=args.batch_size,
+            sampler=SequentialSampler(val_set),
+            num_workers=args.workers,
+            collate_fn=collate,
+        )
+        if len(val_set)
+        else None
+    )
 
     model = method.build_model()
     if args.init:
@@ -200,8 +218,9 @@ def train(method: Method, args: argparse.Namespace) -> Path:
     raw_model = model
     model = method.training_module(raw_model)
     if world > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        find_unused_parameters=True)
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
     amp_dtype = _amp_dtype(args.amp, device)
     scalers = {name: torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16) for name in optimizers}
     scaler_of = {optimizer: scalers[name] for name, (optimizer, _) in optimizers.items()}
@@ -223,14 +242,26 @@ def train(method: Method, args: argparse.Namespace) -> Path:
         start_epoch(loader, epoch, progress.batches_done)
         for optimizer, _ in optimizers.values():  # a partial accumulation window left by the last epoch is dropped
             optimizer.zero_grad(set_to_none=True)
-        progress_bar = tqdm(loader, desc=f"{method.name} epoch {epoch + 1}/{args.epochs}", disable=not is_main,
-                            dynamic_ncols=True, leave=False)
+        progress_bar = tqdm(
+            loader,
+            desc=f"{method.name} epoch {epoch + 1}/{args.epochs}",
+            disable=not is_main,
+            dynamic_ncols=True,
+            leave=False,
+        )
         started, seen = time.perf_counter(), 0
         last_step_at = started  # per-step wall time: the first step of an epoch includes the loader's start
         for micro, batch in enumerate(progress_bar):
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            ctx = StepContext(scalers=scaler_of, accumulation=args.accumulate, micro_step=micro % args.accumulate,
-                              device=device, autocast_dtype=amp_dtype, grad_clip=args.grad_clip, world=world)
+            ctx = StepContext(
+                scalers=scaler_of,
+                accumulation=args.accumulate,
+                micro_step=micro % args.accumulate,
+                device=device,
+                autocast_dtype=amp_dtype,
+                grad_clip=args.grad_clip,
+                world=world,
+            )
             logs = method.training_step(model, batch, ctx)
             progress.batches_done += 1
             seen += len(batch["label"]) * world
@@ -247,8 +278,14 @@ def train(method: Method, args: argparse.Namespace) -> Path:
             step_s, last_step_at = now - last_step_at, now
             progress_bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", samples_s=f"{rate:.1f}")
             if is_main:
-                record = {"step": progress.step, "epoch": epoch, **logs, "samples_per_s": rate, "step_s": step_s,
-                          "step_samples": len(batch["label"]) * world * args.accumulate}
+                record = {
+                    "step": progress.step,
+                    "epoch": epoch,
+                    **logs,
+                    "samples_per_s": rate,
+                    "step_s": step_s,
+                    "step_samples": len(batch["label"]) * world * args.accumulate,
+                }
                 if device.type == "cuda":
                     record["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
                 with history.open("a") as handle:
@@ -297,6 +334,7 @@ def train(method: Method, args: argparse.Namespace) -> Path:
 
 def _param_digest(model: nn.Module, method: Method) -> str:
     """Fingerprints of the weights and of the method's state beside them (ranks of a DDP run must agree)."""
+
     def digest(tensors: list[torch.Tensor]) -> str:
         return f"{sum(float(t.detach().double().sum()) for t in tensors):.10e}"
 

@@ -47,8 +47,9 @@ def binary_metrics(labels: Sequence[int], scores: Sequence[float], threshold: fl
     }
 
 
-def per_video(videos: Sequence[str], labels: Sequence[int], scores: Sequence[float],
-              tracks: Sequence[str] | None = None) -> tuple[list[int], list[float]]:
+def per_video(
+    videos: Sequence[str], labels: Sequence[int], scores: Sequence[float], tracks: Sequence[str] | None = None
+) -> tuple[list[int], list[float]]:
     """Labels and scores per video, videos in sorted order, aggregated as the service does.
 
     With ``tracks`` (the face track of each item): the mean over each track's items, then the

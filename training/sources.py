@@ -30,9 +30,14 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
 }
 LIST_COLUMNS = ("label", "path", "split", "identity", "frames")
 
@@ -99,8 +104,13 @@ def _list_source(row: dict[str, str], base: Path) -> Source:
     path = Path(text)
     path = path if path.is_absolute() else base / path
     identity = (row.get("identity") or "").strip() or path.stem
-    return Source(path, _parse_label(row.get("label") or ""), normalise_split(row.get("split")), identity,
-                  _parse_frames(row.get("frames")))
+    return Source(
+        path,
+        _parse_label(row.get("label") or ""),
+        normalise_split(row.get("split")),
+        identity,
+        _parse_frames(row.get("frames")),
+    )
 
 
 def _list_rows(csv_path: Path) -> list[tuple[int, dict[str, str]]]:

@@ -51,28 +51,50 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--method", required=True, choices=METHOD_NAMES, help="which detector to train")
     parser.add_argument("--data", required=True, type=Path, help="output folder of training.preprocess (has index.csv)")
-    parser.add_argument("--output", required=True, type=Path, help="run folder: checkpoints, metrics.jsonl, tensorboard/")
-    parser.add_argument("--init", type=Path, help="initial weights: our checkpoint or the reference layout (fine-tuning)")
+    parser.add_argument(
+        "--output", required=True, type=Path, help="run folder: checkpoints, metrics.jsonl, tensorboard/"
+    )
+    parser.add_argument(
+        "--init", type=Path, help="initial weights: our checkpoint or the reference layout (fine-tuning)"
+    )
     parser.add_argument("--resume", help="checkpoint to resume, or 'auto' for OUTPUT/last.pt when present")
     parser.add_argument("--freeze-backbone", action="store_true", help="train only the head (fine-tuning)")
-    parser.add_argument("--fakes", choices=["data", "blended", "both"], default=None,
-                        help="fake class: the dataset's fakes, I2G blends made from its real faces on the fly, or "
-                             "both (default: blended for pcl_i2g, which needs the blend masks; data for the others)")
+    parser.add_argument(
+        "--fakes",
+        choices=["data", "blended", "both"],
+        default=None,
+        help="fake class: the dataset's fakes, I2G blends made from its real faces on the fly, or "
+        "both (default: blended for pcl_i2g, which needs the blend masks; data for the others)",
+    )
     parser.add_argument("--epochs", type=int, help="epochs (default: the method's reference setting)")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke runs)")
     parser.add_argument("--batch-size", type=int, help="per-process batch size (default: the method's)")
     parser.add_argument("--lr", type=float, help="learning rate (default: the method's)")
     parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimiser step")
-    parser.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto",
-                        help="autocast dtype: auto = bf16 on CUDA, fp32 on a CPU; bf16 also runs on a CPU "
-                             "(faster only where the CPU has bf16 units: measure with bench/train.py)")
+    parser.add_argument(
+        "--amp",
+        choices=["auto", "none", "bf16", "fp16"],
+        default="auto",
+        help="autocast dtype: auto = bf16 on CUDA, fp32 on a CPU; bf16 also runs on a CPU "
+        "(faster only where the CPU has bf16 units: measure with bench/train.py)",
+    )
     parser.add_argument("--grad-clip", type=float, default=None, help="clip gradient norm to this value")
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, augmentation and blends")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="identities held out for validation when the data has no val split")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of initialisation, data order, augmentation and blends"
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="identities held out for validation when the data has no val split",
+    )
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="skip TensorBoard logs")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for frame models (faster with cuDNN and with oneDNN on a CPU)")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels_last memory format for frame models (faster with cuDNN and with oneDNN on a CPU)",
+    )
     if method:
         method_class(method).add_arguments(parser)
     return parser

@@ -67,7 +67,9 @@ class TritonPythonModel:
                 for name in self.input_names
             }
             sizes = [len(array) for array in per_input[self.input_names[0]]]
-            feeds = {name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays) for name, arrays in per_input.items()}
+            feeds = {
+                name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays) for name, arrays in per_input.items()
+            }
             outputs = self.session.run(self.output_names, feeds)
         except Exception as exc:  # noqa: BLE001 - every request of the batch learns why
             error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")

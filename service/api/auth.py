@@ -93,8 +93,11 @@ class ApiKeyMiddleware:
         if any(matches(key, self.hashes) for key in keys):
             await self.app(scope, receive, send)
             return
-        detail = ("invalid API key" if keys else
-                  "this route needs an API key: send Authorization: Bearer KEY or X-API-Key: KEY")
+        detail = (
+            "invalid API key"
+            if keys
+            else "this route needs an API key: send Authorization: Bearer KEY or X-API-Key: KEY"
+        )
         response = error_response(request, 401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
 
@@ -130,5 +133,10 @@ def install_api_keys(app: FastAPI, settings: Settings) -> None:
     open_exact = open_paths(settings)
     app.add_middleware(ApiKeyMiddleware, hashes=hashes, open_exact=open_exact)
     _document_security(app, open_exact)
-    log.info("API keys: %d accepted; open without a key: %s, %s* and %s*", len(hashes),
-             ", ".join(sorted(open_exact)), DOCS_ASSETS_PREFIX, WEB_ASSETS_PREFIX)
+    log.info(
+        "API keys: %d accepted; open without a key: %s, %s* and %s*",
+        len(hashes),
+        ", ".join(sorted(open_exact)),
+        DOCS_ASSETS_PREFIX,
+        WEB_ASSETS_PREFIX,
+    )

@@ -34,8 +34,10 @@ class OverrideLimit:
 
     def message(self, value: int) -> str:
         side = "below this server's minimum" if self.minimum else "above this server's limit"
-        return (f"{self.field}={value} is {side} of {self.bound} ({self.setting}); "
-                f"ask for {'at least' if self.minimum else 'at most'} {self.bound} or leave it out")
+        return (
+            f"{self.field}={value} is {side} of {self.bound} ({self.setting}); "
+            f"ask for {'at least' if self.minimum else 'at most'} {self.bound} or leave it out"
+        )
 
 
 def _upper(field: str, limit: int, limit_name: str, default: int, default_name: str) -> OverrideLimit:
@@ -47,17 +49,30 @@ def override_limits(settings: Settings, *, job: bool = False) -> list[OverrideLi
 
     ``job``: the request is a job (``POST /jobs``), whose ``max_frames`` may go up to DFS_JOB_MAX_FRAMES
     (or DFS_MAX_FRAMES, if that is higher): a job holds no connection open while it runs."""
-    stride = (OverrideLimit("clip_stride", settings.min_clip_stride, "DFS_MIN_CLIP_STRIDE", minimum=True)
-              if settings.min_clip_stride <= settings.clip_stride
-              else OverrideLimit("clip_stride", settings.clip_stride, "DFS_CLIP_STRIDE", minimum=True))
+    stride = (
+        OverrideLimit("clip_stride", settings.min_clip_stride, "DFS_MIN_CLIP_STRIDE", minimum=True)
+        if settings.min_clip_stride <= settings.clip_stride
+        else OverrideLimit("clip_stride", settings.clip_stride, "DFS_CLIP_STRIDE", minimum=True)
+    )
     return [
         _upper("max_frames", settings.job_max_frames, "DFS_JOB_MAX_FRAMES", settings.max_frames, "DFS_MAX_FRAMES")
-        if job else OverrideLimit("max_frames", settings.max_frames, "DFS_MAX_FRAMES"),
+        if job
+        else OverrideLimit("max_frames", settings.max_frames, "DFS_MAX_FRAMES"),
         stride,
-        _upper("max_clips_per_track", settings.max_clips_per_track_limit, "DFS_MAX_CLIPS_PER_TRACK_LIMIT",
-               settings.max_clips_per_track, "DFS_MAX_CLIPS_PER_TRACK"),
-        _upper("frames_per_track", settings.frames_per_track_limit, "DFS_FRAMES_PER_TRACK_LIMIT",
-               settings.frames_per_track, "DFS_FRAMES_PER_TRACK"),
+        _upper(
+            "max_clips_per_track",
+            settings.max_clips_per_track_limit,
+            "DFS_MAX_CLIPS_PER_TRACK_LIMIT",
+            settings.max_clips_per_track,
+            "DFS_MAX_CLIPS_PER_TRACK",
+        ),
+        _upper(
+            "frames_per_track",
+            settings.frames_per_track_limit,
+            "DFS_FRAMES_PER_TRACK_LIMIT",
+            settings.frames_per_track,
+            "DFS_FRAMES_PER_TRACK",
+        ),
     ]
 
 

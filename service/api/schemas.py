@@ -12,7 +12,12 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    file_path: str = Field(..., min_length=1, max_length=4096, description="http(s) URL of the video, or a local path under DFS_LOCAL_ROOTS.")
+    file_path: str = Field(
+        ...,
+        min_length=1,
+        max_length=4096,
+        description="http(s) URL of the video, or a local path under DFS_LOCAL_ROOTS.",
+    )
     models: list[str] | None = Field(None, description="Subset of loaded models to run (default: all).")
     # Overrides may lower the work freely; raising it past the server's limits is a 422 limit_exceeded
     # (service/api/limits.py).
@@ -23,8 +28,10 @@ class PredictRequest(BaseModel):
     max_clips_per_track: int | None = Field(None, ge=1, le=256, description="At most DFS_MAX_CLIPS_PER_TRACK_LIMIT.")
     frames_per_track: int | None = Field(None, ge=1, le=256, description="At most DFS_FRAMES_PER_TRACK_LIMIT.")
     thumbnails: bool = Field(
-        False, description="Inline each face's thumbnail (thumbnail_jpeg) and, where a model gives one, its heat "
-        "map (heatmap_png), base64; off by default to keep the body small.")
+        False,
+        description="Inline each face's thumbnail (thumbnail_jpeg) and, where a model gives one, its heat "
+        "map (heatmap_png), base64; off by default to keep the body small.",
+    )
 
 
 class ModelScore(BaseModel):
@@ -57,12 +64,17 @@ class FaceTrack(BaseModel):
     score: float | None
     models: dict[str, TrackModelScore]
     timeline: list[TimelineEntry] = Field(
-        default_factory=list, description="Every scored clip/frame, sorted by start (at most 32 per model).")
+        default_factory=list, description="Every scored clip/frame, sorted by start (at most 32 per model)."
+    )
     thumbnail_jpeg: str | None = Field(
-        None, description="Base64 JPEG of the face (112 px, the frame the detector was surest of); only with thumbnails.")
+        None,
+        description="Base64 JPEG of the face (112 px, the frame the detector was surest of); only with thumbnails.",
+    )
     heatmap_png: str | None = Field(
-        None, description="Base64 PNG: the face with a patch model's P(fake) map over it (PCL-I2G, when its engine "
-        "was exported with --heatmap); only with thumbnails.")
+        None,
+        description="Base64 PNG: the face with a patch model's P(fake) map over it (PCL-I2G, when its engine "
+        "was exported with --heatmap); only with thumbnails.",
+    )
 
 
 class VideoSummary(BaseModel):
@@ -75,7 +87,9 @@ class VideoSummary(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    df_probability: float | None = Field(..., description="P(fake) of the video (its most suspicious face), null when no face.")
+    df_probability: float | None = Field(
+        ..., description="P(fake) of the video (its most suspicious face), null when no face."
+    )
     prediction: Literal["REAL", "FAKE", "NO_FACE"]
     threshold: float
     request_id: str
@@ -107,17 +121,23 @@ class ModelInfo(BaseModel):
     calibration: dict
     metrics: dict
     ensemble_weight: float | None = Field(None, description="This model's weight in the ensemble (see GET /ensemble).")
-    file: str = Field("", description="The file served: the engine (model.onnx / model.plan), or the source "
-                      "checkpoint with DFS_RUNTIME=torch.")
+    file: str = Field(
+        "",
+        description="The file served: the engine (model.onnx / model.plan), or the source "
+        "checkpoint with DFS_RUNTIME=torch.",
+    )
     sha256: str = Field("", description="SHA-256 of that file, taken when it was loaded: which bytes answer.")
-    service_version: str = Field("", description="Version of the service serving it (also the X-Service-Version header).")
+    service_version: str = Field(
+        "", description="Version of the service serving it (also the X-Service-Version header)."
+    )
 
 
 class EnsembleInfo(BaseModel):
     """The ensemble the service applies: ``sigmoid(sum_m w_m * logit(p_m) / sum_m w_m + bias)`` per track."""
 
     source: Literal["DFS_ENSEMBLE_WEIGHTS", "ensemble.json", "equal"] = Field(
-        ..., description="Where the weights come from: the setting, the repository's ensemble.json, or neither.")
+        ..., description="Where the weights come from: the setting, the repository's ensemble.json, or neither."
+    )
     path: str | None = Field(None, description="The file read, if any, relative to DFS_MODEL_REPOSITORY.")
     weights: dict[str, float] = Field(..., description="Weight of every loaded model.")
     bias: float = Field(..., description="Added to the weighted mean logit when a track is scored by bias_applies_to.")

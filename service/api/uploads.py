@@ -40,7 +40,8 @@ class FileUpload:
         if media_type != b"multipart/form-data" or not params.get(b"boundary"):
             raise ServiceError(
                 f"send the video as multipart/form-data with a file field {field!r} (curl -F {field}=@video.mp4)",
-                code="invalid_request", status_code=422,
+                code="invalid_request",
+                status_code=422,
             )
         self.field = field.encode()
         self.filename: str | None = None
@@ -48,15 +49,18 @@ class FileUpload:
         self._max_body_bytes = max_file_bytes + UPLOAD_SLACK_BYTES
         self._received = self._file_bytes = 0
         self._stream = request.stream().__aiter__()
-        self._parser = MultipartParser(params[b"boundary"], callbacks={
-            "on_part_begin": self._on_part_begin,
-            "on_header_field": self._on_header_field,
-            "on_header_value": self._on_header_value,
-            "on_header_end": self._on_header_end,
-            "on_headers_finished": self._on_headers_finished,
-            "on_part_data": self._on_part_data,
-            "on_part_end": self._on_part_end,
-        })
+        self._parser = MultipartParser(
+            params[b"boundary"],
+            callbacks={
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+            },
+        )
         self._headers: dict[bytes, bytes] = {}
         self._name, self._value = bytearray(), bytearray()
         self._found = self._in_file = self._file_done = False
@@ -66,8 +70,11 @@ class FileUpload:
         """Read until the file part begins; a body without it is a 422."""
         while not self._found:
             if not await self._feed():
-                raise ServiceError(f"the multipart body has no file field {self.field.decode()!r}",
-                                   code="invalid_request", status_code=422)
+                raise ServiceError(
+                    f"the multipart body has no file field {self.field.decode()!r}",
+                    code="invalid_request",
+                    status_code=422,
+                )
         return self
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -77,8 +84,11 @@ class FileUpload:
                 piece = self._pending.popleft()
                 self._file_bytes += len(piece)
                 if self._file_bytes > self._max_file_bytes:  # staged_upload counts too; this one closes
-                    raise TooLarge(f"upload exceeds the limit of {self._max_file_bytes} bytes (DFS_MAX_DOWNLOAD_BYTES)",
-                                   code="too_large", headers=dict(_CLOSE))
+                    raise TooLarge(
+                        f"upload exceeds the limit of {self._max_file_bytes} bytes (DFS_MAX_DOWNLOAD_BYTES)",
+                        code="too_large",
+                        headers=dict(_CLOSE),
+                    )
                 yield piece
             if self._file_done:
                 break
@@ -97,8 +107,11 @@ class FileUpload:
             raise ClientDisconnected("the client disconnected during the upload") from exc
         self._received += len(chunk)
         if self._received > self._max_body_bytes:
-            raise TooLarge(f"upload exceeds the limit of {self._max_file_bytes} bytes (DFS_MAX_DOWNLOAD_BYTES)",
-                           code="too_large", headers=dict(_CLOSE))
+            raise TooLarge(
+                f"upload exceeds the limit of {self._max_file_bytes} bytes (DFS_MAX_DOWNLOAD_BYTES)",
+                code="too_large",
+                headers=dict(_CLOSE),
+            )
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:

@@ -23,8 +23,12 @@ class Progress:
         """The API's view: ``fraction`` is the share of the current stage done (null when its total
         is not known)."""
         fraction = min(1.0, self.done / self.total) if self.total > 0 else None
-        return {"stage": self.stage, "done": self.done, "total": self.total,
-                "fraction": None if fraction is None else round(fraction, 4)}
+        return {
+            "stage": self.stage,
+            "done": self.done,
+            "total": self.total,
+            "fraction": None if fraction is None else round(fraction, 4),
+        }
 
 
 class ProgressTracker:

@@ -14,8 +14,11 @@ class JobAccepted(BaseModel):
 
 
 class JobProgress(BaseModel):
-    stage: str = Field(..., description="queued, waiting (for a processing slot), fetch, decode, crops, inference, "
-                       "render (the annotated video), then the final status.")
+    stage: str = Field(
+        ...,
+        description="queued, waiting (for a processing slot), fetch, decode, crops, inference, "
+        "render (the annotated video), then the final status.",
+    )
     done: int
     total: int
     fraction: float | None = Field(..., description="Share of the current stage done (null when its total is unknown).")
@@ -42,7 +45,9 @@ class JobStatus(BaseModel):
     created_at: str
     updated_at: str
     finished_at: str | None = None
-    expires_at: str | None = Field(None, description="When a finished job's result and files are deleted (DFS_JOB_TTL_S).")
+    expires_at: str | None = Field(
+        None, description="When a finished job's result and files are deleted (DFS_JOB_TTL_S)."
+    )
     cancel_requested: bool | None = None
     result: dict | None = Field(None, description="When done: the body POST /predict answers (PredictResponse).")
     evidence: JobEvidence | None = None

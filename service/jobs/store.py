@@ -85,11 +85,21 @@ class JobRecord:
             return None if text is None else json.loads(text)
 
         return cls(
-            id=row["id"], status=row["status"], kind=row["kind"], request=json.loads(row["request"]),
-            request_id=row["request_id"], progress=Progress(row["stage"], row["done"], row["total"]),
-            result=loads(row["result"]), error=loads(row["error"]), evidence=loads(row["evidence"]),
-            owner=row["owner"], cancel_requested=bool(row["cancel_requested"]), created_at=row["created_at"],
-            updated_at=row["updated_at"], finished_at=row["finished_at"], expires_at=row["expires_at"],
+            id=row["id"],
+            status=row["status"],
+            kind=row["kind"],
+            request=json.loads(row["request"]),
+            request_id=row["request_id"],
+            progress=Progress(row["stage"], row["done"], row["total"]),
+            result=loads(row["result"]),
+            error=loads(row["error"]),
+            evidence=loads(row["evidence"]),
+            owner=row["owner"],
+            cancel_requested=bool(row["cancel_requested"]),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            finished_at=row["finished_at"],
+            expires_at=row["expires_at"],
         )
 
     def expired(self, now: float) -> bool:
@@ -180,8 +190,9 @@ class JobStore:
             db = self._conn()
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute("SELECT id FROM jobs WHERE status = ? ORDER BY created_at LIMIT 1",
-                                 (QUEUED,)).fetchone()
+                row = db.execute(
+                    "SELECT id FROM jobs WHERE status = ? ORDER BY created_at LIMIT 1", (QUEUED,)
+                ).fetchone()
                 if row is not None:
                     db.execute(
                         "UPDATE jobs SET status = ?, owner = ?, stage = 'waiting', done = 0, total = 0, "
@@ -205,8 +216,17 @@ class JobStore:
             row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
             return bool(row and row[0])
 
-    def finish(self, job_id: str, status: str, ttl_s: float, *, result: dict | None = None,
-               error: dict | None = None, evidence: dict | None = None, progress: Progress | None = None) -> None:
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        ttl_s: float,
+        *,
+        result: dict | None = None,
+        error: dict | None = None,
+        evidence: dict | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         """End a job (done, failed or cancelled); it expires ``ttl_s`` from now."""
         assert status in FINISHED
         now = time.time()
@@ -215,9 +235,19 @@ class JobStore:
             self._conn().execute(
                 "UPDATE jobs SET status = ?, result = ?, error = ?, evidence = ?, stage = ?, done = ?, total = ?, "
                 "owner = NULL, updated_at = ?, finished_at = ?, expires_at = ? WHERE id = ?",
-                (status, None if result is None else json.dumps(result), None if error is None else json.dumps(error),
-                 None if evidence is None else json.dumps(evidence), stage.stage, stage.done, stage.total,
-                 now, now, now + ttl_s, job_id),
+                (
+                    status,
+                    None if result is None else json.dumps(result),
+                    None if error is None else json.dumps(error),
+                    None if evidence is None else json.dumps(evidence),
+                    stage.stage,
+                    stage.done,
+                    stage.total,
+                    now,
+                    now,
+                    now + ttl_s,
+                    job_id,
+                ),
             )
 
     def requeue(self, job_id: str) -> None:
@@ -242,8 +272,10 @@ class JobStore:
                     "expires_at = ? WHERE id = ? AND status = ?",
                     (CANCELLED, CANCELLED, now, now, now + ttl_s, job_id, QUEUED),
                 )
-                db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ? AND status = ?",
-                           (now, job_id, RUNNING))
+                db.execute(
+                    "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ? AND status = ?",
+                    (now, job_id, RUNNING),
+                )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -255,11 +287,18 @@ class JobStore:
         as ``expired``, for :data:`TOMBSTONE_S`, then go); returns the ids expired now."""
         with self._lock:
             db = self._conn()
-            ids = [row[0] for row in db.execute(
-                "SELECT id FROM jobs WHERE status IN (?, ?, ?) AND expires_at <= ?", (*sorted(FINISHED), now))]
+            ids = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM jobs WHERE status IN (?, ?, ?) AND expires_at <= ?", (*sorted(FINISHED), now)
+                )
+            ]
             for job_id in ids:
-                db.execute("UPDATE jobs SET status = ?, result = NULL, error = NULL, evidence = NULL, updated_at = ? "
-                           "WHERE id = ?", (EXPIRED, now, job_id))
+                db.execute(
+                    "UPDATE jobs SET status = ?, result = NULL, error = NULL, evidence = NULL, updated_at = ? "
+                    "WHERE id = ?",
+                    (EXPIRED, now, job_id),
+                )
             db.execute("DELETE FROM jobs WHERE status = ? AND expires_at <= ?", (EXPIRED, now - TOMBSTONE_S))
         for job_id in ids:
             shutil.rmtree(self.folder(job_id), ignore_errors=True)

@@ -141,8 +141,10 @@ def extract_crops(
     :class:`~service.pipeline.decode.DecodeGuard`). ``progress(done, total)`` is told, at every
     frame an item uses, how far into the pass's ``total`` frames the decode is.
     """
-    outputs = [np.zeros((len(it.frame_indices), specs[it.model].input_size, specs[it.model].input_size, 3), np.uint8)
-               for it in items]
+    outputs = [
+        np.zeros((len(it.frame_indices), specs[it.model].input_size, specs[it.model].input_size, 3), np.uint8)
+        for it in items
+    ]
     uses: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for item_no, item in enumerate(items):
         for position, frame_index in enumerate(item.frame_indices):
@@ -153,8 +155,9 @@ def extract_crops(
     if frames is not None:
         try:
             with thread_stream():  # this request's decode and warps overlap other requests' GPU work
-                _extract_crops_tensor(path, items, specs, uses, outputs, frames, max_frames, warp_chunk, guard,
-                                      progress)
+                _extract_crops_tensor(
+                    path, items, specs, uses, outputs, frames, max_frames, warp_chunk, guard, progress
+                )
             return outputs
         except FrameSourceUnsupported as exc:
             log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)

@@ -59,7 +59,9 @@ def candidates(version: ModelVersion, runtime: str, precision: str, *, openvino_
     """
     if runtime == "openvino" and not openvino_installed:
         raise RuntimeError("DFS_RUNTIME=openvino but the openvino package is not installed (pip install openvino)")
-    runtimes = [r for r in CPU_RUNTIMES if r == runtime or (runtime == "auto" and (r != "openvino" or openvino_installed))]
+    runtimes = [
+        r for r in CPU_RUNTIMES if r == runtime or (runtime == "auto" and (r != "openvino" or openvino_installed))
+    ]
     files: list[tuple[str, Path]] = []
     variant = version.manifest.variant("int8")
     if precision in ("auto", "int8") and variant is not None and (version.folder / variant.file).is_file():
@@ -67,11 +69,17 @@ def candidates(version: ModelVersion, runtime: str, precision: str, *, openvino_
             files.append(("int8", version.folder / variant.file))
         else:
             delta = variant.auc_delta
-            log.info("%s: INT8 variant not considered: AUC change %s (allowed +-0.01; DFS_PRECISION=int8 forces it)",
-                     version.name, "not measured" if delta is None else f"{delta:+.3f}")
+            log.info(
+                "%s: INT8 variant not considered: AUC change %s (allowed +-0.01; DFS_PRECISION=int8 forces it)",
+                version.name,
+                "not measured" if delta is None else f"{delta:+.3f}",
+            )
     elif precision == "int8":
-        log.warning("%s v%d has no INT8 variant (python -m export.quantize makes one); serving fp32",
-                    version.name, version.version)
+        log.warning(
+            "%s v%d has no INT8 variant (python -m export.quantize makes one); serving fp32",
+            version.name,
+            version.version,
+        )
     if precision != "int8" or not files:
         files.append(("fp32", version.engine_path))
     return [Candidate(r, p, path) for p, path in files for r in runtimes]
@@ -138,12 +146,18 @@ def choice_key(options: list[Candidate], shape: tuple[int, ...], threads: int) -
         except PackageNotFoundError:
             return "-"
 
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
     facts = {
         "candidates": [(o.runtime, o.precision, file_sha256(o.path)) for o in options],  # digests memoised
-        "shape": list(shape), "threads": threads, "cpu": cpu, "cores": os.cpu_count(),
-        "onnxruntime": installed("onnxruntime"), "openvino": installed("openvino"),
+        "shape": list(shape),
+        "threads": threads,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "onnxruntime": installed("onnxruntime"),
+        "openvino": installed("openvino"),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -156,9 +170,15 @@ def _cpuinfo() -> str:
         return ""
 
 
-def choose(name: str, options: list[Candidate], open_engine: Callable[[Candidate], Engine],
-           shape: tuple[int, ...], *, threads: int = 0,
-           cache: ChoiceCache | None = None) -> tuple[Engine, Candidate, dict[str, float]]:
+def choose(
+    name: str,
+    options: list[Candidate],
+    open_engine: Callable[[Candidate], Engine],
+    shape: tuple[int, ...],
+    *,
+    threads: int = 0,
+    cache: ChoiceCache | None = None,
+) -> tuple[Engine, Candidate, dict[str, float]]:
     """Open each candidate, time it on a random batch of ``shape``, keep the fastest; the table is ms
     per item by label. One candidate is opened untimed; with ``cache``, a choice made before for the
     same key (:func:`choice_key`) is reused untimed.
@@ -169,9 +189,13 @@ def choose(name: str, options: list[Candidate], open_engine: Callable[[Candidate
     if cache is not None and (past := cache.get(key)) is not None:
         chosen = next((o for o in options if o.label == past.get("chosen")), None)
         if chosen is not None:
-            log.info("%s: %s (timed before: %s; %s)", name, chosen.label,
-                     ", ".join(f"{label} {ms:.1f} ms/item" for label, ms in past.get("table", {}).items()),
-                     cache.path)
+            log.info(
+                "%s: %s (timed before: %s; %s)",
+                name,
+                chosen.label,
+                ", ".join(f"{label} {ms:.1f} ms/item" for label, ms in past.get("table", {}).items()),
+                cache.path,
+            )
             return open_engine(chosen), chosen, dict(past.get("table", {}))
     batch = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     best: tuple[float, Engine, Candidate] | None = None
@@ -187,8 +211,9 @@ def choose(name: str, options: list[Candidate], open_engine: Callable[[Candidate
     _, engine, chosen = best
     best = None
     gc.collect()  # the losers' sessions and their arenas go now, not at some later collection
-    log.info("%s: %s", name, ", ".join(f"{label} {ms:.1f} ms/item" for label, ms in table.items())
-             + f" -> {chosen.label}")
+    log.info(
+        "%s: %s", name, ", ".join(f"{label} {ms:.1f} ms/item" for label, ms in table.items()) + f" -> {chosen.label}"
+    )
     if cache is not None:
         cache.put(key, {"model": name, "chosen": chosen.label, "table": table})
     return engine, chosen, table

@@ -23,13 +23,13 @@ BATCH_REQUESTS = Histogram(
     buckets=(1, 2, 3, 4, 8, 16, 32),
 )
 QUEUE_DEPTH = Gauge("dfs_queue_depth", "Items waiting in a model's batcher.", ["model"])
-INFERENCE_SECONDS = Histogram(
-    "dfs_inference_seconds", "Engine run time per batch.", ["model"], buckets=LATENCY_BUCKETS
-)
+INFERENCE_SECONDS = Histogram("dfs_inference_seconds", "Engine run time per batch.", ["model"], buckets=LATENCY_BUCKETS)
 
 # DFS_RUNTIME=triton (service/pipeline/triton_engine.py): the forward pass is a call to Triton.
 REMOTE_SECONDS = Histogram(
-    "dfs_remote_inference_seconds", "Round trip of one inference request to Triton (DFS_RUNTIME=triton).", ["model"],
+    "dfs_remote_inference_seconds",
+    "Round trip of one inference request to Triton (DFS_RUNTIME=triton).",
+    ["model"],
     buckets=LATENCY_BUCKETS,
 )
 REMOTE_ERRORS = Counter(
@@ -37,6 +37,7 @@ REMOTE_ERRORS = Counter(
     "Failed calls to Triton after retries, by kind: unavailable, timeout, rejected (Triton refused the request).",
     ["model", "kind"],
 )
-REMOTE_RETRIES = Counter("dfs_remote_retries_total", "Calls to Triton retried after a connection error or timeout.",
-                         ["model"])
+REMOTE_RETRIES = Counter(
+    "dfs_remote_retries_total", "Calls to Triton retried after a connection error or timeout.", ["model"]
+)
 REMOTE_READY = Gauge("dfs_remote_ready", "1 when Triton and this model were ready at the last health check.", ["model"])

@@ -21,9 +21,9 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -47,8 +47,14 @@ _JPEG_QUALITY = 85
 _THUMBNAIL = "evidence/thumbnail"  # crop-item names of the evidence crops: never scored
 _HEATMAP = "evidence/heatmap/"
 #: a face with some margin, as a reviewer would frame it (the crop pass only reads size and rule)
-THUMBNAIL_SPEC = ModelSpec(name=_THUMBNAIL, kind="frame", input_size=THUMBNAIL_SIZE, mean=IMAGENET_MEAN,
-                           std=IMAGENET_STD, crop=CropRule(method="box", scale=1.3))
+THUMBNAIL_SPEC = ModelSpec(
+    name=_THUMBNAIL,
+    kind="frame",
+    input_size=THUMBNAIL_SIZE,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    crop=CropRule(method="box", scale=1.3),
+)
 
 
 def safe_progress(progress: Progress | None) -> Progress:
@@ -82,8 +88,14 @@ def surest_position(track: Track) -> int:
 def _at(track: Track, position: int) -> Track:
     """The one-frame track at ``position``: planning on it cuts exactly that frame's crop."""
     keep = slice(position, position + 1)
-    return replace(track, frame_indices=track.frame_indices[keep], boxes=track.boxes[keep],
-                   landmarks=track.landmarks[keep], scores=track.scores[keep], detected=track.detected[keep])
+    return replace(
+        track,
+        frame_indices=track.frame_indices[keep],
+        boxes=track.boxes[keep],
+        landmarks=track.landmarks[keep],
+        scores=track.scores[keep],
+        detected=track.detected[keep],
+    )
 
 
 @dataclass
@@ -95,8 +107,11 @@ class EvidencePlan:
 
     @classmethod
     def for_models(cls, specs: dict[str, ModelSpec], engines: dict[str, object]) -> EvidencePlan:
-        runners = {name: runner for name, spec in specs.items()
-                   if spec.kind == "frame" and (runner := heatmap_runner(engines[name])) is not None}  # type: ignore[arg-type]
+        runners = {
+            name: runner
+            for name, spec in specs.items()
+            if spec.kind == "frame" and (runner := heatmap_runner(engines[name])) is not None
+        }  # type: ignore[arg-type]
         return cls(runners, specs)
 
     def plan(self, tracks: list[Track]) -> tuple[list[CropItem], dict[str, ModelSpec]]:
@@ -105,16 +120,22 @@ class EvidencePlan:
         single = [_at(track, surest_position(track)) for track in tracks]
         return plan_crops(single, crop_specs, SamplingOptions(frames_per_track=1)), crop_specs
 
-    def build(self, items: list[CropItem], crops: list[np.ndarray]) -> tuple[dict[int, bytes], dict[int, bytes], list[str]]:
+    def build(
+        self, items: list[CropItem], crops: list[np.ndarray]
+    ) -> tuple[dict[int, bytes], dict[int, bytes], list[str]]:
         """Thumbnails (JPEG) and heat maps (PNG, the first model's that has one) per track id, and
         warnings for heat maps that failed (evidence is auxiliary: a failure costs only the map)."""
-        thumbnails = {item.track_id: jpeg(crop[0]) for item, crop in zip(items, crops, strict=True)
-                      if item.model == _THUMBNAIL}
+        thumbnails = {
+            item.track_id: jpeg(crop[0]) for item, crop in zip(items, crops, strict=True) if item.model == _THUMBNAIL
+        }
         heatmaps: dict[int, bytes] = {}
         warnings: list[str] = []
         for name, runner in self.runners.items():
-            mine = [(item.track_id, crop[0]) for item, crop in zip(items, crops, strict=True)
-                    if item.model == _HEATMAP + name and item.track_id not in heatmaps]
+            mine = [
+                (item.track_id, crop[0])
+                for item, crop in zip(items, crops, strict=True)
+                if item.model == _HEATMAP + name and item.track_id not in heatmaps
+            ]
             if not mine:
                 continue
             try:
@@ -164,8 +185,14 @@ class Evidence:
         (H.264 MP4); returns the frames written, ``frames_analyzed`` unless the file changed since.
         Blocking (decode + encode): call it in a worker thread."""
         return render_annotated(
-            video_path, out_path, tracks=self.tracks, scores=self.track_scores, frames=self.frames_analyzed,
-            source_width=self.info.width, fps=self.info.fps,
+            video_path,
+            out_path,
+            tracks=self.tracks,
+            scores=self.track_scores,
+            frames=self.frames_analyzed,
+            source_width=self.info.width,
+            fps=self.info.fps,
             guard=DecodeGuard(max_side=self.max_side, max_pixels=self.max_pixels),
-            threads=self.decode_threads, progress=lambda done, total: self.progress("render", done, total),
+            threads=self.decode_threads,
+            progress=lambda done, total: self.progress("render", done, total),
         )

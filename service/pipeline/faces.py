@@ -139,8 +139,14 @@ class RetinaFaceDetector:
         with self._lock, thread_stream(self._device), self._torch.inference_mode():
             results = self._net.detect(batch, score_threshold=self._min_score)
         return [
-            [Face(box=r.boxes[i].astype(np.float32), score=float(r.scores[i]), landmarks=r.landmarks[i].astype(np.float32))
-             for i in range(len(r.scores))]
+            [
+                Face(
+                    box=r.boxes[i].astype(np.float32),
+                    score=float(r.scores[i]),
+                    landmarks=r.landmarks[i].astype(np.float32),
+                )
+                for i in range(len(r.scores))
+            ]
             for r in results
         ]
 

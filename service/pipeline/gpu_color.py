@@ -60,8 +60,9 @@ def yuv_to_rgb_coefficients(matrix: Matrix = "bt601", full_range: bool = False) 
     bu = 2.0 * (1.0 - kb)
     gu = -bu * kb / kg
     gv = -rv * kr / kg
-    m = torch.tensor([[1.0, 0.0, rv * chroma], [1.0, gu * chroma, gv * chroma], [1.0, bu * chroma, 0.0]],
-                     dtype=torch.float32)
+    m = torch.tensor(
+        [[1.0, 0.0, rv * chroma], [1.0, gu * chroma, gv * chroma], [1.0, bu * chroma, 0.0]], dtype=torch.float32
+    )
     return m, (0.0 if full_range else 16.0), (1.0 if full_range else 255.0 / 219.0)
 
 

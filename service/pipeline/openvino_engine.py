@@ -58,7 +58,9 @@ class OpenVinoEngine:
     dimension stays dynamic, as exported.
     """
 
-    def __init__(self, path: Path, *, threads: int = 0, output_name: str = "logit", release_memory: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, threads: int = 0, output_name: str = "logit", release_memory: bool = False
+    ) -> None:
         """``release_memory``: hand the intermediate buffers back after every batch
         (``CompiledModel.release_memory``) rather than keep them sized for the largest batch seen, the
         counterpart of turning ONNX Runtime's arena off (``DFS_CPU_MEMORY_ARENA=false``)."""

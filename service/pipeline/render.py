@@ -45,7 +45,9 @@ def _draw_track(rgb: np.ndarray, box: np.ndarray, label: str, colour: tuple[int,
     cv2.putText(rgb, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, colour, max(1, thickness // 2), cv2.LINE_AA)
 
 
-def annotate(rgb: np.ndarray, index: int, tracks: Iterable[Track], scores: dict[int, float | None], zoom: float) -> None:
+def annotate(
+    rgb: np.ndarray, index: int, tracks: Iterable[Track], scores: dict[int, float | None], zoom: float
+) -> None:
     """Draw, in place, every track present on frame ``index`` (boxes are in original pixels; ``zoom``
     maps them to this frame's size)."""
     for track in tracks:

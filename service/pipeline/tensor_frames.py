@@ -43,7 +43,12 @@ class TensorFrameSource(Protocol):
     every decoded frame checked and charged by ``guard``."""
 
     def __call__(
-        self, path: Path, *, max_frames: int, wanted: Container[int] | None = None, max_side: int | None = None,
+        self,
+        path: Path,
+        *,
+        max_frames: int,
+        wanted: Container[int] | None = None,
+        max_side: int | None = None,
         guard: DecodeGuard | None = None,
     ) -> Iterator[TensorFrame]: ...
 

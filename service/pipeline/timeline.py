@@ -63,7 +63,8 @@ def track_timeline(
     for model, (indices, probabilities) in per_model.items():
         for position in frame_positions(len(indices), cap):  # all of them, or ``cap`` spread evenly
             start, end = item_span(indices[position], fps, info.duration_s)
-            entries.append({"model": model, "start_s": start, "end_s": end,
-                            "score": round(float(probabilities[position]), 6)})
+            entries.append(
+                {"model": model, "start_s": start, "end_s": end, "score": round(float(probabilities[position]), 6)}
+            )
     entries.sort(key=lambda e: (e["start_s"], e["end_s"], e["model"]))
     return entries

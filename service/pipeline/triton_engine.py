@@ -42,8 +42,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # numpy dtype name -> the KServe v2 datatype Triton expects on the wire
-WIRE_DTYPES = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
-               "uint8": "UINT8", "int8": "INT8", "bool": "BOOL"}
+WIRE_DTYPES = {
+    "float32": "FP32",
+    "float16": "FP16",
+    "float64": "FP64",
+    "int64": "INT64",
+    "int32": "INT32",
+    "uint8": "UINT8",
+    "int8": "INT8",
+    "bool": "BOOL",
+}
 TYPE_TO_WIRE = {f"TYPE_{v}": v for v in WIRE_DTYPES.values()}
 
 
@@ -141,9 +149,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def call_with_retries(
-    clients: TritonClients, model: str, what: str, call: Callable[[Any], T]
-) -> T:
+def call_with_retries(clients: TritonClients, model: str, what: str, call: Callable[[Any], T]) -> T:
     """``call(client)``, retried on connection errors with exponential back-off; else the error, typed."""
     from tritonclient.utils import InferenceServerException
 
@@ -161,8 +167,15 @@ def call_with_retries(
                     delay = settings.backoff_s * (2**attempt)
                     attempt += 1
                     metrics.REMOTE_RETRIES.labels(model).inc()
-                    log.warning("Triton %s for %s failed (%s); retry %d/%d in %.2f s",
-                                what, model, describe(exc), attempt, settings.retries, delay)
+                    log.warning(
+                        "Triton %s for %s failed (%s); retry %d/%d in %.2f s",
+                        what,
+                        model,
+                        describe(exc),
+                        attempt,
+                        settings.retries,
+                        delay,
+                    )
                     time.sleep(delay)
                     continue
                 kind = "timeout" if "timeout" in type(exc).__name__.lower() else "unavailable"
@@ -206,8 +219,10 @@ def served_model(clients: TritonClients, name: str, version: str, output_name: s
     inputs, outputs = config.get("input") or [], config.get("output") or []
     output_names = [o.get("name") for o in outputs]
     if len(inputs) != 1 or output_name not in output_names:
-        raise RuntimeError(f"Triton model {name}: expected one input and an output {output_name!r}, config has "
-                           f"{[i.get('name') for i in inputs]} / {output_names}")
+        raise RuntimeError(
+            f"Triton model {name}: expected one input and an output {output_name!r}, config has "
+            f"{[i.get('name') for i in inputs]} / {output_names}"
+        )
     datatype = TYPE_TO_WIRE.get(inputs[0].get("data_type", ""), "")
     if not datatype:
         raise RuntimeError(f"Triton model {name}: input data type {inputs[0].get('data_type')} is not supported")
@@ -225,8 +240,16 @@ def served_model(clients: TritonClients, name: str, version: str, output_name: s
 class TritonEngine:
     """An engine whose forward pass is a Triton inference request (see the module docstring)."""
 
-    def __init__(self, clients: TritonClients, name: str, version: int, *, input_name: str, output_name: str,
-                 item_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        clients: TritonClients,
+        name: str,
+        version: int,
+        *,
+        input_name: str,
+        output_name: str,
+        item_shape: tuple[int, ...],
+    ) -> None:
         self.clients = clients
         self.name = name
         self.served = served_model(clients, name, str(version), output_name)
@@ -236,7 +259,9 @@ class TritonEngine:
             problems.append(f"input {self.served.input_name!r} (manifest: {input_name!r})")
         dims = self.served.input_dims
         if self.served.max_batch_size < 1:
-            problems.append("max_batch_size 0 (the service needs batching: config.pbtxt from python -m export.triton_config)")
+            problems.append(
+                "max_batch_size 0 (the service needs batching: config.pbtxt from python -m export.triton_config)"
+            )
         elif len(dims) != len(item_shape) or any(d not in (-1, s) for d, s in zip(dims, item_shape, strict=False)):
             problems.append(f"input dims {list(dims)} (manifest: {list(item_shape)})")
         if problems:

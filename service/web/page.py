@@ -24,18 +24,20 @@ from service.api.auth import WEB_ASSETS_PREFIX
 STATIC_DIR = Path(__file__).with_name("static")
 _ASSETS_MOUNT = WEB_ASSETS_PREFIX.rstrip("/")
 
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'",
-    "img-src 'self' blob:",  # thumbnails and heat maps are fetched with the key header, shown from blob:
-    "media-src 'self' blob:",  # the annotated video, likewise
-    "connect-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'none'",  # forms are handled by the script, never posted by the browser
-    "frame-ancestors 'none'",
-))
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "img-src 'self' blob:",  # thumbnails and heat maps are fetched with the key header, shown from blob:
+        "media-src 'self' blob:",  # the annotated video, likewise
+        "connect-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",  # forms are handled by the script, never posted by the browser
+        "frame-ancestors 'none'",
+    )
+)
 
 PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,

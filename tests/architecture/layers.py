@@ -82,8 +82,10 @@ def import_graph(root: Path) -> dict[str, set[str]]:
     """Module -> the project modules it imports, for every ``.py`` file of :data:`PACKAGES`."""
     files = {module_name(root, path): path for package in PACKAGES for path in (root / package).rglob("*.py")}
     known = set(files)
-    return {module: imported_modules(ast.parse(path.read_text(), str(path)), known) - {module}
-            for module, path in files.items()}
+    return {
+        module: imported_modules(ast.parse(path.read_text(), str(path)), known) - {module}
+        for module, path in files.items()
+    }
 
 
 def edge(importer: str, imported: str) -> str:
@@ -147,7 +149,11 @@ if __name__ == "__main__":  # print today's upward and cycle-making edges (to st
     repo = Path(__file__).resolve().parents[2]
     graph = import_graph(repo)
     debt = upward_edges(graph)
-    sideways = {edge(a, b) for a, t in graph.items() for b in t
-                if unit_of(a)[1] == unit_of(b)[1] and unit_of(a)[0] != unit_of(b)[0]}
+    sideways = {
+        edge(a, b)
+        for a, t in graph.items()
+        for b in t
+        if unit_of(a)[1] == unit_of(b)[1] and unit_of(a)[0] != unit_of(b)[0]
+    }
     for line in sorted(debt | sideways):
         print(line)

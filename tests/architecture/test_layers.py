@@ -38,9 +38,12 @@ def test_the_scan_catches_a_bad_import_and_a_cycle(tmp_path: Path) -> None:
     files = {
         "models/__init__.py": "",
         "models/net.py": "from service.config import Settings\n",
-        "service/__init__.py": "", "service/config.py": "",
-        "export/__init__.py": "", "export/writer.py": "def f():\n    from training import loop\n",
-        "training/__init__.py": "", "training/loop.py": "import export.writer\n",
+        "service/__init__.py": "",
+        "service/config.py": "",
+        "export/__init__.py": "",
+        "export/writer.py": "def f():\n    from training import loop\n",
+        "training/__init__.py": "",
+        "training/loop.py": "import export.writer\n",
         "bench/__init__.py": "",
     }
     for name, text in files.items():

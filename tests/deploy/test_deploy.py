@@ -43,8 +43,11 @@ _rendered: dict[str, list[dict]] = {}
 
 def render(overlay: str) -> list[dict]:
     if overlay not in _rendered:
-        result = subprocess.run([tool("kubectl"), "kustomize", str(REPO_ROOT / "k8s" / "overlays" / overlay)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [tool("kubectl"), "kustomize", str(REPO_ROOT / "k8s" / "overlays" / overlay)],
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stderr
         _rendered[overlay] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     return _rendered[overlay]
@@ -84,6 +87,7 @@ def dockerfile_env() -> dict[str, str]:
 
 # --- lint ---------------------------------------------------------------------------------------
 
+
 def test_hadolint_has_no_unexplained_warnings() -> None:
     config = REPO_ROOT / ".hadolint.yaml"
     # Every ignored rule carries a comment that says why (the line(s) just above it).
@@ -91,8 +95,9 @@ def test_hadolint_has_no_unexplained_warnings() -> None:
     for index, line in enumerate(lines):
         if re.match(r"\s*-\s*DL\d+", line):
             assert lines[index - 1].strip().startswith("#"), f"{line.strip()} is ignored without a reason"
-    result = subprocess.run([tool("hadolint"), "--config", str(config), str(REPO_ROOT / "Dockerfile")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [tool("hadolint"), "--config", str(config), str(REPO_ROOT / "Dockerfile")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -104,13 +109,20 @@ def test_yamllint() -> None:
 
 # --- kubernetes ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlays_render_and_validate(overlay: str) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
     docs = render(overlay)
-    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler",
-                                               "PersistentVolumeClaim", "PodDisruptionBudget", "Service",
-                                               "ServiceMonitor"]
+    assert sorted(d["kind"] for d in docs) == [
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceMonitor",
+    ]
     for doc in docs:
         assert doc["metadata"].get("namespace") == "deepfake", doc["kind"]
         assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "deepfake-service", doc["kind"]
@@ -164,9 +176,11 @@ def test_deployment_probes_security_and_volumes(overlay: str) -> None:
 def test_service_monitor_hpa_and_pdb_select_the_pods(overlay: str) -> None:
     docs = by_kind(overlay)
     pod_labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
-    for kind, selector in (("Service", docs["Service"]["spec"]["selector"]),
-                           ("PodDisruptionBudget", docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]),
-                           ("Deployment", docs["Deployment"]["spec"]["selector"]["matchLabels"])):
+    for kind, selector in (
+        ("Service", docs["Service"]["spec"]["selector"]),
+        ("PodDisruptionBudget", docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]),
+        ("Deployment", docs["Deployment"]["spec"]["selector"]["matchLabels"]),
+    ):
         assert selector.items() <= pod_labels.items(), kind
     service = docs["Service"]
     assert docs["ServiceMonitor"]["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
@@ -185,14 +199,22 @@ def test_service_monitor_hpa_and_pdb_select_the_pods(overlay: str) -> None:
     assert 0 < value < int(docs["ConfigMap"]["data"]["DFS_MAX_CONCURRENT_REQUESTS"])
     adapter = yaml.safe_load((REPO_ROOT / "k8s" / "prometheus-adapter" / "values.yaml").read_text())
     assert adapter["rules"]["custom"][0]["name"]["as"] == "dfs_requests_in_flight"
-    assert docs["PodDisruptionBudget"]["spec"].get("maxUnavailable") or docs["PodDisruptionBudget"]["spec"].get("minAvailable")
+    assert docs["PodDisruptionBudget"]["spec"].get("maxUnavailable") or docs["PodDisruptionBudget"]["spec"].get(
+        "minAvailable"
+    )
 
 
 # --- names, paths and ports agree with the app -------------------------------------------------
 
+
 def test_every_dfs_name_is_a_setting() -> None:
-    files = [REPO_ROOT / "Dockerfile", REPO_ROOT / "docker-compose.yml", REPO_ROOT / "docs" / "DEPLOY.md",
-             *sorted((REPO_ROOT / "k8s").rglob("*.yaml")), *sorted((REPO_ROOT / "deploy").rglob("*.*"))]
+    files = [
+        REPO_ROOT / "Dockerfile",
+        REPO_ROOT / "docker-compose.yml",
+        REPO_ROOT / "docs" / "DEPLOY.md",
+        *sorted((REPO_ROOT / "k8s").rglob("*.yaml")),
+        *sorted((REPO_ROOT / "deploy").rglob("*.*")),
+    ]
     used: dict[str, set[str]] = {}
     for path in files:
         for name in DFS_NAME.findall(path.read_text()):
@@ -268,8 +290,11 @@ def test_dockerfile_shape() -> None:
 
 
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:
-    ignored = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for must in ("tests", ".venv", ".git", "**/__pycache__", ".pytest_cache", "data", "*.pth", "*.onnx"):
         assert must in ignored, must
     copied = re.findall(r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", DOCKERFILE, re.M)
@@ -282,6 +307,7 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
 
 
 # --- compose, Prometheus, Grafana ---------------------------------------------------------------
+
 
 def test_compose_gpu_volumes_and_monitoring() -> None:
     services = COMPOSE["services"]
@@ -301,8 +327,11 @@ def test_compose_gpu_volumes_and_monitoring() -> None:
     source = datasource["datasources"][0]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
     provider = yaml.safe_load((REPO_ROOT / "deploy/grafana/provisioning/dashboards/dfs.yml").read_text())
-    dashboards_mount = next(v.split(":")[1] for v in services["grafana"]["volumes"] if "dashboards" in v.split(":")[0]
-                            and "provisioning" not in v)
+    dashboards_mount = next(
+        v.split(":")[1]
+        for v in services["grafana"]["volumes"]
+        if "dashboards" in v.split(":")[0] and "provisioning" not in v
+    )
     assert provider["providers"][0]["options"]["path"] == dashboards_mount
     for panel in DASHBOARD["panels"]:
         assert panel["datasource"]["uid"] == source["uid"], panel["title"]
@@ -319,8 +348,14 @@ def test_dashboard_shows_the_required_metrics_and_only_exported_ones() -> None:
             names = {re.sub(r"_(bucket|sum|count)$", "", n) for n in re.findall(r"\bdfs_[a-z_]+", target["expr"])}
             used |= {n.removesuffix("_total") for n in names}
     assert used <= exported, used - exported
-    required = {"dfs_requests", "dfs_stage_duration_seconds", "dfs_batch_size", "dfs_queue_depth",
-                "dfs_requests_in_flight", "dfs_gpu_memory_bytes"}
+    required = {
+        "dfs_requests",
+        "dfs_stage_duration_seconds",
+        "dfs_batch_size",
+        "dfs_queue_depth",
+        "dfs_requests_in_flight",
+        "dfs_gpu_memory_bytes",
+    }
     assert required <= used, required - used
     assert len({p["id"] for p in DASHBOARD["panels"]}) == len(DASHBOARD["panels"])
 
@@ -333,12 +368,21 @@ TRITON_IMAGE = re.compile(r"^nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3$")  #
 def test_triton_overlay_points_the_service_at_a_gpu_triton() -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
     docs = {(d["kind"], d["metadata"]["name"]): d for d in render("triton")}
-    assert sorted(docs) == sorted([
-        ("ConfigMap", next(n for k, n in docs if k == "ConfigMap")), ("Deployment", "deepfake-service"),
-        ("Deployment", "triton"), ("HorizontalPodAutoscaler", "deepfake-service"),
-        ("HorizontalPodAutoscaler", "triton"), ("PersistentVolumeClaim", "dfs-model-repository"),
-        ("PodDisruptionBudget", "deepfake-service"), ("Service", "deepfake-service"), ("Service", "triton"),
-        ("ServiceMonitor", "deepfake-service"), ("ServiceMonitor", "triton")])
+    assert sorted(docs) == sorted(
+        [
+            ("ConfigMap", next(n for k, n in docs if k == "ConfigMap")),
+            ("Deployment", "deepfake-service"),
+            ("Deployment", "triton"),
+            ("HorizontalPodAutoscaler", "deepfake-service"),
+            ("HorizontalPodAutoscaler", "triton"),
+            ("PersistentVolumeClaim", "dfs-model-repository"),
+            ("PodDisruptionBudget", "deepfake-service"),
+            ("Service", "deepfake-service"),
+            ("Service", "triton"),
+            ("ServiceMonitor", "deepfake-service"),
+            ("ServiceMonitor", "triton"),
+        ]
+    )
     for doc in docs.values():
         assert doc["metadata"].get("namespace") == "deepfake", doc["kind"]
         assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "deepfake-service", doc["kind"]
@@ -359,7 +403,9 @@ def test_triton_overlay_points_the_service_at_a_gpu_triton() -> None:
     assert TRITON_IMAGE.match(container["image"]), container["image"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     args = container["args"]
-    assert "--model-repository=/models" in args and f"--http-port={http['port']}" in args and "--allow-grpc=false" in args
+    assert (
+        "--model-repository=/models" in args and f"--http-port={http['port']}" in args and "--allow-grpc=false" in args
+    )
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/models"]["readOnly"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}

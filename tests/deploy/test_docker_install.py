@@ -27,9 +27,18 @@ from tests.conftest import REPO_ROOT
 
 DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text()
 PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(39, 4, -1)] + [
-    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
-TARGET = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:",
-          *[arg for platform in PLATFORMS for arg in ("--platform", platform)]]
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+]
+TARGET = [
+    "--python-version",
+    "3.12",
+    "--implementation",
+    "cp",
+    "--only-binary=:all:",
+    *[arg for platform in PLATFORMS for arg in ("--platform", platform)],
+]
 
 
 def arg(name: str) -> list[str]:
@@ -60,17 +69,35 @@ def venv_pip(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 def test_dockerfile_gpu_install_line_resolves_for_the_image(venv_pip: list[str], tmp_path: Path) -> None:
     install = re.search(r"^RUN pip install (.+?) \\$", DOCKERFILE, re.M)
     assert install and install.group(1) == '${TORCH_SPEC} ".[gpu]" ${ONNXRUNTIME_SPEC}', (
-        "the install line changed: update this test to resolve the same set")
+        "the install line changed: update this test to resolve the same set"
+    )
     torch_spec, onnxruntime_spec = arg("TORCH_SPEC"), arg("ONNXRUNTIME_SPEC")
     # The project as a wheel (this is what `pip install ".[gpu]"` builds from the COPYed sources).
     run([*venv_pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path / "wheel"), str(REPO_ROOT)])
     wheel = next((tmp_path / "wheel").glob("deepfake_service-*.whl"))
     report = tmp_path / "report.json"
-    run([*venv_pip, "install", "--dry-run", "--quiet", "--ignore-installed", "--use-feature=fast-deps", *TARGET,
-         "--target", str(tmp_path / "target"), "--report", str(report),
-         *torch_spec, f"{wheel}[gpu]", *onnxruntime_spec])
-    resolved = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
-                for item in json.loads(report.read_text())["install"]}
+    run(
+        [
+            *venv_pip,
+            "install",
+            "--dry-run",
+            "--quiet",
+            "--ignore-installed",
+            "--use-feature=fast-deps",
+            *TARGET,
+            "--target",
+            str(tmp_path / "target"),
+            "--report",
+            str(report),
+            *torch_spec,
+            f"{wheel}[gpu]",
+            *onnxruntime_spec,
+        ]
+    )
+    resolved = {
+        item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
     for spec in [*torch_spec, *onnxruntime_spec]:
         name, version = spec.split("==")
         assert resolved[name] == version, (name, resolved.get(name))
@@ -87,8 +114,20 @@ def test_dockerfile_no_deps_and_nvidia_pins_exist(venv_pip: list[str], tmp_path:
     assert re.search(r"pip install --no-deps \$\{MEDIAPIPE_SPEC\}", DOCKERFILE)
     mediapipe = arg("MEDIAPIPE_SPEC")
     assert mediapipe == ["mediapipe==0.10.21"]
-    run([*venv_pip, "install", "--dry-run", "--quiet", "--ignore-installed", "--no-deps", *TARGET,
-         "--target", str(tmp_path / "target"), *mediapipe])
+    run(
+        [
+            *venv_pip,
+            "install",
+            "--dry-run",
+            "--quiet",
+            "--ignore-installed",
+            "--no-deps",
+            *TARGET,
+            "--target",
+            str(tmp_path / "target"),
+            *mediapipe,
+        ]
+    )
     tensorrt = arg("TENSORRT_SPEC")
     name, version = tensorrt[0].split("==")
     versions = run([*venv_pip, "index", "versions", name]).stdout

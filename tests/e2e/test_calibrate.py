@@ -21,13 +21,16 @@ from tests.conftest import REPO_ROOT, start_service, stop_service
 pytestmark = pytest.mark.slow
 
 VIDEOS = {  # two fakes and two reals of the shared media, other footage than the bundle trained on
-    "wild_fake_Obama.mp4": "fake", "wild_fake_Reagan.mp4": "fake",
-    "wild_real_Obama.mp4": "real", "wild_real_Bateman.mp4": "real",
+    "wild_fake_Obama.mp4": "fake",
+    "wild_fake_Reagan.mp4": "fake",
+    "wild_real_Obama.mp4": "real",
+    "wild_real_Bateman.mp4": "real",
 }
 
 
-def test_calibration_fitted_as_served_and_written_into_the_manifest(shared_data: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibration_fitted_as_served_and_written_into_the_manifest(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repository = tmp_path / "repo"
     bundle = sorted(p for p in (REPO_ROOT / "model_repository" / "dcl").iterdir() if p.is_dir())[-1]
     shutil.copytree(bundle, repository / "dcl" / bundle.name)
@@ -40,8 +43,9 @@ def test_calibration_fitted_as_served_and_written_into_the_manifest(shared_data:
     monkeypatch.setenv("DFS_FACE_DETECTOR", "blazeface")
 
     first = tmp_path / "first.json"
-    assert calibrate_main(["--repository", str(repository), "--labels", str(labels), "--json", str(first),
-                           "--write"]) == 0
+    assert (
+        calibrate_main(["--repository", str(repository), "--labels", str(labels), "--json", str(first), "--write"]) == 0
+    )
     fitted = json.loads(first.read_text())["dcl"]
     assert fitted["videos"] == len(VIDEOS) and fitted["items"] >= len(VIDEOS)
     manifest = Manifest.read(repository / "dcl" / bundle.name)
@@ -59,8 +63,9 @@ def test_calibration_fitted_as_served_and_written_into_the_manifest(shared_data:
         assert served["per_video"][video]["service_score"] == pytest.approx(row["service_score"], abs=1e-4)
 
 
-def test_calibrate_writes_the_ensemble_the_service_then_serves(shared_data: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibrate_writes_the_ensemble_the_service_then_serves(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Both bundle models: ensemble.json is written valid, and served it gives the scores the fit reported."""
     repository = tmp_path / "repo"
     for name in ("dcl", "ftcn"):
@@ -72,13 +77,31 @@ def test_calibrate_writes_the_ensemble_the_service_then_serves(shared_data: Path
         writer.writerow(["label", "path", "split"])
         writer.writerows([label, str(shared_data / "videos" / name), "val"] for name, label in VIDEOS.items())
         writer.writerow(["real", str(shared_data / "videos" / "wild_real_Clinton.mp4"), "train"])  # not in --split val
-    for key, value in {"DFS_MAX_FRAMES": "48", "DFS_FACE_DETECTOR": "blazeface", "DFS_MAX_CLIPS_PER_TRACK": "1",
-                       "DFS_FRAMES_PER_TRACK": "4"}.items():
+    for key, value in {
+        "DFS_MAX_FRAMES": "48",
+        "DFS_FACE_DETECTOR": "blazeface",
+        "DFS_MAX_CLIPS_PER_TRACK": "1",
+        "DFS_FRAMES_PER_TRACK": "4",
+    }.items():
         monkeypatch.setenv(key, value)
 
     report = tmp_path / "report.json"
-    assert calibrate_main(["--repository", str(repository), "--labels", str(labels), "--split", "val",
-                           "--json", str(report), "--write"]) == 0
+    assert (
+        calibrate_main(
+            [
+                "--repository",
+                str(repository),
+                "--labels",
+                str(labels),
+                "--split",
+                "val",
+                "--json",
+                str(report),
+                "--write",
+            ]
+        )
+        == 0
+    )
     ensemble = EnsembleFile.read(repository)
     assert ensemble is not None and ensemble.model_dump(mode="json") == json.loads(report.read_text())["ensemble"]
     assert sorted(ensemble.weights) == ["dcl", "ftcn"] and sum(ensemble.weights.values()) == pytest.approx(1)
@@ -96,8 +119,9 @@ def test_calibrate_writes_the_ensemble_the_service_then_serves(shared_data: Path
 
     # The service picks it up as fitted (no warning: versions and calibrations match) and serves what it reported.
     video = shared_data / "videos" / "wild_fake_Obama.mp4"
-    service = start_service({"DFS_MODEL_REPOSITORY": str(repository), "DFS_LOCAL_ROOTS": str(shared_data)},
-                            tmp_path / "service.log")
+    service = start_service(
+        {"DFS_MODEL_REPOSITORY": str(repository), "DFS_LOCAL_ROOTS": str(shared_data)}, tmp_path / "service.log"
+    )
     try:
         with service.client() as client:
             served = client.get("/ensemble").json()

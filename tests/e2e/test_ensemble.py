@@ -36,7 +36,9 @@ def test_five_models_and_the_ensemble_formula(full_repository: Path, file_server
             assert sorted(m["name"] for m in models) == ALL
             assert all(m["untrained"] == (m["name"] != "ftcn") for m in models)
             body = client.post("/predict", json={"file_path": file_server.url("two_faces.mp4")}).json()
-            subset = client.post("/predict", json={"file_path": file_server.url("one_face.mp4"), "models": ["dcl", "lib"]}).json()
+            subset = client.post(
+                "/predict", json={"file_path": file_server.url("one_face.mp4"), "models": ["dcl", "lib"]}
+            ).json()
     finally:
         stop_service(service)
 
@@ -82,7 +84,8 @@ def bundle_with_ensemble(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     folders = {name: sorted(p for p in (repository / name).iterdir() if p.is_dir())[-1] for name in ("dcl", "ftcn")}
     weights, bias = {"dcl": 0.85, "ftcn": 0.15}, 0.6
     EnsembleFile(
-        weights=weights, bias=bias,
+        weights=weights,
+        bias=bias,
         model_versions={name: int(folder.name) for name, folder in folders.items()},
         model_calibrations={name: Manifest.read(folder).calibration.model_dump() for name, folder in folders.items()},
         fitted_on={"command": "written by the test"},
@@ -90,7 +93,9 @@ def bundle_with_ensemble(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     return repository, weights, bias
 
 
-def serve_shared_video(repository: Path, shared_data: Path, log: Path, extra: dict[str, str] | None = None) -> tuple[dict, list, dict]:
+def serve_shared_video(
+    repository: Path, shared_data: Path, log: Path, extra: dict[str, str] | None = None
+) -> tuple[dict, list, dict]:
     """/ensemble, /models and one /predict of the shared video from a real service on ``repository``."""
     service = start_service(
         {
@@ -122,7 +127,8 @@ def both_models_faces(body: dict) -> list[dict]:
 
 
 def test_the_repository_ensemble_is_served_with_its_weights_and_bias(
-        bundle_with_ensemble: tuple[Path, dict[str, float], float], shared_data: Path, tmp_path: Path) -> None:
+    bundle_with_ensemble: tuple[Path, dict[str, float], float], shared_data: Path, tmp_path: Path
+) -> None:
     repository, weights, bias = bundle_with_ensemble
     served, models, body = serve_shared_video(repository, shared_data, tmp_path / "service.log")
 
@@ -141,11 +147,13 @@ def test_the_repository_ensemble_is_served_with_its_weights_and_bias(
 
 
 def test_dfs_ensemble_weights_overrides_the_repository_ensemble(
-        bundle_with_ensemble: tuple[Path, dict[str, float], float], shared_data: Path, tmp_path: Path) -> None:
+    bundle_with_ensemble: tuple[Path, dict[str, float], float], shared_data: Path, tmp_path: Path
+) -> None:
     repository, _, _ = bundle_with_ensemble
     explicit = {"dcl": 1.0, "ftcn": 3.0}
-    served, models, body = serve_shared_video(repository, shared_data, tmp_path / "service.log",
-                                              {"DFS_ENSEMBLE_WEIGHTS": "dcl=1,ftcn=3"})
+    served, models, body = serve_shared_video(
+        repository, shared_data, tmp_path / "service.log", {"DFS_ENSEMBLE_WEIGHTS": "dcl=1,ftcn=3"}
+    )
 
     assert served["source"] == "DFS_ENSEMBLE_WEIGHTS" and served["path"] is None
     assert served["weights"] == pytest.approx(explicit) and served["bias"] == 0 and served["fitted"] is None

@@ -35,8 +35,11 @@ def test_docs_load_only_from_the_service(live_service: LiveService) -> None:
         page = client.get("/docs")
         assert page.status_code == 200
         html = page.text
-        foreign = [url for url in re.findall(r"https?://[^\s\"'<>]+", html)
-                   if urlparse(url).hostname not in ("127.0.0.1", "localhost")]
+        foreign = [
+            url
+            for url in re.findall(r"https?://[^\s\"'<>]+", html)
+            if urlparse(url).hostname not in ("127.0.0.1", "localhost")
+        ]
         assert not foreign, foreign
         assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
         scripts = [a for a in assets if a.endswith(".js")]
@@ -102,8 +105,9 @@ def test_metrics_count_errors_verdicts_and_scores(live_service: LiveService, fil
 # ---- /models: which bytes are served, by which version ------------------------------------------
 
 
-def test_models_report_the_file_checksum_and_the_service_version(live_service: LiveService,
-                                                                 ftcn_repository: Path) -> None:
+def test_models_report_the_file_checksum_and_the_service_version(
+    live_service: LiveService, ftcn_repository: Path
+) -> None:
     version = importlib.metadata.version("deepfake-service")
     with live_service.client() as client:
         health = client.get("/healthcheck")
@@ -129,27 +133,36 @@ HASHED_KEY = "key-given-only-as-its-hash"
 
 
 @pytest.fixture(scope="module")
-def guarded_service(ftcn_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveService, int]]:
+def guarded_service(
+    ftcn_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveService, int]]:
     """Keys from the environment and from a file (a key and a sha256: hash), metrics on their own port."""
     folder = tmp_path_factory.mktemp("guarded")
     keys = folder / "keys"
     keys.write_text(f"# accepted keys\n\n{FILE_KEY}\nsha256:{hashlib.sha256(HASHED_KEY.encode()).hexdigest()}\n")
     metrics_port = free_port()
-    service = start_service({
-        "DFS_MODEL_REPOSITORY": str(ftcn_repository),
-        "DFS_API_KEYS": ",".join(ENV_KEYS),
-        "DFS_API_KEYS_FILE": str(keys),
-        "DFS_METRICS_PORT": str(metrics_port),
-    }, folder / "service.log")
+    service = start_service(
+        {
+            "DFS_MODEL_REPOSITORY": str(ftcn_repository),
+            "DFS_API_KEYS": ",".join(ENV_KEYS),
+            "DFS_API_KEYS_FILE": str(keys),
+            "DFS_METRICS_PORT": str(metrics_port),
+        },
+        folder / "service.log",
+    )
     yield service, metrics_port
     stop_service(service)
 
 
 def _unauthorized(response: httpx.Response) -> bool:
     body = response.json()
-    return (response.status_code == 401 and response.headers.get("www-authenticate") == "Bearer"
-            and set(body) == {"error", "detail", "request_id"} and body["error"] == "unauthorized"
-            and body["request_id"] == response.headers["x-request-id"])
+    return (
+        response.status_code == 401
+        and response.headers.get("www-authenticate") == "Bearer"
+        and set(body) == {"error", "detail", "request_id"}
+        and body["error"] == "unauthorized"
+        and body["request_id"] == response.headers["x-request-id"]
+    )
 
 
 def test_api_keys_guard_every_route_but_the_open_ones(guarded_service: tuple[LiveService, int]) -> None:
@@ -163,18 +176,34 @@ def test_api_keys_guard_every_route_but_the_open_ones(guarded_service: tuple[Liv
             ("GET", "/jobs", {}),  # routes that do not exist yet are guarded too: the check is on the prefix
             ("POST", "/jobs/123", {}),
         ):
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"},
-                            {"Authorization": f"Basic {ENV_KEYS[0]}"}):
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong"},
+                {"X-API-Key": "wrong"},
+                {"Authorization": f"Basic {ENV_KEYS[0]}"},
+            ):
                 response = client.request(method, path, headers=headers, **extra)
                 assert _unauthorized(response), (method, path, headers, response.status_code, response.text)
-        for path in ("/healthcheck", "/livez", "/docs", "/openapi.json", "/docs/static/swagger-ui.css",
-                     "/", "/web/app.js"):  # the web page must open without a key: it is where one is typed
+        for path in (
+            "/healthcheck",
+            "/livez",
+            "/docs",
+            "/openapi.json",
+            "/docs/static/swagger-ui.css",
+            "/",
+            "/web/app.js",
+        ):  # the web page must open without a key: it is where one is typed
             assert client.get(path).status_code == 200, path
-        for headers in ({"Authorization": f"Bearer {ENV_KEYS[0]}"}, {"Authorization": f"bearer {ENV_KEYS[1]}"},
-                        {"X-API-Key": FILE_KEY}, {"X-API-Key": HASHED_KEY}):
+        for headers in (
+            {"Authorization": f"Bearer {ENV_KEYS[0]}"},
+            {"Authorization": f"bearer {ENV_KEYS[1]}"},
+            {"X-API-Key": FILE_KEY},
+            {"X-API-Key": HASHED_KEY},
+        ):
             assert client.get("/models", headers=headers).status_code == 200, headers
-        past_the_check = client.post("/predict", headers={"X-API-Key": FILE_KEY},
-                                     json={"file_path": NO_FETCH, "models": ["nope"]})
+        past_the_check = client.post(
+            "/predict", headers={"X-API-Key": FILE_KEY}, json={"file_path": NO_FETCH, "models": ["nope"]}
+        )
         assert past_the_check.status_code == 400 and past_the_check.json()["error"] == "unknown_model"
         schema = client.get("/openapi.json").json()
     assert schema["paths"]["/predict"]["post"]["security"], "/docs offers Authorize for the guarded routes"

@@ -47,8 +47,9 @@ def long_video(videos: dict[str, Path]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def jobs_service(ftcn_repository: Path, videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
-                 long_video: Path) -> Iterator[LiveService]:
+def jobs_service(
+    ftcn_repository: Path, videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, long_video: Path
+) -> Iterator[LiveService]:
     data = tmp_path_factory.mktemp("jobs-data")
     service = start_service(jobs_env(ftcn_repository, videos, data, DFS_JOBS_MAX_QUEUED="2"), data / "service.log")
     service.data_dir = data  # type: ignore[attr-defined]
@@ -64,8 +65,14 @@ def submit(client: httpx.Client, file_path: str, **extra: object) -> str:
     return body["job_id"]
 
 
-def wait_for(client: httpx.Client, job_id: str, until: set[str], timeout: float = 240.0,
-              seen: list[dict] | None = None, poll: float = 0.1) -> dict:
+def wait_for(
+    client: httpx.Client,
+    job_id: str,
+    until: set[str],
+    timeout: float = 240.0,
+    seen: list[dict] | None = None,
+    poll: float = 0.1,
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = client.get(f"/jobs/{job_id}")
@@ -99,8 +106,9 @@ def decoded_frames(data: bytes, folder: Path) -> int:
         return sum(1 for _ in container.decode(stream))
 
 
-def test_job_life_cycle_progress_result_and_evidence(jobs_service: LiveService, file_server: FileServer,
-                                                     tmp_path: Path) -> None:
+def test_job_life_cycle_progress_result_and_evidence(
+    jobs_service: LiveService, file_server: FileServer, tmp_path: Path
+) -> None:
     with jobs_service.client() as client:
         job_id = submit(client, file_server.url("long_face.mp4"), max_frames=LONG_FRAMES)
         seen: list[dict] = []
@@ -109,13 +117,17 @@ def test_job_life_cycle_progress_result_and_evidence(jobs_service: LiveService, 
         sync = client.post("/predict", json={"file_path": file_server.url("long_face.mp4")})
         assert sync.status_code == 200, sync.text
         over = client.post("/predict", json={"file_path": file_server.url("long_face.mp4"), "max_frames": LONG_FRAMES})
-        files = {name: client.get(f"/jobs/{job_id}/{name}") for name in
-                 ("faces/0.jpg", "faces/7.jpg", "heatmaps/0.png", "annotated.mp4")}
+        files = {
+            name: client.get(f"/jobs/{job_id}/{name}")
+            for name in ("faces/0.jpg", "faces/7.jpg", "heatmaps/0.png", "annotated.mp4")
+        }
 
     statuses = [body["status"] for body in seen]
     assert set(statuses) <= {"queued", "running", "done"} and statuses[-1] == "done"
     assert statuses == sorted(statuses, key=["queued", "running", "done"].index), "statuses must only move forward"
-    decode = [body["progress"] for body in seen if body["status"] == "running" and body["progress"]["stage"] == "decode"]
+    decode = [
+        body["progress"] for body in seen if body["status"] == "running" and body["progress"]["stage"] == "decode"
+    ]
     assert len({p["done"] for p in decode}) >= 2, f"progress must be seen growing: {seen}"
     assert [p["done"] for p in decode] == sorted(p["done"] for p in decode)
     assert all(p["total"] == LONG_FRAMES and 0 < p["fraction"] <= 1 for p in decode)
@@ -165,8 +177,9 @@ def test_over_the_job_frame_cap_and_unknown_ids(jobs_service: LiveService, file_
     assert malformed.status_code == 404
 
 
-def test_bad_input_fails_the_job_with_predicts_error(jobs_service: LiveService, file_server: FileServer,
-                                                     videos: dict[str, Path]) -> None:
+def test_bad_input_fails_the_job_with_predicts_error(
+    jobs_service: LiveService, file_server: FileServer, videos: dict[str, Path]
+) -> None:
     with jobs_service.client() as client:
         url = file_server.url("image.mp4")  # a PNG named .mp4
         job_id = submit(client, url)
@@ -247,8 +260,9 @@ def test_full_queue_is_a_503_with_retry_after(jobs_service: LiveService, file_se
     assert [c.json()["status"] for c in cancels] == ["cancelled"] * 3
 
 
-def test_restart_requeues_or_fails_running_jobs(ftcn_repository: Path, videos: dict[str, Path],
-                                                file_server: FileServer, long_video: Path, tmp_path: Path) -> None:
+def test_restart_requeues_or_fails_running_jobs(
+    ftcn_repository: Path, videos: dict[str, Path], file_server: FileServer, long_video: Path, tmp_path: Path
+) -> None:
     """Killed mid-job: on the next start the URL job runs again to the end; the upload job whose
     staged video is gone is failed with job_interrupted; the log says which."""
     env = jobs_env(ftcn_repository, videos, tmp_path, DFS_JOBS_CONCURRENCY="2", DFS_MAX_CONCURRENT_REQUESTS="4")
@@ -285,8 +299,9 @@ def test_restart_requeues_or_fails_running_jobs(ftcn_repository: Path, videos: d
     assert f"job {upload_job} was left running when the service stopped; marked failed" in log
 
 
-def test_finished_jobs_expire(ftcn_repository: Path, videos: dict[str, Path], file_server: FileServer,
-                              tmp_path: Path) -> None:
+def test_finished_jobs_expire(
+    ftcn_repository: Path, videos: dict[str, Path], file_server: FileServer, tmp_path: Path
+) -> None:
     ttl = 6.0
     service = start_service(jobs_env(ftcn_repository, videos, tmp_path, DFS_JOB_TTL_S=str(ttl)), tmp_path / "log")
     try:

@@ -197,7 +197,9 @@ def test_malformed_json(live_service: LiveService) -> None:
         ("audio_only.mp4", 415, "no_video_stream"),
     ],
 )
-def test_bad_media(live_service: LiveService, file_server: FileServer, name: str, status: int, code: str | None) -> None:
+def test_bad_media(
+    live_service: LiveService, file_server: FileServer, name: str, status: int, code: str | None
+) -> None:
     with live_service.client() as client:
         response = predict(client, file_server.url(name))
         assert response.status_code == status, response.text
@@ -304,7 +306,11 @@ def test_overrides_may_not_raise_the_work_above_the_server_limits(
 def test_overrides_within_the_limits_are_served(live_service: LiveService, file_server: FileServer) -> None:
     with live_service.client() as client:
         response = predict(
-            client, file_server.url("one_face.mp4"), clip_stride=16, max_clips_per_track=16, frames_per_track=2,
+            client,
+            file_server.url("one_face.mp4"),
+            clip_stride=16,
+            max_clips_per_track=16,
+            frames_per_track=2,
             max_frames=256,
         )
     assert response.status_code == 200, response.text

@@ -22,9 +22,9 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.triton_server import TritonServer, missing_reason, start_triton, stop_triton
 from export.triton_config import TritonOptions, write_python_backend_repository
 from service.launcher import LiveService, free_port, start_service, stop_service
-from bench.triton_server import TritonServer, missing_reason, start_triton, stop_triton
 
 if TYPE_CHECKING:
     from service.pipeline.triton_engine import TritonEngine
@@ -55,8 +55,13 @@ class TritonHolder:
         self.server: TritonServer = start_triton(repository, workdir, models=MODELS)
 
     def restart(self) -> None:
-        self.server = start_triton(self.repository, self.workdir, models=MODELS, http_port=self.server.http_port,
-                                   metrics_port=self.server.metrics_port)
+        self.server = start_triton(
+            self.repository,
+            self.workdir,
+            models=MODELS,
+            http_port=self.server.http_port,
+            metrics_port=self.server.metrics_port,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +71,9 @@ def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("triton") / "repository"
     # 20 ms queue delay: concurrent requests reliably meet in one execution on a busy 2-core machine
-    write_python_backend_repository(BUNDLE, out, TritonOptions(instance_kind="cpu", max_batch_size=MAX_BATCH,
-                                                               max_queue_delay_us=20000))
+    write_python_backend_repository(
+        BUNDLE, out, TritonOptions(instance_kind="cpu", max_batch_size=MAX_BATCH, max_queue_delay_us=20000)
+    )
     for name in [p.name for p in out.iterdir()]:
         if name not in MODELS:
             shutil.rmtree(out / name)
@@ -97,10 +103,13 @@ def _service_env(videos: dict[str, Path], **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def triton_service(triton: TritonHolder, videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+def triton_service(
+    triton: TritonHolder, videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveService]:
     logs = tmp_path_factory.mktemp("triton-logs")
-    service = start_service(_service_env(videos, DFS_RUNTIME="triton", DFS_TRITON_URL=triton.server.url),
-                            logs / "service.log")
+    service = start_service(
+        _service_env(videos, DFS_RUNTIME="triton", DFS_TRITON_URL=triton.server.url), logs / "service.log"
+    )
     yield service
     stop_service(service)
 
@@ -116,7 +125,9 @@ def test_scores_through_triton_equal_in_process_onnxruntime(
     with triton_service.client() as client:
         assert client.get("/healthcheck").json() == {"healthy": True}
         models = {m["name"]: m for m in client.get("/models").json()}
-    assert sorted(models) == MODELS and all(m["runtime"].startswith("triton:1@http://127.0.0.1:") for m in models.values())
+    assert sorted(models) == MODELS and all(
+        m["runtime"].startswith("triton:1@http://127.0.0.1:") for m in models.values()
+    )
     remote = predict(triton_service, videos["one_face"])
     assert remote.status_code == 200, remote.text
     local_service = start_service(_service_env(videos, DFS_RUNTIME="auto"), tmp_path / "local.log")
@@ -131,8 +142,9 @@ def test_scores_through_triton_equal_in_process_onnxruntime(
     pairs = [(got["df_probability"], want["df_probability"])]
     for name in MODELS:
         pairs.append((got["models"][name]["score"], want["models"][name]["score"]))
-        assert {k: v for k, v in got["models"][name].items() if k != "score"} == \
-            {k: v for k, v in want["models"][name].items() if k != "score"}
+        assert {k: v for k, v in got["models"][name].items() if k != "score"} == {
+            k: v for k, v in want["models"][name].items() if k != "score"
+        }
     for mine, theirs in zip(got["faces"], want["faces"], strict=True):
         pairs.append((mine["score"], theirs["score"]))
         pairs += [(mine["models"][n]["score"], theirs["models"][n]["score"]) for n in MODELS]
@@ -168,8 +180,9 @@ def test_concurrent_requests_are_batched_by_triton_and_big_batches_split(triton:
         results = list(pool.map(engine.run, inputs))
     after = triton.server.metrics()
     inferences = metric(after, "nv_inference_count", model="dcl") - metric(before, "nv_inference_count", model="dcl")
-    executions = (metric(after, "nv_inference_exec_count", model="dcl")
-                  - metric(before, "nv_inference_exec_count", model="dcl"))
+    executions = metric(after, "nv_inference_exec_count", model="dcl") - metric(
+        before, "nv_inference_exec_count", model="dcl"
+    )
     assert inferences == 12
     assert executions < inferences, (executions, inferences)  # Triton's dynamic batcher merged requests
     session = ort.InferenceSession(str(BUNDLE / "dcl" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -201,7 +214,9 @@ def test_wrong_shapes_and_oversized_batches_are_refused_clearly(triton: TritonHo
     assert engine.run(batch).shape == (MAX_BATCH + 1,)
 
 
-def test_model_missing_on_the_server_makes_the_service_unhealthy(triton: TritonHolder, triton_service: LiveService) -> None:
+def test_model_missing_on_the_server_makes_the_service_unhealthy(
+    triton: TritonHolder, triton_service: LiveService
+) -> None:
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(triton.server.url.removeprefix("http://"))
@@ -234,10 +249,16 @@ def test_a_service_started_before_its_model_exists_waits_with_the_reason(
     client = httpclient.InferenceServerClient(triton.server.url.removeprefix("http://"))
     client.unload_model("ftcn")
     port = free_port()
-    env = {**os.environ, **_service_env(videos, DFS_RUNTIME="triton", DFS_TRITON_URL=triton.server.url),
-           "DFS_HOST": "127.0.0.1", "DFS_PORT": str(port)}
+    env = {
+        **os.environ,
+        **_service_env(videos, DFS_RUNTIME="triton", DFS_TRITON_URL=triton.server.url),
+        "DFS_HOST": "127.0.0.1",
+        "DFS_PORT": str(port),
+    }
     log = (tmp_path / "service.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         reason = ""
         deadline = time.monotonic() + 120
@@ -253,7 +274,10 @@ def test_a_service_started_before_its_model_exists_waits_with_the_reason(
         assert health.status_code == 503 and "waiting for the inference server" in reason and "ftcn" in reason, reason
         client.load_model("ftcn")
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=5).status_code != 200:
+        while (
+            time.monotonic() < deadline
+            and httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=5).status_code != 200
+        ):
             time.sleep(0.5)
         assert httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=5).json() == {"healthy": True}
     finally:
@@ -305,8 +329,12 @@ def test_triton_makes_no_connection_beyond_loopback(triton_repository: Path, tmp
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed (.ci/run installs it)")
     trace = tmp_path / "trace.txt"
-    server = start_triton(triton_repository, tmp_path / "run", models=["dcl"],
-                          wrapper=["strace", "-f", "-qq", "-e", "trace=connect,bind,sendto,sendmsg", "-o", str(trace)])
+    server = start_triton(
+        triton_repository,
+        tmp_path / "run",
+        models=["dcl"],
+        wrapper=["strace", "-f", "-qq", "-e", "trace=connect,bind,sendto,sendmsg", "-o", str(trace)],
+    )
     try:
         engine, shape = _engine(server, "dcl")
         engine.run(np.zeros((2, *shape), np.float32))

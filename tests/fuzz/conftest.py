@@ -70,9 +70,13 @@ def fuzz_service(fuzz_media: dict[str, Path], tmp_path_factory: pytest.TempPathF
     root = fuzz_media["face"].parent
     bundle = tmp_path_factory.mktemp("fuzz-bundle") / "model_repository"
     shutil.copytree(BUNDLE, bundle)  # a snapshot: a training run may be rewriting the bundle meanwhile
-    env = {**FUZZ_ENV, "DFS_MODEL_REPOSITORY": str(bundle), "DFS_LOCAL_ROOTS": str(root),
-           "DFS_TEMP_DIR": str(tmp_path_factory.mktemp("fuzz-staging")),
-           "DFS_DATA_DIR": str(tmp_path_factory.mktemp("fuzz-jobs"))}  # POST /jobs's database, not ./data
+    env = {
+        **FUZZ_ENV,
+        "DFS_MODEL_REPOSITORY": str(bundle),
+        "DFS_LOCAL_ROOTS": str(root),
+        "DFS_TEMP_DIR": str(tmp_path_factory.mktemp("fuzz-staging")),
+        "DFS_DATA_DIR": str(tmp_path_factory.mktemp("fuzz-jobs")),
+    }  # POST /jobs's database, not ./data
     service = start_service(env, tmp_path_factory.mktemp("fuzz-logs") / "service.log")
     yield service
     stop_service(service)

@@ -66,13 +66,26 @@ def test_fuzz_media_bounded(seeds: list[Path], tmp_path: Path) -> None:
         (corpus / seed.name).write_bytes(seed.read_bytes())
     artifacts = tmp_path / "artifacts"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), f"--artifacts={artifacts}", f"-max_total_time={FUZZ_SECONDS}",
-         f"-runs={FUZZ_RUNS}", "-timeout=30", f"-rss_limit_mb={rss_limit_mb()}", "-print_final_stats=1", str(corpus)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=FUZZ_SECONDS + 240,
+        [
+            sys.executable,
+            str(SCRIPT),
+            f"--artifacts={artifacts}",
+            f"-max_total_time={FUZZ_SECONDS}",
+            f"-runs={FUZZ_RUNS}",
+            "-timeout=30",
+            f"-rss_limit_mb={rss_limit_mb()}",
+            "-print_final_stats=1",
+            str(corpus),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=FUZZ_SECONDS + 240,
     )
     log = result.stdout + result.stderr
     crashes = [keep(c) for c in sorted(artifacts.glob("*"))] if artifacts.is_dir() else []
     assert result.returncode == 0 and not crashes, (
         f"the media fuzzer crashed (rc {result.returncode}); inputs kept as {[str(c) for c in crashes]}: move "
-        f"the small ones to tests/fuzz/corpus_regressions/\n{log[-6000:]}")
+        f"the small ones to tests/fuzz/corpus_regressions/\n{log[-6000:]}"
+    )
     assert "Done " in log, log[-3000:]

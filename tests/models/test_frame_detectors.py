@@ -33,7 +33,6 @@ def inputs(model: nn.Module, batch: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, model.spec.input_size, model.spec.input_size, generator=generator)
 
 
-
 @pytest.fixture(scope="module")
 def default() -> dict[str, nn.Module]:
     """Default configurations, built on first use and shared (B7 and 4 x ResNet-34 are slow to build)."""
@@ -192,10 +191,16 @@ def test_dcl_moco_checkpoint_loads_the_query_encoder(small: dict[str, nn.Module]
     for encoder in ("encoder_q", "encoder_k"):  # timm's 1000-way head, built but never called
         state[f"module.{encoder}.encoder.classifier.weight"] = torch.randn(1000, width)
         state[f"module.{encoder}.encoder.classifier.bias"] = torch.randn(1000)
-    state.update({"module.real_queue": torch.randn(100), "module.ancor_queue": torch.randn(100),
-                  "module.hard_fake_queue": torch.randn(100, 64), "module.hard_real_queue": torch.randn(100, 64),
-                  "module.real_queue_ptr_hard": torch.zeros(1, dtype=torch.long),
-                  "module.fake_queue_ptr_hard": torch.zeros(1, dtype=torch.long)})
+    state.update(
+        {
+            "module.real_queue": torch.randn(100),
+            "module.ancor_queue": torch.randn(100),
+            "module.hard_fake_queue": torch.randn(100, 64),
+            "module.hard_real_queue": torch.randn(100, 64),
+            "module.real_queue_ptr_hard": torch.zeros(1, dtype=torch.long),
+            "module.fake_queue_ptr_hard": torch.zeros(1, dtype=torch.long),
+        }
+    )
     loaded = assert_loads_equal("dcl", {"state_dict": state, "epoch": 3}, tmp_path, model, **SMALL["dcl"])
     with torch.no_grad():  # the reference scores 1 - softmax[:, 0]: class 1 is fake
         loaded.fc.weight.zero_()
@@ -231,9 +236,15 @@ def test_lib_resnet_reference_layout(default: dict[str, nn.Module], tmp_path: Pa
     model = randomize_batchnorm(default["lib"])
     state = model.state_dict()
     # MI_Net names with torchvision ResNet-34 region models (fc removed) and 2048-d f_all
-    for key in ("region_model1.conv1.weight", "region_model4.layer4.2.bn2.running_var",
-                "region_model2.layer2.0.downsample.0.weight", "bottleneck.model.0.weight",
-                "bottleneck.model.5.running_mean", "bottleneck.model.8.weight", "linear.1.weight"):
+    for key in (
+        "region_model1.conv1.weight",
+        "region_model4.layer4.2.bn2.running_var",
+        "region_model2.layer2.0.downsample.0.weight",
+        "bottleneck.model.0.weight",
+        "bottleneck.model.5.running_mean",
+        "bottleneck.model.8.weight",
+        "linear.1.weight",
+    ):
         assert key in state
     assert state["baseline_linear.weight"].shape == (2, 2048) and state["local_linear3.weight"].shape == (2, 1536)
     assert state["bottleneck.model.8.weight"].shape == (512, 500)
@@ -283,9 +294,16 @@ class ReferenceMobileNetV1(nn.Module):
         plan += [(512, 512, 1)] * 5 + [(512, 1024, 2), (1024, 1024, 1)]
         layers = [nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())]
         for cin, cout, stride in plan:
-            layers.append(nn.Sequential(
-                nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
-                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()))
+            layers.append(
+                nn.Sequential(
+                    nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+                    nn.BatchNorm2d(cin),
+                    nn.ReLU(),
+                    nn.Conv2d(cin, cout, 1, bias=False),
+                    nn.BatchNorm2d(cout),
+                    nn.ReLU(),
+                )
+            )
         self.model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1))
         self.fc = nn.Linear(1024, 1000)
 
@@ -314,8 +332,9 @@ def test_lib_mobilenet_reference_layout(small: dict[str, nn.Module], tmp_path: P
         assert features.max() > 6
         torch.testing.assert_close(loaded.region_model2(x), features, rtol=1e-5, atol=1e-4)
     del reference["region_model4.model.7.3.weight"]
-    expect_error("lib", {"state_dict": reference}, tmp_path, r"region_model4\.blocks\.3\.1\.conv_pw\.weight",
-                 **SMALL["lib"])
+    expect_error(
+        "lib", {"state_dict": reference}, tmp_path, r"region_model4\.blocks\.3\.1\.conv_pw\.weight", **SMALL["lib"]
+    )
     expect_error("lib", {"state_dict": reference}, tmp_path, "backbone='mobilenet'")  # a ResNet LIB refuses it
 
 
@@ -346,11 +365,24 @@ def to_efficientnet_pytorch(model: nn.Module) -> dict[str, torch.Tensor]:
     for stage_index, stage in enumerate(model.feature_model.blocks):
         for j in range(len(stage)):
             flat_index[(stage_index, j)] = len(flat_index)
-    names_first_stage = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "se.conv_reduce": "_se_reduce",
-                         "se.conv_expand": "_se_expand", "conv_pw": "_project_conv", "bn2": "_bn2"}
-    names_later = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1",
-                   "se.conv_reduce": "_se_reduce", "se.conv_expand": "_se_expand", "conv_pwl": "_project_conv",
-                   "bn3": "_bn2"}
+    names_first_stage = {
+        "conv_dw": "_depthwise_conv",
+        "bn1": "_bn1",
+        "se.conv_reduce": "_se_reduce",
+        "se.conv_expand": "_se_expand",
+        "conv_pw": "_project_conv",
+        "bn2": "_bn2",
+    }
+    names_later = {
+        "conv_pw": "_expand_conv",
+        "bn1": "_bn0",
+        "conv_dw": "_depthwise_conv",
+        "bn2": "_bn1",
+        "se.conv_reduce": "_se_reduce",
+        "se.conv_expand": "_se_expand",
+        "conv_pwl": "_project_conv",
+        "bn3": "_bn2",
+    }
     top = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1"}
     out = {}
     for key, value in model.state_dict().items():
@@ -363,7 +395,7 @@ def to_efficientnet_pytorch(model: nn.Module) -> dict[str, torch.Tensor]:
             table = names_first_stage if stage == 0 else names_later
             out[f"feature_model._blocks.{flat_index[(stage, j)]}.{table[part]}.{leaf}"] = value.clone()
             continue
-        module, leaf = key[len("feature_model."):].split(".", 1)
+        module, leaf = key[len("feature_model.") :].split(".", 1)
         out[f"feature_model.{top[module]}.{leaf}"] = value.clone()
     return out
 
@@ -384,8 +416,9 @@ def test_advgame_efficientnet_pytorch_layout_and_label_order(small: dict[str, nn
         assert (torch.sigmoid(loaded(inputs(loaded))) > 0.99).all()
     broken = dict(reference)
     del broken["feature_model._blocks.3._bn1.running_var"]
-    expect_error("advgame", {"state": broken}, tmp_path, r"feature_model\.blocks\.2\.0\.bn2\.running_var",
-                 **SMALL["advgame"])
+    expect_error(
+        "advgame", {"state": broken}, tmp_path, r"feature_model\.blocks\.2\.0\.bn2\.running_var", **SMALL["advgame"]
+    )
     broken = dict(reference, **{"feature_model._blocks.3._bogus.weight": torch.zeros(1)})
     expect_error("advgame", broken, tmp_path, "_bogus", **SMALL["advgame"])
     multi = dict(reference, **{"_fc.weight": torch.zeros(5, 1280), "_fc.bias": torch.zeros(5)})  # --multi

@@ -46,7 +46,6 @@ def encoder(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0, global_pool="").eval()
 
 
-
 def to_efficientnet_pytorch(model: nn.Module) -> dict[str, torch.Tensor]:
     """A timm EfficientNet's keys as EfficientNet-PyTorch's (flat ``_blocks.{i}``): an independent
     mapping written from that layout's naming rules, not through the module's own."""
@@ -56,8 +55,15 @@ def to_efficientnet_pytorch(model: nn.Module) -> dict[str, torch.Tensor]:
             flat[(stage_index, j)] = len(flat)
     se = {"se.conv_reduce": "_se_reduce", "se.conv_expand": "_se_expand"}
     separable = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2", **se}
-    inverted = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1",
-                "conv_pwl": "_project_conv", "bn3": "_bn2", **se}
+    inverted = {
+        "conv_pw": "_expand_conv",
+        "bn1": "_bn0",
+        "conv_dw": "_depthwise_conv",
+        "bn2": "_bn1",
+        "conv_pwl": "_project_conv",
+        "bn3": "_bn2",
+        **se,
+    }
     top = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1", "classifier": "_fc"}
     out = {}
     for key, value in model.state_dict().items():
@@ -164,8 +170,9 @@ def test_pcl_i2g_light_backbone_shapes(backbone: str) -> None:
     assert model.convout.in_channels == model.backbone.num_features == 1280
     # the method's input is kept (ImageNet mean/std at 256); only the description names the backbone
     assert model.spec == get_spec("pcl_i2g", backbone=backbone) and model.spec.description != PCL_I2G_SPEC.description
-    assert {k: v for k, v in model.spec.to_dict().items() if k != "description"} == \
-        {k: v for k, v in PCL_I2G_SPEC.to_dict().items() if k != "description"}
+    assert {k: v for k, v in model.spec.to_dict().items() if k != "description"} == {
+        k: v for k, v in PCL_I2G_SPEC.to_dict().items() if k != "description"
+    }
     x = torch.randn(2, 3, 256, 256)
     with torch.inference_mode():
         patches, volume = model.forward_train(x)
@@ -181,8 +188,10 @@ def test_pcl_i2g_resnet_route_is_the_references() -> None:
     model = randomize_batchnorm(create_model("pcl_i2g", backbone="resnet18"))
     assert create_model("pcl_i2g").spec is PCL_I2G_SPEC and model.pcl.channels == 256
     keys = model.state_dict()
-    assert all(k.startswith(("backbone.conv1.", "backbone.bn1.", "backbone.layer", "convout.", "pcl.theta.",
-                             "pcl.phi.")) for k in keys)  # the reference's head: no input norm
+    assert all(
+        k.startswith(("backbone.conv1.", "backbone.bn1.", "backbone.layer", "convout.", "pcl.theta.", "pcl.phi."))
+        for k in keys
+    )  # the reference's head: no input norm
     net = model.backbone
     x = torch.randn(1, 3, 256, 256)
     with torch.inference_mode():
@@ -261,8 +270,20 @@ def test_light_pcl_training_checkpoint_exports_the_same_architecture(tmp_path: P
     from training.methods import method_class
     from training.train import parse_args
 
-    args = parse_args(["--method", "pcl_i2g", "--data", str(tmp_path), "--output", str(tmp_path / "run"),
-                       "--backbone", "tf_efficientnet_lite0", "--backbone-weights", "packaged"])
+    args = parse_args(
+        [
+            "--method",
+            "pcl_i2g",
+            "--data",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "run"),
+            "--backbone",
+            "tf_efficientnet_lite0",
+            "--backbone-weights",
+            "packaged",
+        ]
+    )
     method = method_class("pcl_i2g")(args)
     torch.manual_seed(0)
     model = method.build_model()

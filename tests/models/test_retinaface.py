@@ -127,8 +127,13 @@ def test_resnet50_layout_round_trip(tmp_path: Path) -> None:
     state = net.state_dict()
     # the reference's RetinaFace(cfg_re50) has these 456 keys and 27,293,600 parameters
     assert len(state) == 456 and sum(p.numel() for p in net.parameters()) == 27_293_600
-    assert {"body.conv1.weight", "body.layer4.2.conv3.weight", "fpn.output1.0.weight",
-            "ssh3.conv7x7_3.1.running_var", "LandmarkHead.2.conv1x1.bias"} <= set(state)
+    assert {
+        "body.conv1.weight",
+        "body.layer4.2.conv3.weight",
+        "fpn.output1.0.weight",
+        "ssh3.conv7x7_3.1.running_var",
+        "LandmarkHead.2.conv1x1.bias",
+    } <= set(state)
     assert not any(k.startswith(("body.fc", "body.avgpool")) for k in state)
     assert backbone_of(state) == "resnet50"
     path = tmp_path / "Resnet50_Final.pth"

@@ -16,7 +16,11 @@ from service.config import Settings
 def test_settings_hold_hashes_not_keys() -> None:
     settings = Settings(api_keys=" first-key ,second-key,")
     stored = settings.api_keys.get_secret_value()
-    assert "first-key" not in stored and "first-key" not in repr(settings) and "first-key" not in str(settings.model_dump())
+    assert (
+        "first-key" not in stored
+        and "first-key" not in repr(settings)
+        and "first-key" not in str(settings.model_dump())
+    )
     assert settings.api_key_hashes == ["sha256:" + hashlib.sha256(k).hexdigest() for k in (b"first-key", b"second-key")]
     assert Settings(api_keys=stored).api_key_hashes == settings.api_key_hashes, "hashing twice changes nothing"
     assert matches("second-key", configured_hashes(settings)) and not matches("second-ke", configured_hashes(settings))
@@ -29,11 +33,14 @@ def test_key_file_takes_keys_and_hashes_and_skips_comments(tmp_path: Path) -> No
     assert hashes == [hashlib.sha256(b"plain-key").digest(), hashlib.sha256(b"hashed").digest()]
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("# nothing but a comment\n\n", "holds no key"),
-    ("good-key\nsha256:abc123\n", "line 2"),
-    (None, "cannot be read"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("# nothing but a comment\n\n", "holds no key"),
+        ("good-key\nsha256:abc123\n", "line 2"),
+        (None, "cannot be read"),
+    ],
+)
 def test_an_unusable_key_file_stops_start_up(tmp_path: Path, content: str | None, message: str) -> None:
     """A deployment that meant to set keys must not come up open instead."""
     path = tmp_path / "keys"

@@ -59,14 +59,18 @@ def test_openvino_onnxruntime_and_torch_agree(advgame_repository: Path) -> None:
         loaded = state.models["advgame"]
         results[runtime] = loaded.batcher.engine.run(normalize(loaded.spec, crops))
         runtimes[runtime] = loaded.runtime
-    assert runtimes == {"onnxruntime": "onnxruntime:CPUExecutionProvider", "openvino": "openvino:CPU",
-                        "torch": "torch:cpu:fp32"}
+    assert runtimes == {
+        "onnxruntime": "onnxruntime:CPUExecutionProvider",
+        "openvino": "openvino:CPU",
+        "torch": "torch:cpu:fp32",
+    }
     np.testing.assert_allclose(results["openvino"], results["onnxruntime"], atol=1e-4)
     np.testing.assert_allclose(results["openvino"], results["torch"], atol=2e-3)  # torch: fp32 weights
 
 
 def test_engines_without_the_memory_arena_score_the_same_and_batches_default_to_16_on_a_cpu(
-        advgame_repository: Path) -> None:
+    advgame_repository: Path,
+) -> None:
     """DFS_CPU_MEMORY_ARENA=false: ONNX Runtime without its CPU arena and OpenVINO releasing its buffers
     after each batch give the same scores; DFS_BATCH_MAX_FRAMES=0 is 16 on a CPU, a set value is kept."""
     crops = np.random.default_rng(1).integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
@@ -87,8 +91,9 @@ def test_engines_without_the_memory_arena_score_the_same_and_batches_default_to_
     assert load(advgame_repository, batch_max_frames=48).models["advgame"].batcher.max_batch == 48
 
 
-def test_auto_times_both_runtimes_and_serves_the_faster(advgame_repository: Path, tmp_path: Path,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_times_both_runtimes_and_serves_the_faster(
+    advgame_repository: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.INFO, logger="service.pipeline.engine_choice"):
         state = load(advgame_repository, data_dir=tmp_path)
     choice = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("advgame:"))
@@ -122,15 +127,19 @@ def with_variant(repository: Path, tmp_path: Path, **fields: object) -> Path:
     return copy
 
 
-@pytest.mark.parametrize(("auc", "precision", "expected"), [
-    (0.80, "auto", {"int8", "fp32"}),  # within 0.01 of fp32's 0.805: competes
-    (0.70, "auto", {"fp32"}),  # loses 0.105 AUC: never a default
-    (None, "auto", {"fp32"}),  # unmeasured: never a default
-    (0.70, "int8", {"int8"}),  # asked for: served whatever it measured
-    (0.80, "fp32", {"fp32"}),
-])
-def test_int8_variant_competes_only_when_its_auc_is_kept(advgame_repository: Path, tmp_path: Path,
-                                                         auc: float | None, precision: str, expected: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("auc", "precision", "expected"),
+    [
+        (0.80, "auto", {"int8", "fp32"}),  # within 0.01 of fp32's 0.805: competes
+        (0.70, "auto", {"fp32"}),  # loses 0.105 AUC: never a default
+        (None, "auto", {"fp32"}),  # unmeasured: never a default
+        (0.70, "int8", {"int8"}),  # asked for: served whatever it measured
+        (0.80, "fp32", {"fp32"}),
+    ],
+)
+def test_int8_variant_competes_only_when_its_auc_is_kept(
+    advgame_repository: Path, tmp_path: Path, auc: float | None, precision: str, expected: set[str]
+) -> None:
     repository = with_variant(advgame_repository, tmp_path, auc_fp32=0.805, auc=auc)
     version = discover(repository)["advgame"]
     options = candidates(version, "auto", precision, openvino_installed=True)
@@ -147,15 +156,20 @@ def test_openvino_asked_for_but_missing_is_a_clear_error(advgame_repository: Pat
 
 @pytest.mark.slow
 def test_quantize_writes_a_measured_int8_variant_that_the_service_serves(
-        advgame_repository: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    advgame_repository: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The CLI end to end: crops recorded through the pipeline, QDQ file, parity and AUCs in the manifest."""
     import shutil
 
     repository = tmp_path / "repo"
     shutil.copytree(advgame_repository, repository)
     labels = tmp_path / "labels.csv"
-    rows = [("real", "wild_real_Obama.mp4", "train"), ("fake", "wild_fake_Obama.mp4", "train"),
-            ("real", "wild_real_Bateman.mp4", "val"), ("fake", "wild_fake_Reagan.mp4", "val")]
+    rows = [
+        ("real", "wild_real_Obama.mp4", "train"),
+        ("fake", "wild_fake_Obama.mp4", "train"),
+        ("real", "wild_real_Bateman.mp4", "val"),
+        ("fake", "wild_fake_Reagan.mp4", "val"),
+    ]
     with labels.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["label", "path", "split"])

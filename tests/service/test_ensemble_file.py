@@ -101,7 +101,9 @@ def test_fit_gives_non_negative_weights_and_puts_the_decision_between_the_classe
         tracks[video] = {"0": {"good": scores.sigmoid(good), "bad": scores.sigmoid(bad)}}
     video_scores = VideoScores(labels, tracks)
     fitted = fit(video_scores, ["bad", "good"])
-    assert fitted.weights["good"] > 0.9 and fitted.weights["bad"] >= 0 and sum(fitted.weights.values()) == pytest.approx(1)
+    assert (
+        fitted.weights["good"] > 0.9 and fitted.weights["bad"] >= 0 and sum(fitted.weights.values()) == pytest.approx(1)
+    )
     assert fitted.coefficients["bad"] < 0 and fitted.fallback is None and fitted.videos == 17
     served = video_scores.ensemble(fitted.combination)
     fnr = np.mean([served[v] < 0.5 for v, y in labels.items() if y == 1])

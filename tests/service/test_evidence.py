@@ -40,8 +40,9 @@ def evidence_repository(ftcn_repository: Path, tmp_path_factory: pytest.TempPath
 
     folder = tmp_path_factory.mktemp("evidence") / "model_repository"
     shutil.copytree(ftcn_repository, folder)
-    export_model("pcl_i2g", folder, random_init=True, seed=3, heatmap=True,
-                 model_options={"backbone": "mobilenetv2_100"})
+    export_model(
+        "pcl_i2g", folder, random_init=True, seed=3, heatmap=True, model_options={"backbone": "mobilenetv2_100"}
+    )
     return folder
 
 
@@ -57,16 +58,19 @@ class Analysed:
 @pytest.fixture(scope="module")
 def analysed(evidence_repository: Path, videos: dict[str, Path]) -> Analysed:
     async def run() -> Analysed:
-        runtime = Runtime(Settings(model_repository=evidence_repository, device="cpu", face_detector="blazeface",
-                                   detect_every=2))
+        runtime = Runtime(
+            Settings(model_repository=evidence_repository, device="cpu", face_detector="blazeface", detect_every=2)
+        )
         await runtime.load()
         assert runtime.ready, runtime.reason
         try:
-            options = AnalysisOptions.from_settings(runtime.settings, ["ftcn", "pcl_i2g"], max_clips_per_track=1,
-                                                    frames_per_track=4)
+            options = AnalysisOptions.from_settings(
+                runtime.settings, ["ftcn", "pcl_i2g"], max_clips_per_track=1, frames_per_track=4
+            )
             calls: list[tuple[str, int, int]] = []
             body, evidence = await analyse_video_with_evidence(
-                videos["two_faces"], "evidence", options, runtime, lambda *call: calls.append(call))
+                videos["two_faces"], "evidence", options, runtime, lambda *call: calls.append(call)
+            )
             options.models = ["pcl_i2g"]
             plain = await analyse_video(videos["two_faces"], "plain", options, runtime)
             ftcn_has_map = heatmap_runner(runtime.models["ftcn"].batcher.engine) is not None
@@ -104,7 +108,8 @@ def test_plain_analysis_scores_the_same_items(analysed: Analysed) -> None:
     """analyse_video (no evidence crops) gives PCL-I2G the same items and probabilities."""
     plain, body = analysed.plain, analysed.body
     assert [f["timeline"] for f in plain["faces"]] == [
-        [e for e in f["timeline"] if e["model"] == "pcl_i2g"] for f in body["faces"]]
+        [e for e in f["timeline"] if e["model"] == "pcl_i2g"] for f in body["faces"]
+    ]
     assert [f["models"]["pcl_i2g"] for f in plain["faces"]] == [f["models"]["pcl_i2g"] for f in body["faces"]]
     assert all("thumbnail_jpeg" not in face for face in plain["faces"] + body["faces"])
 
@@ -146,7 +151,9 @@ def test_heat_map_png_where_the_engine_gives_one(analysed: Analysed) -> None:
     assert not analysed.ftcn_has_map  # FTCN's engine has no patch map output
 
 
-def test_render_annotated_draws_every_analysed_frame(analysed: Analysed, videos: dict[str, Path], tmp_path: Path) -> None:
+def test_render_annotated_draws_every_analysed_frame(
+    analysed: Analysed, videos: dict[str, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "annotated.mp4"
     written = analysed.evidence.render_annotated(videos["two_faces"], out)
     frames_analyzed = analysed.body["video"]["frames_analyzed"]

@@ -16,8 +16,11 @@ from service.pipeline.faces import create_detector
 @pytest.fixture(params=["blazeface", "retinaface"])
 def settings(request: pytest.FixtureRequest, shared_data: Path) -> Settings:
     if request.param == "retinaface":
-        return Settings(face_detector="retinaface", device="cpu",
-                        retinaface_weights=shared_data / "weights" / "retinaface_mobilenet0.25_Final.pth")
+        return Settings(
+            face_detector="retinaface",
+            device="cpu",
+            retinaface_weights=shared_data / "weights" / "retinaface_mobilenet0.25_Final.pth",
+        )
     return Settings(face_detector="blazeface")
 
 
@@ -35,7 +38,9 @@ def test_detector_finds_the_face_with_ordered_landmarks(settings: Settings, vide
     assert detector.detect([]) == []
 
 
-def test_tracks_on_downscaled_detection_map_back_to_full_resolution(settings: Settings, videos: dict[str, Path]) -> None:
+def test_tracks_on_downscaled_detection_map_back_to_full_resolution(
+    settings: Settings, videos: dict[str, Path]
+) -> None:
     small = settings.model_copy(update={"detection_max_side": 128, "detect_every": 3})
     detector = create_detector(small)
     path = videos["one_face"]

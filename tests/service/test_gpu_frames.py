@@ -161,8 +161,10 @@ def random_similarity(rng: np.random.Generator) -> np.ndarray:
 def source_coordinates(matrix: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     inverse = cv2.invertAffineTransform(matrix)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    return (inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2],
-            inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2])
+    return (
+        inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2],
+        inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2],
+    )
 
 
 def test_warp_matches_opencv_on_real_images() -> None:
@@ -184,8 +186,9 @@ def test_warp_matches_opencv_on_real_images() -> None:
     crops = warp_crops(batch, owners, np.stack(matrices), 224)
     assert crops.shape == (len(matrices), 224, 224, 3) and crops.dtype == torch.uint8
     for k, matrix in enumerate(matrices):
-        reference = cv2.warpAffine(frames[owners[k]], matrix, (224, 224), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT)
+        reference = cv2.warpAffine(
+            frames[owners[k]], matrix, (224, 224), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
         diff = level_diff(crops[k].numpy(), reference)
         sx, sy = source_coordinates(matrix, 224)
         inside = (sx >= 0) & (sx <= 511) & (sy >= 0) & (sy <= 511)
@@ -197,8 +200,9 @@ def test_warp_matches_opencv_on_real_images() -> None:
 
 
 def test_warp_groups_crops_by_frame_and_keeps_order() -> None:
-    frames = torch.from_numpy(np.stack([data.astronaut()[:256, :256], data.astronaut()[256:, 256:],
-                                        data.astronaut()[:256, 256:]])).permute(0, 3, 1, 2)
+    frames = torch.from_numpy(
+        np.stack([data.astronaut()[:256, :256], data.astronaut()[256:, 256:], data.astronaut()[:256, 256:]])
+    ).permute(0, 3, 1, 2)
     rng = np.random.default_rng(3)
     owners = [2, 0, 2, 2, 0]  # frame 1 unused, frame 2 has three crops, out of order
     matrices = np.stack([random_similarity(rng) * [[0.5], [0.5]] for _ in owners])
@@ -298,8 +302,12 @@ def test_explicit_nvdec_without_it_fails_start_up(monkeypatch: pytest.MonkeyPatc
 
 @pytest.fixture(scope="module")
 def retinaface_settings(shared_data: Path) -> Settings:
-    return Settings(face_detector="retinaface", device="cpu", decoder="pyav",
-                    retinaface_weights=shared_data / "weights" / "retinaface_mobilenet0.25_Final.pth")
+    return Settings(
+        face_detector="retinaface",
+        device="cpu",
+        decoder="pyav",
+        retinaface_weights=shared_data / "weights" / "retinaface_mobilenet0.25_Final.pth",
+    )
 
 
 def test_detectors_take_tensor_batches(retinaface_settings: Settings, videos: dict[str, Path]) -> None:
@@ -317,8 +325,15 @@ def test_detectors_take_tensor_batches(retinaface_settings: Settings, videos: di
 
 def crop_specs() -> dict[str, ModelSpec]:
     return {
-        "clipper": ModelSpec("clipper", "clip", 112, (0.5,) * 3, (0.5,) * 3,
-                             CropRule("align", template=TEMPLATE, template_size=256), num_frames=8),
+        "clipper": ModelSpec(
+            "clipper",
+            "clip",
+            112,
+            (0.5,) * 3,
+            (0.5,) * 3,
+            CropRule("align", template=TEMPLATE, template_size=256),
+            num_frames=8,
+        ),
         "framer": ModelSpec("framer", "frame", 64, (0.5,) * 3, (0.5,) * 3, CropRule("box", scale=1.3)),
     }
 

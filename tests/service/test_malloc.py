@@ -42,8 +42,9 @@ with tempfile.NamedTemporaryFile(suffix=".xml") as out:
 
 
 def arenas_after_threads(cap: int) -> tuple[bool, int]:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(cap)], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(cap)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
     applied, heaps = done.stdout.split()
     return applied == "True", int(heaps)
 

@@ -86,8 +86,12 @@ def test_nvdec_wanted_frames_and_downscale(clips: dict[str, Path]) -> None:
 
 def test_nvdec_pipeline_matches_pyav_pipeline(clips: dict[str, Path], shared_data: Path) -> None:
     """find_tracks + extract_crops with NVDEC frames vs the PyAV path, RetinaFace on the GPU."""
-    settings = Settings(face_detector="retinaface", device="cuda", decoder="nvdec",
-                        retinaface_weights=shared_data / "weights" / "retinaface_mobilenet0.25_Final.pth")
+    settings = Settings(
+        face_detector="retinaface",
+        device="cuda",
+        decoder="nvdec",
+        retinaface_weights=shared_data / "weights" / "retinaface_mobilenet0.25_Final.pth",
+    )
     assert choose_decoder(settings) == "nvdec"
     detector = create_detector(settings)
     path = clips["bt709_1080p"]

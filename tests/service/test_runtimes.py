@@ -32,7 +32,9 @@ def test_onnx_and_torch_runtimes_agree(tmp_path: Path) -> None:
         assert state.ready, state.reason
         loaded = state.models["advgame"]
         results[runtime] = loaded.batcher.engine.run(normalize(loaded.spec, crops))
-        assert loaded.runtime.startswith("onnxruntime:CPUExecutionProvider" if runtime == "onnxruntime" else "torch:cpu:fp32")
+        assert loaded.runtime.startswith(
+            "onnxruntime:CPUExecutionProvider" if runtime == "onnxruntime" else "torch:cpu:fp32"
+        )
     np.testing.assert_allclose(results["onnxruntime"], results["torch"], atol=1e-4)
 
 
@@ -64,7 +66,9 @@ def test_compiled_torch_engine_pads_to_buckets_and_matches_eager(tmp_path: Path)
     crops = np.random.default_rng(1).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
     batch = normalize(get_spec("advgame"), crops)
     eager = TorchEngine("advgame", checkpoint, device="cpu")
-    compiled = TorchEngine("advgame", checkpoint, device="cpu", compile_mode="default", compile_backend="eager", max_batch=8)
+    compiled = TorchEngine(
+        "advgame", checkpoint, device="cpu", compile_mode="default", compile_backend="eager", max_batch=8
+    )
     assert compiled.runtime == "torch:cpu:fp32:compiled-default"
     compiled.warmup(batch.shape)  # buckets 1, 2, 4, 8
     expected = eager.run(batch)
@@ -79,7 +83,10 @@ def test_onnx_cuda_provider_gets_a_bounded_arena() -> None:
 
     available = {"CUDAExecutionProvider", "CPUExecutionProvider"}
     providers = onnx_providers("auto", gpu_memory_limit_mb=2048, available=available)
-    assert providers[0] == ("CUDAExecutionProvider", {"gpu_mem_limit": 2048 << 20, "arena_extend_strategy": "kSameAsRequested"})
+    assert providers[0] == (
+        "CUDAExecutionProvider",
+        {"gpu_mem_limit": 2048 << 20, "arena_extend_strategy": "kSameAsRequested"},
+    )
     assert providers[-1] == "CPUExecutionProvider"
     assert onnx_providers("cpu", gpu_memory_limit_mb=2048, available=available) == ["CPUExecutionProvider"]
     assert onnx_providers("auto", available=available)[0] == ("CUDAExecutionProvider", {})

@@ -10,7 +10,14 @@ import pytest
 from export.manifest import Calibration
 from models.spec import CropRule, ModelSpec
 from service.pipeline import scores
-from service.pipeline.crops import SamplingOptions, box_matrix, clip_windows, frame_positions, plan_crops, similarity_matrix
+from service.pipeline.crops import (
+    SamplingOptions,
+    box_matrix,
+    clip_windows,
+    frame_positions,
+    plan_crops,
+    similarity_matrix,
+)
 from service.pipeline.decode import upright
 from service.pipeline.faces import Face
 from service.pipeline.tracks import IouTracker, box_iou
@@ -89,7 +96,15 @@ def test_plan_crops_for_clip_and_frame_models() -> None:
     for t in range(70):
         tracker.update(t, [face_at(10, 10)])
     tracks = tracker.finish()
-    clip_spec = ModelSpec("clipper", "clip", 224, (0.5,) * 3, (0.5,) * 3, CropRule("align", template=TEMPLATE, template_size=256), num_frames=32)
+    clip_spec = ModelSpec(
+        "clipper",
+        "clip",
+        224,
+        (0.5,) * 3,
+        (0.5,) * 3,
+        CropRule("align", template=TEMPLATE, template_size=256),
+        num_frames=32,
+    )
     frame_spec = ModelSpec("framer", "frame", 64, (0.5,) * 3, (0.5,) * 3, CropRule("box", scale=1.3))
     items = plan_crops(tracks, {"clipper": clip_spec, "framer": frame_spec}, SamplingOptions(32, 8, 5))
     clips = [i for i in items if i.model == "clipper"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+from bench.triton_server import TRITON_VENV, pytriton_site
 from export.manifest import Manifest
 from export.triton_config import (
     CONFIG_NAME,
@@ -23,7 +24,6 @@ from export.triton_config import (
     write_python_backend_repository,
 )
 from service.pipeline.triton_engine import parse_triton_url
-from bench.triton_server import TRITON_VENV, pytriton_site
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = REPO_ROOT / "model_repository"
@@ -45,8 +45,12 @@ def parse_with_triton_schema(paths: list[Path]) -> dict[str, dict]:
     """Each file parsed as Triton's ModelConfig message (strict: unknown fields and enum values fail)."""
     if pytriton_site() is None:
         pytest.skip(f"Triton's model_config protobuf comes with nvidia-pytriton in {TRITON_VENV} (scripts/setup.sh)")
-    result = subprocess.run([str(TRITON_VENV / "bin" / "python"), "-c", _PARSE, *map(str, paths)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(TRITON_VENV / "bin" / "python"), "-c", _PARSE, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -55,9 +59,14 @@ def onnx_io(path: Path) -> tuple[list[tuple[str, str, list]], list[tuple[str, st
     graph = onnx.load(str(path), load_external_data=False).graph
 
     def describe(values: list) -> list[tuple[str, str, list]]:
-        return [(v.name, ONNX_DTYPES[v.type.tensor_type.elem_type],
-                 [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim])
-                for v in values]
+        return [
+            (
+                v.name,
+                ONNX_DTYPES[v.type.tensor_type.elem_type],
+                [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim],
+            )
+            for v in values
+        ]
 
     return describe(graph.input), describe(graph.output)
 
@@ -81,11 +90,18 @@ def test_committed_bundle_configs_are_current_and_match_the_onnx_graphs(tmp_path
         assert len(config["output"]) == len(graph_outs) == (2 if model_dir.name == "pcl_i2g" else 1)
         for extra, graph_extra in zip(config["output"][1:], graph_outs[1:], strict=True):
             assert (extra["name"], extra["data_type"], [int(d) for d in extra["dims"]]) == (
-                graph_extra[0], graph_extra[1], graph_extra[2][1:])
+                graph_extra[0],
+                graph_extra[1],
+                graph_extra[2][1:],
+            )
             assert "reshape" not in extra
         # batch axis symbolic in the graph, left out of dims; the rest exactly the graph's
         assert isinstance(graph_in[2][0], str) and isinstance(graph_out[2][0], str)
-        assert (inp["name"], inp["data_type"], [int(d) for d in inp["dims"]]) == (graph_in[0], graph_in[1], graph_in[2][1:])
+        assert (inp["name"], inp["data_type"], [int(d) for d in inp["dims"]]) == (
+            graph_in[0],
+            graph_in[1],
+            graph_in[2][1:],
+        )
         # a [batch] output is declared [1] reshaped to [] (Triton's convention for batch-only tensors)
         assert graph_out[2][1:] == []
         assert (out["name"], out["data_type"], [int(d) for d in out["dims"]]) == (graph_out[0], graph_out[1], [1])
@@ -127,7 +143,13 @@ def test_cli_writes_every_model_and_the_python_backend_variant(tmp_path: Path) -
     repository = tmp_path / "repo"
     shutil.copytree(BUNDLE, repository, ignore=shutil.ignore_patterns(CONFIG_NAME))
     assert main(["--repository", str(repository), "--instance-kind", "cpu"]) == 0
-    assert sorted(p.parent.name for p in repository.glob(f"*/{CONFIG_NAME}")) == ["advgame", "dcl", "ftcn", "lib", "pcl_i2g"]
+    assert sorted(p.parent.name for p in repository.glob(f"*/{CONFIG_NAME}")) == [
+        "advgame",
+        "dcl",
+        "ftcn",
+        "lib",
+        "pcl_i2g",
+    ]
     assert "kind: KIND_CPU" in (repository / "ftcn" / CONFIG_NAME).read_text()
     variant = tmp_path / "python"
     written = write_python_backend_repository(repository, variant, TritonOptions(instance_kind="cpu", max_batch_size=4))
@@ -135,7 +157,9 @@ def test_cli_writes_every_model_and_the_python_backend_variant(tmp_path: Path) -
     for config_path in written:
         folder = config_path.parent / "1"
         assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.onnx", "model.py"]
-        assert (folder / "model.onnx").read_bytes() == (repository / config_path.parent.name / "1" / "model.onnx").read_bytes()
+        assert (folder / "model.onnx").read_bytes() == (
+            repository / config_path.parent.name / "1" / "model.onnx"
+        ).read_bytes()
     parsed = parse_with_triton_schema(written)
     for config in parsed.values():
         assert config["backend"] == "python" and config["parameters"] == {"onnx_file": {"string_value": "model.onnx"}}

@@ -60,7 +60,10 @@ def test_every_file_the_page_names_is_served_with_its_type(client: TestClient) -
     for url in assets:
         response = client.get(f"/{url}")
         assert response.status_code == 200, url
-        assert response.headers["content-type"].startswith(TYPES[Path(url).suffix]), (url, response.headers["content-type"])
+        assert response.headers["content-type"].startswith(TYPES[Path(url).suffix]), (
+            url,
+            response.headers["content-type"],
+        )
     # the page's other links are the service's own pages, relative too (a path prefix keeps working)
     assert set(links) - set(assets) == {"#main", "docs", "#"}, links
 

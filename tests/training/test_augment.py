@@ -135,7 +135,7 @@ def test_random_erasing_fills_a_rectangle_with_noise_and_keeps_the_mask() -> Non
     erased = random_erase(image, np.random.default_rng(3))
     changed = np.argwhere((erased != image).any(axis=2))
     (top, left), (bottom, right) = changed.min(axis=0), changed.max(axis=0)
-    box = erased[top:bottom + 1, left:right + 1]
+    box = erased[top : bottom + 1, left : right + 1]
     assert len(changed) > 0.95 * box.shape[0] * box.shape[1], "a filled rectangle"
     assert box.std() > 40, "filled with noise"
     erase_only = Augmentation(flip=0.0, jpeg=0.0, blur=0.0, colour=(), erase=1.0)
@@ -151,12 +151,15 @@ def test_basic_augment_is_the_common_set() -> None:
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-@pytest.mark.parametrize(("name", "extra", "recipe"), [
-    ("pcl_i2g", [], PCL_I2G_AUGMENT),
-    ("advgame", ["--variant", "b0"], ADVGAME_AUGMENT),
-    ("lib", ["--backbone", "mobilenet"], COMMON_AUGMENT),
-    ("dcl", ["--backbone", "mobilenetv2_100"], COMMON_AUGMENT),
-])
+@pytest.mark.parametrize(
+    ("name", "extra", "recipe"),
+    [
+        ("pcl_i2g", [], PCL_I2G_AUGMENT),
+        ("advgame", ["--variant", "b0"], ADVGAME_AUGMENT),
+        ("lib", ["--backbone", "mobilenet"], COMMON_AUGMENT),
+        ("dcl", ["--backbone", "mobilenetv2_100"], COMMON_AUGMENT),
+    ],
+)
 def test_each_method_trains_with_its_recipe(name: str, extra: list[str], recipe: Augmentation, tmp_path: Path) -> None:
     instance = method(name, tmp_path, *extra)
     assert instance.training_augmentation() is recipe
@@ -183,8 +186,9 @@ def test_lib_backbone_weights_initialise_all_four_backbones(tmp_path: Path) -> N
     torch.manual_seed(0)
     saved = timm.create_model("mobilenetv1_100", act_layer="relu").state_dict()
     torch.save(saved, tmp_path / "mobilenetv1.pth")
-    model = method("lib", tmp_path, "--backbone", "mobilenet", "--backbone-weights",
-                   str(tmp_path / "mobilenetv1.pth")).build_model()
+    model = method(
+        "lib", tmp_path, "--backbone", "mobilenet", "--backbone-weights", str(tmp_path / "mobilenetv1.pth")
+    ).build_model()
     for i in range(1, 5):
         assert_loaded(getattr(model, f"region_model{i}"), saved)
 
@@ -218,8 +222,7 @@ def test_backbone_weights_of_another_network_fail_clearly(tmp_path: Path) -> Non
     with pytest.raises(CheckpointError, match="does not fit the advgame b3 encoder"):
         method("advgame", tmp_path, "--variant", "b3", "--backbone-weights", str(tmp_path / "b0.pth")).build_model()
     with pytest.raises(CheckpointError, match="does not fit LIB's mobilenet backbone"):
-        method("lib", tmp_path, "--backbone", "mobilenet", "--backbone-weights",
-               str(tmp_path / "b0.pth")).build_model()
+        method("lib", tmp_path, "--backbone", "mobilenet", "--backbone-weights", str(tmp_path / "b0.pth")).build_model()
 
 
 # ---- the adversarial game under --accumulate ------------------------------------------------------
@@ -244,8 +247,9 @@ def test_advgame_generators_step_every_micro_batch_while_the_detector_accumulate
 
     for micro_step in range(2):
         detector, generator = snapshot(model), snapshot(game.generators["real"])
-        ctx = StepContext(scalers=scalers, accumulation=2, micro_step=micro_step, device=torch.device("cpu"),
-                          autocast_dtype=None)
+        ctx = StepContext(
+            scalers=scalers, accumulation=2, micro_step=micro_step, device=torch.device("cpu"), autocast_dtype=None
+        )
         game.training_step(module, batch, ctx)
         assert moved(generator, game.generators["real"]), f"generator did not step on micro-step {micro_step}"
         assert moved(detector, model) == (micro_step == 1), "the detector steps on the last micro-step only"

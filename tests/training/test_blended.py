@@ -90,15 +90,47 @@ def test_real_only_pcl_run_drives_the_loss_down(shared_data: Path, tmp_path: Pat
 
     photos = tmp_path / "photos" / "real"
     photos.mkdir(parents=True)
-    for name in ("facerec_obama.jpg", "facerec_biden.jpg", "facerec_two_people.jpg", "facenet_angelina_jolie.jpg",
-                 "facenet_paul_rudd.jpg", "facerec_alex-lacamoire.png", "facerec_lin-manuel-miranda.png",
-                 "facenet_kate_siegel.jpg"):
+    for name in (
+        "facerec_obama.jpg",
+        "facerec_biden.jpg",
+        "facerec_two_people.jpg",
+        "facenet_angelina_jolie.jpg",
+        "facenet_paul_rudd.jpg",
+        "facerec_alex-lacamoire.png",
+        "facerec_lin-manuel-miranda.png",
+        "facenet_kate_siegel.jpg",
+    ):
         shutil.copy(shared_data / "photos" / name, photos / name)
     assert preprocess(["--input", str(photos.parent), "--output", str(tmp_path / "crops"), "--crop-size", "256"]) == 0
     run = tmp_path / "run"
-    assert train(["--method", "pcl_i2g", "--data", str(tmp_path / "crops"), "--output", str(run), "--fakes", "blended",
-                  "--batch-size", "8", "--epochs", "12", "--max-steps", "24", "--lr", "5e-4", "--workers", "0",
-                  "--val-fraction", "0", "--no-tensorboard"]) == 0
+    assert (
+        train(
+            [
+                "--method",
+                "pcl_i2g",
+                "--data",
+                str(tmp_path / "crops"),
+                "--output",
+                str(run),
+                "--fakes",
+                "blended",
+                "--batch-size",
+                "8",
+                "--epochs",
+                "12",
+                "--max-steps",
+                "24",
+                "--lr",
+                "5e-4",
+                "--workers",
+                "0",
+                "--val-fraction",
+                "0",
+                "--no-tensorboard",
+            ]
+        )
+        == 0
+    )
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) >= 16
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])

@@ -23,7 +23,9 @@ from training.train import parse_args
 
 
 def method_datasets(method: str, crops: Path, tmp_path: Path, *extra: str):  # noqa: ANN201 - the method's datasets
-    args = parse_args(["--method", method, "--data", str(crops), "--output", str(tmp_path), "--fakes", "blended", *extra])
+    args = parse_args(
+        ["--method", method, "--data", str(crops), "--output", str(tmp_path), "--fakes", "blended", *extra]
+    )
     return method_class(method)(args).datasets(load_index(crops), [])[0]
 
 
@@ -32,8 +34,9 @@ def fingerprints(images: torch.Tensor) -> set[float]:
 
 
 @pytest.mark.parametrize(("method", "extra"), [("pcl_i2g", []), ("dcl", ["--backbone", "tf_efficientnet_b0"])])
-def test_each_epoch_draws_new_samples_in_worker_processes(method: str, extra: list[str], crops_dataset: Path,
-                                                         tmp_path: Path) -> None:
+def test_each_epoch_draws_new_samples_in_worker_processes(
+    method: str, extra: list[str], crops_dataset: Path, tmp_path: Path
+) -> None:
     dataset = method_datasets(method, crops_dataset, tmp_path, *extra)
     loader = train_loader(dataset, batch_size=4, workers=2, rank=0, world=1, seed=0)
 
@@ -60,20 +63,49 @@ def test_blended_clips_forward_the_epoch(crops_dataset: Path, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "extra"), [
-    ("pcl_i2g", []),
-    ("advgame", ["--variant", "b0", "--g-per-d", "1"]),  # generators trained beside the detector
-    ("lib", ["--backbone", "mobilenet"]),  # automatic loss weights
-    ("dcl", ["--backbone", "tf_efficientnet_b0", "--queue-size", "16"]),  # key encoder, prototypes, queues
-])
-def test_ddp_ranks_agree_on_model_and_method_state(method: str, extra: list[str], crops_copy: Path,
-                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("pcl_i2g", []),
+        ("advgame", ["--variant", "b0", "--g-per-d", "1"]),  # generators trained beside the detector
+        ("lib", ["--backbone", "mobilenet"]),  # automatic loss weights
+        ("dcl", ["--backbone", "tf_efficientnet_b0", "--queue-size", "16"]),  # key encoder, prototypes, queues
+    ],
+)
+def test_ddp_ranks_agree_on_model_and_method_state(
+    method: str, extra: list[str], crops_copy: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "ddp"
     port = 29533 + ["pcl_i2g", "advgame", "lib", "dcl"].index(method)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-               "-m", "training.train", "--method", method, "--data", str(crops_copy), "--output", str(run),
-               "--fakes", "blended", "--batch-size", "2", "--max-steps", "2", "--workers", "0", "--val-fraction", "0",
-               "--no-tensorboard", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(port),
+        "-m",
+        "training.train",
+        "--method",
+        method,
+        "--data",
+        str(crops_copy),
+        "--output",
+        str(run),
+        "--fakes",
+        "blended",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0",
+        "--no-tensorboard",
+        *extra,
+    ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     digests = [(run / f"params_rank{r}.txt").read_text() for r in (0, 1)]

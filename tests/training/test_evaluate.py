@@ -91,8 +91,17 @@ def test_old_probability_space_threshold_misses_the_operating_point() -> None:
     temperature = fit_calibration(pred).temperature
     probs = [1 / (1 + math.exp(-v / temperature)) for v in pred.logits]
     labels, means = per_video(pred.videos, pred.labels, probs, pred.tracks)
-    k = int(np.argmin([abs(np.mean([m < t for m, y in zip(means, labels) if y == 1])
-                           - np.mean([m >= t for m, y in zip(means, labels) if y == 0])) for t in means]))
+    k = int(
+        np.argmin(
+            [
+                abs(
+                    np.mean([m < t for m, y in zip(means, labels, strict=True) if y == 1])
+                    - np.mean([m >= t for m, y in zip(means, labels, strict=True) if y == 0])
+                )
+                for t in means
+            ]
+        )
+    )
     old = Calibration(temperature=temperature, threshold=float(np.clip(means[k], 1e-4, 1 - 1e-4)))
     fpr, fnr = rates(service_decisions(pred, old))
     assert abs(fpr - fnr) > 0.2

@@ -58,8 +58,20 @@ def test_ftcn_both_fakes_trains_on_dataset_fakes_and_blends(crops_dataset: Path,
     from training.methods import method_class
 
     def train_set(fakes: str):  # noqa: ANN202 - the method's training dataset
-        args = parse_args(["--method", "ftcn", "--data", str(crops_dataset), "--output", str(tmp_path),
-                           "--fakes", fakes, "--clips-per-track", "1"])
+        args = parse_args(
+            [
+                "--method",
+                "ftcn",
+                "--data",
+                str(crops_dataset),
+                "--output",
+                str(tmp_path),
+                "--fakes",
+                fakes,
+                "--clips-per-track",
+                "1",
+            ]
+        )
         return method_class("ftcn")(args).datasets(load_index(crops_dataset), [])[0]
 
     data, blended, both = train_set("data"), train_set("blended"), train_set("both")

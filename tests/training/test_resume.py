@@ -24,8 +24,9 @@ def micro_batches_per_epoch(crops: Path, tmp_path: Path, batch_size: int) -> int
     from training.methods import method_class
     from training.train import parse_args
 
-    args = parse_args(["--method", "pcl_i2g", "--data", str(crops), "--output", str(tmp_path / "probe"),
-                       "--fakes", "data"])
+    args = parse_args(
+        ["--method", "pcl_i2g", "--data", str(crops), "--output", str(tmp_path / "probe"), "--fakes", "data"]
+    )
     dataset = method_class("pcl_i2g")(args).datasets(load_index(crops), [])[0]
     return len(dataset) // batch_size  # drop_last
 
@@ -34,8 +35,25 @@ def test_stopped_and_resumed_run_matches_the_uninterrupted_run(crops_copy: Path,
     batch = next(b for b in range(6, 16) if micro_batches_per_epoch(crops_copy, tmp_path, b) % 2 == 1)
     per_epoch = micro_batches_per_epoch(crops_copy, tmp_path, batch)
     steps = per_epoch // 2 + 2  # into the second epoch
-    common = ["--method", "pcl_i2g", "--data", str(crops_copy), "--fakes", "data", "--batch-size", str(batch),
-              "--accumulate", "2", "--workers", "0", "--val-fraction", "0", "--no-tensorboard", "--lr", "1e-3"]
+    common = [
+        "--method",
+        "pcl_i2g",
+        "--data",
+        str(crops_copy),
+        "--fakes",
+        "data",
+        "--batch-size",
+        str(batch),
+        "--accumulate",
+        "2",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0",
+        "--no-tensorboard",
+        "--lr",
+        "1e-3",
+    ]
 
     straight = tmp_path / "straight"
     assert train_main([*common, "--output", str(straight), "--max-steps", str(steps)]) == 0

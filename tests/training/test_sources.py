@@ -20,13 +20,16 @@ def write_list(path: Path, text: str) -> Path:
 
 
 def test_bom_list_with_split_spellings_identity_and_frames(tmp_path: Path) -> None:
-    labels = write_list(tmp_path / "list.csv", (
-        "Label,Path,Split,Identity,Frames\n"
-        "fake,videos/a.mp4, Validation ,alice,64\n"
-        "real,videos/b.mp4,TRAINING,,\n"
-        "1,/abs/c.jpg,dev,bob,\n"
-        "0,videos/d.mp4,,carol,8\n"
-    ))
+    labels = write_list(
+        tmp_path / "list.csv",
+        (
+            "Label,Path,Split,Identity,Frames\n"
+            "fake,videos/a.mp4, Validation ,alice,64\n"
+            "real,videos/b.mp4,TRAINING,,\n"
+            "1,/abs/c.jpg,dev,bob,\n"
+            "0,videos/d.mp4,,carol,8\n"
+        ),
+    )
     assert discover(labels) == [
         Source(tmp_path / "videos" / "a.mp4", 1, "val", "alice", 64),
         Source(tmp_path / "videos" / "b.mp4", 0, "train", "b", None),
@@ -37,17 +40,22 @@ def test_bom_list_with_split_spellings_identity_and_frames(tmp_path: Path) -> No
 
 def test_minimal_list_keeps_its_defaults(tmp_path: Path) -> None:
     labels = write_list(tmp_path / "list.csv", "label,path,frames\nreal,x.mp4,\nfake,y.mp4,12\n")
-    assert from_label_list(labels) == [Source(tmp_path / "x.mp4", 0, "train", "x"),
-                                       Source(tmp_path / "y.mp4", 1, "train", "y", 12)]
+    assert from_label_list(labels) == [
+        Source(tmp_path / "x.mp4", 0, "train", "x"),
+        Source(tmp_path / "y.mp4", 1, "train", "y", 12),
+    ]
 
 
-@pytest.mark.parametrize(("row", "message"), [
-    ("real,a.mp4,holdout,", r"line 3: unknown split 'holdout'"),
-    ("real,a.mp4,train,many", r"line 3: frames must be a whole number, not 'many'"),
-    ("real,a.mp4,train,0", r"line 3: frames must be positive"),
-    ("genuine,a.mp4,train,", r"line 3: unknown label 'genuine'"),
-    ("real,,train,", r"line 3: empty path"),
-])
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("real,a.mp4,holdout,", r"line 3: unknown split 'holdout'"),
+        ("real,a.mp4,train,many", r"line 3: frames must be a whole number, not 'many'"),
+        ("real,a.mp4,train,0", r"line 3: frames must be positive"),
+        ("genuine,a.mp4,train,", r"line 3: unknown label 'genuine'"),
+        ("real,,train,", r"line 3: empty path"),
+    ],
+)
 def test_bad_rows_are_refused_with_their_line(tmp_path: Path, row: str, message: str) -> None:
     labels = write_list(tmp_path / "list.csv", f"label,path,split,frames\nfake,ok.mp4,test,\n{row}\n")
     with pytest.raises(ValueError, match=message):

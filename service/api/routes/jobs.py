@@ -33,7 +33,9 @@ upload_router = APIRouter(tags=["jobs"])
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 _JOB_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 410, 422, 503)}
-_EVIDENCE_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 409, 410, 422, 503)}
+_EVIDENCE_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (404, 409, 410, 422, 503)
+}
 
 
 def get_jobs(request: Request) -> JobRunner:
@@ -56,15 +58,22 @@ async def _job(jobs: JobRunner, job_id: str) -> JobRecord:
     if record is None:
         raise _not_found(job_id)
     if record.expired(time.time()):
-        raise ServiceError(f"job {job_id} finished more than DFS_JOB_TTL_S={jobs.settings.job_ttl_s:g} s ago; its "
-                           "result and files were deleted", code="job_expired", status_code=410)
+        raise ServiceError(
+            f"job {job_id} finished more than DFS_JOB_TTL_S={jobs.settings.job_ttl_s:g} s ago; its "
+            "result and files were deleted",
+            code="job_expired",
+            status_code=410,
+        )
     return record
 
 
 def _accepted(record: JobRecord, request: Request) -> JSONResponse:
     status_url = str(request.url_for("get_job", job_id=record.id))
-    return JSONResponse(JobAccepted(job_id=record.id, status_url=status_url).model_dump(), status_code=202,
-                        headers={"Location": status_url})
+    return JSONResponse(
+        JobAccepted(job_id=record.id, status_url=status_url).model_dump(),
+        status_code=202,
+        headers={"Location": status_url},
+    )
 
 
 @router.post("/jobs", status_code=202, response_model=JobAccepted, responses=_ERRORS)
@@ -80,8 +89,9 @@ async def create_job(body: PredictRequest, request: Request, runtime: RuntimeDep
     return _accepted(await jobs.submit_url(body, request.state.request_id), request)
 
 
-@upload_router.post("/jobs/upload", status_code=202, response_model=JobAccepted, responses=_ERRORS,
-                    openapi_extra=_UPLOAD_BODY)
+@upload_router.post(
+    "/jobs/upload", status_code=202, response_model=JobAccepted, responses=_ERRORS, openapi_extra=_UPLOAD_BODY
+)
 async def create_upload_job(request: Request, runtime: RuntimeDep, jobs: JobsDep) -> JSONResponse:
     """Queue the analysis of an uploaded video (multipart field ``file``), staged in the job's folder
     until it has been analysed (so it survives a restart)."""
@@ -97,9 +107,15 @@ async def get_job(job_id: str, jobs: JobsDep) -> JSONResponse:
     return JSONResponse(job_body(await _job(jobs, job_id)))
 
 
-@router.delete("/jobs/{job_id}", response_model=JobStatus,
-               responses={**_JOB_ERRORS, 202: {"model": JobStatus, "description": "still stopping"},
-                          409: {"model": ErrorResponse}})
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobStatus,
+    responses={
+        **_JOB_ERRORS,
+        202: {"model": JobStatus, "description": "still stopping"},
+        409: {"model": ErrorResponse},
+    },
+)
 async def cancel_job(job_id: str, jobs: JobsDep) -> JSONResponse:
     """Cancel a queued or running job (a running one's work stops as for a client gone from /predict).
 
@@ -117,8 +133,11 @@ async def cancel_job(job_id: str, jobs: JobsDep) -> JSONResponse:
 async def _evidence(jobs: JobsDep, job_id: str, relative: str, media_type: str) -> FileResponse:
     record = await _job(jobs, job_id)
     if record.status != DONE:
-        raise ServiceError(f"job {job_id} is {record.status}; its evidence is served once it is done",
-                           code="job_not_done", status_code=409)
+        raise ServiceError(
+            f"job {job_id} is {record.status}; its evidence is served once it is done",
+            code="job_not_done",
+            status_code=409,
+        )
     path: Path = jobs.store.folder(job_id) / relative
     if not path.is_file():
         raise ServiceError(f"job {job_id} has no {relative}", code="evidence_not_found", status_code=404)
