@@ -47,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.held_out import DEFAULT_LABELS  # noqa: E402
-from export.served import ServedRun, VideoScores, collect, labelled, served_scores  # noqa: E402
+from export.served import ServedRun, VideoScores, collect, exits_on_served_error, labelled, served_scores  # noqa: E402
 from service.config import Settings  # noqa: E402
 from training.metrics import binary_metrics  # noqa: E402
 from training.sources import Source  # noqa: E402
@@ -315,6 +315,7 @@ def evaluate(data_sets: list[DataSet], run: ServedRun, settings: Settings) -> tu
     return report, curves
 
 
+@exits_on_served_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python bench/quality.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

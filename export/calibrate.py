@@ -40,7 +40,7 @@ from typing import Any
 from export import fit_ensemble
 from export.ensemble import ENSEMBLE_NAME, EnsembleFile
 from export.manifest import Calibration, Manifest
-from export.served import ServedRun, collect, labelled, served_logits, served_scores
+from export.served import ServedRun, collect, exits_on_served_error, labelled, served_logits, served_scores
 from service.config import Settings
 from service.pipeline.scores import sigmoid
 from training.evaluate import fit_calibration, report
@@ -179,6 +179,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         )
 
 
+@exits_on_served_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m export.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

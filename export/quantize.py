@@ -42,7 +42,15 @@ from tqdm import tqdm
 
 from export.fp16_weights import weights_as_fp32
 from export.manifest import MAX_AUC_DELTA, Manifest, Variant
-from export.served import ServedRun, collect, labelled, served_logits, served_scores
+from export.served import (
+    ServedRun,
+    ServedRunError,
+    collect,
+    exits_on_served_error,
+    labelled,
+    served_logits,
+    served_scores,
+)
 from service.config import Settings
 from service.model_repository import ModelVersion, discover
 from service.pipeline.engines import Engine, OnnxEngine
@@ -96,7 +104,7 @@ def record_inputs(settings: Settings, sources: list[Source], cap_per_video: int)
         runtime = Runtime(settings)
         await runtime.load()
         if not runtime.ready:
-            raise SystemExit(f"the models could not be loaded: {runtime.reason}")
+            raise ServedRunError(f"the models could not be loaded: {runtime.reason}")
         for name, model in runtime.models.items():
             model.batcher.engine = RecordingEngine(model.batcher.engine, recorded[name], cap_per_video, current)
         try:
@@ -213,6 +221,7 @@ def write_variant(version: ModelVersion, variant: Variant) -> None:
     manifest.write(version.folder)
 
 
+@exits_on_served_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m export.quantize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -12,11 +12,14 @@ fitted or reported number is the number a client would be served.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import sys
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -34,15 +37,34 @@ from training.sources import Source, from_label_list
 log = logging.getLogger("export.served")
 
 
+class ServedRunError(RuntimeError):
+    """The labelled videos or the models cannot be used; the tools' ``main`` prints it and exits 2."""
+
+
+def exits_on_served_error(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a tool's ``main``: a :class:`ServedRunError` becomes its message on stderr and status 2
+    (argparse's for bad arguments), without a traceback; the library functions only raise."""
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except ServedRunError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
 def labelled(labels: Path, split: str | None) -> list[Source]:
-    """The rows of a label-list CSV (of one split); a missing or malformed file exits with the reason."""
+    """The rows of a label-list CSV (of one split); a missing or malformed file is a ServedRunError saying why."""
     try:
         listed = from_label_list(labels)
     except (OSError, ValueError) as exc:  # missing file, bad row: say which, without a traceback
-        raise SystemExit(f"--labels {labels}: {exc}") from exc
+        raise ServedRunError(f"--labels {labels}: {exc}") from exc
     sources = [s for s in listed if split is None or s.split == split]
     if not sources:
-        raise SystemExit(f"no videos{f' in split {split!r}' if split else ''} in {labels}")
+        raise ServedRunError(f"no videos{f' in split {split!r}' if split else ''} in {labels}")
     return sources
 
 
@@ -96,7 +118,7 @@ def collect(settings: Settings, sources: list[Source]) -> ServedRun:
         runtime = Runtime(settings)
         await runtime.load()
         if not runtime.ready:
-            raise SystemExit(f"the models could not be loaded: {runtime.reason}")
+            raise ServedRunError(f"the models could not be loaded: {runtime.reason}")
         try:
             left_out: dict[str, str] = {}
             predictions = await served_logits(runtime, sources, left_out)

@@ -134,10 +134,23 @@ def test_calibrate_writes_the_ensemble_the_service_then_serves(
     assert body["df_probability"] == pytest.approx(reported, abs=1e-3)
 
 
-def test_unreadable_label_lists_are_refused_with_the_reason(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="No such file"):
-        calibrate_main(["--labels", str(tmp_path / "missing.csv")])
+def test_unreadable_label_lists_are_refused_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The library raises ServedRunError; the command prints it and exits 2, without a traceback."""
+    from export.served import ServedRunError, labelled
+
+    assert calibrate_main(["--labels", str(tmp_path / "missing.csv")]) == 2
+    assert "No such file" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     bad.write_text("label,path\nmaybe,x.mp4\n")
-    with pytest.raises(SystemExit, match="line 2: unknown label 'maybe'"):
-        calibrate_main(["--labels", str(bad)])
+    assert calibrate_main(["--labels", str(bad)]) == 2
+    assert "line 2: unknown label 'maybe'" in capsys.readouterr().err
+    with pytest.raises(ServedRunError, match="no videos in split 'val'"):
+        labelled(_one_train_row(tmp_path), "val")
+
+
+def _one_train_row(tmp_path: Path) -> Path:
+    """A label list whose only row is in the train split."""
+    (tmp_path / "x.mp4").write_bytes(b"")
+    listed = tmp_path / "train_only.csv"
+    listed.write_text("label,path,split\nreal,x.mp4,train\n")
+    return listed
