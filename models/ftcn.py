@@ -80,17 +80,18 @@ def ftcn_spec(width: float = 1.0, input_size: int = 224, backbone: str = RESNET,
     """
     if input_size == FTCN_SPEC.input_size and backbone == RESNET:
         return FTCN_SPEC
+    # the ResNet variant's wording is what the bundle's manifest records: keep it as it is
     network = (
-        f"{width:g}x channel width"
+        f"at {width:g}x channel width"
         if backbone == RESNET
-        else "MobileNetV2 with ImageNet weights inflated into spatial kernels of 1"
+        else "with MobileNetV2's ImageNet weights inflated into spatial kernels of 1,"
     )
     return replace(
         FTCN_SPEC,
         input_size=input_size,
         description=(
-            f"FTCN + Temporal Transformer (ICCV 2021), light variant: the same temporal-only design, "
-            f"{network}, on {input_size} px clips of 32 frames."
+            f"FTCN + Temporal Transformer (ICCV 2021), light variant: the same temporal-only design {network} "
+            f"on {input_size} px clips of 32 frames."
         ),
     )
 
