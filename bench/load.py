@@ -106,7 +106,8 @@ def write_bad_inputs(folder: Path, good_video: Path) -> dict[str, Path]:
     data = good_video.read_bytes()
     truncated.write_bytes(data[: len(data) // 3])
     ok, encoded = cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))
-    assert ok
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a 64x64 PNG")
     png.write_bytes(encoded.tobytes())
     return {"empty": empty, "truncated": truncated, "png_named_mp4": png}
 

@@ -314,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         auc8 = video_aucs(int8_run, versions)
         for name, version in versions.items():
             variant = Manifest.read(version.folder).variant("int8")
-            assert variant is not None
+            if variant is None:  # written above, in this run
+                raise ServedRunError(
+                    f"{version.folder}: the int8 variant written by this run is gone from its manifest"
+                )
             variant.auc_fp32, variant.auc = auc32[name], auc8[name]
             variant.auc_data = f"{args.labels} split {args.auc_split}, through the serving pipeline"
             write_variant(version, variant)

@@ -189,7 +189,8 @@ def write_python_backend_repository(
     written = []
     for model_dir in model_dirs(repository):
         folder = latest_version(model_dir)
-        assert folder is not None
+        if folder is None:  # model_dirs lists only models with a version folder
+            raise RuntimeError(f"{model_dir} has no version folder with a manifest")
         manifest = Manifest.read(folder)
         target = out / model_dir.name / folder.name
         if target.exists():

@@ -209,7 +209,10 @@ def filter_reference_checkpoint(state_dict: StateDict, model: nn.Module) -> Stat
     the head ``_fc`` -> ``fc``."""
     if not any(k.startswith("feature_model._") for k in state_dict):
         return state_dict  # already our layout
-    assert isinstance(model, AdvGameDetector)
+    if not isinstance(model, AdvGameDetector):
+        raise TypeError(
+            f"the adversarial game's reference layout loads into AdvGameDetector, not {type(model).__name__}"
+        )
     out: StateDict = {}
     body: StateDict = {}
     for key, value in state_dict.items():

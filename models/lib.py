@@ -211,7 +211,8 @@ def _mobilenet_v1_keys(state_dict: StateDict, model: LIB) -> StateDict:
 
 def filter_reference_checkpoint(state_dict: StateDict, model: nn.Module) -> StateDict:
     """Reference ``MI_Net`` weights -> ours: ResNet keys unchanged, MobileNetV1 keys renamed."""
-    assert isinstance(model, LIB)
+    if not isinstance(model, LIB):
+        raise TypeError(f"LIB's reference layout loads into LIB, not {type(model).__name__}")
     if any(re.match(r"region_model\d+\.model\.", k) for k in state_dict):
         if model.backbone_name != "mobilenet":
             raise CheckpointError(

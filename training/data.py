@@ -102,7 +102,8 @@ def _as3x3(matrix: np.ndarray) -> np.ndarray:
 def loose_to_model(spec: ModelSpec, record: TrackRecord, positions: Sequence[int]) -> list[np.ndarray]:
     """Matrices mapping each loose crop onto the model input, as the service would crop the frame."""
     if spec.crop.method == "align":
-        assert spec.crop.template is not None and spec.crop.template_size
+        if spec.crop.template is None or not spec.crop.template_size:
+            raise ValueError(f"{spec.name}: an 'align' crop needs a template and its size")
         template = np.asarray(spec.crop.template) * (spec.input_size / spec.crop.template_size)
         frame_to_model = [similarity_matrix(record.landmarks5(positions), template)] * len(positions)
     else:
@@ -224,7 +225,8 @@ class FrameDataset(EpochSeeded, Dataset):
         mask_loose = np.zeros(loose.shape[:2], np.float32)
         label = record.label
         if blended:
-            assert self.fake_maker is not None
+            if self.fake_maker is None:
+                raise RuntimeError("blended items need a fake maker (FrameDataset(fake_maker=...))")
             made = self.fake_maker(record, position, rng)
             if made is not None:
                 loose, mask_loose = made

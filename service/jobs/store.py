@@ -180,7 +180,8 @@ class JobStore:
                 db.execute("ROLLBACK")
                 raise
             record = self._one(job_id)
-        assert record is not None
+        if record is None:  # inserted in the same transaction: another writer deleted it
+            raise RuntimeError(f"job {job_id} vanished from {self.db_path} right after it was written")
         return record
 
     def claim_next(self, owner: str) -> JobRecord | None:
@@ -228,7 +229,8 @@ class JobStore:
         progress: Progress | None = None,
     ) -> None:
         """End a job (done, failed or cancelled); it expires ``ttl_s`` from now."""
-        assert status in FINISHED
+        if status not in FINISHED:
+            raise ValueError(f"a job ends as one of {sorted(FINISHED)}, not {status!r}")
         now = time.time()
         stage = progress or Progress(status, 1 if status == DONE else 0, 1 if status == DONE else 0)
         with self._lock:

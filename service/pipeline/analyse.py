@@ -282,7 +282,8 @@ async def video_logits(
     :mod:`service.pipeline.evidence`).
     """
     settings = runtime.settings
-    assert runtime.detector is not None
+    if runtime.detector is None:
+        raise RuntimeError("video_logits needs a loaded runtime (Runtime.load() creates the face detector)")
     # Seconds of decoding and face finding are not spent on a video whose engines are known to be
     # away: Triton's readiness, as /healthcheck reports it (cached ~1 s).
     if runtime.remote is not None and (reason := await runtime.health_reason()):

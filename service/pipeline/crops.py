@@ -72,7 +72,8 @@ def frame_positions(track_length: int, count: int) -> np.ndarray:
 
 def _template_points(spec: ModelSpec) -> np.ndarray:
     crop = spec.crop
-    assert crop.template is not None and crop.template_size
+    if crop.template is None or not crop.template_size:
+        raise ValueError(f"{spec.name}: an 'align' crop needs a template and its size")
     return np.asarray(crop.template, dtype=np.float64) * (spec.input_size / crop.template_size)
 
 

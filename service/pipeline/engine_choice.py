@@ -207,7 +207,8 @@ def choose(
         if best is None or seconds < best[0]:
             best = (seconds, engine, option)
         del engine
-    assert best is not None
+    if best is None:
+        raise ValueError("no engine candidate to time")
     _, engine, chosen = best
     best = None
     gc.collect()  # the losers' sessions and their arenas go now, not at some later collection
