@@ -51,11 +51,18 @@ class ServiceError(RequestFailure):
     status_code: int = 500
 
     def __init__(
-        self, detail: str, *, code: str | None = None, status_code: int | None = None, retry_after_s: int | None = None
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        retry_after_s: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail, code=code, retry_after_s=retry_after_s)
         if status_code is not None:
             self.status_code = status_code
+        self.headers = headers or {}  # e.g. Connection: close on a 413 while the client still sends
 
 
 class LimitExceeded(ServiceError):
@@ -86,8 +93,11 @@ def http_status(failure: RequestFailure) -> int:
 
 
 def http_headers(failure: RequestFailure) -> dict[str, str]:
-    """``Retry-After`` where the failure says a later try may succeed."""
-    return {} if failure.retry_after_s is None else {"Retry-After": str(failure.retry_after_s)}
+    """``Retry-After`` where the failure says a later try may succeed, and an app failure's own headers."""
+    headers = dict(failure.headers) if isinstance(failure, ServiceError) else {}
+    if failure.retry_after_s is not None:
+        headers["Retry-After"] = str(failure.retry_after_s)
+    return headers
 
 
 __all__ = [

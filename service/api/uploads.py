@@ -21,7 +21,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from service.api.disconnect import ClientDisconnected
-from service.errors import BadRequest, ServiceError, TooLarge
+from service.errors import BadRequest, ServiceError
 
 UPLOAD_SLACK_BYTES = 1 << 20  # multipart framing and small fields around the file
 # A 413 sent while the client is still sending: close the connection rather than read the rest.
@@ -77,6 +77,15 @@ class FileUpload:
                 )
         return self
 
+    def _too_large(self) -> ServiceError:
+        """413 with Connection: close: the client may still be sending, and the rest is not worth reading."""
+        return ServiceError(
+            f"upload exceeds the limit of {self._max_file_bytes} bytes (DFS_MAX_DOWNLOAD_BYTES)",
+            code="too_large",
+            status_code=413,
+            headers=dict(_CLOSE),
+        )
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The file part's bytes, as they arrive; then the rest of the body is read and dropped."""
         while True:
@@ -84,11 +93,7 @@ class FileUpload:
                 piece = self._pending.popleft()
                 self._file_bytes += len(piece)
                 if self._file_bytes > self._max_file_bytes:  # staged_upload counts too; this one closes
-                    raise TooLarge(
-                        f"upload exceeds the limit of {self._max_file_bytes} bytes (DFS_MAX_DOWNLOAD_BYTES)",
-                        code="too_large",
-                        headers=dict(_CLOSE),
-                    )
+                    raise self._too_large()
                 yield piece
             if self._file_done:
                 break
@@ -107,11 +112,7 @@ class FileUpload:
             raise ClientDisconnected("the client disconnected during the upload") from exc
         self._received += len(chunk)
         if self._received > self._max_body_bytes:
-            raise TooLarge(
-                f"upload exceeds the limit of {self._max_file_bytes} bytes (DFS_MAX_DOWNLOAD_BYTES)",
-                code="too_large",
-                headers=dict(_CLOSE),
-            )
+            raise self._too_large()
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
