@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.config import Settings  # noqa: E402
 from service.model_repository import discover  # noqa: E402
-from service.pipeline.analyse import StageClock, find_tracks  # noqa: E402
 from service.pipeline.crops import SamplingOptions, extract_crops, plan_crops  # noqa: E402
 from service.pipeline.decode import iter_frames, probe  # noqa: E402
 from service.pipeline.engines import OnnxEngine, normalize  # noqa: E402
+from service.pipeline.face_tracks import StageClock, find_tracks  # noqa: E402
 from service.pipeline.faces import create_detector  # noqa: E402
 
 

@@ -53,9 +53,9 @@ import numpy as np
 from tqdm import tqdm
 
 from service.config import Settings
-from service.pipeline.analyse import StageClock, find_tracks
 from service.pipeline.crops import box_matrix
 from service.pipeline.decode import iter_frames, probe
+from service.pipeline.face_tracks import StageClock, find_tracks
 from service.pipeline.faces import FaceDetector, create_detector
 from service.pipeline.failures import RequestFailure
 from service.pipeline.tracks import IouTracker, Track

@@ -158,9 +158,10 @@ class MediaPath:
 
         Anything but a :class:`~service.pipeline.failures.RequestFailure` propagates: that is the crash."""
         from service.errors import RequestFailure, http_status
-        from service.pipeline.analyse import StageClock, check_decoded_frames, find_tracks, planned_frames
+        from service.pipeline.analyse import check_decoded_frames, planned_frames
         from service.pipeline.crops import SamplingOptions, extract_crops, plan_crops
         from service.pipeline.decode import DecodeGuard, probe
+        from service.pipeline.face_tracks import StageClock, find_tracks
 
         self.scratch.write_bytes(data)
         settings = self.settings

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from service.config import Settings
-from service.pipeline.analyse import StageClock, find_tracks
 from service.pipeline.decode import iter_frames, probe
+from service.pipeline.face_tracks import StageClock, find_tracks
 from service.pipeline.faces import create_detector
 
 

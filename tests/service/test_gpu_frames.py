@@ -26,10 +26,10 @@ from skimage import data
 
 from models.spec import CropRule, ModelSpec
 from service.config import Settings
-from service.pipeline.analyse import StageClock, find_tracks
 from service.pipeline.crops import SamplingOptions, box_matrix, extract_crops, plan_crops, similarity_matrix
 from service.pipeline.decode import iter_frames, probe, scaled_size, upright
 from service.pipeline.decode_nvdec import NvdecUnsupported, StreamFacts, check_supported, frame_to_rgb, stream_facts
+from service.pipeline.face_tracks import StageClock, find_tracks
 from service.pipeline.faces import create_detector, detect_tensor
 from service.pipeline.gpu_color import matrix_for_tags, nv12_to_rgb, yuv_to_rgb_coefficients
 from service.pipeline.gpu_warp import normalized_theta, resize_max_side, warp_crops

@@ -21,9 +21,9 @@ import torch
 
 from service.config import Settings
 from service.pipeline import decode_nvdec
-from service.pipeline.analyse import StageClock, find_tracks
 from service.pipeline.crops import SamplingOptions, extract_crops, plan_crops
 from service.pipeline.decode import iter_frames, probe
+from service.pipeline.face_tracks import StageClock, find_tracks
 from service.pipeline.faces import create_detector
 from service.pipeline.gpu_color import matrix_for_tags, nv12_to_rgb
 from service.pipeline.tensor_frames import choose_decoder, pyav_tensor_frames
