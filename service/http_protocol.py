@@ -11,8 +11,9 @@ response on it completes, the next request's headers must be complete within
 stops arriving (no byte for ``DFS_BODY_TIMEOUT_S`` while the request still owes some, the way
 nginx's ``client_body_timeout`` counts) gets a JSON 408 ``body_timeout`` and the connection is
 closed, which also tells the app the client is gone, so a half-read upload stops holding its slot.
-Time while uvicorn itself has paused reading (the app has not taken the last chunk yet) is not the
-client's and does not count. Everything else is uvicorn's.
+Time while uvicorn itself has paused reading (the app has not taken the last chunk yet), or while
+a client that sent ``Expect: 100-continue`` waits for the app to ask for the body (curl does for
+uploads over 1 MB; the route may still be queued), is not the client's and does not count. Everything else is uvicorn's.
 
 Why h11 rather than uvicorn's default httptools: h11 also bounds the bytes of an incomplete request
 line + headers (``h11_max_incomplete_event_size``, ``DFS_MAX_HEADER_BYTES``), which httptools does
@@ -136,7 +137,9 @@ class HeaderDeadlineH11Protocol(H11Protocol):
         self._body_deadline = None
         if not self._awaiting_body() or self.transport.is_closing():
             return
-        if self.flow.read_paused:  # uvicorn stopped reading until the app takes what it has: not the client's wait
+        cycle = self.cycle
+        waiting_for_us = self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue)
+        if waiting_for_us:  # uvicorn paused reading, or the client awaits our 100 Continue: not its silence
             self._arm_body_deadline()
             return
         log.info(

@@ -333,6 +333,22 @@ def test_a_body_that_stops_arriving_gets_a_408_and_the_connection_closes(limited
     assert httpx.get(f"{limited.base_url}/healthcheck", timeout=5).status_code == 200
 
 
+def test_after_100_continue_a_silent_upload_gets_the_408(limited: LiveService) -> None:
+    """curl's large uploads send ``Expect: 100-continue`` and wait: the route asks for the body at
+    once (100 Continue), and from then on the client's silence counts."""
+    head = (
+        "POST /predict/upload HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        "Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(address(limited), timeout=5) as sock:
+        sock.sendall(head.encode())
+        response = read_response(sock, timeout=BODY_TIMEOUT_S + 5)
+    assert response.startswith(b"HTTP/1.1 100 "), response[:200]
+    final = response[response.index(b"\r\n\r\n") + 4 :]
+    assert final.startswith(b"HTTP/1.1 408"), response[:300]
+    assert json_body(final)["error"] == "body_timeout"
+
+
 def test_a_slow_body_that_keeps_arriving_is_read_to_the_end(limited: LiveService) -> None:
     """The deadline is on silence, not on the whole body: bytes every 0.4 s for ~3 x DFS_BODY_TIMEOUT_S
     reach the route, which answers the (invalid) request as it would a fast one."""
