@@ -309,6 +309,14 @@ class TimeTransformer(nn.Module):
         return self.mlp_head(self.transformer(x)[:, 0])
 
 
+def time_transformer(dim: int, dropout: float, emb_dropout: float, tokens: int = TEMPORAL_TOKENS) -> TimeTransformer:
+    """The reference's head shape for ``dim`` channels: heads of 64 channels each (its 16 x 64 for
+    1024), the MLP twice as wide."""
+    return TimeTransformer(
+        tokens=tokens, dim=dim, heads=max(1, dim // 64), mlp_dim=2 * dim, dropout=dropout, emb_dropout=emb_dropout
+    )
+
+
 class TemporalHead(nn.Module):
     """Spatial average per time step (the reference's AvgPool3d((1, 14, 14))) -> time transformer.
 
@@ -317,14 +325,7 @@ class TemporalHead(nn.Module):
 
     def __init__(self, dropout: float = 0.1, emb_dropout: float = 0.1, dim: int = FEATURE_CHANNELS) -> None:
         super().__init__()
-        # heads of 64 channels each, as the reference's 16 x 64 for 1024; the MLP twice as wide
-        self.time_T = TimeTransformer(
-            dim=dim,
-            heads=max(1, dim // 64),
-            mlp_dim=2 * dim,  # name fixed by the checkpoint
-            dropout=dropout,
-            emb_dropout=emb_dropout,
-        )
+        self.time_T = time_transformer(dim, dropout, emb_dropout)  # name fixed by the checkpoint
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         tokens = features.mean(dim=(3, 4)).transpose(1, 2)  # (N, 1024, 16, 14, 14) -> (N, 16, 1024)
@@ -359,15 +360,7 @@ class TemporalMobileNet(nn.Module):
     def __init__(self, dropout: float, emb_dropout: float, frames: int) -> None:
         super().__init__()
         self.features = TemporalMobileNetV2(frames)
-        dim = MOBILENET_FEATURES
-        self.time_T = TimeTransformer(
-            tokens=frames // 2,
-            dim=dim,
-            heads=max(1, dim // 64),
-            mlp_dim=2 * dim,
-            dropout=dropout,
-            emb_dropout=emb_dropout,
-        )
+        self.time_T = time_transformer(MOBILENET_FEATURES, dropout, emb_dropout, tokens=frames // 2)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.time_T(self.features(clips))

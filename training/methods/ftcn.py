@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from models.ftcn import BACKBONES, RESNET
 from training.data import ClipDataset, EpochConcatDataset, TrackRecord
 from training.methods.base import Method, StepContext
 
@@ -43,8 +44,8 @@ class FtcnMethod(Method):
         )
         group.add_argument(
             "--backbone",
-            choices=("resnet50", "mobilenetv2_100"),
-            default="resnet50",
+            choices=BACKBONES,
+            default=RESNET,
             help="temporal network: the paper's ResNet-50 (default) or MobileNetV2 rewritten to "
             "spatial kernels of 1, which can start from ImageNet weights (models/ftcn_mobilenet.py)",
         )
@@ -85,7 +86,7 @@ class FtcnMethod(Method):
             kwargs["width"] = self.args.width
         if self.args.input_size != 224:
             kwargs["input_size"] = self.args.input_size
-        if self.args.backbone != "resnet50":
+        if self.args.backbone != RESNET:
             kwargs["backbone"] = self.args.backbone
         return kwargs
 
@@ -94,7 +95,7 @@ class FtcnMethod(Method):
         if self.args.backbone_weights is not None:
             model.load_backbone_weights(self.args.backbone_weights)
         if self.args.freeze_pointwise:
-            if self.args.backbone == "resnet50":
+            if self.args.backbone == RESNET:
                 raise ValueError("--freeze-pointwise needs --backbone mobilenetv2_100 (ImageNet 1x1 convolutions)")
             for module in model.modules():
                 if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
