@@ -13,7 +13,8 @@ nginx's ``client_body_timeout`` counts) gets a JSON 408 ``body_timeout`` and the
 closed, which also tells the app the client is gone, so a half-read upload stops holding its slot.
 Time while uvicorn itself has paused reading (the app has not taken the last chunk yet), or while
 a client that sent ``Expect: 100-continue`` waits for the app to ask for the body (curl does for
-uploads over 1 MB; the route may still be queued), is not the client's and does not count. Everything else is uvicorn's.
+uploads over 1 MB; the route may still be queued), is not the client's and does not count.
+Everything else is uvicorn's.
 
 Why h11 rather than uvicorn's default httptools: h11 also bounds the bytes of an incomplete request
 line + headers (``h11_max_incomplete_event_size``, ``DFS_MAX_HEADER_BYTES``), which httptools does
@@ -36,6 +37,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -77,45 +79,65 @@ async def over_connection_limit(scope: Any, receive: Any, send: Any) -> None:
 h11_impl.service_unavailable = over_connection_limit  # see the module docstring
 
 
+class _Deadline:
+    """One timer on the loop: ``arm`` (re)starts it while ``applies()`` holds, ``on_pass`` runs if it
+    still holds when the time is up. The header and the body deadline are two of these."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, seconds: float, applies: Callable[[], bool], on_pass: Callable[[], None]
+    ) -> None:
+        self.seconds = seconds
+        self._loop, self._applies, self._on_pass = loop, applies, on_pass
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        self.cancel()
+        if self._applies():
+            self._handle = self._loop.call_later(self.seconds, self._passed)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _passed(self) -> None:
+        self._handle = None
+        if self._applies():
+            self._on_pass()
+
+
 class HeaderDeadlineH11Protocol(H11Protocol):
     """:class:`H11Protocol` that closes a connection whose request headers, or body, stall."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         settings = get_settings()  # the DFS_* environment, as the app reads it
-        self.header_timeout_s = settings.header_timeout_s
-        self.body_timeout_s = settings.body_timeout_s
-        self._header_deadline: asyncio.TimerHandle | None = None
-        self._body_deadline: asyncio.TimerHandle | None = None
+        self._header_deadline = _Deadline(
+            self.loop, settings.header_timeout_s, lambda: self._awaiting_headers() and self._open(), self._headers_late
+        )
+        self._body_deadline = _Deadline(
+            self.loop, settings.body_timeout_s, lambda: self._awaiting_body() and self._open(), self._body_stalled
+        )
 
-    # --- the deadline ---------------------------------------------------------------------------
+    def _open(self) -> bool:
+        return not self.transport.is_closing()
+
+    def _peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+
+    # --- the header deadline ----------------------------------------------------------------------
 
     def _awaiting_headers(self) -> bool:
         """h11 stays IDLE on the client's side until a request's headers are complete."""
         return self.conn.their_state is h11.IDLE
 
-    def _arm_header_deadline(self) -> None:
-        self._cancel_header_deadline()
-        if self._awaiting_headers() and not self.transport.is_closing():
-            self._header_deadline = self.loop.call_later(self.header_timeout_s, self._header_deadline_passed)
-
-    def _cancel_header_deadline(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def _header_deadline_passed(self) -> None:
-        self._header_deadline = None
-        if self._awaiting_headers() and not self.transport.is_closing():
-            log.info(
-                "closing connection from %s: no complete request headers within %g s (DFS_HEADER_TIMEOUT_S)",
-                self._peer(),
-                self.header_timeout_s,
-            )
-            self.transport.close()
-
-    def _peer(self) -> str:
-        return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+    def _headers_late(self) -> None:
+        log.info(
+            "closing connection from %s: no complete request headers within %g s (DFS_HEADER_TIMEOUT_S)",
+            self._peer(),
+            self._header_deadline.seconds,
+        )
+        self.transport.close()
 
     # --- the body deadline (idle time between body bytes) ---------------------------------------------
 
@@ -123,29 +145,16 @@ class HeaderDeadlineH11Protocol(H11Protocol):
         """h11 is in SEND_BODY on the client's side until the request's body is complete."""
         return self.conn.their_state is h11.SEND_BODY
 
-    def _arm_body_deadline(self) -> None:
-        self._cancel_body_deadline()
-        if self._awaiting_body() and not self.transport.is_closing():
-            self._body_deadline = self.loop.call_later(self.body_timeout_s, self._body_deadline_passed)
-
-    def _cancel_body_deadline(self) -> None:
-        if self._body_deadline is not None:
-            self._body_deadline.cancel()
-            self._body_deadline = None
-
-    def _body_deadline_passed(self) -> None:
-        self._body_deadline = None
-        if not self._awaiting_body() or self.transport.is_closing():
-            return
+    def _body_stalled(self) -> None:
         cycle = self.cycle
         waiting_for_us = self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue)
         if waiting_for_us:  # uvicorn paused reading, or the client awaits our 100 Continue: not its silence
-            self._arm_body_deadline()
+            self._body_deadline.arm()
             return
         log.info(
             "closing connection from %s: no request body bytes for %g s (DFS_BODY_TIMEOUT_S)",
             self._peer(),
-            self.body_timeout_s,
+            self._body_deadline.seconds,
         )
         self._answer_body_timeout()
         self.transport.close()  # uvicorn then tells the app: http.disconnect
@@ -156,7 +165,8 @@ class HeaderDeadlineH11Protocol(H11Protocol):
         if cycle is None or cycle.response_started or self.conn.our_state is not h11.SEND_RESPONSE:
             return
         body = _error_body(
-            "body_timeout", f"the request body stopped arriving for {self.body_timeout_s:g} s (DFS_BODY_TIMEOUT_S)"
+            "body_timeout",
+            f"the request body stopped arriving for {self._body_deadline.seconds:g} s (DFS_BODY_TIMEOUT_S)",
         )
         headers = [
             ("content-type", "application/json"),
@@ -175,23 +185,20 @@ class HeaderDeadlineH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_deadline()
+        self._header_deadline.arm()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if not self._awaiting_headers():  # a request is under way: its body and work have their own limits
-            self._cancel_header_deadline()
-        if self._awaiting_body():  # every byte of body restarts the body's idle clock
-            self._arm_body_deadline()
-        else:
-            self._cancel_body_deadline()
+            self._header_deadline.cancel()
+        self._body_deadline.arm()  # every byte of body restarts the body's idle clock (off once it is complete)
 
     def on_response_complete(self) -> None:
-        self._cancel_body_deadline()
+        self._body_deadline.cancel()
         super().on_response_complete()  # may start a pipelined request, which leaves h11 IDLE no more
-        self._arm_header_deadline()
+        self._header_deadline.arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_deadline()
-        self._cancel_body_deadline()
+        self._header_deadline.cancel()
+        self._body_deadline.cancel()
         super().connection_lost(exc)

@@ -2,7 +2,8 @@
 
 ``<repository>/<model>/<version>/{model.onnx|model.plan, manifest.json}``; the highest integer
 version of each model wins unless the caller pins one (``DFS_MODEL_VERSIONS=ftcn:2``: a rollback, or
-a version folder that only some machines should serve). Anything malformed is reported with the path, never skipped silently:
+a version folder that only some machines should serve). Anything malformed is reported with the
+path, never skipped silently:
 a model the operator asked for that cannot be found keeps the service unhealthy.
 """
 
