@@ -30,10 +30,10 @@ from models.ftcn_mobilenet import BACKBONE as MOBILENET
 from models.ftcn_mobilenet import FEATURE_CHANNELS as MOBILENET_FEATURES
 from models.ftcn_mobilenet import TemporalMobileNetV2
 from models.registry import StateDict, register_model
-from models.spec import IMAGENET_MEAN, IMAGENET_STD, CropRule, ModelSpec
+from models.spec import FACE_TEMPLATE_256, IMAGENET_MEAN, IMAGENET_STD, CropRule, ModelSpec
 
-# Five-point alignment template of the reference (test_tools), at 256 px; scaled to 224 by the crop.
-FTCN_TEMPLATE_256 = ((85.83, 85.78), (169.05, 84.34), (127.57, 137.00), (90.70, 174.70), (167.31, 173.37))
+# The reference's five-point alignment template, at 256 px; scaled to 224 by the crop.
+FTCN_TEMPLATE_256 = FACE_TEMPLATE_256
 
 FTCN_SPEC = ModelSpec(
     name="ftcn",

@@ -81,6 +81,11 @@ class ModelSpec:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Five-point face template at 256 px (left eye, right eye, nose tip, left and right mouth corner),
+#: the alignment target of FTCN's reference (its test_tools). FTCN's spec crops with it, and the
+#: BlazeFace wrapper places the mouth corners BlazeFace does not give at this template's spread.
+FACE_TEMPLATE_256 = ((85.83, 85.78), (169.05, 84.34), (127.57, 137.00), (90.70, 174.70), (167.31, 173.37))
 HALF_MEAN_STD = (0.5, 0.5, 0.5)
 
 #: Name of an engine's optional second output: a per-patch fake logit map ``(N, h, w)`` over the

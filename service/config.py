@@ -13,17 +13,22 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from service.api_keys import hash_entries
+from service.pipeline.media_settings import MediaSettings
 
 
 def split_csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-class Settings(BaseSettings):
-    """Every knob of the service, with a default that works on a laptop."""
+class Settings(MediaSettings):
+    """Every knob of the service, with a default that works on a laptop.
+
+    Decoding and face finding (``DFS_DEVICE``, ``DFS_MAX_FRAMES``, ``DFS_DETECT_EVERY``, ...) are
+    inherited from the media layer's :class:`MediaSettings`; the rest is the app's own.
+    """
 
     model_config = SettingsConfigDict(env_prefix="DFS_", env_file=None, extra="ignore")
 
@@ -95,7 +100,6 @@ class Settings(BaseSettings):
     # --- models -----------------------------------------------------------------------------
     model_repository: Path = Field(Path("model_repository"), description="Triton-style model repository.")
     models: str = Field("", description="Comma list of models to load; empty = every model found.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where engines and the face detector run.")
     onnx_intra_op_threads: int = Field(
         0,
         ge=0,
@@ -177,60 +181,6 @@ class Settings(BaseSettings):
     fetch_connect_timeout_s: float = Field(10.0, gt=0)
     max_redirects: int = Field(5, ge=0)
     temp_dir: Path | None = Field(None, description="Where downloads are staged (default: system temp).")
-
-    # --- decode -----------------------------------------------------------------------------
-    max_frames: int = Field(
-        256, gt=0, description="Frames decoded from the start of a video, at most (a request's max_frames too)."
-    )
-    max_video_side: int = Field(
-        8192, gt=0, description="Refuse videos wider or taller than this (header check, then every decoded frame)."
-    )
-    max_duration_s: float = Field(4 * 3600.0, gt=0, description="Refuse videos longer than this (header check).")
-    decode_threads: int = Field(2, ge=0, description="FFmpeg decoder threads per request (0 = auto).")
-    # Decode cost follows pixels, not bytes: a 405 KB 8192x8192 black video cost 21 s of both cores,
-    # and a 752 KB file switched mid-way from 64x64 to 16000x16000 frames. Every decoded frame is
-    # checked against DFS_MAX_VIDEO_SIDE and charged to this budget (service/pipeline/decode.py).
-    # The default is 4K UHD (3840x2160) at the default 256 frames in both decode passes (detection,
-    # then crops): the README's 1080p x 256 frames uses a quarter of it.
-    max_decode_pixels: int = Field(
-        3840 * 2160 * 256 * 2,
-        gt=0,
-        description="Pixels (width x height x frames) one request may decode, both "
-        "passes together; a video whose header already exceeds it, or that exceeds it while decoding, is a 413.",
-    )
-    # A still GIF or a file that breaks after a few frames was scored from the 1-25 frames that decoded.
-    # 8 lets any 1-second clip at 8 fps or more pass (every common frame rate), and is twice
-    # DFS_MIN_TRACK_FRAMES, so a face seen on every frame still forms a track.
-    min_decoded_frames: int = Field(
-        8,
-        ge=1,
-        description="Fewer decoded frames than this (or than a request's max_frames, if lower) is a 415 "
-        "too_few_frames; fewer than the container claims is a warning in the response.",
-    )
-    decoder: Literal["auto", "pyav", "nvdec"] = Field(
-        "auto",
-        description="auto = NVDEC (PyNvVideoCodec; frames stay on the GPU through detection and crops) when it is "
-        "usable and the device is cuda, else PyAV on the CPU; nvdec = require it (start-up fails with the reason "
-        "otherwise); files NVDEC cannot decode fall back to PyAV.",
-    )
-
-    # --- faces and tracks -------------------------------------------------------------------
-    face_detector: Literal["auto", "blazeface", "retinaface"] = Field(
-        "auto", description="auto = RetinaFace when its weights file exists, else mediapipe BlazeFace."
-    )
-    retinaface_weights: Path | None = Field(
-        None, description="Pytorch_Retinaface weights (MobileNet-0.25 or ResNet-50)."
-    )
-    detection_max_side: int = Field(640, ge=64, description="Frames are downscaled to this longer side for detection.")
-    detect_every: int = Field(
-        1, ge=1, description="Run the face detector every k-th frame; tracks interpolate between."
-    )
-    min_face_score: float = Field(0.5, ge=0, le=1)
-    min_face_size: int = Field(24, ge=1, description="Smallest face side in pixels of the original frame.")
-    max_tracks: int = Field(8, ge=1, description="Face tracks analysed per video (largest first).")
-    min_track_frames: int = Field(4, ge=1, description="Tracks seen on fewer frames are dropped as noise.")
-    track_iou: float = Field(0.3, gt=0, lt=1, description="IoU that links a detection to a track.")
-    track_max_gap: int = Field(8, ge=0, description="Frames a track may go undetected before it ends.")
 
     # --- sampling ---------------------------------------------------------------------------
     clip_stride: int = Field(32, ge=1, description="Frames between clip starts for clip models (1 = every start).")

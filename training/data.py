@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from models.spec import ModelSpec
-from service.pipeline.crops import box_matrix, clip_windows, similarity_matrix
+from service.pipeline.crops import clip_windows, crop_matrices
 from training.degrade import Degradation
 
 log = logging.getLogger("training.data")
@@ -101,13 +101,8 @@ def _as3x3(matrix: np.ndarray) -> np.ndarray:
 
 def loose_to_model(spec: ModelSpec, record: TrackRecord, positions: Sequence[int]) -> list[np.ndarray]:
     """Matrices mapping each loose crop onto the model input, as the service would crop the frame."""
-    if spec.crop.method == "align":
-        if spec.crop.template is None or not spec.crop.template_size:
-            raise ValueError(f"{spec.name}: an 'align' crop needs a template and its size")
-        template = np.asarray(spec.crop.template) * (spec.input_size / spec.crop.template_size)
-        frame_to_model = [similarity_matrix(record.landmarks5(positions), template)] * len(positions)
-    else:
-        frame_to_model = [box_matrix(record.box(p), spec.crop.scale, spec.input_size) for p in positions]
+    boxes = np.asarray([record.box(p) for p in positions])
+    frame_to_model = crop_matrices(spec, boxes, record.landmarks5(positions))
     return [
         (_as3x3(m) @ np.linalg.inv(_as3x3(record.loose_matrix(p))))[:2]
         for m, p in zip(frame_to_model, positions, strict=True)

@@ -52,12 +52,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from service.config import Settings
 from service.pipeline.crops import box_matrix
 from service.pipeline.decode import iter_frames, probe
 from service.pipeline.face_tracks import StageClock, find_tracks
 from service.pipeline.faces import FaceDetector, create_detector
 from service.pipeline.failures import RequestFailure
+from service.pipeline.media_settings import MediaSettings
 from service.pipeline.tracks import IouTracker, Track
 from training.sources import Source, discover
 
@@ -97,7 +97,7 @@ def source_options(source: Source, options: CropOptions) -> CropOptions:
     return replace(options, max_frames=source.frames) if source.frames else options
 
 
-def detection_record(settings: Settings, detector: FaceDetector) -> dict[str, Any]:
+def detection_record(settings: MediaSettings, detector: FaceDetector) -> dict[str, Any]:
     """Settings (``DFS_*`` included) that decide which faces and tracks a source yields."""
     weights = settings.retinaface_weights
     return {
@@ -187,7 +187,7 @@ def _write_json(path: Path, data: object) -> None:
     os.replace(temporary, path)
 
 
-def image_tracks(image_rgb: np.ndarray, detector: FaceDetector, settings: Settings) -> list[Track]:
+def image_tracks(image_rgb: np.ndarray, detector: FaceDetector, settings: MediaSettings) -> list[Track]:
     """A photo is a one-frame video: each face is a track of length one."""
     height, width = image_rgb.shape[:2]
     scale = min(1.0, settings.detection_max_side / max(height, width))
@@ -238,7 +238,7 @@ def _write_track(
 
 
 def _find_source_tracks(
-    source: Source, detector: FaceDetector, settings: Settings, options: CropOptions
+    source: Source, detector: FaceDetector, settings: MediaSettings, options: CropOptions
 ) -> tuple[list[Track], dict[int, np.ndarray]]:
     """Tracks of one source and the full-size frames they cover."""
     if source.is_image:
@@ -260,7 +260,7 @@ def process_source(
     out: Path,
     key: str,
     detector: FaceDetector,
-    settings: Settings,
+    settings: MediaSettings,
     options: CropOptions,
     marker: dict[str, Any] | None = None,
 ) -> int:
@@ -411,7 +411,7 @@ def _run_source(
     marker: dict[str, Any],
     args: argparse.Namespace,
     detector: FaceDetector,
-    settings: Settings,
+    settings: MediaSettings,
     options: CropOptions,
     tally: Tally,
 ) -> None:
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sources = discover(args.input, ffpp_splits=args.ffpp_splits, compression=args.compression)
-    settings = Settings(retinaface_weights=args.retinaface_weights, max_frames=args.max_frames)
+    settings = MediaSettings(retinaface_weights=args.retinaface_weights, max_frames=args.max_frames)
     detector = create_detector(settings)
     options = CropOptions(
         size=args.crop_size, scale=args.crop_scale, max_frames=args.max_frames, frame_step=args.frame_step

@@ -98,11 +98,25 @@ def box_matrix(box: np.ndarray, scale: float, size: int) -> np.ndarray:
     return np.array([[zoom, 0, size / 2 - cx * zoom], [0, zoom, size / 2 - cy * zoom]], dtype=np.float64)
 
 
+def crop_matrices(spec: ModelSpec, boxes: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The crop rule of ``spec`` as frame -> model-input affine matrices, (T, 2, 3), for T frames of a track.
+
+    ``align`` fits one similarity on all T frames' 5 landmarks jointly against the spec's template
+    (a clip stays steady; FTCN's rule), repeated per frame; ``box`` cuts ``crop.scale`` x each
+    frame's box. ``boxes`` is (T, 4), ``landmarks`` (T, 5, 2). Serving (:func:`plan_crops`) and
+    training (``training.data.loose_to_model``) both call this, so a model learns on the crops it
+    is served.
+    """
+    if spec.crop.method == "align":
+        matrix = similarity_matrix(np.asarray(landmarks), _template_points(spec))
+        return np.repeat(matrix[None], len(landmarks), axis=0)
+    return np.stack([box_matrix(box, spec.crop.scale, spec.input_size) for box in np.asarray(boxes)])
+
+
 def plan_crops(tracks: list[Track], specs: dict[str, ModelSpec], options: SamplingOptions) -> list[CropItem]:
     """Every item each model will score, for every track."""
     items: list[CropItem] = []
     for name, spec in specs.items():
-        template = _template_points(spec) if spec.crop.method == "align" else None
         for track in tracks:
             length = len(track.frame_indices)
             if spec.kind == "clip":
@@ -110,13 +124,7 @@ def plan_crops(tracks: list[Track], specs: dict[str, ModelSpec], options: Sampli
             else:
                 groups = [np.array([p]) for p in frame_positions(length, options.frames_per_track)]
             for positions in groups:
-                if template is not None:
-                    matrix = similarity_matrix(track.landmarks[positions], template)
-                    matrices = np.repeat(matrix[None], len(positions), axis=0)
-                else:
-                    matrices = np.stack(
-                        [box_matrix(track.boxes[p], spec.crop.scale, spec.input_size) for p in positions]
-                    )
+                matrices = crop_matrices(spec, track.boxes[positions], track.landmarks[positions])
                 items.append(CropItem(name, track.track_id, track.frame_indices[positions], matrices))
     return items
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from models.spec import FACE_TEMPLATE_256
 from service.pipeline.gpu_streams import thread_stream
 
 if TYPE_CHECKING:  # torch is imported lazily: the BlazeFace-only path never needs it
@@ -48,8 +49,10 @@ class FaceDetector(Protocol):
 
 
 # Mouth corners relative to the mouth centre, in units of the eye-to-eye vector, taken from the
-# FTCN alignment template (corner spread 76.6 px vs eye spread 83.2 px at 256 scale).
-_MOUTH_HALF_SPREAD = 0.5 * (167.31 - 90.70) / (169.05 - 85.83)
+# alignment template FTCN crops with (corner spread 76.6 px vs eye spread 83.2 px at 256 scale).
+_MOUTH_HALF_SPREAD = (
+    0.5 * (FACE_TEMPLATE_256[4][0] - FACE_TEMPLATE_256[3][0]) / (FACE_TEMPLATE_256[1][0] - FACE_TEMPLATE_256[0][0])
+)
 
 
 class BlazeFaceDetector:

@@ -24,7 +24,7 @@ import pytest
 import torch
 from skimage import data
 
-from models.spec import CropRule, ModelSpec
+from models.spec import FACE_TEMPLATE_256, CropRule, ModelSpec
 from service.config import Settings
 from service.pipeline.crops import SamplingOptions, box_matrix, extract_crops, plan_crops, similarity_matrix
 from service.pipeline.decode import iter_frames, probe, scaled_size, upright
@@ -41,7 +41,7 @@ from service.pipeline.tensor_frames import (
     tensor_frame_source,
 )
 
-TEMPLATE = ((85.83, 85.78), (169.05, 84.34), (127.57, 137.00), (90.70, 174.70), (167.31, 173.37))
+TEMPLATE = FACE_TEMPLATE_256
 
 
 def rgb_to_nv12(rgb: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from export.manifest import Calibration
-from models.spec import CropRule, ModelSpec
+from models.spec import FACE_TEMPLATE_256, CropRule, ModelSpec
 from service.pipeline import scores
 from service.pipeline.crops import (
     SamplingOptions,
@@ -22,7 +22,7 @@ from service.pipeline.decode import upright
 from service.pipeline.faces import Face
 from service.pipeline.tracks import IouTracker, box_iou
 
-TEMPLATE = ((85.83, 85.78), (169.05, 84.34), (127.57, 137.00), (90.70, 174.70), (167.31, 173.37))
+TEMPLATE = FACE_TEMPLATE_256
 
 
 def face_at(x: float, y: float, side: float = 100.0) -> Face:
