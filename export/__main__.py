@@ -45,6 +45,7 @@ from export.onnx_export import (
 )
 from export.options import parse_model_options
 from export.triton_config import write_model_config
+from models.checkpoint import TrainingCheckpoint
 from models.registry import (
     KwargsInferenceError,
     ModelKwargs,
@@ -213,16 +214,13 @@ def _model_kwargs(name: str, ckpt: dict[str, Any] | None, options: dict[str, Any
 
 def _measured(ckpt: dict[str, Any] | None) -> dict[str, Any]:
     """What the checkpoint says was measured: how it was trained, plus each ``training.evaluate --write``."""
-    if not ckpt:
-        return {}
-    metrics = dict(ckpt.get("metrics") or {})
-    evaluations = {k: v for k, v in metrics.items() if k.startswith("evaluate_")}
+    if not TrainingCheckpoint.is_training_checkpoint(ckpt):
+        return {}  # a reference checkpoint or a bare state dict measured nothing we know of
+    ours = TrainingCheckpoint.from_dict(ckpt)
+    evaluations = {k: v for k, v in ours.metrics.items() if k.startswith("evaluate_")}
     training = {
-        "command": ckpt.get("command"),
-        "epoch": ckpt.get("epoch"),
-        "step": ckpt.get("step"),
-        "best_val_auc": ckpt.get("best_val_auc"),
-        "last_validation": {k: v for k, v in metrics.items() if k not in evaluations},
+        **ours.summary(),
+        "last_validation": {k: v for k, v in ours.metrics.items() if k not in evaluations},
     }
     return {"training": {k: v for k, v in training.items() if v is not None}, **evaluations}
 

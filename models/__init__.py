@@ -22,7 +22,7 @@ _os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 from models.spec import CropRule, ModelSpec  # noqa: E402
 
 # Modules that hold helpers rather than registered detectors.
-_NOT_DETECTORS = {"registry", "spec", "retinaface", "layers", "backbones"}
+_NOT_DETECTORS = {"registry", "spec", "checkpoint", "retinaface", "layers", "backbones"}
 _REGISTRY_API = {"create_model", "get_spec", "list_models", "register_model"}
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.checkpoint import TrainingCheckpoint
 from models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -177,12 +178,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: StateDict, source: str 
 
 def create_model(
     name: str,
-    checkpoint: str | Path | dict[str, Any] | None = None,
+    checkpoint: str | Path | dict[str, Any] | TrainingCheckpoint | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model, optionally loading weights.
 
-    ``checkpoint`` is a path or an already-read checkpoint dict. Our own checkpoints (written by
+    ``checkpoint`` is a path, an already-read checkpoint dict or a :class:`TrainingCheckpoint`. Our own checkpoints (written by
     ``training.train``) load directly and may carry the constructor ``model_kwargs``; anything
     else goes through the model's reference-layout filter first.
     """
@@ -190,7 +191,9 @@ def create_model(
     ckpt: dict[str, Any] | None = None
     source = "checkpoint"
     if checkpoint is not None:
-        if isinstance(checkpoint, dict):
+        if isinstance(checkpoint, TrainingCheckpoint):
+            ckpt = checkpoint.to_dict()
+        elif isinstance(checkpoint, dict):
             ckpt = checkpoint
         else:
             source = str(checkpoint)

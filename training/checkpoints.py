@@ -1,9 +1,9 @@
 """What a training checkpoint holds, and how a run resumes from one exactly where it stopped.
 
-A checkpoint is one file that serves two readers: ``python -m export`` (model name, constructor
-options, spec, weights, calibration) and ``--resume`` (optimisers, schedulers, loss scalers, the
-method's own state, the position in the epoch and the random generators), so a resumed run goes on
-as the uninterrupted run would have.
+A checkpoint (:class:`models.checkpoint.TrainingCheckpoint`) is one file that serves two readers:
+``python -m export`` (model name, constructor options, spec, weights, calibration) and ``--resume``
+(optimisers, schedulers, loss scalers, the method's own state, the position in the epoch and the
+random generators), so a resumed run goes on as the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.checkpoint import TrainingCheckpoint
 from training.distributed import unwrap
 from training.methods.base import Method
 
@@ -59,7 +60,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_payload(
+def training_checkpoint(
     method: Method,
     model: nn.Module,
     optimizers: Optimizers,
@@ -67,26 +68,26 @@ def checkpoint_payload(
     progress: Progress,
     metrics: dict,
     args: argparse.Namespace,
-) -> dict[str, Any]:
+) -> TrainingCheckpoint:
     """Everything ``python -m export`` and ``--resume`` need, in one file."""
-    return {
-        "model": method.name,
-        "model_kwargs": method.model_kwargs(),
-        "spec": method.spec.to_dict(),
-        "state_dict": unwrap(model).state_dict(),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
-        "epoch": progress.epoch,
-        "step": progress.step,
-        "batches_done": progress.batches_done,
-        "best_val_auc": progress.best,
-        "metrics": metrics,
-        "optimizers": {n: o.state_dict() for n, (o, _) in optimizers.items()},
-        "schedulers": {n: s.state_dict() for n, (_, s) in optimizers.items() if s is not None},
-        "scalers": {n: s.state_dict() for n, s in scalers.items()},
-        "extra": method.extra_state(),
-        "rng": rng_state(),
-        "command": getattr(args, "command", None),
-    }
+    return TrainingCheckpoint(
+        model=method.name,
+        model_kwargs=method.model_kwargs(),
+        spec=method.spec,
+        state_dict=unwrap(model).state_dict(),
+        config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
+        epoch=progress.epoch,
+        step=progress.step,
+        batches_done=progress.batches_done,
+        best_val_auc=progress.best,
+        metrics=metrics,
+        optimizers={n: o.state_dict() for n, (o, _) in optimizers.items()},
+        schedulers={n: s.state_dict() for n, (_, s) in optimizers.items() if s is not None},
+        scalers={n: s.state_dict() for n, s in scalers.items()},
+        extra=method.extra_state(),
+        rng=rng_state(),
+        command=getattr(args, "command", None),
+    )
 
 
 def resume(
@@ -97,31 +98,26 @@ def resume(
     The random generators are restored only in a single process: DDP ranks are seeded apart
     (seed + rank) and rank 0's file cannot restore the others.
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["state_dict"])
+    state = TrainingCheckpoint.load(path)
+    model.load_state_dict(state.state_dict)
     for name, (optimizer, scheduler) in optimizers.items():
         try:
-            optimizer.load_state_dict(state["optimizers"][name])
+            optimizer.load_state_dict(state.optimizers[name])
         except (KeyError, ValueError) as exc:
             raise ValueError(
                 f"{path}: optimiser {name!r} does not match this run's trainable parameters ({exc}); "
                 "resume with the same method options (e.g. --freeze-backbone) as the original run"
             ) from exc
-        if scheduler is not None and name in state.get("schedulers", {}):
-            scheduler.load_state_dict(state["schedulers"][name])
-    for name, scaler in scalers.items():  # older checkpoints kept one scaler for all optimisers
-        saved = state.get("scalers", {}).get(name, state.get("scaler"))
+        if scheduler is not None and name in state.schedulers:
+            scheduler.load_state_dict(state.schedulers[name])
+    for name, scaler in scalers.items():
+        saved = state.scaler_state(name)
         if saved:
             scaler.load_state_dict(saved)
-    method.load_extra_state(state.get("extra", {}))
-    if single_process and "rng" in state:
-        restore_rng_state(state["rng"])
-    progress = Progress(
-        epoch=state["epoch"],
-        step=state["step"],
-        batches_done=state.get("batches_done", 0),
-        best=state.get("best_val_auc", -math.inf),
-    )
+    method.load_extra_state(state.extra)
+    if single_process and state.rng is not None:
+        restore_rng_state(state.rng)
+    progress = Progress(epoch=state.epoch, step=state.step, batches_done=state.batches_done, best=state.best_val_auc)
     log.info(
         "resumed from %s at epoch %d (%d batches into it), step %d",
         path,

@@ -30,8 +30,8 @@ from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
 
 from export.manifest import Calibration
+from models.checkpoint import TrainingCheckpoint
 from models.registry import create_model
-from models.spec import ModelSpec
 from service.pipeline.scores import sigmoid
 from training.data import ClipDataset, FrameDataset, collate, load_index
 from training.metrics import binary_metrics, per_video
@@ -147,10 +147,10 @@ def fit_calibration(pred: Predictions) -> Calibration:
     return Calibration(temperature=temperature, threshold=threshold)
 
 
-def predict(checkpoint: dict[str, Any], data: Path, split: str, batch_size: int) -> Predictions:
+def predict(checkpoint: TrainingCheckpoint, data: Path, split: str, batch_size: int) -> Predictions:
     """Fake logits of every item of ``split`` (frames spread over tracks, or clips)."""
-    model = create_model(checkpoint["model"], checkpoint=checkpoint)
-    spec = ModelSpec.from_dict(checkpoint["spec"]) if checkpoint.get("spec") else model.spec
+    model = create_model(checkpoint.model, checkpoint=checkpoint)
+    spec = checkpoint.spec or model.spec
     records = load_index(data, [split])
     if not records:
         raise ValueError(f"no tracks in split {split!r} of {data}")
@@ -223,7 +223,7 @@ def evaluate(
     calibrate_on: str | None = None,
 ) -> dict[str, Any]:
     """Score ``split``, fit the calibration on ``calibrate_on`` (see default_calibration_split), report both."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    checkpoint = TrainingCheckpoint.load(checkpoint_path)
     calibrate_on = calibrate_on or default_calibration_split(data, split)
     pred = predict(checkpoint, data, split, batch_size)
     fit_on = pred if calibrate_on == split else predict(checkpoint, data, calibrate_on, batch_size)
@@ -232,7 +232,7 @@ def evaluate(
     result = report(pred, calibration, split, calibrate_on)
     video_labels, video_scores = per_video(pred.videos, pred.labels, [sigmoid(v) for v in pred.logits], pred.tracks)
     if roc_path is not None and len(set(video_labels)) == 2:
-        save_roc(roc_path, video_labels, video_scores, f"{checkpoint['model']} ({split}, {len(video_labels)} videos)")
+        save_roc(roc_path, video_labels, video_scores, f"{checkpoint.model} ({split}, {len(video_labels)} videos)")
         result["roc_png"] = str(roc_path)
     return result
 
@@ -259,12 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(args.checkpoint, args.data, args.split, args.batch_size, roc, args.calibrate_on)
     print(json.dumps(result, indent=2))
     if args.write:
-        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        checkpoint["calibration"] = result["calibration"]
+        checkpoint = TrainingCheckpoint.load(args.checkpoint)
+        checkpoint.calibration = result["calibration"]
         command = "python -m training.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
-        evaluation = {f"evaluate_{args.split}": {**result, "command": command}}
-        checkpoint["metrics"] = {**checkpoint.get("metrics", {}), **evaluation}
-        torch.save(checkpoint, args.checkpoint)
+        checkpoint.metrics = {**checkpoint.metrics, f"evaluate_{args.split}": {**result, "command": command}}
+        checkpoint.save(args.checkpoint)
         log.info("wrote calibration and metrics into %s", args.checkpoint)
     return 0
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm import tqdm
 
 from models.registry import create_model, read_checkpoint
-from training.checkpoints import Progress, checkpoint_payload, resume, truncate_history
+from training.checkpoints import Progress, resume, training_checkpoint, truncate_history
 from training.data import TrackRecord, collate, load_index
 from training.distributed import broadcast_from_first_rank, setup_distributed
 from training.methods.base import Method, StepContext
@@ -311,10 +311,10 @@ def train(method: Method, args: argparse.Namespace) -> Path:
             improved = math.isfinite(auc) and auc > progress.best
             if improved:
                 progress.best = auc
-            payload = checkpoint_payload(method, raw_model, optimizers, scalers, progress, metrics, args)
-            torch.save(payload, output / "last.pt")
+            checkpoint = training_checkpoint(method, raw_model, optimizers, scalers, progress, metrics, args)
+            checkpoint.save(output / "last.pt")
             if improved:
-                torch.save(payload, output / "best.pt")
+                checkpoint.save(output / "best.pt")
                 log.info("new best validation AUC %.4f -> %s", auc, output / "best.pt")
         if world > 1:
             dist.barrier()

@@ -26,6 +26,7 @@ from models.backbones import (
     map_by_position,
     packaged_weights,
 )
+from models.checkpoint import TrainingCheckpoint
 from models.lib import LIB_SPEC
 from models.pcl_i2g import PCL_I2G_SPEC
 from models.registry import CheckpointError, read_checkpoint
@@ -266,7 +267,7 @@ def test_light_pcl_training_checkpoint_exports_the_same_architecture(tmp_path: P
     packaged_or_skip("tf_efficientnet_lite0")
     from export.__main__ import export_model
     from export.manifest import Manifest
-    from training.checkpoints import Progress, checkpoint_payload
+    from training.checkpoints import Progress, training_checkpoint
     from training.methods import method_class
     from training.train import parse_args
 
@@ -289,14 +290,14 @@ def test_light_pcl_training_checkpoint_exports_the_same_architecture(tmp_path: P
     model = method.build_model()
     assert method.spec == model.spec
     checkpoint = tmp_path / "best.pt"
-    torch.save(checkpoint_payload(method, model, {}, {}, Progress(), {}, args), checkpoint)
+    training_checkpoint(method, model, {}, {}, Progress(), {}, args).save(checkpoint)
 
     folder = export_model("pcl_i2g", tmp_path / "repo", checkpoint=checkpoint, parity_batches=[1])
     manifest = Manifest.read(folder)
     assert manifest.source.model_kwargs == {"backbone": "tf_efficientnet_lite0"}
     assert manifest.model_spec() == model.spec and model.spec.input_size == 256
     rebuilt = create_model("pcl_i2g", **manifest.source.model_kwargs)
-    rebuilt.load_state_dict(torch.load(checkpoint, weights_only=False)["state_dict"])
+    rebuilt.load_state_dict(TrainingCheckpoint.load(checkpoint).state_dict)
     x = torch.randn(2, 3, 256, 256)
     with torch.inference_mode():
         torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))

@@ -187,7 +187,7 @@ def test_evaluate_calibrates_on_val_by_default(tmp_path: Path, monkeypatch: pyte
     by_split = {"val": synthetic_predictions(3), "test": synthetic_predictions(4)}
     monkeypatch.setattr(evaluate_module, "predict", lambda checkpoint, data, split, batch_size: by_split[split])
     checkpoint = tmp_path / "model.pt"
-    torch.save({"model": "stub"}, checkpoint)
+    torch.save({"model": "stub", "state_dict": {}}, checkpoint)
     common = ["--checkpoint", str(checkpoint), "--data", str(data), "--split", "test", "--roc", str(tmp_path / "r.png")]
     assert evaluate_module.main([*common, "--write"]) == 0
     stored = torch.load(checkpoint, weights_only=False)
