@@ -3,6 +3,8 @@
     python bench/quality.py                                   # the default bundle on both default data sets
     python bench/quality.py --repository my_repo --max-frames 96 --out /tmp/quality
     python bench/quality.py --data mine=videos.csv:test       # any label list, one split
+    python bench/quality.py --detect-every 4 --runtime onnxruntime --out /tmp/q4   # one setting changed
+    python bench/quality.py --compare /tmp/q1 /tmp/q4         # earlier runs' AUCs side by side
 
 Each labelled video goes through the service's own pipeline in this process (``export.served``,
 the code ``python -m export.calibrate`` fits on: decode, faces, tracks, sampling, crops, the
@@ -47,7 +49,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.held_out import DEFAULT_LABELS  # noqa: E402
-from export.served import ServedRun, VideoScores, collect, exits_on_served_error, labelled, served_scores  # noqa: E402
+from export.served import (  # noqa: E402
+    ServedRun,
+    VideoScores,
+    analysis_settings,
+    collect,
+    exits_on_served_error,
+    labelled,
+    served_scores,
+)
 from service.config import Settings  # noqa: E402
 from training.metrics import binary_metrics  # noqa: E402
 from training.sources import Source  # noqa: E402
@@ -271,18 +281,13 @@ def evaluate(data_sets: list[DataSet], run: ServedRun, settings: Settings) -> tu
                 "version": v.version,
                 "calibration": v.manifest.calibration.model_dump(),
                 "untrained": v.manifest.untrained,
+                "runtime": run.runtimes.get(name),
             }
             for name, v in sorted(run.versions.items())
         },
         "ensemble": run.ensemble.describe(sorted(run.versions)),
         "threshold": settings.threshold,
-        "settings": {
-            "max_frames": settings.max_frames,
-            "clip_stride": settings.clip_stride,
-            "max_clips_per_track": settings.max_clips_per_track,
-            "frames_per_track": settings.frames_per_track,
-            "face_detector": settings.face_detector,
-        },
+        "settings": analysis_settings(settings),
         "data_sets": {},
     }
     curves: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
@@ -315,6 +320,38 @@ def evaluate(data_sets: list[DataSet], run: ServedRun, settings: Settings) -> tu
     return report, curves
 
 
+def compare(reports: list[dict[str, Any]], names: list[Path]) -> str:
+    """A markdown table of video AUC per data set and model (rows) for several reports (columns),
+    headed by the settings in which they differ (e.g. ``detect_every``), and the change from the first."""
+
+    def setting_of(report: dict[str, Any]) -> dict[str, Any]:
+        runtimes = {m: v.get("runtime") for m, v in report["models"].items()}
+        return {**report["settings"], "runtimes": runtimes}
+
+    settings = [setting_of(r) for r in reports]
+    keys = sorted({k for s in settings for k in s})
+    differing = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1]
+    heads = [
+        f"{name.name} ({', '.join(f'{k}={s.get(k)}' for k in differing)})" if differing else name.name
+        for name, s in zip(names, settings, strict=True)
+    ]
+    lines = ["| data set | model | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
+    for data_set, first in reports[0]["data_sets"].items():
+        for column in first["metrics"]:
+            base = first["metrics"][column]["auc"]
+            cells = []
+            for report in reports:
+                auc = report["data_sets"].get(data_set, {}).get("metrics", {}).get(column, {}).get("auc")
+                if auc is None or (isinstance(auc, float) and math.isnan(auc)):
+                    cells.append("-")
+                elif report is reports[0]:
+                    cells.append(f"{auc:.3f}")
+                else:
+                    cells.append(f"{auc:.3f} ({auc - base:+.3f})")
+            lines.append(f"| {data_set} | {column} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 @exits_on_served_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -344,8 +381,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--face-detector", choices=("auto", "blazeface", "retinaface"), help="default: DFS_FACE_DETECTOR"
     )
+    parser.add_argument("--detect-every", type=int, help="face detection every k-th frame (default: DFS_DETECT_EVERY)")
+    parser.add_argument(
+        "--runtime", choices=("auto", "onnxruntime", "openvino", "torch"), help="engines (default: DFS_RUNTIME)"
+    )
     parser.add_argument("--limit", type=int, help="score at most this many videos per data set (a quick look)")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        metavar="OUT",
+        help="print the video AUCs of earlier runs' --out folders side by side, with the settings that differ; runs nothing",
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare([json.loads((folder / "quality.json").read_text()) for folder in args.compare], args.compare))
+        return 0
 
     repository = args.repository or (None if os.environ.get("DFS_MODEL_REPOSITORY") else REPO_ROOT / "model_repository")
     overrides: dict[str, Any] = {
@@ -357,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_clips_per_track": args.max_clips_per_track,
             "frames_per_track": args.frames_per_track,
             "face_detector": args.face_detector,
+            "detect_every": args.detect_every,
+            "runtime": args.runtime,
             "model_repository": repository,
         }.items()
         if value is not None

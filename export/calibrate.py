@@ -40,7 +40,15 @@ from typing import Any
 from export import fit_ensemble
 from export.ensemble import ENSEMBLE_NAME, EnsembleFile
 from export.manifest import Calibration, Manifest
-from export.served import ServedRun, collect, exits_on_served_error, labelled, served_logits, served_scores
+from export.served import (
+    ServedRun,
+    analysis_settings,
+    collect,
+    exits_on_served_error,
+    labelled,
+    served_logits,
+    served_scores,
+)
 from service.config import Settings
 from service.pipeline.scores import sigmoid
 from training.evaluate import fit_calibration, report
@@ -107,14 +115,7 @@ def fit_repository_ensemble(
             "videos": len(scores.labels),
             "videos_in_fit": fitted.videos,
             "left_out": {os.path.relpath(v, labels.parent): why for v, why in run.left_out.items()},
-            "settings": {
-                "max_frames": settings.max_frames,
-                "clip_stride": settings.clip_stride,
-                "max_clips_per_track": settings.max_clips_per_track,
-                "frames_per_track": settings.frames_per_track,
-                "face_detector": settings.face_detector,
-                "detect_every": settings.detect_every,
-            },
+            "settings": analysis_settings(settings),
         },
         metrics={
             "in_sample": True,

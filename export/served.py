@@ -111,6 +111,19 @@ class ServedRun:
     runtimes: dict[str, str] = field(default_factory=dict)  # model -> the engine that served it (e.g. ...:int8)
 
 
+def analysis_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that decide which faces, frames and clips a served run scored: what a calibration
+    or a quality report records beside its numbers, so a reader can rerun it the same way."""
+    return {
+        "max_frames": settings.max_frames,
+        "clip_stride": settings.clip_stride,
+        "max_clips_per_track": settings.max_clips_per_track,
+        "frames_per_track": settings.frames_per_track,
+        "face_detector": settings.face_detector,
+        "detect_every": settings.detect_every,
+    }
+
+
 def collect(settings: Settings, sources: list[Source]) -> ServedRun:
     """Load the repository as the service does and run every video through the pipeline."""
 

@@ -92,6 +92,8 @@ def test_quality_report_on_a_tiny_repository(videos: dict[str, Path], tmp_path: 
             "2",
             "--face-detector",
             "blazeface",
+            "--runtime",
+            "onnxruntime",
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -116,6 +118,33 @@ def test_quality_report_on_a_tiny_repository(videos: dict[str, Path], tmp_path: 
     assert tiny["videos"] == 4 and tiny["fakes"] == 2 and report["ensemble"]["source"] == "equal"
     assert set(tiny["metrics"]) == {"dcl", "ftcn", "ensemble"}
     assert all(0 <= m["auc"] <= 1 for m in tiny["metrics"].values())
+    assert report["settings"]["detect_every"] == 1
+    assert {m["runtime"] for m in report["models"].values()} == {"onnxruntime:CPUExecutionProvider"}
+
+    # the same data with faces detected every 3rd frame, then both runs side by side
+    sparse = tmp_path / "sparse"
+    command = list(result.args)
+    command[command.index("--out") + 1] = str(sparse)
+    again = subprocess.run(
+        [*command, "--detect-every", "3"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((sparse / "quality.json").read_text())["settings"]["detect_every"] == 3
+    shown = subprocess.run(
+        [sys.executable, "bench/quality.py", "--compare", str(out), str(sparse)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    lines = shown.stdout.splitlines()
+    assert "| out (detect_every=1) | sparse (detect_every=3) |" in lines[0], lines[0]  # the one setting that differs
+    assert sum(line.startswith("| tiny | ") for line in lines) == 3, shown.stdout
 
 
 def test_load_smoke_on_a_tiny_repository(videos: dict[str, Path], tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm import tqdm
 
 from models.registry import create_model, read_checkpoint
-from training.checkpoints import Progress, resume, training_checkpoint, truncate_history
+from training.checkpoints import Optimizers, Progress, Scalers, resume, training_checkpoint, truncate_history
 from training.data import TrackRecord, collate, load_index
 from training.distributed import broadcast_from_first_rank, setup_distributed
 from training.methods.base import Method, StepContext
@@ -177,13 +179,70 @@ def _tensorboard(output: Path, enabled: bool):  # noqa: ANN202 - a SummaryWriter
     return SummaryWriter(str(output / "tensorboard"))
 
 
-def train(method: Method, args: argparse.Namespace) -> Path:
-    """Train ``method`` per ``args``; returns the path of the best (or last) checkpoint."""
+@dataclass
+class TrainingRun:
+    """Everything one run holds while it trains: built once by :func:`prepare_run`, then stepped
+    through its epochs (:func:`train_epoch`), validated and checkpointed (:func:`end_epoch`) and
+    closed (:func:`finish_run`)."""
+
+    method: Method
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    loader: DataLoader
+    val_loader: DataLoader | None
+    raw_model: nn.Module  # the network itself: what is validated and saved
+    model: nn.Module  # what the steps call (the method's training module, DDP-wrapped on several ranks)
+    optimizers: Optimizers
+    scalers: Scalers
+    amp_dtype: torch.dtype | None
+    progress: Progress
+    log: StepLog
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def output(self) -> Path:
+        return self.args.output
+
+    def reached_max_steps(self) -> bool:
+        return self.args.max_steps is not None and self.progress.step >= self.args.max_steps
+
+
+@dataclass
+class StepLog:
+    """Where rank 0 records each optimiser step and each validation: ``metrics.jsonl`` and TensorBoard."""
+
+    history: Path
+    writer: Any = None  # a SummaryWriter, or None without --tensorboard
+
+    def step(self, record: dict[str, Any], logs: dict[str, float]) -> None:
+        with self.history.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in logs.items():
+                self.writer.add_scalar(f"train/{key}", value, record["step"])
+            self.writer.add_scalar("train/samples_per_s", record["samples_per_s"], record["step"])
+
+    def validation(self, metrics: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def prepare_run(method: Method, args: argparse.Namespace) -> TrainingRun:
+    """Data, network, optimisers, AMP and DDP for ``args``, resumed from a checkpoint when asked."""
     rank, world, device = setup_distributed()
-    is_main = rank == 0
     seed_everything(args.seed + rank)
     output: Path = args.output
-    if is_main:
+    if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
 
     records = load_index(args.data)
@@ -223,7 +282,6 @@ def train(method: Method, args: argparse.Namespace) -> Path:
         )
     amp_dtype = _amp_dtype(args.amp, device)
     scalers = {name: torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16) for name in optimizers}
-    scaler_of = {optimizer: scalers[name] for name, (optimizer, _) in optimizers.items()}
 
     progress = Progress()
     resume_from = _resume_path(args.resume, output)
@@ -232,104 +290,125 @@ def train(method: Method, args: argparse.Namespace) -> Path:
     broadcast_from_first_rank(method.replicated_state())  # DDP did this for the model when it wrapped it
 
     history = output / "metrics.jsonl"
-    if is_main:
+    if rank == 0:
         truncate_history(history, progress.step)
-    writer = _tensorboard(output, is_main and args.tensorboard)
-    done = args.max_steps is not None and progress.step >= args.max_steps
-    while progress.epoch < args.epochs and not done:
-        epoch = progress.epoch
-        method.on_epoch_start(epoch)
-        start_epoch(loader, epoch, progress.batches_done)
-        for optimizer, _ in optimizers.values():  # a partial accumulation window left by the last epoch is dropped
-            optimizer.zero_grad(set_to_none=True)
-        progress_bar = tqdm(
-            loader,
-            desc=f"{method.name} epoch {epoch + 1}/{args.epochs}",
-            disable=not is_main,
-            dynamic_ncols=True,
-            leave=False,
+    step_log = StepLog(history, _tensorboard(output, rank == 0 and args.tensorboard))
+    return TrainingRun(
+        method, args, rank, world, device, loader, val_loader, raw_model, model, optimizers, scalers, amp_dtype,
+        progress, step_log,
+    )  # fmt: skip
+
+
+def train_epoch(run: TrainingRun, epoch: int) -> bool:
+    """Step through epoch ``epoch`` from where the run stands; True when ``--max-steps`` stopped it."""
+    method, args, progress = run.method, run.args, run.progress
+    method.on_epoch_start(epoch)
+    start_epoch(run.loader, epoch, progress.batches_done)
+    for optimizer, _ in run.optimizers.values():  # a partial accumulation window left by the last epoch is dropped
+        optimizer.zero_grad(set_to_none=True)
+    scaler_of = {optimizer: run.scalers[name] for name, (optimizer, _) in run.optimizers.items()}
+    progress_bar = tqdm(
+        run.loader,
+        desc=f"{method.name} epoch {epoch + 1}/{args.epochs}",
+        disable=not run.is_main,
+        dynamic_ncols=True,
+        leave=False,
+    )
+    started, seen = time.perf_counter(), 0
+    last_step_at = started  # per-step wall time: the first step of an epoch includes the loader's start
+    for micro, batch in enumerate(progress_bar):
+        batch = {k: (v.to(run.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        ctx = StepContext(
+            scalers=scaler_of,
+            accumulation=args.accumulate,
+            micro_step=micro % args.accumulate,
+            device=run.device,
+            autocast_dtype=run.amp_dtype,
+            grad_clip=args.grad_clip,
+            world=run.world,
         )
-        started, seen = time.perf_counter(), 0
-        last_step_at = started  # per-step wall time: the first step of an epoch includes the loader's start
-        for micro, batch in enumerate(progress_bar):
-            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            ctx = StepContext(
-                scalers=scaler_of,
-                accumulation=args.accumulate,
-                micro_step=micro % args.accumulate,
-                device=device,
-                autocast_dtype=amp_dtype,
-                grad_clip=args.grad_clip,
-                world=world,
-            )
-            logs = method.training_step(model, batch, ctx)
-            progress.batches_done += 1
-            seen += len(batch["label"]) * world
-            if not all(math.isfinite(v) for v in logs.values()):
-                raise FloatingPointError(f"non-finite loss at step {progress.step}: {logs}")
-            if not ctx.is_update_step:
-                continue
-            for _, scheduler in optimizers.values():
-                if scheduler is not None:
-                    scheduler.step()
-            progress.step += 1
-            now = time.perf_counter()
-            rate = seen / max(now - started, 1e-9)
-            step_s, last_step_at = now - last_step_at, now
-            progress_bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", samples_s=f"{rate:.1f}")
-            if is_main:
-                record = {
-                    "step": progress.step,
-                    "epoch": epoch,
-                    **logs,
-                    "samples_per_s": rate,
-                    "step_s": step_s,
-                    "step_samples": len(batch["label"]) * world * args.accumulate,
-                }
-                if device.type == "cuda":
-                    record["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-                with history.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                if writer is not None:
-                    for key, value in logs.items():
-                        writer.add_scalar(f"train/{key}", value, progress.step)
-                    writer.add_scalar("train/samples_per_s", rate, progress.step)
-            if args.max_steps is not None and progress.step >= args.max_steps:
-                done = True
-                break
-        else:  # the epoch's batches ran out: it is complete
-            progress.epoch, progress.batches_done = epoch + 1, 0
-        if is_main:
-            metrics = validate(method, raw_model, val_loader, device) if val_loader is not None else {}
-            auc = metrics.get("val_video/auc", metrics.get("val/auc", float("nan")))
-            summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith(("auc", "accuracy")))
-            where = "done" if progress.batches_done == 0 else f"stopped after {progress.batches_done} batches"
-            log.info("epoch %d %s (step %d)%s", epoch + 1, where, progress.step, f": {summary}" if summary else "")
-            if writer is not None:
-                for key, value in metrics.items():
-                    writer.add_scalar(key, value, progress.step)
-            improved = math.isfinite(auc) and auc > progress.best
-            if improved:
-                progress.best = auc
-            checkpoint = training_checkpoint(method, raw_model, optimizers, scalers, progress, metrics, args)
-            checkpoint.save(output / "last.pt")
-            if improved:
-                checkpoint.save(output / "best.pt")
-                log.info("new best validation AUC %.4f -> %s", auc, output / "best.pt")
-        if world > 1:
-            dist.barrier()
-    if is_main:
+        logs = method.training_step(run.model, batch, ctx)
+        progress.batches_done += 1
+        seen += len(batch["label"]) * run.world
+        if not all(math.isfinite(v) for v in logs.values()):
+            raise FloatingPointError(f"non-finite loss at step {progress.step}: {logs}")
+        if not ctx.is_update_step:
+            continue
+        for _, scheduler in run.optimizers.values():
+            if scheduler is not None:
+                scheduler.step()
+        progress.step += 1
+        now = time.perf_counter()
+        rate = seen / max(now - started, 1e-9)
+        step_s, last_step_at = now - last_step_at, now
+        progress_bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", samples_s=f"{rate:.1f}")
+        if run.is_main:
+            record = {
+                "step": progress.step,
+                "epoch": epoch,
+                **logs,
+                "samples_per_s": rate,
+                "step_s": step_s,
+                "step_samples": len(batch["label"]) * run.world * args.accumulate,
+            }
+            if run.device.type == "cuda":
+                record["gpu_peak_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+            run.log.step(record, logs)
+        if run.reached_max_steps():
+            return True
+    progress.epoch, progress.batches_done = epoch + 1, 0  # the epoch's batches ran out: it is complete
+    return False
+
+
+def end_epoch(run: TrainingRun, epoch: int) -> None:
+    """Rank 0 validates, logs, and writes ``last.pt`` (and ``best.pt`` when validation AUC improved)."""
+    if run.is_main:
+        progress = run.progress
+        metrics = validate(run.method, run.raw_model, run.val_loader, run.device) if run.val_loader is not None else {}
+        auc = metrics.get("val_video/auc", metrics.get("val/auc", float("nan")))
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith(("auc", "accuracy")))
+        where = "done" if progress.batches_done == 0 else f"stopped after {progress.batches_done} batches"
+        log.info("epoch %d %s (step %d)%s", epoch + 1, where, progress.step, f": {summary}" if summary else "")
+        run.log.validation(metrics, progress.step)
+        improved = math.isfinite(auc) and auc > progress.best
+        if improved:
+            progress.best = auc
+        checkpoint = training_checkpoint(
+            run.method, run.raw_model, run.optimizers, run.scalers, progress, metrics, run.args
+        )
+        checkpoint.save(run.output / "last.pt")
+        if improved:
+            checkpoint.save(run.output / "best.pt")
+            log.info("new best validation AUC %.4f -> %s", auc, run.output / "best.pt")
+    if run.world > 1:
+        dist.barrier()
+
+
+def finish_run(run: TrainingRun) -> Path:
+    """Write the weights' fingerprints, leave the process group; returns the checkpoint to use."""
+    output = run.output
+    if run.is_main:
         final = output / "best.pt" if (output / "best.pt").is_file() else output / "last.pt"
-        (output / "final_params.txt").write_text(_param_digest(raw_model, method))
+        (output / "final_params.txt").write_text(_param_digest(run.raw_model, run.method))
     else:
         final = output / "last.pt"
-    if world > 1:
-        (output / f"params_rank{rank}.txt").write_text(_param_digest(raw_model, method))
+    if run.world > 1:
+        (output / f"params_rank{run.rank}.txt").write_text(_param_digest(run.raw_model, run.method))
         dist.barrier()
         dist.destroy_process_group()
-    if writer is not None:
-        writer.close()
+    run.log.close()
     return final
+
+
+def train(method: Method, args: argparse.Namespace) -> Path:
+    """Train ``method`` per ``args``; returns the path of the best (or last) checkpoint."""
+    run = prepare_run(method, args)
+    done = run.reached_max_steps()
+    while run.progress.epoch < args.epochs and not done:
+        epoch = run.progress.epoch
+        done = train_epoch(run, epoch)
+        end_epoch(run, epoch)
+    return finish_run(run)
 
 
 def _param_digest(model: nn.Module, method: Method) -> str:

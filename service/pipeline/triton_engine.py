@@ -150,44 +150,67 @@ def describe(exc: BaseException) -> str:
 
 
 def call_with_retries(clients: TritonClients, model: str, what: str, call: Callable[[Any], T]) -> T:
-    """``call(client)``, retried on connection errors with exponential back-off; else the error, typed."""
+    """``call(client)``, retried on connection errors with exponential back-off; else the error, typed.
+
+    tenacity does the retrying; what is ours is which errors are worth a retry
+    (:func:`_is_connection_error`: gevent's timeout is a ``BaseException``, which tenacity's own
+    predicates would not see as an error), a fresh client before each retry, and the metrics.
+    """
+    from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
     from tritonclient.utils import InferenceServerException
 
     settings = clients.settings
-    attempt = 0
-    while True:
+
+    def before_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        metrics.REMOTE_RETRIES.labels(model).inc()
+        log.warning(
+            "Triton %s for %s failed (%s); retry %d/%d in %.2f s",
+            what,
+            model,
+            describe(exc) if exc else "?",
+            state.attempt_number,
+            settings.retries,
+            state.upcoming_sleep,
+        )
+
+    def attempt() -> T:
         try:
             return call(clients.get())
         except BaseException as exc:  # noqa: BLE001 - gevent.Timeout is a BaseException
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-            if _is_connection_error(exc):
-                clients.reset()
-                if attempt < settings.retries:
-                    delay = settings.backoff_s * (2**attempt)
-                    attempt += 1
-                    metrics.REMOTE_RETRIES.labels(model).inc()
-                    log.warning(
-                        "Triton %s for %s failed (%s); retry %d/%d in %.2f s",
-                        what,
-                        model,
-                        describe(exc),
-                        attempt,
-                        settings.retries,
-                        delay,
-                    )
-                    time.sleep(delay)
-                    continue
-                kind = "timeout" if "timeout" in type(exc).__name__.lower() else "unavailable"
-                metrics.REMOTE_ERRORS.labels(model, kind).inc()
-                raise TritonUnavailable(
-                    f"Triton at {settings.url} unreachable for {what} of {model} after {attempt + 1} attempts: "
-                    f"{describe(exc)}"
-                ) from exc
-            if isinstance(exc, InferenceServerException):
-                metrics.REMOTE_ERRORS.labels(model, "rejected").inc()
-                raise TritonRejected(f"Triton refused {what} of {model}: {describe(exc)}") from exc
+            if _is_connection_error(exc) and not isinstance(exc, KeyboardInterrupt | SystemExit):
+                clients.reset()  # the next attempt gets a new connection
+                raise _Retryable(exc) from exc
             raise
+
+    retrying = Retrying(
+        retry=retry_if_exception(lambda exc: isinstance(exc, _Retryable)),
+        stop=stop_after_attempt(settings.retries + 1),
+        wait=wait_exponential(multiplier=settings.backoff_s, exp_base=2, min=0, max=60),
+        before_sleep=before_retry,
+        reraise=True,
+    )
+    try:
+        return retrying(attempt)
+    except _Retryable as wrapped:
+        exc = wrapped.error
+        kind = "timeout" if "timeout" in type(exc).__name__.lower() else "unavailable"
+        metrics.REMOTE_ERRORS.labels(model, kind).inc()
+        attempts = retrying.statistics.get("attempt_number", settings.retries + 1)
+        raise TritonUnavailable(
+            f"Triton at {settings.url} unreachable for {what} of {model} after {attempts} attempts: {describe(exc)}"
+        ) from exc
+    except InferenceServerException as exc:
+        metrics.REMOTE_ERRORS.labels(model, "rejected").inc()
+        raise TritonRejected(f"Triton refused {what} of {model}: {describe(exc)}") from exc
+
+
+class _Retryable(Exception):
+    """Carries a connection error (possibly a ``BaseException`` such as gevent's timeout) through tenacity."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
