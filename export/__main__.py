@@ -322,10 +322,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.tensorrt:
-        from export.tensorrt import build_engine
+        from export.tensorrt import TensorRTParityError, build_engine
+        from service.pipeline.tensorrt_engine import TensorRTUnavailable
 
-        plan_folder = build_engine(folder, fp16=args.fp16)
-        write_model_config(plan_folder.parent)  # the plan is the latest version now: platform tensorrt_plan
+        try:  # the plan goes beside the ONNX file; Triton's config keeps serving the ONNX file
+            plan = build_engine(folder, fp16=args.fp16)
+        except (TensorRTParityError, TensorRTUnavailable) as exc:
+            print(f"error: {exc} (the ONNX export in {folder} stands)", file=sys.stderr)
+            return 1
+        print(plan)
     print(folder)
     return 0
 

@@ -83,6 +83,33 @@ class Variant(BaseModel):
 MAX_AUC_DELTA = 0.01
 
 
+class Plan(BaseModel):
+    """A TensorRT engine built from this version's ONNX file, kept beside it in the same folder.
+
+    A plan runs only on the GPU architecture (compute capability) and the TensorRT version that
+    built it, so a version may hold several, one per (compute capability, TensorRT version); the
+    service uses the one that matches its machine and serves the ONNX file where none does
+    (``python -m export --tensorrt`` adds one; see :func:`plan_file_name`).
+    """
+
+    file: str
+    compute_capability: str = Field(description="e.g. '9.0' for an H100/H200")
+    tensorrt: str = Field(description="The TensorRT version that built it, e.g. '10.13.0'")
+    gpu: str = Field("", description="The GPU it was built on (for the reader; matching uses the two above)")
+    fp16: bool = False
+    max_batch: int = 64
+    parity: Parity | None = None
+    created_at: str = ""
+
+    def matches(self, compute_capability: str, tensorrt: str) -> bool:
+        return self.compute_capability == compute_capability and self.tensorrt == tensorrt
+
+
+def plan_file_name(compute_capability: str, tensorrt: str) -> str:
+    """``model.sm90.trt10.13.0.plan``: one file per GPU architecture and TensorRT version."""
+    return f"model.sm{compute_capability.replace('.', '')}.trt{tensorrt}.plan"
+
+
 class TensorInfo(BaseModel):
     name: str
     shape: list[int | str]
@@ -122,11 +149,21 @@ class Manifest(BaseModel):
     created_at: str
     exporter: dict[str, str] = Field(default_factory=dict)
     command: str | None = None
-    tensorrt: dict[str, Any] | None = None
+    tensorrt: dict[str, Any] | None = None  # a version that is itself a plan (format "tensorrt"; older exports)
     variants: list[Variant] = Field(default_factory=list)
+    plans: list[Plan] = Field(default_factory=list)
 
     def variant(self, precision: str) -> Variant | None:
         return next((v for v in self.variants if v.precision == precision), None)
+
+    def plan_for(self, compute_capability: str, tensorrt: str) -> Plan | None:
+        """The TensorRT plan beside the ONNX file built for this GPU architecture and TensorRT version."""
+        return next((p for p in self.plans if p.matches(compute_capability, tensorrt)), None)
+
+    def with_plan(self, plan: Plan) -> Manifest:
+        """A copy listing ``plan``, replacing one built for the same architecture and TensorRT version."""
+        kept = [p for p in self.plans if not p.matches(plan.compute_capability, plan.tensorrt)]
+        return self.model_copy(update={"plans": [*kept, plan]})
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec.from_dict(self.spec)

@@ -1,53 +1,32 @@
-"""ONNX -> TensorRT engine (``model.plan``), and the native TensorRT runtime that runs it.
+"""ONNX -> TensorRT plan, written beside the ONNX file it was built from.
 
-A TensorRT engine is tied to the GPU model and the TensorRT version that built it, so every plan
-carries both in its manifest and :func:`check_compatible` refuses a plan built elsewhere with a
-message saying how to rebuild, instead of letting TensorRT fail obscurely (or run wrong kernels).
+A plan is tied to the GPU architecture and the TensorRT version that built it, so it goes into
+the ONNX version's own folder as ``model.sm<cc>.trt<version>.plan`` and is listed in that
+version's manifest (:class:`export.manifest.Plan`, with its parity against ONNX Runtime); the
+service uses it where the machine matches and the ONNX file elsewhere
+(:mod:`service.pipeline.tensorrt_engine`, which also holds the runner).
 
-``tensorrt`` is imported lazily: NVIDIA serves it only from its own package index
-(``pip install --extra-index-url https://pypi.nvidia.com tensorrt-cu13``), so everything else in
-the project works without it and its tests skip where it cannot be imported.
+``tensorrt`` is imported lazily: NVIDIA serves it only from its own package index, so everything
+else in the project works without it and its tests skip where it cannot be imported.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from export.manifest import ENGINE_FILES, Manifest, Parity
+from export.manifest import ENGINE_FILES, Manifest, Parity, Plan, plan_file_name
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from service.pipeline.tensorrt_engine import TensorRTEngine, gpu_identity, import_tensorrt
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install --extra-index-url https://pypi.nvidia.com tensorrt-cu13"
 
-
-class TensorRTUnavailable(RuntimeError):
-    pass
-
-
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise TensorRTUnavailable(f"the tensorrt package is not installed ({INSTALL_HINT})") from exc
-    return tensorrt
-
-
-def gpu_identity() -> dict[str, str]:
-    """What a plan is tied to: GPU name, compute capability, TensorRT version."""
-    import torch
-
-    trt = import_tensorrt()
-    if not torch.cuda.is_available():
-        raise TensorRTUnavailable("TensorRT needs a CUDA GPU and none is visible")
-    major, minor = torch.cuda.get_device_capability()
-    return {"gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}", "tensorrt": trt.__version__}
+class TensorRTParityError(RuntimeError):
+    """The built plan's scores differ from ONNX Runtime's by more than the tolerance: nothing is written."""
 
 
 def build_serialized_engine(onnx_path: Path, input_shape: tuple[int, ...], max_batch: int, *, fp16: bool) -> bytes:
@@ -73,60 +52,14 @@ def build_serialized_engine(onnx_path: Path, input_shape: tuple[int, ...], max_b
     return bytes(serialized)
 
 
-def check_compatible(manifest: Manifest) -> None:
-    """Refuse a plan built for another GPU or TensorRT version, saying how to rebuild it."""
-    built = manifest.tensorrt or {}
-    here = gpu_identity()
-    mismatched = [k for k in ("gpu", "tensorrt") if built.get(k) != here[k]]
-    if mismatched:
-        raise RuntimeError(
-            f"{manifest.name} v{manifest.version}: engine built for {built.get('gpu')} with TensorRT "
-            f"{built.get('tensorrt')}, this machine has {here['gpu']} with TensorRT {here['tensorrt']}; "
-            f"rebuild it here with `python -m export --tensorrt` (or serve the ONNX version)"
-        )
-
-
-class TensorRTEngine:
-    """Runs a plan with CUDA buffers owned by torch (no pycuda needed)."""
-
-    def __init__(self, plan: bytes, max_batch: int) -> None:
-        import torch
-
-        trt = import_tensorrt()
-        self._torch = torch
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(plan)
-        if self._engine is None:
-            raise RuntimeError("TensorRT could not deserialize the engine")
-        self._context = self._engine.create_execution_context()
-        self._stream = torch.cuda.Stream()
-        self.max_batch = max_batch
-        self.runtime = f"tensorrt:{trt.__version__}"
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        outputs = []
-        for start in range(0, len(batch), self.max_batch):
-            chunk = torch.from_numpy(np.ascontiguousarray(batch[start : start + self.max_batch])).cuda()
-            result = torch.empty(len(chunk), dtype=torch.float32, device="cuda")
-            with torch.cuda.stream(self._stream):
-                self._context.set_input_shape(INPUT_NAME, tuple(chunk.shape))
-                self._context.set_tensor_address(INPUT_NAME, chunk.data_ptr())
-                self._context.set_tensor_address(OUTPUT_NAME, result.data_ptr())
-                if not self._context.execute_async_v3(self._stream.cuda_stream):
-                    raise RuntimeError("TensorRT execution failed")
-            self._stream.synchronize()
-            outputs.append(result.cpu().numpy())
-        return np.concatenate(outputs)
-
-
 def build_engine(
     onnx_folder: Path, *, fp16: bool, max_batch: int = 64, samples: int = 4, tolerance: float = 1e-2
 ) -> Path:
-    """Build a plan from an exported ONNX version; write it as the next version with its manifest.
+    """Build a plan for this machine from an exported ONNX version and write it beside the ONNX file.
 
     Parity is measured against onnxruntime (CPU, fp32) on random inputs and recorded; a plan whose
-    error exceeds ``tolerance`` in P(fake) is not written.
+    error exceeds ``tolerance`` in P(fake) is not written (:class:`TensorRTParityError`). A plan
+    for the same GPU architecture and TensorRT version is replaced. Returns the plan's path.
     """
     import onnxruntime as ort
     import torch
@@ -134,10 +67,12 @@ def build_engine(
     from export.onnx_export import random_inputs
 
     source = Manifest.read(onnx_folder)
+    if source.format != "onnx":
+        raise ValueError(f"{onnx_folder} holds a {source.format} engine; build plans from an ONNX version")
     spec = source.model_spec()
     identity = gpu_identity()
-    plan = build_serialized_engine(onnx_folder / ENGINE_FILES["onnx"], spec.input_shape(1), max_batch, fp16=fp16)
-    engine = TensorRTEngine(plan, max_batch)
+    plan_bytes = build_serialized_engine(onnx_folder / ENGINE_FILES["onnx"], spec.input_shape(1), max_batch, fp16=fp16)
+    engine = TensorRTEngine(plan_bytes, max_batch)
     inputs = random_inputs(spec, samples, torch.Generator().manual_seed(7)).numpy()
     session = ort.InferenceSession(str(onnx_folder / ENGINE_FILES["onnx"]), providers=["CPUExecutionProvider"])
     (expected,) = session.run([OUTPUT_NAME], {INPUT_NAME: inputs})
@@ -147,34 +82,34 @@ def build_engine(
     diff_prob = float(np.abs(1 / (1 + np.exp(-got)) - 1 / (1 + np.exp(-expected))).max())
     log.info("%s: TensorRT (%s) vs onnxruntime max|dP| = %.2e", source.name, "fp16" if fp16 else "fp32", diff_prob)
     if diff_prob > tolerance:
-        raise RuntimeError(f"TensorRT engine differs from onnxruntime by {diff_prob:.3e} in P(fake) (> {tolerance})")
-    target = onnx_folder.parent / str(max(int(p.name) for p in onnx_folder.parent.iterdir() if p.name.isdigit()) + 1)
-    target.mkdir()
-    try:
-        (target / ENGINE_FILES["tensorrt"]).write_bytes(plan)
-        manifest = source.model_copy(
-            update={
-                "version": int(target.name),
-                "format": "tensorrt",
-                "file": ENGINE_FILES["tensorrt"],
-                "max_batch": max_batch,
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "tensorrt": {**identity, "fp16": fp16, "built_from_version": source.version},
-                "parity": Parity(
-                    reference="onnxruntime CPU fp32",
-                    runtime=f"tensorrt {identity['tensorrt']} on {identity['gpu']}",
-                    precision="fp16" if fp16 else "fp32 (TF32 allowed)",
-                    max_abs_diff_logit=diff_logit,
-                    max_abs_diff_prob=diff_prob,
-                    tolerance_prob=tolerance,
-                    batch_sizes=[samples],
-                    samples=samples,
-                ),
-            }
+        raise TensorRTParityError(
+            f"{source.name}: the TensorRT plan differs from onnxruntime by {diff_prob:.3e} in P(fake) "
+            f"(> {tolerance}); nothing written{' (try without --fp16)' if fp16 else ''}"
         )
-        manifest.write(target)
-    except Exception:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
-    log.info("%s: wrote TensorRT engine %s", source.name, target)
-    return target
+    name = plan_file_name(identity["compute_capability"], identity["tensorrt"])
+    path = onnx_folder / name
+    partial = onnx_folder / f".{name}.partial"
+    partial.write_bytes(plan_bytes)
+    partial.replace(path)
+    plan = Plan(
+        file=name,
+        compute_capability=identity["compute_capability"],
+        tensorrt=identity["tensorrt"],
+        gpu=identity["gpu"],
+        fp16=fp16,
+        max_batch=max_batch,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        parity=Parity(
+            reference="onnxruntime CPU fp32",
+            runtime=f"tensorrt {identity['tensorrt']} on {identity['gpu']}",
+            precision="fp16" if fp16 else "fp32 (TF32 allowed)",
+            max_abs_diff_logit=diff_logit,
+            max_abs_diff_prob=diff_prob,
+            tolerance_prob=tolerance,
+            batch_sizes=[samples],
+            samples=samples,
+        ),
+    )
+    source.with_plan(plan).write(onnx_folder)
+    log.info("%s: wrote TensorRT plan %s", source.name, path)
+    return path

@@ -1,6 +1,7 @@
 """Find the engines to serve in a Triton-style model repository.
 
-``<repository>/<model>/<version>/{model.onnx|model.plan, manifest.json}``; the highest integer
+``<repository>/<model>/<version>/{model.onnx, manifest.json}`` (TensorRT plans for particular GPUs may lie
+beside the ONNX file, see :mod:`service.pipeline.tensorrt_engine`); the highest integer
 version of each model wins unless the caller pins one (``DFS_MODEL_VERSIONS=ftcn:2``: a rollback, or
 a version folder that only some machines should serve). Anything malformed is reported with the
 path, never skipped silently:

@@ -230,11 +230,20 @@ class Runtime:
                 )
                 engine.warmup(spec.input_shape(1))
             return engine
-        if version.manifest.format == "tensorrt":
-            from export.tensorrt import TensorRTEngine, check_compatible
+        if version.manifest.format == "tensorrt":  # a version that is itself a plan (older exports)
+            from service.pipeline.tensorrt_engine import TensorRTEngine, check_compatible
 
             check_compatible(version.manifest)
             return TensorRTEngine(version.engine_path.read_bytes(), max_batch=version.manifest.max_batch or 64)
+        if version.manifest.plans:  # TensorRT plans beside the ONNX file: the one built for this GPU, if any
+            from service.pipeline.tensorrt_engine import TensorRTEngine, machine_identity, plan_for_machine
+
+            on_gpu = resolve_device(self.settings.device) == "cuda" and self.settings.runtime in ("auto", "onnxruntime")
+            plan = plan_for_machine(version.manifest, version.folder, machine_identity() if on_gpu else None)
+            if plan is not None:
+                log.info("%s: TensorRT plan %s (sm %s)", version.name, plan.file, plan.compute_capability)
+                self._engine_files[version.name] = version.folder / plan.file
+                return TensorRTEngine((version.folder / plan.file).read_bytes(), max_batch=plan.max_batch)
         if self.settings.runtime == "openvino" and self.settings.device == "cuda":
             raise RuntimeError("DFS_RUNTIME=openvino runs on the CPU; DFS_DEVICE=cuda asks for a GPU")
         if self.settings.runtime != "openvino" and onnx_providers(self.settings.device)[0] != "CPUExecutionProvider":

@@ -30,16 +30,26 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path: Path) -> None:
         pytest.skip("TensorRT needs a CUDA GPU")
     from export.__main__ import export_model
     from export.manifest import Manifest
-    from export.tensorrt import TensorRTEngine, build_engine, check_compatible
+    from export.tensorrt import build_engine
+    from service.pipeline.tensorrt_engine import (
+        PlanMismatch,
+        TensorRTEngine,
+        check_compatible,
+        gpu_identity,
+        plan_for_machine,
+    )
 
     onnx_folder = export_model("ftcn", tmp_path, random_init=True)
-    plan_folder = build_engine(onnx_folder, fp16=False, max_batch=4, samples=2)
-    manifest = Manifest.read(plan_folder)
-    assert manifest.format == "tensorrt" and manifest.parity.max_abs_diff_prob <= manifest.parity.tolerance_prob
-    check_compatible(manifest)
-    engine = TensorRTEngine((plan_folder / "model.plan").read_bytes(), max_batch=4)
+    plan_path = build_engine(onnx_folder, fp16=False, max_batch=4, samples=2)
+    assert plan_path.parent == onnx_folder, "the plan lies beside its ONNX file, in the same version"
+    manifest = Manifest.read(onnx_folder)
+    assert manifest.format == "onnx" and len(manifest.plans) == 1
+    plan = plan_for_machine(manifest, onnx_folder, gpu_identity())
+    assert plan is not None and plan.file == plan_path.name
+    assert plan.parity.max_abs_diff_prob <= plan.parity.tolerance_prob
+    engine = TensorRTEngine(plan_path.read_bytes(), max_batch=4)
     out = engine.run(np.zeros((3, 3, 32, 224, 224), np.float32))
     assert out.shape == (3,) and np.isfinite(out).all()
-    stale = manifest.model_copy(update={"tensorrt": {**manifest.tensorrt, "tensorrt": "0.0"}})
-    with pytest.raises(RuntimeError, match="rebuild"):
-        check_compatible(stale)
+    older = manifest.model_copy(update={"format": "tensorrt", "tensorrt": {"gpu": "another GPU", "tensorrt": "0.0"}})
+    with pytest.raises(PlanMismatch, match="rebuild"):
+        check_compatible(older)

@@ -29,6 +29,7 @@ UNITS: dict[str, tuple[str, int]] = {
     "service.pipeline.engines": ("engines", 2),
     "service.pipeline.triton_engine": ("engines", 2),
     "service.pipeline.openvino_engine": ("engines", 2),
+    "service.pipeline.tensorrt_engine": ("engines", 2),
     "service.pipeline.engine_choice": ("engines", 2),
     "service.pipeline.heatmap_runner": ("engines", 2),
     "service.pipeline.engine_metrics": ("engines", 2),
