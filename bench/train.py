@@ -32,7 +32,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("ftcn", "pcl_i2g", "dcl", "lib", "advgame")
+sys.path.insert(0, str(REPO))
+
+from training.methods import METHOD_NAMES as METHODS  # noqa: E402 - the registry's names, after the path
+
 DEFAULT_SOURCES = REPO / "training" / "recipes" / "default_bundle.csv"
 
 

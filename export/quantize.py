@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     # photos are refused by the video pipeline (too few frames): calibrate on the split's videos
     pool = [s for s in labelled(args.labels, args.calibration_split) if s.path.suffix.lower() not in PHOTO_SUFFIXES]
     if not pool:
-        raise SystemExit(f"no videos in split {args.calibration_split!r} of {args.labels}")
+        raise ServedRunError(f"no videos in split {args.calibration_split!r} of {args.labels}")
     picks = np.unique(np.linspace(0, len(pool) - 1, min(args.calibration_videos, len(pool))).round().astype(int))
     sources = [pool[i] for i in picks]
     log.info("recording crops of %d %s videos", len(sources), args.calibration_split)
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, version in versions.items():
         calibration, held_out = split_by_video(recorded.get(name, Recorded()), CALIBRATION_SHARE)
         if not calibration:
-            raise SystemExit(f"{name}: no crops were recorded (no faces in the {args.calibration_split} videos?)")
+            raise ServedRunError(f"{name}: no crops were recorded (no faces in the {args.calibration_split} videos?)")
         target = version.folder / INT8_FILE
         log.info("%s: quantizing on %d crops, parity on %d held-out crops", name, len(calibration), len(held_out))
         quantize_file(version.engine_path, target, version.manifest.inputs[0].name, calibration, args.method)
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         int8_run = collect(fp32.model_copy(update={"precision": "int8"}), auc_sources)
         not_int8 = {name: runtime for name, runtime in int8_run.runtimes.items() if not runtime.endswith(":int8")}
         if not_int8:
-            raise SystemExit(f"the INT8 pass did not serve INT8 for {not_int8}")
+            raise ServedRunError(f"the INT8 pass did not serve INT8 for {not_int8}")
         auc8 = video_aucs(int8_run, versions)
         for name, version in versions.items():
             variant = Manifest.read(version.folder).variant("int8")

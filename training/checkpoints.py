@@ -8,7 +8,6 @@ random generators), so a resumed run goes on as the uninterrupted run would have
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -24,6 +23,7 @@ from torch import nn
 from models.checkpoint import TrainingCheckpoint
 from training.distributed import unwrap
 from training.methods.base import Method
+from training.options import TrainingOptions
 
 log = logging.getLogger("training")
 
@@ -67,7 +67,7 @@ def training_checkpoint(
     scalers: Scalers,
     progress: Progress,
     metrics: dict,
-    args: argparse.Namespace,
+    options: TrainingOptions,
 ) -> TrainingCheckpoint:
     """Everything ``python -m export`` and ``--resume`` need, in one file."""
     return TrainingCheckpoint(
@@ -75,7 +75,7 @@ def training_checkpoint(
         model_kwargs=method.model_kwargs(),
         spec=method.spec,
         state_dict=unwrap(model).state_dict(),
-        config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
+        config=options.config(),
         epoch=progress.epoch,
         step=progress.step,
         batches_done=progress.batches_done,
@@ -86,7 +86,7 @@ def training_checkpoint(
         scalers={n: s.state_dict() for n, s in scalers.items()},
         extra=method.extra_state(),
         rng=rng_state(),
-        command=getattr(args, "command", None),
+        command=options.command,
     )
 
 

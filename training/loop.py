@@ -6,7 +6,6 @@ its shard of the data, gradients are averaged, rank 0 validates, logs and writes
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
@@ -32,6 +31,7 @@ from training.data import TrackRecord, collate, load_index
 from training.distributed import broadcast_from_first_rank, setup_distributed
 from training.methods.base import Method, StepContext
 from training.metrics import binary_metrics, per_video
+from training.options import TrainingOptions
 
 log = logging.getLogger("training")
 
@@ -186,7 +186,7 @@ class TrainingRun:
     closed (:func:`finish_run`)."""
 
     method: Method
-    args: argparse.Namespace
+    options: TrainingOptions
     rank: int
     world: int
     device: torch.device
@@ -206,10 +206,10 @@ class TrainingRun:
 
     @property
     def output(self) -> Path:
-        return self.args.output
+        return self.options.output
 
     def reached_max_steps(self) -> bool:
-        return self.args.max_steps is not None and self.progress.step >= self.args.max_steps
+        return self.options.max_steps is not None and self.progress.step >= self.options.max_steps
 
 
 @dataclass
@@ -237,28 +237,28 @@ class StepLog:
             self.writer.close()
 
 
-def prepare_run(method: Method, args: argparse.Namespace) -> TrainingRun:
-    """Data, network, optimisers, AMP and DDP for ``args``, resumed from a checkpoint when asked."""
+def prepare_run(method: Method, options: TrainingOptions) -> TrainingRun:
+    """Data, network, optimisers, AMP and DDP for ``options``, resumed from a checkpoint when asked."""
     rank, world, device = setup_distributed()
-    seed_everything(args.seed + rank)
-    output: Path = args.output
+    seed_everything(options.seed + rank)
+    output: Path = options.output
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
 
-    records = load_index(args.data)
-    train_records, val_records = split_records(records, args.val_fraction, args.seed)
+    records = load_index(options.data)
+    train_records, val_records = split_records(records, options.val_fraction, options.seed)
     if not train_records:
-        raise ValueError(f"no training tracks in {args.data}")
+        raise ValueError(f"no training tracks in {options.data}")
     train_set, val_set = method.datasets(train_records, val_records)
     if len(train_set) == 0:
         raise ValueError("the training set is empty (does it hold both classes, or --fakes blended with reals?)")
-    loader = train_loader(train_set, args.batch_size, args.workers, rank, world, args.seed)
+    loader = train_loader(train_set, options.batch_size, options.workers, rank, world, options.seed)
     val_loader = (
         DataLoader(
             val_set,
-            batch_size=args.batch_size,
+            batch_size=options.batch_size,
             sampler=SequentialSampler(val_set),
-            num_workers=args.workers,
+            num_workers=options.workers,
             collate_fn=collate,
         )
         if len(val_set)
@@ -266,11 +266,11 @@ def prepare_run(method: Method, args: argparse.Namespace) -> TrainingRun:
     )
 
     model = method.build_model()
-    if args.init:
-        _load_init(model, method, args.init)
+    if options.init:
+        _load_init(model, method, options.init)
     model.to(device)
     # channels_last also pays on a CPU (oneDNN): MobileNetV2 fwd+bwd 129 vs 177 ms/sample on 2 cores
-    if getattr(args, "channels_last", False) and method.spec.kind == "frame":
+    if options.channels_last and method.spec.kind == "frame":
         model = model.to(memory_format=torch.channels_last)
     optimizers = method.optimizers(model)
     method.optims = optimizers
@@ -280,11 +280,11 @@ def prepare_run(method: Method, args: argparse.Namespace) -> TrainingRun:
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
-    amp_dtype = _amp_dtype(args.amp, device)
+    amp_dtype = _amp_dtype(options.amp, device)
     scalers = {name: torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16) for name in optimizers}
 
     progress = Progress()
-    resume_from = _resume_path(args.resume, output)
+    resume_from = _resume_path(options.resume, output)
     if resume_from:
         progress = resume(resume_from, method, raw_model, optimizers, scalers, single_process=world == 1)
     broadcast_from_first_rank(method.replicated_state())  # DDP did this for the model when it wrapped it
@@ -292,16 +292,16 @@ def prepare_run(method: Method, args: argparse.Namespace) -> TrainingRun:
     history = output / "metrics.jsonl"
     if rank == 0:
         truncate_history(history, progress.step)
-    step_log = StepLog(history, _tensorboard(output, rank == 0 and args.tensorboard))
+    step_log = StepLog(history, _tensorboard(output, rank == 0 and options.tensorboard))
     return TrainingRun(
-        method, args, rank, world, device, loader, val_loader, raw_model, model, optimizers, scalers, amp_dtype,
+        method, options, rank, world, device, loader, val_loader, raw_model, model, optimizers, scalers, amp_dtype,
         progress, step_log,
     )  # fmt: skip
 
 
 def train_epoch(run: TrainingRun, epoch: int) -> bool:
     """Step through epoch ``epoch`` from where the run stands; True when ``--max-steps`` stopped it."""
-    method, args, progress = run.method, run.args, run.progress
+    method, options, progress = run.method, run.options, run.progress
     method.on_epoch_start(epoch)
     start_epoch(run.loader, epoch, progress.batches_done)
     for optimizer, _ in run.optimizers.values():  # a partial accumulation window left by the last epoch is dropped
@@ -309,7 +309,7 @@ def train_epoch(run: TrainingRun, epoch: int) -> bool:
     scaler_of = {optimizer: run.scalers[name] for name, (optimizer, _) in run.optimizers.items()}
     progress_bar = tqdm(
         run.loader,
-        desc=f"{method.name} epoch {epoch + 1}/{args.epochs}",
+        desc=f"{method.name} epoch {epoch + 1}/{options.epochs}",
         disable=not run.is_main,
         dynamic_ncols=True,
         leave=False,
@@ -320,11 +320,11 @@ def train_epoch(run: TrainingRun, epoch: int) -> bool:
         batch = {k: (v.to(run.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         ctx = StepContext(
             scalers=scaler_of,
-            accumulation=args.accumulate,
-            micro_step=micro % args.accumulate,
+            accumulation=options.accumulate,
+            micro_step=micro % options.accumulate,
             device=run.device,
             autocast_dtype=run.amp_dtype,
-            grad_clip=args.grad_clip,
+            grad_clip=options.grad_clip,
             world=run.world,
         )
         logs = method.training_step(run.model, batch, ctx)
@@ -349,7 +349,7 @@ def train_epoch(run: TrainingRun, epoch: int) -> bool:
                 **logs,
                 "samples_per_s": rate,
                 "step_s": step_s,
-                "step_samples": len(batch["label"]) * run.world * args.accumulate,
+                "step_samples": len(batch["label"]) * run.world * options.accumulate,
             }
             if run.device.type == "cuda":
                 record["gpu_peak_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
@@ -374,7 +374,7 @@ def end_epoch(run: TrainingRun, epoch: int) -> None:
         if improved:
             progress.best = auc
         checkpoint = training_checkpoint(
-            run.method, run.raw_model, run.optimizers, run.scalers, progress, metrics, run.args
+            run.method, run.raw_model, run.optimizers, run.scalers, progress, metrics, run.options
         )
         checkpoint.save(run.output / "last.pt")
         if improved:
@@ -400,11 +400,11 @@ def finish_run(run: TrainingRun) -> Path:
     return final
 
 
-def train(method: Method, args: argparse.Namespace) -> Path:
-    """Train ``method`` per ``args``; returns the path of the best (or last) checkpoint."""
-    run = prepare_run(method, args)
+def train(method: Method, options: TrainingOptions) -> Path:
+    """Train ``method`` per ``options``; returns the path of the best (or last) checkpoint."""
+    run = prepare_run(method, options)
     done = run.reached_max_steps()
-    while run.progress.epoch < args.epochs and not done:
+    while run.progress.epoch < options.epochs and not done:
         epoch = run.progress.epoch
         done = train_epoch(run, epoch)
         end_epoch(run, epoch)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from training.methods import METHOD_NAMES, method_class
+from training.options import TrainingOptions
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -100,7 +101,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> TrainingOptions:
+    """The command line as typed options, with the method's defaults filled in where none was given."""
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--method", choices=METHOD_NAMES)
     known, _ = probe.parse_known_args(argv)
@@ -112,16 +114,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.fakes = args.fakes or cls.default_fakes
     args.amp = None if args.amp == "none" else args.amp
     args.command = "python -m training.train " + shlex.join(argv)
-    return args
+    return TrainingOptions.from_namespace(args, cls.options_type)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+    options = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from training.loop import train
 
-    final = train(method_class(args.method)(args), args)
+    final = train(method_class(options.method)(options), options)
     print(final)
     return 0
 

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.admission import Admission
-from service.config import Settings
 from service.runtime import Runtime
 
 
@@ -19,10 +18,5 @@ def get_admission(request: Request) -> Admission:
     return request.app.state.admission
 
 
-def get_app_settings(request: Request) -> Settings:
-    return request.app.state.runtime.settings
-
-
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -29,7 +29,8 @@ from torch.nn import functional as F
 from models.advgame import FAKE_CLASS, PAPER_VARIANT, REAL_CLASS, VARIANTS, BlurGenerator, per_pixel_blur
 from training.distributed import unwrap
 from training.methods.base import StepContext
-from training.methods.frames import ADVGAME_AUGMENT, FrameMethod
+from training.methods.frames import ADVGAME_AUGMENT, FrameMethod, FrameOptions
+from training.options import MethodOptions, TrainingOptions
 
 
 class ClassLogits(nn.Module):
@@ -43,12 +44,23 @@ class ClassLogits(nn.Module):
         return self.model.class_logits(images)
 
 
+@dataclasses.dataclass(frozen=True)
+class AdvGameOptions(FrameOptions):
+    variant: str  # EfficientNet size
+    g_per_d: int  # generator steps per detector step
+    generator_lr: float
+    generator_width: int  # channels of the blur generators' first layer
+    backbone_weights: Path | None  # ImageNet weights, or Path("packaged")
+
+
 class AdvGameMethod(FrameMethod):
     name = "advgame"
     default_lr = 5e-4
     default_batch_size = 32
     default_epochs = 120
     augmentation = ADVGAME_AUGMENT
+    options_type: ClassVar[type[MethodOptions]] = AdvGameOptions
+    method_options: AdvGameOptions
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -78,18 +90,18 @@ class AdvGameMethod(FrameMethod):
             "for the lite variants' files from PyPI packages",
         )
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args)
-        width = getattr(args, "generator_width", 64)
+    def __init__(self, options: TrainingOptions) -> None:
+        super().__init__(options)
+        width = self.method_options.generator_width
         self.generators = nn.ModuleDict({"real": BlurGenerator(width=width), "fake": BlurGenerator(width=width)})
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {"variant": self.args.variant}
+        return {"variant": self.method_options.variant}
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
-        if self.args.backbone_weights is not None:
-            model.load_backbone_weights(self.args.backbone_weights)
+        if self.method_options.backbone_weights is not None:
+            model.load_backbone_weights(self.method_options.backbone_weights)
         return model
 
     def training_module(self, model: nn.Module) -> nn.Module:
@@ -102,15 +114,15 @@ class AdvGameMethod(FrameMethod):
             return torch.optim.RAdam(params, lr=lr, weight_decay=5e-4), None
 
         return {
-            "detector": radam(model.parameters(), self.args.lr),
-            "gen_real": radam(self.generators["real"].parameters(), self.args.generator_lr),
-            "gen_fake": radam(self.generators["fake"].parameters(), self.args.generator_lr),
+            "detector": radam(model.parameters(), self.options.lr),
+            "gen_real": radam(self.generators["real"].parameters(), self.method_options.generator_lr),
+            "gen_fake": radam(self.generators["fake"].parameters(), self.method_options.generator_lr),
         }
 
     def on_epoch_start(self, epoch: int) -> None:
         decay = 0.1 ** (epoch // 15)
         for name, (optimizer, _) in self.optims.items():
-            base = self.args.lr if name == "detector" else self.args.generator_lr
+            base = self.options.lr if name == "detector" else self.method_options.generator_lr
             for group in optimizer.param_groups:
                 group["lr"] = base * decay
 
@@ -163,7 +175,7 @@ class AdvGameMethod(FrameMethod):
         frozen.eval()
         losses = []
         try:
-            for _ in range(self.args.g_per_d):
+            for _ in range(self.method_options.g_per_d):
                 for kind, selected in groups.items():
                     loss = self.generator_step(frozen, kind, images[selected], targets[selected], step_ctx)
                     if loss is not None:

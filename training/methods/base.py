@@ -11,7 +11,7 @@ import argparse
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from models import create_model, get_spec
 from models.spec import ModelSpec
 from training.data import TrackRecord
 from training.distributed import average_gradients
+from training.options import MethodOptions, TrainingOptions
 
 
 @dataclass
@@ -97,9 +98,17 @@ class Method(ABC):
     default_batch_size: int = 32
     default_epochs: int = 20
     default_fakes: str = "data"  # where the fake class comes from when --fakes is not given
+    #: the type that holds the options :meth:`add_arguments` declares (one field per option)
+    options_type: ClassVar[type[MethodOptions]] = MethodOptions
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    def __init__(self, options: TrainingOptions) -> None:
+        if not isinstance(options.method_options, self.options_type):
+            raise TypeError(
+                f"{type(self).__name__} takes {self.options_type.__name__}, not {type(options.method_options).__name__}"
+            )
+        self.options = options
+        #: the method's own options (subclasses narrow the annotation to their ``options_type``)
+        self.method_options = options.method_options
         self.spec: ModelSpec = get_spec(self.name, **self.model_kwargs())
         #: set by the loop from :meth:`optimizers`; ``training_step`` reads it via :meth:`optimizer`
         self.optims: dict[str, tuple[torch.optim.Optimizer, Any]] = {}

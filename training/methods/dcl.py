@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,7 +34,8 @@ from models.backbones import load_backbone_weights
 from training.data import FrameDataset, Sample, normalize
 from training.distributed import gather_rows, unwrap
 from training.methods.base import StepContext, TrainForward
-from training.methods.frames import FrameMethod, basic_augment
+from training.methods.frames import FrameMethod, FrameOptions, basic_augment
+from training.options import MethodOptions, TrainingOptions
 
 TEMPERATURE = 0.07
 HARD_PER_CLASS = 5
@@ -161,11 +163,22 @@ def intra_loss(feature_map: torch.Tensor, masks: torch.Tensor, labels: torch.Ten
     return torch.stack(losses).mean() if losses else feature_map.sum() * 0
 
 
+@dataclass(frozen=True)
+class DclOptions(FrameOptions):
+    backbone: str  # timm encoder name
+    backbone_weights: Path | None  # ImageNet weights, or Path("packaged")
+    queue_size: int  # hard-sample queue length per class
+    momentum: float  # EMA momentum of the key encoder
+    warmup_epochs: int  # epochs of cross-entropy alone
+
+
 class DclMethod(FrameMethod):
     name = "dcl"
     default_lr = 2e-4
     default_batch_size = 32
     default_epochs = 30
+    options_type: ClassVar[type[MethodOptions]] = DclOptions
+    method_options: DclOptions
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -193,8 +206,8 @@ class DclMethod(FrameMethod):
             help="epochs of cross-entropy alone before the contrastive losses join (the paper: 3)",
         )
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args)
+    def __init__(self, options: TrainingOptions) -> None:
+        super().__init__(options)
         self.key_encoder: nn.Module | None = None
         self.prototypes: torch.Tensor | None = None  # (2, D): real, fake
         self.queues: torch.Tensor | None = None  # (2, K, D)
@@ -202,12 +215,12 @@ class DclMethod(FrameMethod):
         self.epoch = 0
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {"backbone": self.args.backbone}
+        return {"backbone": self.method_options.backbone}
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
-        if self.args.backbone_weights is not None:
-            load_backbone_weights(model.encoder, self.args.backbone_weights)
+        if self.method_options.backbone_weights is not None:
+            load_backbone_weights(model.encoder, self.method_options.backbone_weights)
         return model
 
     def datasets(self, train, val):  # noqa: ANN001, ANN201 - see FrameMethod
@@ -224,19 +237,19 @@ class DclMethod(FrameMethod):
         return DclTrainForward(model)
 
     def optimizers(self, model: nn.Module) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
-        return {"model": (torch.optim.Adam(model.parameters(), lr=self.args.lr, weight_decay=1e-5), None)}
+        return {"model": (torch.optim.Adam(model.parameters(), lr=self.options.lr, weight_decay=1e-5), None)}
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
         for group in self.optimizer("model").param_groups:
-            group["lr"] = self.args.lr * 0.1 ** (epoch // 10)
+            group["lr"] = self.options.lr * 0.1 ** (epoch // 10)
 
     @torch.no_grad()
     def _update_memory(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
         dim = keys.shape[1]
         if self.prototypes is None:
             self.prototypes = torch.zeros(2, dim, device=keys.device)
-            self.queues = torch.zeros(2, self.args.queue_size, dim, device=keys.device)
+            self.queues = torch.zeros(2, self.method_options.queue_size, dim, device=keys.device)
         for cls in (0, 1):
             mine = keys[labels == cls]
             if len(mine):
@@ -246,8 +259,8 @@ class DclMethod(FrameMethod):
             if not len(mine):
                 continue
             hard = mine[(mine @ self.prototypes[1 - cls]).topk(min(HARD_PER_CLASS, len(mine))).indices]
-            start = self.queue_fill[cls] % self.args.queue_size
-            rows = torch.arange(start, start + len(hard), device=keys.device) % self.args.queue_size
+            start = self.queue_fill[cls] % self.method_options.queue_size
+            rows = torch.arange(start, start + len(hard), device=keys.device) % self.method_options.queue_size
             self.queues[cls, rows] = hard
             self.queue_fill[cls] += len(hard)
 
@@ -266,7 +279,7 @@ class DclMethod(FrameMethod):
         loss_ce = F.cross_entropy(logits, labels)
         # the queues take every rank's keys (as MoCo's), so all ranks mine the same hard negatives
         self._update_memory(gather_rows(k), gather_rows(labels))
-        filled = [min(self.queue_fill[c], self.args.queue_size) for c in (0, 1)]
+        filled = [min(self.queue_fill[c], self.method_options.queue_size) for c in (0, 1)]
         inter_terms = []
         for n in range(len(labels)):
             opposite = 1 - int(labels[n])
@@ -277,13 +290,15 @@ class DclMethod(FrameMethod):
             inter_terms.append(F.cross_entropy(row[None], torch.zeros(1, dtype=torch.long, device=row.device)))
         loss_inter = torch.stack(inter_terms).mean() if inter_terms else logits.sum() * 0
         loss_intra = intra_loss(feature_map, batch["mask"], labels)
-        alpha = 1.0 if self.epoch < getattr(self.args, "warmup_epochs", WARMUP_EPOCHS) else 0.5
+        alpha = 1.0 if self.epoch < self.method_options.warmup_epochs else 0.5
         loss = alpha * loss_ce + (1 - alpha) * (loss_inter + 0.1 * loss_intra)
         ctx.backward_and_step(loss, self.optimizer("model"), list(model.parameters()))
         if ctx.is_update_step:
             with torch.no_grad():  # EMA key encoder
                 for key_param, param in zip(self.key_encoder.parameters(), encoder.parameters(), strict=True):
-                    key_param.mul_(self.args.momentum).add_(param.detach(), alpha=1 - self.args.momentum)
+                    key_param.mul_(self.method_options.momentum).add_(
+                        param.detach(), alpha=1 - self.method_options.momentum
+                    )
         return {
             "loss": loss.item(),
             "loss_ce": loss_ce.item(),

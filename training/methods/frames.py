@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from training.data import FrameDataset, TrackRecord
 from training.degrade import DEGRADE_QUALITY, DEGRADE_SCALE, degrade, jpeg
 from training.methods.base import Method
+from training.options import MethodOptions
 
 Image = np.ndarray  # (H, W, 3) uint8 RGB
 Mask = np.ndarray  # (H, W) float32, 1 where forged
@@ -235,6 +236,14 @@ def basic_augment(image: Image, mask: Mask, rng: np.random.Generator) -> tuple[I
     return COMMON_AUGMENT(image, mask, rng)
 
 
+@dataclass(frozen=True)
+class FrameOptions(MethodOptions):
+    """The options every frame method shares."""
+
+    degrade: float  # probability of a resolution loss and JPEG round trip per training frame
+    frames_per_track: int  # training frames drawn from each track
+
+
 class FrameMethod(Method):
     """Frame datasets for a frame model; ``--fakes`` chooses dataset fakes and/or I2G blends."""
 
@@ -242,6 +251,8 @@ class FrameMethod(Method):
     frames_per_track_val: int = 8
     #: the training augmentation of the method's reference implementation; methods with their own recipe override it
     augmentation: ClassVar[Augmentation] = COMMON_AUGMENT
+    options_type: ClassVar[type[MethodOptions]] = FrameOptions
+    method_options: FrameOptions
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -264,25 +275,25 @@ class FrameMethod(Method):
 
     def training_augmentation(self) -> Augmentation:
         """The recipe the training frames get (validation frames are not augmented)."""
-        degrade_p = float(getattr(self.args, "degrade", 0.0) or 0.0)
+        degrade_p = self.method_options.degrade
         return replace(self.augmentation, degrade=degrade_p) if degrade_p else self.augmentation
 
     def fake_maker(self, sources: Sequence[TrackRecord]):  # noqa: ANN201 - a FakeMaker or None
-        if self.args.fakes == "data":
+        if self.options.fakes == "data":
             return None
         from training.blended import BlendedFakes
 
-        return BlendedFakes(sources, seed=self.args.seed)
+        return BlendedFakes(sources, seed=self.options.seed)
 
     def datasets(self, train: Sequence[TrackRecord], val: Sequence[TrackRecord]) -> tuple[Dataset, Dataset]:
         train_set = FrameDataset(
             train,
             self.spec,
-            frames_per_track=getattr(self.args, "frames_per_track", None) or self.frames_per_track_train,
+            frames_per_track=self.method_options.frames_per_track,
             fake_maker=self.fake_maker(train),
-            use_data_fakes=self.args.fakes != "blended",
+            use_data_fakes=self.options.fakes != "blended",
             augment=self.training_augmentation(),
-            seed=self.args.seed,
+            seed=self.options.seed,
         )
         # With blended fakes the validation reals get blended twins too (fixed seed), or real-only
         # data would have one class in validation and no AUC to select the best checkpoint by.
@@ -291,6 +302,6 @@ class FrameMethod(Method):
             self.spec,
             frames_per_track=self.frames_per_track_val,
             fake_maker=self.fake_maker([*train, *val]),
-            seed=self.args.seed + 1,
+            seed=self.options.seed + 1,
         )
         return train_set, val_set

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -20,6 +21,20 @@ from torch.utils.data import Dataset
 from models.ftcn import BACKBONES, RESNET
 from training.data import ClipDataset, EpochConcatDataset, TrackRecord
 from training.methods.base import Method, StepContext
+from training.options import MethodOptions
+
+
+@dataclass(frozen=True)
+class FtcnOptions(MethodOptions):
+    clip_stride: int  # frames between training clip starts
+    clips_per_track: int  # clips drawn from one track at most
+    width: float  # channel width multiplier
+    backbone: str  # the temporal network
+    backbone_weights: str | None  # MobileNetV2 ImageNet file to inflate, or "packaged"
+    freeze_pointwise: bool  # keep the inflated 1x1 convolutions fixed
+    input_size: int  # clip side in px
+    blend_flicker: float  # how much blended clips drift frame to frame
+    degrade: float  # share of training clips that lose resolution and are re-compressed
 
 
 class FtcnMethod(Method):
@@ -27,6 +42,8 @@ class FtcnMethod(Method):
     default_lr = 3e-4
     default_batch_size = 6
     default_epochs = 20
+    options_type: ClassVar[type[MethodOptions]] = FtcnOptions
+    method_options: FtcnOptions
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -82,25 +99,25 @@ class FtcnMethod(Method):
     def model_kwargs(self) -> dict[str, Any]:
         """Only the options that differ from the paper's network, so a default run's checkpoint reads as before."""
         kwargs: dict[str, Any] = {}
-        if self.args.width != 1.0:
-            kwargs["width"] = self.args.width
-        if self.args.input_size != 224:
-            kwargs["input_size"] = self.args.input_size
-        if self.args.backbone != RESNET:
-            kwargs["backbone"] = self.args.backbone
+        if self.method_options.width != 1.0:
+            kwargs["width"] = self.method_options.width
+        if self.method_options.input_size != 224:
+            kwargs["input_size"] = self.method_options.input_size
+        if self.method_options.backbone != RESNET:
+            kwargs["backbone"] = self.method_options.backbone
         return kwargs
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
-        if self.args.backbone_weights is not None:
-            model.load_backbone_weights(self.args.backbone_weights)
-        if self.args.freeze_pointwise:
-            if self.args.backbone == RESNET:
+        if self.method_options.backbone_weights is not None:
+            model.load_backbone_weights(self.method_options.backbone_weights)
+        if self.method_options.freeze_pointwise:
+            if self.method_options.backbone == RESNET:
                 raise ValueError("--freeze-pointwise needs --backbone mobilenetv2_100 (ImageNet 1x1 convolutions)")
             for module in model.modules():
                 if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
                     module.weight.requires_grad = False
-        if self.args.freeze_backbone:
+        if self.options.freeze_backbone:
             for name, param in model.named_parameters():
                 param.requires_grad = ".head." in f".{name}" or name.startswith("head")
         return model
@@ -110,15 +127,16 @@ class FtcnMethod(Method):
         with ``both`` the real clips appear twice (once per set), the price of keeping each set's balance."""
         from training.blended import BlendedClipDataset
 
-        stride, cap, seed, degrade = self.args.clip_stride, self.args.clips_per_track, self.args.seed, self.args.degrade
+        own, seed = self.method_options, self.options.seed
+        stride, cap, degrade = own.clip_stride, own.clips_per_track, own.degrade
         parts: list[Dataset] = []
-        if self.args.fakes in ("data", "both"):
+        if self.options.fakes in ("data", "both"):
             parts.append(
                 ClipDataset(
                     train, self.spec, stride=stride, max_clips_per_track=cap, flip=True, seed=seed, degrade=degrade
                 )
             )
-        if self.args.fakes in ("blended", "both"):
+        if self.options.fakes in ("blended", "both"):
             parts.append(
                 BlendedClipDataset(
                     train,
@@ -126,12 +144,12 @@ class FtcnMethod(Method):
                     stride=stride,
                     max_clips_per_track=cap,
                     seed=seed,
-                    flicker=self.args.blend_flicker,
+                    flicker=self.method_options.blend_flicker,
                     degrade=degrade,
                 )
             )
         train_set: Dataset = parts[0] if len(parts) == 1 else EpochConcatDataset(parts)
-        if self.args.fakes == "blended":  # real-only data: validate on blended twins of the val clips
+        if self.options.fakes == "blended":  # real-only data: validate on blended twins of the val clips
             val_set: Dataset = BlendedClipDataset(
                 val, self.spec, stride=self.spec.num_frames, max_clips_per_track=4, seed=seed + 1, flip=False
             )
@@ -141,7 +159,7 @@ class FtcnMethod(Method):
 
     def optimizers(self, model: nn.Module) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
         params = [p for p in model.parameters() if p.requires_grad]
-        return {"model": (torch.optim.Adam(params, lr=self.args.lr), None)}
+        return {"model": (torch.optim.Adam(params, lr=self.options.lr), None)}
 
     def training_step(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
         optimizer = self.optimizer("model")

