@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from export.errors import ExportError
 from export.fp16_weights import store_weights_fp16
 from export.manifest import (
     ENGINE_FILES,
@@ -64,10 +65,6 @@ log = logging.getLogger("export")
 #: 64 cells, so fp16 weights move a single cell more (1.8e-3 seen for PCL-I2G), and the map is only
 #: drawn, where one colour step is 1/255 = 3.9e-3.
 HEATMAP_TOLERANCE = 1e-2
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 def next_version(model_dir: Path) -> int:

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from export.errors import ExportInputError
+
 ENSEMBLE_NAME = "ensemble.json"
 
 
@@ -48,13 +50,15 @@ class EnsembleFile(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> EnsembleFile:
         if not self.weights:
-            raise ValueError("no weights")
+            raise ExportInputError("no weights")
         if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
-            raise ValueError(f"weights must be >= 0 with a positive sum, not {self.weights}")
+            raise ExportInputError(f"weights must be >= 0 with a positive sum, not {self.weights}")
         if set(self.model_versions) != set(self.weights):
-            raise ValueError(f"model_versions names {sorted(self.model_versions)}, weights {sorted(self.weights)}")
+            raise ExportInputError(
+                f"model_versions names {sorted(self.model_versions)}, weights {sorted(self.weights)}"
+            )
         if self.model_calibrations and set(self.model_calibrations) != set(self.weights):
-            raise ValueError(
+            raise ExportInputError(
                 f"model_calibrations names {sorted(self.model_calibrations)}, weights {sorted(self.weights)}"
             )
         return self

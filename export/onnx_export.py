@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.errors import ExportError, ExportInputError
 from models.spec import HEATMAP_OUTPUT, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def export_onnx(
     output_names = [OUTPUT_NAME]
     if heatmap:
         if not hasattr(model, "forward_with_heatmap"):
-            raise ValueError(f"{spec.name} has no patch map to export (no forward_with_heatmap)")
+            raise ExportInputError(f"{spec.name} has no patch map to export (no forward_with_heatmap)")
         model, output_names = _WithHeatmap(model).eval(), [OUTPUT_NAME, HEATMAP_OUTPUT]
     sample = torch.zeros(spec.input_shape(2))
     try:
@@ -122,7 +123,7 @@ def measure_parity(
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})
         got = np.asarray(got).reshape(-1)
         if got.shape != expected.shape:
-            raise RuntimeError(f"onnxruntime returned shape {got.shape}, torch {expected.shape} (batch {batch})")
+            raise ExportError(f"onnxruntime returned shape {got.shape}, torch {expected.shape} (batch {batch})")
         worst_logit = max(worst_logit, float(np.abs(got - expected).max()))
         worst_prob = max(worst_prob, float(np.abs(_sigmoid(got) - _sigmoid(expected)).max()))
     return ParityResult(worst_logit, worst_prob, list(batch_sizes), sum(batch_sizes))
@@ -141,7 +142,7 @@ def heatmap_parity(
     (got,) = session.run([HEATMAP_OUTPUT], {INPUT_NAME: inputs.numpy()})
     expected = expected.float().numpy()
     if got.shape != expected.shape:
-        raise RuntimeError(f"onnxruntime returned a {got.shape} patch map, torch {expected.shape}")
+        raise ExportError(f"onnxruntime returned a {got.shape} patch map, torch {expected.shape}")
     return list(expected.shape[1:]), float(np.abs(_sigmoid(got) - _sigmoid(expected)).max())
 
 

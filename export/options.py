@@ -14,6 +14,7 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
+from export.errors import ExportInputError
 from models.registry import check_model_options, constructor_parameters, get_entry
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -26,7 +27,7 @@ def parse_bool(text: str) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError(f"expected a boolean (true/false), got {text!r}")
+    raise ExportInputError(f"expected a boolean (true/false), got {text!r}")
 
 
 def guess_value(text: str) -> Any:
@@ -67,7 +68,7 @@ def convert_value(name: str, parameter: inspect.Parameter, text: str) -> Any:
         if kind in (int, float):
             return kind(text)
     except ValueError as error:
-        raise ValueError(
+        raise ExportInputError(
             f"--option {parameter.name}={text}: {name}'s {parameter.name} takes "
             f"{kind.__name__ if kind else 'a value'} ({error})"
         ) from None
@@ -83,7 +84,7 @@ def parse_model_options(name: str, pairs: Iterable[str] | None) -> dict[str, Any
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+            raise ExportInputError(f"--option expects KEY=VALUE, got {pair!r}")
         raw[key.strip()] = value.strip()
     check_model_options(name, raw)
     return {key: convert_value(name, parameters[key], value) for key, value in raw.items()}

@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from export.errors import ExportError
 from export.manifest import Calibration
 from service.config import Settings
 from service.ensemble import ServedEnsemble
@@ -37,7 +38,7 @@ from training.sources import Source, from_label_list
 log = logging.getLogger("export.served")
 
 
-class ServedRunError(RuntimeError):
+class ServedRunError(ExportError):
     """The labelled videos or the models cannot be used; the tools' ``main`` prints it and exits 2."""
 
 

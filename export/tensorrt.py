@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.errors import ExportError, ExportInputError
 from export.manifest import ENGINE_FILES, Manifest, Parity, Plan, plan_file_name
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from service.pipeline.tensorrt_engine import TensorRTEngine, gpu_identity, import_tensorrt
@@ -25,7 +26,7 @@ from service.pipeline.tensorrt_engine import TensorRTEngine, gpu_identity, impor
 log = logging.getLogger(__name__)
 
 
-class TensorRTParityError(RuntimeError):
+class TensorRTParityError(ExportError):
     """The built plan's scores differ from ONNX Runtime's by more than the tolerance: nothing is written."""
 
 
@@ -38,7 +39,7 @@ def build_serialized_engine(onnx_path: Path, input_shape: tuple[int, ...], max_b
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise ExportError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
@@ -48,7 +49,7 @@ def build_serialized_engine(onnx_path: Path, input_shape: tuple[int, ...], max_b
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}")
+        raise ExportError(f"TensorRT failed to build an engine from {onnx_path}")
     return bytes(serialized)
 
 
@@ -68,7 +69,7 @@ def build_engine(
 
     source = Manifest.read(onnx_folder)
     if source.format != "onnx":
-        raise ValueError(f"{onnx_folder} holds a {source.format} engine; build plans from an ONNX version")
+        raise ExportInputError(f"{onnx_folder} holds a {source.format} engine; build plans from an ONNX version")
     spec = source.model_spec()
     identity = gpu_identity()
     plan_bytes = build_serialized_engine(onnx_folder / ENGINE_FILES["onnx"], spec.input_shape(1), max_batch, fp16=fp16)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from export.errors import ExportError, ExportFileMissing, ExportInputError
 from export.manifest import MANIFEST_NAME, Manifest, TensorInfo
 
 CONFIG_NAME = "config.pbtxt"
@@ -81,23 +82,23 @@ def max_batch_size(manifest: Manifest, options: TritonOptions) -> int:
     limit = manifest.max_batch
     chosen = options.max_batch_size or limit or DEFAULT_MAX_BATCH.get(manifest.model_spec().kind, 64)
     if limit and chosen > limit:
-        raise ValueError(f"{manifest.name}: max_batch_size {chosen} exceeds the engine's limit {limit}")
+        raise ExportInputError(f"{manifest.name}: max_batch_size {chosen} exceeds the engine's limit {limit}")
     if not manifest.dynamic_batch:
-        raise ValueError(f"{manifest.name}: exported without a dynamic batch axis; Triton cannot batch it")
+        raise ExportInputError(f"{manifest.name}: exported without a dynamic batch axis; Triton cannot batch it")
     return chosen
 
 
 def _dims(tensor: TensorInfo) -> tuple[list[int], bool]:
     """Dims without the batch axis (symbolic axes become -1), and whether the batch was the whole shape."""
     if not tensor.shape or not isinstance(tensor.shape[0], str):
-        raise ValueError(f"tensor {tensor.name}: first axis {tensor.shape[:1]} is not the dynamic batch axis")
+        raise ExportInputError(f"tensor {tensor.name}: first axis {tensor.shape[:1]} is not the dynamic batch axis")
     rest = [d if isinstance(d, int) else -1 for d in tensor.shape[1:]]
     return (rest, False) if rest else ([1], True)
 
 
 def _tensor_block(tensor: TensorInfo) -> str:
     if tensor.dtype not in TRITON_DTYPES:
-        raise ValueError(f"tensor {tensor.name}: dtype {tensor.dtype} has no Triton data type here")
+        raise ExportInputError(f"tensor {tensor.name}: dtype {tensor.dtype} has no Triton data type here")
     dims, reshape = _dims(tensor)
     lines = [
         "  {",
@@ -114,7 +115,7 @@ def _tensor_block(tensor: TensorInfo) -> str:
 def _engine_line(manifest: Manifest, options: TritonOptions) -> str:
     if options.backend == "python":
         if manifest.format != "onnx":
-            raise ValueError(
+            raise ExportInputError(
                 f"{manifest.name} v{manifest.version}: the python backend runs ONNX files, not {manifest.format}"
             )
         return 'backend: "python"'
@@ -149,7 +150,7 @@ def write_model_config(model_dir: Path, options: TritonOptions = TritonOptions()
     """Write ``<model_dir>/config.pbtxt`` for the model's latest version; returns its path."""
     folder = latest_version(model_dir)
     if folder is None:
-        raise FileNotFoundError(f"{model_dir}: no version folder with a {MANIFEST_NAME}")
+        raise ExportFileMissing(f"{model_dir}: no version folder with a {MANIFEST_NAME}")
     path = model_dir / CONFIG_NAME
     path.write_text(render_config(Manifest.read(folder), options))
     return path
@@ -158,7 +159,7 @@ def write_model_config(model_dir: Path, options: TritonOptions = TritonOptions()
 def model_dirs(repository: Path) -> list[Path]:
     """Every model folder of a repository (a folder holding a version with a manifest)."""
     if not repository.is_dir():
-        raise FileNotFoundError(f"model repository {repository} does not exist")
+        raise ExportFileMissing(f"model repository {repository} does not exist")
     return [p for p in sorted(repository.iterdir()) if p.is_dir() and latest_version(p) is not None]
 
 
@@ -184,13 +185,13 @@ def write_python_backend_repository(
     the ONNX file and the manifest. ``out`` must not be ``repository`` itself (the configs differ).
     """
     if out.resolve() == repository.resolve():
-        raise ValueError("--python-backend needs a folder of its own, not the repository it reads")
+        raise ExportInputError("--python-backend needs a folder of its own, not the repository it reads")
     options = TritonOptions(**{**options.__dict__, "backend": "python"})
     written = []
     for model_dir in model_dirs(repository):
         folder = latest_version(model_dir)
         if folder is None:  # model_dirs lists only models with a version folder
-            raise RuntimeError(f"{model_dir} has no version folder with a manifest")
+            raise ExportError(f"{model_dir} has no version folder with a manifest")
         manifest = Manifest.read(folder)
         target = out / model_dir.name / folder.name
         if target.exists():

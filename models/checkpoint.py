@@ -17,13 +17,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from models.errors import ModelInputError
 from models.spec import ModelSpec
 
 #: Key of the one scaler that checkpoints older than per-optimiser scalers saved for every optimiser.
 SHARED_SCALER = "*"
 
 
-class NotATrainingCheckpoint(ValueError):
+class NotATrainingCheckpoint(ModelInputError):
     """The file is a checkpoint, but not one ``python -m training.train`` wrote."""
 
 

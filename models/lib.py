@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from models.backbones import load_backbone_weights
+from models.errors import ModelInputError
 from models.registry import CheckpointError, KwargsInferenceError, StateDict, infer_choice, register_model
 from models.spec import IMAGENET_MEAN, IMAGENET_STD, CropRule, ModelSpec
 
@@ -110,7 +111,7 @@ class LIB(nn.Module):
     def __init__(self, backbone: str = PAPER_BACKBONE, num_regions: int = 4, dropout: float = 0.5) -> None:
         super().__init__()
         if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+            raise ModelInputError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
         self.spec = lib_spec(backbone, num_regions)
         self.backbone_name = backbone
         self.num_regions = num_regions

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from models.backbones import load_backbone_weights
+from models.errors import ModelInputError
 from models.registry import CheckpointError, KwargsInferenceError, StateDict, infer_choice, register_model
 from models.spec import IMAGENET_MEAN, IMAGENET_STD, CropRule, ModelSpec
 
@@ -96,7 +97,9 @@ def _consistency_index(backbone: nn.Module, name: str) -> int:
     info = backbone.feature_info
     strides = [entry["reduction"] for entry in info]
     if _CONSISTENCY_STRIDE not in strides or strides[-1] != _PATCH_STRIDE:
-        raise ValueError(f"PCL-I2G needs stride-16 and final stride-32 features; timm {name} has strides {strides}")
+        raise ModelInputError(
+            f"PCL-I2G needs stride-16 and final stride-32 features; timm {name} has strides {strides}"
+        )
     return len(strides) - 1 - strides[::-1].index(_CONSISTENCY_STRIDE)
 
 
@@ -148,7 +151,7 @@ class PCLI2G(nn.Module):
         either way rebuilds as it was."""
         super().__init__()
         if not timm.is_model(backbone):
-            raise ValueError(f"backbone must be a timm CNN (tested: {', '.join(BACKBONES)}), got {backbone!r}")
+            raise ModelInputError(f"backbone must be a timm CNN (tested: {', '.join(BACKBONES)}), got {backbone!r}")
         self.spec = pcl_spec(backbone)
         self.backbone_name = backbone
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")

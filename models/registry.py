@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import TrainingCheckpoint
+from models.errors import ModelInputError
 from models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ SpecForKwargs = Callable[..., ModelSpec]
 KwargsInference = Callable[[StateDict, dict[str, Any]], dict[str, Any]]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelInputError):
     """A checkpoint does not fit the network; the message names the offending keys."""
 
 
@@ -85,7 +86,7 @@ def register_model(
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if spec.name in _REGISTRY:
-            raise ValueError(f"model {spec.name!r} registered twice")
+            raise ModelInputError(f"model {spec.name!r} registered twice")
         _REGISTRY[spec.name] = RegisteredModel(spec, factory, checkpoint_filter, spec_for, infer_kwargs)
         return factory
 
@@ -227,7 +228,7 @@ def check_model_options(name: str, options: dict[str, Any]) -> None:
     allowed = constructor_parameters(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise ModelInputError(
             f"{name} takes no option {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed) or '(none)'}"
         )
 

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.models._utils import IntermediateLayerGetter
 
+from models.errors import ModelInputError
 from models.registry import CheckpointError, StateDict, load_state_dict_strict, read_checkpoint, strip_prefix
 
 
@@ -143,7 +144,7 @@ class SSH(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         if channels % 4:
-            raise ValueError(f"SSH needs channels divisible by 4, got {channels}")
+            raise ModelInputError(f"SSH needs channels divisible by 4, got {channels}")
         leaky = 0.1 if channels <= 64 else 0.0
         self.conv3X3 = _conv_bn(channels, channels // 2, leaky=None)
         self.conv5X5_1 = _conv_bn(channels, channels // 4, leaky=leaky)
@@ -198,7 +199,7 @@ class RetinaFace(nn.Module):
         elif config.name == "resnet50":
             self.body = resnet50_body()
         else:
-            raise ValueError(f"unknown RetinaFace backbone {config.name!r}; known: {', '.join(CONFIGS)}")
+            raise ModelInputError(f"unknown RetinaFace backbone {config.name!r}; known: {', '.join(CONFIGS)}")
         channels = [config.in_channel * 2, config.in_channel * 4, config.in_channel * 8]
         self.fpn = FPN(channels, config.out_channel)
         self.ssh1, self.ssh2, self.ssh3 = (SSH(config.out_channel) for _ in range(3))
@@ -269,7 +270,7 @@ class RetinaFace(nn.Module):
         single copy, so a GPU is not stalled once per image.
         """
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images (N,3,H,W), got {tuple(images.shape)}")
+            raise ModelInputError(f"expected images (N,3,H,W), got {tuple(images.shape)}")
         count, _, height, width = images.shape
         if count == 0:
             return []
@@ -319,7 +320,7 @@ def detect_numpy(
 ) -> Detections:
     """Faces in one RGB uint8 image (H, W, 3); a convenience over :meth:`RetinaFace.detect`."""
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
-        raise ValueError(f"expected an RGB image (H,W,3), got shape {image_rgb.shape}")
+        raise ModelInputError(f"expected an RGB image (H,W,3), got shape {image_rgb.shape}")
     tensor = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1)[None]
     return net.detect(tensor, score_threshold=score_threshold, nms_iou=nms_iou, max_faces=max_faces)[0]
 
@@ -329,7 +330,7 @@ def build_retinaface(name: str = "mobilenet0.25") -> RetinaFace:
     try:
         config = CONFIGS[name]
     except KeyError:
-        raise ValueError(f"unknown RetinaFace backbone {name!r}; known: {', '.join(CONFIGS)}") from None
+        raise ModelInputError(f"unknown RetinaFace backbone {name!r}; known: {', '.join(CONFIGS)}") from None
     return RetinaFace(config).eval()
 
 

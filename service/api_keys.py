@@ -14,11 +14,13 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from service.pipeline.failures import DfsInputError
+
 HASH_PREFIX = "sha256:"
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 
 
-class ApiKeyFileError(ValueError):
+class ApiKeyFileError(DfsInputError):
     """DFS_API_KEYS_FILE cannot be used; the service must not start open in its place."""
 
 

@@ -41,6 +41,7 @@ from service.jobs.runner import error_body, predict_body
 from service.pipeline.analyse import AnalysisOptions, analyse_video_with_evidence
 from service.pipeline.evidence import Evidence
 from service.pipeline.fetch import fetched_video
+from service.pipeline.result import VideoResult
 from service.runtime import Runtime
 
 log = logging.getLogger("service.cli")
@@ -116,10 +117,10 @@ class Scorer:
     async def _score(self, source: str, request_id: str, tracker: ProgressTracker) -> tuple[dict, str | None]:
         found: list[Evidence] = []
 
-        async def analyse(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict:
-            body, evidence = await analyse_video_with_evidence(path, request_id, options, runtime, progress=tracker)
+        async def analyse(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> VideoResult:
+            result, evidence = await analyse_video_with_evidence(path, request_id, options, runtime, progress=tracker)
             found.append(evidence)
-            return body
+            return result
 
         settings = self.runtime.settings
         started = time.perf_counter()

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from service.api_keys import hash_entries
+from service.pipeline.failures import DfsInputError
 from service.pipeline.media_settings import MediaSettings
 
 
@@ -253,7 +254,7 @@ class Settings(MediaSettings):
             except ValueError:
                 weight = math.nan
             if not sep or not name.strip() or not math.isfinite(weight) or weight < 0:
-                raise ValueError(f"{item!r} is not name=weight with a finite weight >= 0 (e.g. dcl=0.6,ftcn=0.4)")
+                raise DfsInputError(f"{item!r} is not name=weight with a finite weight >= 0 (e.g. dcl=0.6,ftcn=0.4)")
         return value
 
     @field_validator("model_versions", mode="after")
@@ -263,7 +264,7 @@ class Settings(MediaSettings):
         for item in split_csv(value):
             name, sep, number = item.partition(":")
             if not sep or not name.strip() or not number.strip().isdigit() or int(number) < 1:
-                raise ValueError(f"{item!r} is not model:version with a version >= 1 (e.g. ftcn:2)")
+                raise DfsInputError(f"{item!r} is not model:version with a version >= 1 (e.g. ftcn:2)")
         return value
 
     @field_validator("api_keys", mode="after")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from service.pipeline.failures import DfsFailure
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,10 +64,10 @@ def start_service(env_overrides: dict[str, str], log_path: Path, ready_timeout: 
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"service exited with {process.returncode}:\n{log_path.read_text()}")
+            raise DfsFailure(f"service exited with {process.returncode}:\n{log_path.read_text()}")
         if LOAD_FAILED in log_path.read_text(errors="replace"):  # the runtime gave up: it will not become healthy
             process.terminate()
-            raise RuntimeError(f"service could not load its models:\n{log_path.read_text()}")
+            raise DfsFailure(f"service could not load its models:\n{log_path.read_text()}")
         try:
             if httpx.get(f"{base_url}/healthcheck", timeout=2).status_code == 200:
                 return LiveService(base_url, process, log_path)
@@ -73,7 +75,7 @@ def start_service(env_overrides: dict[str, str], log_path: Path, ready_timeout: 
             pass
         time.sleep(0.5)
     process.terminate()
-    raise RuntimeError(f"service not healthy after {ready_timeout} s:\n{log_path.read_text()}")
+    raise DfsFailure(f"service not healthy after {ready_timeout} s:\n{log_path.read_text()}")
 
 
 def stop_service(service: LiveService) -> None:

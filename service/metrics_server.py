@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from service.config import Settings
+from service.pipeline.failures import DfsFailure
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def start_metrics_server(settings: Settings, before_scrape: Callable[[], None]) 
             settings.metrics_port, addr=settings.host, registry=SampledRegistry(REGISTRY, before_scrape)
         )
     except OSError as exc:
-        raise RuntimeError(
+        raise DfsFailure(
             f"DFS_METRICS_PORT={settings.metrics_port}: cannot listen on "
             f"{settings.host}:{settings.metrics_port}: {exc.strerror or exc}"
         ) from exc

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.manifest import MANIFEST_NAME, Manifest
+from service.pipeline.failures import DfsFailure
 
 
-class RepositoryError(RuntimeError):
+class RepositoryError(DfsFailure):
     pass
 
 

@@ -34,6 +34,7 @@ from service.pipeline.engines import (
     onnx_providers,
 )
 from service.pipeline.faces import FaceDetector, create_detector, resolve_device
+from service.pipeline.failures import DfsFailure
 from service.pipeline.openvino_engine import OpenVinoEngine, openvino_available
 from service.pipeline.tensor_frames import choose_decoder
 
@@ -209,7 +210,7 @@ class Runtime:
         if self.settings.runtime == "torch":
             source = version.manifest.source.path
             if not source or not Path(source).is_file():
-                raise RuntimeError(
+                raise DfsFailure(
                     f"{version.name} v{version.version}: DFS_RUNTIME=torch needs the source checkpoint "
                     f"({source or 'none: exported with --random-init'}), which is not readable here"
                 )
@@ -245,7 +246,7 @@ class Runtime:
                 self._engine_files[version.name] = version.folder / plan.file
                 return TensorRTEngine((version.folder / plan.file).read_bytes(), max_batch=plan.max_batch)
         if self.settings.runtime == "openvino" and self.settings.device == "cuda":
-            raise RuntimeError("DFS_RUNTIME=openvino runs on the CPU; DFS_DEVICE=cuda asks for a GPU")
+            raise DfsFailure("DFS_RUNTIME=openvino runs on the CPU; DFS_DEVICE=cuda asks for a GPU")
         if self.settings.runtime != "openvino" and onnx_providers(self.settings.device)[0] != "CPUExecutionProvider":
             return OnnxEngine(  # a GPU: ONNX Runtime's TensorRT/CUDA provider on the fp32 file
                 version.engine_path,

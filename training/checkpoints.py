@@ -22,6 +22,7 @@ from torch import nn
 
 from models.checkpoint import TrainingCheckpoint
 from training.distributed import unwrap
+from training.errors import TrainingInputError
 from training.methods.base import Method
 from training.options import TrainingOptions
 
@@ -104,7 +105,7 @@ def resume(
         try:
             optimizer.load_state_dict(state.optimizers[name])
         except (KeyError, ValueError) as exc:
-            raise ValueError(
+            raise TrainingInputError(
                 f"{path}: optimiser {name!r} does not match this run's trainable parameters ({exc}); "
                 "resume with the same method options (e.g. --freeze-backbone) as the original run"
             ) from exc

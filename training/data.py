@@ -24,6 +24,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from models.spec import ModelSpec
 from service.pipeline.crops import clip_windows, crop_matrices
 from training.degrade import Degradation
+from training.errors import TrainingFailure, TrainingFileMissing, TrainingInputError
 
 log = logging.getLogger("training.data")
 
@@ -64,7 +65,7 @@ class TrackRecord:
         path = self.folder / f"{self.frame_indices[position]:06d}.jpg"
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
-            raise FileNotFoundError(path)
+            raise TrainingFileMissing(path)
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def loose_matrix(self, position: int) -> np.ndarray:
@@ -81,7 +82,7 @@ def load_index(root: Path, splits: Sequence[str] | None = None) -> list[TrackRec
     """Tracks listed in ``root/index.csv`` (optionally only some splits)."""
     index = root / "index.csv"
     if not index.is_file():
-        raise FileNotFoundError(
+        raise TrainingFileMissing(
             f"{index} not found: run `python -m training.preprocess --input ... --output {root}` first"
         )
     records = []
@@ -221,7 +222,7 @@ class FrameDataset(EpochSeeded, Dataset):
         label = record.label
         if blended:
             if self.fake_maker is None:
-                raise RuntimeError("blended items need a fake maker (FrameDataset(fake_maker=...))")
+                raise TrainingFailure("blended items need a fake maker (FrameDataset(fake_maker=...))")
             made = self.fake_maker(record, position, rng)
             if made is not None:
                 loose, mask_loose = made
@@ -344,7 +345,7 @@ def _check_some_consecutive(records: Sequence[TrackRecord]) -> None:
     """Fail early when no track has two consecutive frames: the data was preprocessed with --frame-step > 1."""
     multi = [r for r in records if len(r) > 1]
     if multi and all(len(consecutive_runs(r.frame_indices)) == len(r) for r in multi):
-        raise ValueError(
+        raise TrainingInputError(
             f"{multi[0].folder} (and every other track): clip models need consecutive frames "
             "(preprocess with --frame-step 1)"
         )

@@ -34,6 +34,7 @@ from models.checkpoint import TrainingCheckpoint
 from models.registry import create_model
 from service.pipeline.scores import sigmoid
 from training.data import ClipDataset, FrameDataset, collate, load_index
+from training.errors import TrainingInputError
 from training.metrics import binary_metrics, per_video
 
 log = logging.getLogger("training.evaluate")
@@ -153,7 +154,7 @@ def predict(checkpoint: TrainingCheckpoint, data: Path, split: str, batch_size: 
     spec = checkpoint.spec or model.spec
     records = load_index(data, [split])
     if not records:
-        raise ValueError(f"no tracks in split {split!r} of {data}")
+        raise TrainingInputError(f"no tracks in split {split!r} of {data}")
     if spec.kind == "clip":
         dataset = ClipDataset(records, spec, stride=spec.num_frames, max_clips_per_track=8)
     else:

@@ -29,6 +29,7 @@ from models.registry import create_model, read_checkpoint
 from training.checkpoints import Optimizers, Progress, Scalers, resume, training_checkpoint, truncate_history
 from training.data import TrackRecord, collate, load_index
 from training.distributed import broadcast_from_first_rank, setup_distributed
+from training.errors import TrainingFailure, TrainingInputError
 from training.methods.base import Method, StepContext
 from training.metrics import binary_metrics, per_video
 from training.options import TrainingOptions
@@ -158,7 +159,7 @@ def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs CUDA; on a CPU use --amp bf16 or none")
+        raise TrainingInputError("--amp fp16 needs CUDA; on a CPU use --amp bf16 or none")
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
@@ -248,10 +249,12 @@ def prepare_run(method: Method, options: TrainingOptions) -> TrainingRun:
     records = load_index(options.data)
     train_records, val_records = split_records(records, options.val_fraction, options.seed)
     if not train_records:
-        raise ValueError(f"no training tracks in {options.data}")
+        raise TrainingInputError(f"no training tracks in {options.data}")
     train_set, val_set = method.datasets(train_records, val_records)
     if len(train_set) == 0:
-        raise ValueError("the training set is empty (does it hold both classes, or --fakes blended with reals?)")
+        raise TrainingInputError(
+            "the training set is empty (does it hold both classes, or --fakes blended with reals?)"
+        )
     loader = train_loader(train_set, options.batch_size, options.workers, rank, world, options.seed)
     val_loader = (
         DataLoader(
@@ -331,7 +334,7 @@ def train_epoch(run: TrainingRun, epoch: int) -> bool:
         progress.batches_done += 1
         seen += len(batch["label"]) * run.world
         if not all(math.isfinite(v) for v in logs.values()):
-            raise FloatingPointError(f"non-finite loss at step {progress.step}: {logs}")
+            raise TrainingFailure(f"non-finite loss at step {progress.step}: {logs}")
         if not ctx.is_update_step:
             continue
         for _, scheduler in run.optimizers.values():

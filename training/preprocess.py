@@ -59,6 +59,7 @@ from service.pipeline.faces import FaceDetector, create_detector
 from service.pipeline.failures import RequestFailure
 from service.pipeline.media_settings import MediaSettings
 from service.pipeline.tracks import IouTracker, Track
+from training.errors import TrainingInputError, TrainingWriteError
 from training.sources import Source, discover
 
 log = logging.getLogger("training.preprocess")
@@ -213,7 +214,7 @@ def _write_track(
         # imwrite reports failure (disk full, bad path) by returning False, not by raising
         bgr = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
         if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]):
-            raise OSError(f"could not write {path}")
+            raise TrainingWriteError(f"could not write {path}")
         kept.append(position)
         matrices.append(matrix.round(6).tolist())
     if not kept:  # frames that did not decode a second time: an empty track would only trip the datasets
@@ -244,7 +245,7 @@ def _find_source_tracks(
     if source.is_image:
         image = cv2.imread(str(source.path), cv2.IMREAD_COLOR)
         if image is None:
-            raise ValueError("not a readable image")
+            raise TrainingInputError("not a readable image")
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return image_tracks(rgb, detector, settings), {0: rgb}
     info = probe(source.path, max_side=settings.max_video_side, max_duration_s=settings.max_duration_s)

@@ -26,6 +26,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.errors import TrainingInputError
+
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 SPLITS = ("train", "val", "test")
@@ -65,7 +67,7 @@ def _parse_label(text: str) -> int:
         return 1
     if value in ("0", "real", "pristine", "original"):
         return 0
-    raise ValueError(f"unknown label {text!r} (use real/fake or 0/1)")
+    raise TrainingInputError(f"unknown label {text!r} (use real/fake or 0/1)")
 
 
 def normalise_split(text: str | None) -> str:
@@ -78,7 +80,7 @@ def normalise_split(text: str | None) -> str:
     if not value:
         return "train"
     if value not in SPLIT_ALIASES:
-        raise ValueError(f"unknown split {text!r} (use train, val or test)")
+        raise TrainingInputError(f"unknown split {text!r} (use train, val or test)")
     return SPLIT_ALIASES[value]
 
 
@@ -90,9 +92,9 @@ def _parse_frames(text: str | None) -> int | None:
     try:
         frames = int(value)
     except ValueError:
-        raise ValueError(f"frames must be a whole number, not {text!r}") from None
+        raise TrainingInputError(f"frames must be a whole number, not {text!r}") from None
     if frames <= 0:
-        raise ValueError(f"frames must be positive, not {frames}")
+        raise TrainingInputError(f"frames must be positive, not {frames}")
     return frames
 
 
@@ -100,7 +102,7 @@ def _list_source(row: dict[str, str], base: Path) -> Source:
     """One label-list row as a Source (raises ValueError naming the bad field)."""
     text = (row.get("path") or "").strip()
     if not text:
-        raise ValueError("empty path")
+        raise TrainingInputError("empty path")
     path = Path(text)
     path = path if path.is_absolute() else base / path
     identity = (row.get("identity") or "").strip() or path.stem
@@ -124,7 +126,9 @@ def _list_rows(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
         header = [name.strip().lower() for name in next(reader, [])]
         missing = [name for name in ("label", "path") if name not in header]
         if missing:
-            raise ValueError(f"{csv_path}: no {' or '.join(missing)} column (columns: {', '.join(LIST_COLUMNS)})")
+            raise TrainingInputError(
+                f"{csv_path}: no {' or '.join(missing)} column (columns: {', '.join(LIST_COLUMNS)})"
+            )
         return [(reader.line_num, dict(zip(header, values, strict=False))) for values in reader if any(values)]
 
 
@@ -139,10 +143,12 @@ def from_label_list(csv_path: Path) -> list[Source]:
         try:
             source = _list_source(row, csv_path.parent)
         except ValueError as exc:
-            raise ValueError(f"{csv_path}, line {line}: {exc}") from None
+            raise TrainingInputError(f"{csv_path}, line {line}: {exc}") from None
         seen = sources.get(source.path.resolve())
         if seen is not None and seen[1] != source:
-            raise ValueError(f"{csv_path}, line {line}: {source.path} is already listed differently on line {seen[0]}")
+            raise TrainingInputError(
+                f"{csv_path}, line {line}: {source.path} is already listed differently on line {seen[0]}"
+            )
         sources.setdefault(source.path.resolve(), (line, source))
     return [source for _, source in sources.values()]
 
@@ -156,7 +162,7 @@ def from_folders(root: Path) -> list[Source]:
             if folder.is_dir():
                 sources += [Source(p, label, split, p.stem) for p in _media_files(folder)]
     if not sources:
-        raise ValueError(f"{root}: expected real/ and fake/ folders (optionally under train/, val/, test/)")
+        raise TrainingInputError(f"{root}: expected real/ and fake/ folders (optionally under train/, val/, test/)")
     return sources
 
 
@@ -173,7 +179,7 @@ def _ffpp_split_of(splits_dir: Path) -> dict[str, str]:
         for pair in json.loads(file.read_text()):
             for name in [*pair, "_".join(pair), "_".join(reversed(pair))]:
                 if split_of.setdefault(name, split) != split:
-                    raise ValueError(f"{splits_dir}: {name} is in both {split_of[name]}.json and {split}.json")
+                    raise TrainingInputError(f"{splits_dir}: {name} is in both {split_of[name]}.json and {split}.json")
     return split_of
 
 
@@ -191,7 +197,7 @@ def from_ffpp(root: Path, splits_dir: Path, compression: str = "c23", methods: l
             if path.stem in split_of:
                 sources.append(Source(path, 1, split_of[path.stem], path.stem.split("_")[0]))
     if not sources:
-        raise ValueError(f"{root}: no FaceForensics++ videos matched the split files in {splits_dir}")
+        raise TrainingInputError(f"{root}: no FaceForensics++ videos matched the split files in {splits_dir}")
     return sources
 
 
@@ -201,6 +207,6 @@ def discover(input_path: Path, *, ffpp_splits: Path | None = None, compression: 
         return from_label_list(input_path)
     if (input_path / "original_sequences").is_dir():
         if ffpp_splits is None:
-            raise ValueError("FaceForensics++ layout found: pass --ffpp-splits DIR with train/val/test.json")
+            raise TrainingInputError("FaceForensics++ layout found: pass --ffpp-splits DIR with train/val/test.json")
         return from_ffpp(input_path, ffpp_splits, compression)
     return from_folders(input_path)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import asdict
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
+
+from service.pipeline.result import ModelResult, VideoResult
 
 
 class PredictRequest(BaseModel):
@@ -35,10 +38,28 @@ class PredictRequest(BaseModel):
 
 
 class ModelScore(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """One model over the video. A clip model counts ``clips``, a frame model ``frames``; the body
+    holds the one that applies (the field the other kind would have is left out, not null)."""
 
     score: float | None
+    clips: int | None = Field(None, description="Clips scored (clip models such as FTCN).")
+    frames: int | None = Field(None, description="Frames scored (frame models).")
     version: int
+
+    @model_serializer(mode="wrap")
+    def _only_the_count_that_applies(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        body = handler(self)
+        for count in ("clips", "frames"):
+            if body.get(count) is None:
+                body.pop(count, None)
+        return body
+
+    @classmethod
+    def from_result(cls, result: ModelResult) -> ModelScore:
+        count = "clips" if result.kind == "clip" else "frames"
+        return cls(score=result.score, version=result.version, **{count: result.items})
 
 
 class TrackModelScore(BaseModel):
@@ -98,6 +119,21 @@ class PredictResponse(BaseModel):
     video: VideoSummary
     timings_ms: dict[str, float]
     warnings: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_result(cls, result: VideoResult) -> PredictResponse:
+        """The body for one analysed video (what /predict, the jobs and the CLI answer)."""
+        return cls(
+            df_probability=result.df_probability,
+            prediction=result.prediction,
+            threshold=result.threshold,
+            request_id=result.request_id,
+            models={name: ModelScore.from_result(model) for name, model in result.models.items()},
+            faces=[FaceTrack.model_validate(asdict(face)) for face in result.faces],
+            video=VideoSummary.model_validate(asdict(result.video)),
+            timings_ms=result.timings_ms,
+            warnings=result.warnings,
+        )
 
 
 class ErrorResponse(BaseModel):

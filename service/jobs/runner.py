@@ -40,6 +40,7 @@ from service.jobs.store import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobReco
 from service.pipeline.analyse import AnalysisOptions, analyse_video_with_evidence
 from service.pipeline.evidence import Evidence
 from service.pipeline.fetch import FetchedVideo, fetched_video, write_upload
+from service.pipeline.result import VideoResult
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,9 @@ def error_body(exc: BaseException, request_id: str) -> dict[str, Any]:
     }
 
 
-def predict_body(result: dict[str, Any]) -> dict[str, Any]:
-    """The body exactly as /predict answers it: FastAPI passes /predict's return value through its
-    response model (fields left unset appear as null), so a stored result goes through it too."""
-    return PredictResponse.model_validate(result).model_dump(mode="json")
+def predict_body(result: VideoResult) -> dict[str, Any]:
+    """The body exactly as /predict answers it (its response model, as JSON), to store or print."""
+    return PredictResponse.from_result(result).model_dump(mode="json")
 
 
 def queue_full(settings: Settings) -> Unavailable:
@@ -318,10 +318,10 @@ class JobRunner:
         options = self.validate(body)  # models may have changed since it was queued
         found: list[Evidence] = []
 
-        async def analyse(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict:
+        async def analyse(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> VideoResult:
             result, evidence = await analyse_video_with_evidence(path, request_id, options, runtime, progress=tracker)
             if body.thumbnails:  # as /predict inlines them when asked
-                evidence.inline(result["faces"])
+                evidence.inline(result.faces)
             found.append(evidence)
             return result
 
@@ -330,7 +330,7 @@ class JobRunner:
         async with self._source(job) as video:
             fetch_ms = (time.perf_counter() - started) * 1000.0
             tracker("fetch", 1, 1)
-            result = await score_video(
+            scored = await score_video(
                 video,
                 options,
                 job.request_id,
@@ -339,7 +339,7 @@ class JobRunner:
                 analyse=analyse,
                 timeout_s=self.settings.job_timeout_s,
             )
-            result = predict_body(result)
+            result = predict_body(scored)
             written = await _uncancellable(write_evidence, self.store.folder(job.id), found[0], video.path)
         return result, written
 

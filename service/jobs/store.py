@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from service.jobs.progress import Progress
+from service.pipeline.failures import DfsError, DfsFailure, DfsInputError
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 #: a finished job past its time to live: its result and files are gone, its id answers 410
@@ -57,7 +58,7 @@ CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (expires_at);
 """
 
 
-class QueueFull(Exception):
+class QueueFull(DfsError):
     """``DFS_JOBS_MAX_QUEUED`` jobs are already waiting."""
 
 
@@ -138,7 +139,7 @@ class JobStore:
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            raise RuntimeError("the jobs store is not open")
+            raise DfsFailure("the jobs store is not open")
         return self._db
 
     def _one(self, job_id: str) -> JobRecord | None:
@@ -181,7 +182,7 @@ class JobStore:
                 raise
             record = self._one(job_id)
         if record is None:  # inserted in the same transaction: another writer deleted it
-            raise RuntimeError(f"job {job_id} vanished from {self.db_path} right after it was written")
+            raise DfsFailure(f"job {job_id} vanished from {self.db_path} right after it was written")
         return record
 
     def claim_next(self, owner: str) -> JobRecord | None:
@@ -230,7 +231,7 @@ class JobStore:
     ) -> None:
         """End a job (done, failed or cancelled); it expires ``ttl_s`` from now."""
         if status not in FINISHED:
-            raise ValueError(f"a job ends as one of {sorted(FINISHED)}, not {status!r}")
+            raise DfsInputError(f"a job ends as one of {sorted(FINISHED)}, not {status!r}")
         now = time.time()
         stage = progress or Progress(status, 1 if status == DONE else 0, 1 if status == DONE else 0)
         with self._lock:

@@ -28,7 +28,8 @@ from service.pipeline.crops import CropItem, SamplingOptions, extract_crops, pla
 from service.pipeline.decode import DecodeGuard, VideoInfo, probe
 from service.pipeline.evidence import Evidence, EvidencePlan, Progress, safe_progress
 from service.pipeline.face_tracks import StageClock, find_tracks
-from service.pipeline.failures import NotAVideo, Unavailable
+from service.pipeline.failures import DfsFailure, NotAVideo, Unavailable
+from service.pipeline.result import FaceResult, ModelResult, TrackModelScore, VideoResult, VideoSummary
 from service.pipeline.tensor_frames import tensor_frame_source
 from service.pipeline.timeline import track_timeline
 from service.pipeline.tracks import Track
@@ -165,7 +166,7 @@ async def video_logits(
     """
     settings = runtime.settings
     if runtime.detector is None:
-        raise RuntimeError("video_logits needs a loaded runtime (Runtime.load() creates the face detector)")
+        raise DfsFailure("video_logits needs a loaded runtime (Runtime.load() creates the face detector)")
     # Seconds of decoding and face finding are not spent on a video whose engines are known to be
     # away: Triton's readiness, as /healthcheck reports it (cached ~1 s).
     if runtime.remote is not None and (reason := await runtime.health_reason()):
@@ -253,16 +254,16 @@ async def video_logits(
     )
 
 
-async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict[str, Any]:
-    """Score one local video file; returns the response body without fetch timing and request id."""
+async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> VideoResult:
+    """Score one local video file; the caller adds the fetch timing and the request id."""
     result = await video_logits(path, request_id, options, runtime)
-    return _response_body(result, runtime)
+    return _video_result(result, runtime, request_id)
 
 
 async def analyse_video_with_evidence(
     path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime, progress: Progress | None = None
-) -> tuple[dict[str, Any], Evidence]:
-    """:func:`analyse_video`'s body, and the :class:`~service.pipeline.evidence.Evidence` a reviewer
+) -> tuple[VideoResult, Evidence]:
+    """:func:`analyse_video`'s result, and the :class:`~service.pipeline.evidence.Evidence` a reviewer
     looks at: per-track thumbnails and heat maps, and the annotated video on demand.
 
     ``progress(stage, done, total)`` follows the stages (``decode``, ``crops``, ``inference``, and
@@ -275,15 +276,15 @@ async def analyse_video_with_evidence(
         {name: runtime.models[name].batcher.engine for name in options.models},
     )
     result = await video_logits(path, request_id, options, runtime, progress=report, evidence=plan)
-    body = _response_body(result, runtime)
+    video = _video_result(result, runtime, request_id)
     guard = DecodeGuard(max_side=runtime.settings.max_video_side, max_pixels=runtime.settings.max_decode_pixels)
     thumbnails, heatmaps, warnings = await _in_thread(guard, plan.build, result.evidence_items, result.evidence_crops)
-    body["warnings"].extend(warnings)
+    video.warnings.extend(warnings)
     evidence = Evidence(
         thumbnails=thumbnails,
         heatmaps=heatmaps,
         tracks=result.tracks,
-        track_scores={face["track_id"]: face["score"] for face in body["faces"]},
+        track_scores={face.track_id: face.score for face in video.faces},
         info=result.info,
         frames_analyzed=result.frames_read,
         max_side=runtime.settings.max_video_side,
@@ -291,26 +292,28 @@ async def analyse_video_with_evidence(
         decode_threads=runtime.settings.decode_threads,
         progress=report,
     )
-    return body, evidence
+    return video, evidence
 
 
-def _response_body(result: VideoLogits, runtime: Runtime) -> dict[str, Any]:
-    """The response fields of one analysed video (scores, timelines, video summary, timings)."""
+def _video_result(result: VideoLogits, runtime: Runtime, request_id: str) -> VideoResult:
+    """One analysed video's result: scores, timelines, video summary, timings."""
     info = result.info
-    body = build_scores(result.tracks, result.items, result.logits, runtime, runtime.settings, info)
-    body["video"] = {
-        "width": info.width,
-        "height": info.height,
-        "fps": info.fps,
-        "frames": info.frames,
-        "duration_s": info.duration_s,
-        "frames_analyzed": result.frames_read,
-    }
-    body["timings_ms"] = result.clock.rounded()
-    body["warnings"] = list(result.warnings)
-    for stage, ms in body["timings_ms"].items():
+    summary = VideoSummary(
+        width=info.width,
+        height=info.height,
+        fps=info.fps,
+        frames=info.frames,
+        duration_s=info.duration_s,
+        frames_analyzed=result.frames_read,
+    )
+    video = build_scores(
+        result.tracks, result.items, result.logits, runtime, runtime.settings, summary, request_id, info
+    )
+    video.timings_ms = result.clock.rounded()
+    video.warnings = list(result.warnings)
+    for stage, ms in video.timings_ms.items():
         metrics.STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
-    return body
+    return video
 
 
 def build_scores(
@@ -319,9 +322,11 @@ def build_scores(
     logits: dict[str, np.ndarray],
     runtime: Runtime,
     settings: Settings,
+    summary: VideoSummary,
+    request_id: str,
     info: VideoInfo | None = None,
-) -> dict[str, Any]:
-    """Apply the formula in :mod:`service.pipeline.scores` and shape the response fields.
+) -> VideoResult:
+    """Apply the formula in :mod:`service.pipeline.scores` to every track and model.
 
     With ``info``, each face also gets its ``timeline`` (:mod:`service.pipeline.timeline`): every
     item's calibrated probability, the same ones its model's track score averages.
@@ -330,7 +335,7 @@ def build_scores(
     per_model_items: dict[str, list[CropItem]] = {name: [i for i in items if i.model == name] for name in logits}
     faces = []
     for track in tracks:
-        model_scores: dict[str, dict[str, Any]] = {}
+        model_scores: dict[str, TrackModelScore] = {}
         spans: dict[str, tuple[list[np.ndarray], list[float]]] = {}
         for name, model_logits in logits.items():
             mine = [
@@ -341,40 +346,42 @@ def build_scores(
             if not mine:
                 continue
             result = scores.track_model_score([v for _, v in mine], runtime.models[name].version.manifest.calibration)
-            model_scores[name] = {"score": round(result.score, 6), "items": result.items}
+            model_scores[name] = TrackModelScore(score=round(result.score, 6), items=result.items)
             spans[name] = ([item.frame_indices for item, _ in mine], result.item_scores)
-        track_score = combination.combine({n: s["score"] for n, s in model_scores.items()}) if model_scores else None
-        face: dict[str, Any] = {
-            "track_id": track.track_id,
-            "first_frame": track.first_frame,
-            "last_frame": track.last_frame,
-            "frames_detected": int(track.detected.sum()),
-            "box": [round(float(v), 1) for v in track.mean_box],
-            "score": None if track_score is None else round(track_score, 6),
-            "models": model_scores,
-        }
-        if info is not None:
-            face["timeline"] = track_timeline(spans, info)
-        faces.append(face)
-    scored = [f for f in faces if f["score"] is not None]
-    df_probability = max((f["score"] for f in scored), default=None)
-    models_out: dict[str, Any] = {}
+        track_score = combination.combine({n: s.score for n, s in model_scores.items()}) if model_scores else None
+        faces.append(
+            FaceResult(
+                track_id=track.track_id,
+                first_frame=track.first_frame,
+                last_frame=track.last_frame,
+                frames_detected=int(track.detected.sum()),
+                box=[round(float(v), 1) for v in track.mean_box],
+                score=None if track_score is None else round(track_score, 6),
+                models=model_scores,
+                timeline=track_timeline(spans, info) if info is not None else [],
+            )
+        )
+    scored = [f for f in faces if f.score is not None]
+    df_probability = max((f.score for f in scored), default=None)
+    models_out: dict[str, ModelResult] = {}
     for name in logits:
-        kind = runtime.models[name].spec.kind
-        track_scores = [f["models"][name]["score"] for f in scored if name in f["models"]]
-        models_out[name] = {
-            "score": max(track_scores) if track_scores else None,
-            "clips" if kind == "clip" else "frames": len(per_model_items[name]),
-            "version": runtime.models[name].version.version,
-        }
+        track_scores = [f.models[name].score for f in scored if name in f.models]
+        models_out[name] = ModelResult(
+            score=max(track_scores) if track_scores else None,
+            kind=runtime.models[name].spec.kind,
+            items=len(per_model_items[name]),
+            version=runtime.models[name].version.version,
+        )
     if df_probability is None:
         prediction = "NO_FACE"
     else:
         prediction = "FAKE" if df_probability >= settings.threshold else "REAL"
-    return {
-        "df_probability": df_probability,
-        "prediction": prediction,
-        "threshold": settings.threshold,
-        "models": models_out,
-        "faces": faces,
-    }
+    return VideoResult(
+        df_probability=df_probability,
+        prediction=prediction,
+        threshold=settings.threshold,
+        models=models_out,
+        faces=faces,
+        video=summary,
+        request_id=request_id,
+    )

@@ -26,6 +26,7 @@ from skimage.transform import SimilarityTransform
 
 from models.spec import ModelSpec
 from service.pipeline.decode import DecodeGuard, Frame, iter_frames, same_shape_chunks
+from service.pipeline.failures import DfsInputError
 from service.pipeline.gpu_streams import thread_stream
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrameSource
 from service.pipeline.tracks import Track
@@ -73,7 +74,7 @@ def frame_positions(track_length: int, count: int) -> np.ndarray:
 def _template_points(spec: ModelSpec) -> np.ndarray:
     crop = spec.crop
     if crop.template is None or not crop.template_size:
-        raise ValueError(f"{spec.name}: an 'align' crop needs a template and its size")
+        raise DfsInputError(f"{spec.name}: an 'align' crop needs a template and its size")
     return np.asarray(crop.template, dtype=np.float64) * (spec.input_size / crop.template_size)
 
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import av
 import numpy as np
 
-from service.pipeline.failures import NotAVideo, TooLarge
+from service.pipeline.failures import DfsError, NotAVideo, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class DecodedFrame:
 DECODE_PASSES = 2
 
 
-class RequestCancelled(Exception):
+class RequestCancelled(DfsError):
     """The request was abandoned (client gone, time limit): its worker thread stops at the next frame.
 
     A thread cannot be killed, so cancellation reaches it as this exception, raised by

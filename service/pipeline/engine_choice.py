@@ -33,6 +33,7 @@ import numpy as np
 from models.spec import ModelSpec
 from service.model_repository import ModelVersion, file_sha256
 from service.pipeline.engines import Engine
+from service.pipeline.failures import DfsFailure, DfsInputError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def candidates(version: ModelVersion, runtime: str, precision: str, *, openvino_
     Raises ``RuntimeError`` for a request that cannot be met (OpenVINO asked for, not installed).
     """
     if runtime == "openvino" and not openvino_installed:
-        raise RuntimeError("DFS_RUNTIME=openvino but the openvino package is not installed (pip install openvino)")
+        raise DfsFailure("DFS_RUNTIME=openvino but the openvino package is not installed (pip install openvino)")
     runtimes = [
         r for r in CPU_RUNTIMES if r == runtime or (runtime == "auto" and (r != "openvino" or openvino_installed))
     ]
@@ -208,7 +209,7 @@ def choose(
             best = (seconds, engine, option)
         del engine
     if best is None:
-        raise ValueError("no engine candidate to time")
+        raise DfsInputError("no engine candidate to time")
     _, engine, chosen = best
     best = None
     gc.collect()  # the losers' sessions and their arenas go now, not at some later collection

@@ -26,13 +26,13 @@ import numpy as np
 
 from models.spec import ModelSpec
 from service.pipeline import engine_metrics as metrics
-from service.pipeline.failures import InferenceFailed, Unavailable
+from service.pipeline.failures import DfsFailure, InferenceFailed, Unavailable
 from service.pipeline.gpu_streams import thread_stream
 
 log = logging.getLogger(__name__)
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(DfsFailure):
     """The engine's server cannot serve now (unreachable, timed out, model not ready).
 
     The batcher fails the whole batch with a 503 at once instead of retrying it in halves: a smaller
@@ -91,9 +91,7 @@ def onnx_providers(
                 }
             chosen.append(("CUDAExecutionProvider", cuda_options))
         if device == "cuda" and not chosen:
-            raise RuntimeError(
-                "DFS_DEVICE=cuda but onnxruntime has no CUDA/TensorRT provider (install onnxruntime-gpu)"
-            )
+            raise DfsFailure("DFS_DEVICE=cuda but onnxruntime has no CUDA/TensorRT provider (install onnxruntime-gpu)")
     chosen.append("CPUExecutionProvider")
     return chosen
 
@@ -362,7 +360,7 @@ class DynamicBatcher:
             logits = self.engine.run(normalize(self.spec, np.stack(crops)))
             metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
             if logits.shape != (len(crops),):
-                raise RuntimeError(f"engine returned shape {logits.shape} for {len(crops)} inputs")
+                raise DfsFailure(f"engine returned shape {logits.shape} for {len(crops)} inputs")
             return [float(v) for v in logits]
         except EngineUnavailable as exc:  # the server is away: every item gets the reason, nothing is split
             log.warning("model %s unavailable for a batch of %d: %s", self.name, len(crops), exc)

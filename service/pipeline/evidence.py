@@ -1,6 +1,6 @@
 """What a reviewer looks at before trusting a score: per-track thumbnails, heat maps, an annotated video.
 
-:func:`service.pipeline.analyse.analyse_video_with_evidence` returns the usual response body and
+:func:`service.pipeline.analyse.analyse_video_with_evidence` returns the usual video result and
 an :class:`Evidence`. The evidence crops are cut in the analysis's own crop pass (no extra decode):
 per track, a :data:`THUMBNAIL_SIZE` px face from the frame the detector was surest of, and, for
 every model whose engine gives a patch map (:mod:`service.pipeline.heatmaps`), that model's own
@@ -23,7 +23,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -32,9 +31,11 @@ from models.spec import IMAGENET_MEAN, IMAGENET_STD, CropRule, ModelSpec
 from service.pipeline.crops import CropItem, SamplingOptions, plan_crops
 from service.pipeline.decode import DecodeGuard, VideoInfo
 from service.pipeline.engines import normalize
+from service.pipeline.failures import DfsFailure
 from service.pipeline.heatmap_runner import HeatmapRunner, heatmap_runner
 from service.pipeline.heatmaps import heatmap_png
 from service.pipeline.render import render_annotated
+from service.pipeline.result import FaceResult
 from service.pipeline.tracks import Track
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class EvidencePlan:
 def jpeg(rgb: np.ndarray) -> bytes:
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
     if not ok:
-        raise RuntimeError("OpenCV could not encode the thumbnail as JPEG")
+        raise DfsFailure("OpenCV could not encode the thumbnail as JPEG")
     return encoded.tobytes()
 
 
@@ -171,14 +172,14 @@ class Evidence:
     decode_threads: int = 0
     progress: Progress = field(default_factory=lambda: safe_progress(None))
 
-    def inline(self, faces: list[dict[str, Any]]) -> None:
+    def inline(self, faces: list[FaceResult]) -> None:
         """Put each face's thumbnail (``thumbnail_jpeg``) and heat map (``heatmap_png``), base64, into
-        the response's ``faces`` (in place; a face without one keeps none)."""
+        the result's ``faces`` (in place; a face without one keeps none)."""
         for face in faces:
-            if (thumbnail := self.thumbnails.get(face["track_id"])) is not None:
-                face["thumbnail_jpeg"] = base64.b64encode(thumbnail).decode("ascii")
-            if (heatmap := self.heatmaps.get(face["track_id"])) is not None:
-                face["heatmap_png"] = base64.b64encode(heatmap).decode("ascii")
+            if (thumbnail := self.thumbnails.get(face.track_id)) is not None:
+                face.thumbnail_jpeg = base64.b64encode(thumbnail).decode("ascii")
+            if (heatmap := self.heatmaps.get(face.track_id)) is not None:
+                face.heatmap_png = base64.b64encode(heatmap).decode("ascii")
 
     def render_annotated(self, video_path: Path, out_path: Path) -> int:
         """Write the analysed frames of ``video_path`` with each track's box and score to ``out_path``

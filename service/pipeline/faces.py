@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from models.spec import FACE_TEMPLATE_256
+from service.pipeline.failures import DfsInputError
 from service.pipeline.gpu_streams import thread_stream
 
 if TYPE_CHECKING:  # torch is imported lazily: the BlazeFace-only path never needs it
@@ -136,7 +137,7 @@ class RetinaFaceDetector:
         detected where they are (no host round trip); the network casts to its dtype itself.
         """
         if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"expected frames (N, 3, H, W), got {tuple(batch.shape)}")
+            raise DfsInputError(f"expected frames (N, 3, H, W), got {tuple(batch.shape)}")
         if batch.shape[0] == 0:
             return []
         with self._lock, thread_stream(self._device), self._torch.inference_mode():
@@ -216,7 +217,7 @@ def create_detector(settings: DetectorSettings) -> FaceDetector:
             log.warning("RetinaFace weights %s not found; using BlazeFace", weights)
     if choice == "retinaface":
         if not settings.retinaface_weights:
-            raise ValueError("DFS_FACE_DETECTOR=retinaface needs DFS_RETINAFACE_WEIGHTS")
+            raise DfsInputError("DFS_FACE_DETECTOR=retinaface needs DFS_RETINAFACE_WEIGHTS")
         detector: FaceDetector = RetinaFaceDetector(
             settings.retinaface_weights, device=resolve_device(settings.device), min_score=settings.min_face_score
         )

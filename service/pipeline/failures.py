@@ -11,7 +11,20 @@ stage's hint that trying again later may succeed (an engine coming back), which 
 from __future__ import annotations
 
 
-class RequestFailure(Exception):
+class DfsError(Exception):
+    """The root of every error the ``service`` package raises (DFS: the deepfake service, as in its
+    ``DFS_*`` settings). Its kinds also derive from the builtin a caller would expect."""
+
+
+class DfsInputError(DfsError, ValueError):
+    """A setting, file or argument the service cannot use."""
+
+
+class DfsFailure(DfsError, RuntimeError):
+    """Something the service needs did not work (an engine, a decoder, a store, a child process)."""
+
+
+class RequestFailure(DfsError):
     """A failure that ends one request (never the server): ``code`` for machines, ``detail`` for people."""
 
     code: str = "internal"

@@ -20,6 +20,8 @@ from typing import Literal
 
 import torch
 
+from service.pipeline.failures import DfsInputError
+
 Matrix = Literal["bt601", "bt709", "bt2020"]
 
 # Luma weights (Kr, Kb) of each standard; Kg = 1 - Kr - Kb. Everything else follows from them.
@@ -69,10 +71,10 @@ def yuv_to_rgb_coefficients(matrix: Matrix = "bt601", full_range: bool = False) 
 def split_nv12(nv12: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(..., 1.5H, W) uint8 NV12 -> Y (..., H, W), U and V (..., H/2, W/2), views where possible."""
     if nv12.dtype != torch.uint8:
-        raise ValueError(f"NV12 must be uint8, got {nv12.dtype} (10-bit streams arrive as P016)")
+        raise DfsInputError(f"NV12 must be uint8, got {nv12.dtype} (10-bit streams arrive as P016)")
     rows, width = nv12.shape[-2], nv12.shape[-1]
     if rows % 3 or width % 2:
-        raise ValueError(f"NV12 needs (1.5*H, W) with even H and W, got {tuple(nv12.shape[-2:])}")
+        raise DfsInputError(f"NV12 needs (1.5*H, W) with even H and W, got {tuple(nv12.shape[-2:])}")
     height = rows * 2 // 3
     luma = nv12[..., :height, :]
     chroma = nv12[..., height:, :].unflatten(-1, (width // 2, 2))  # (..., H/2, W/2, 2) interleaved U,V

@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from service.pipeline.decode import scaled_size
+from service.pipeline.failures import DfsInputError
 
 # theta that sends every output pixel far outside the frame: padding slots come out as zeros
 _OUTSIDE = torch.tensor([[0.0, 0.0, -4.0], [0.0, 0.0, -4.0]])
@@ -42,7 +43,7 @@ def normalized_theta(
     """
     m = torch.as_tensor(matrices).detach().to("cpu", torch.float64)  # tiny: solved on the host
     if m.ndim != 3 or m.shape[1:] != (2, 3):
-        raise ValueError(f"expected matrices (M, 2, 3), got {tuple(m.shape)}")
+        raise DfsInputError(f"expected matrices (M, 2, 3), got {tuple(m.shape)}")
     count = m.shape[0]
     full = torch.zeros(count, 3, 3, dtype=torch.float64)
     full[:, :2] = m
@@ -77,7 +78,7 @@ def warp_crops(
     matters when several faces share a 1080p frame. Frames may be uint8 or float 0..255.
     """
     if frames.ndim != 4 or frames.shape[1] != 3:
-        raise ValueError(f"expected frames (N, 3, H, W), got {tuple(frames.shape)}")
+        raise DfsInputError(f"expected frames (N, 3, H, W), got {tuple(frames.shape)}")
     device = frames.device
     if isinstance(frame_of_crop, torch.Tensor):
         frame_of_crop = frame_of_crop.cpu()
@@ -89,7 +90,7 @@ def warp_crops(
         raise IndexError("frame_of_crop refers to a frame outside the batch")
     thetas = normalized_theta(matrices, (frames.shape[2], frames.shape[3]), (size, size))
     if thetas.shape[0] != count:
-        raise ValueError(f"{count} crops but {thetas.shape[0]} matrices")
+        raise DfsInputError(f"{count} crops but {thetas.shape[0]} matrices")
 
     # slot of each crop within its frame's column of crops
     order = torch.argsort(owners, stable=True)

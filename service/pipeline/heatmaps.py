@@ -16,6 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from service.pipeline.failures import DfsFailure
+
 #: side of the heat map PNG in pixels
 HEATMAP_SIZE = 112
 _OVERLAY_ALPHA = 0.45  # weight of the colour map over the face
@@ -34,5 +36,5 @@ def heatmap_png(crop: np.ndarray, patch_logits: np.ndarray, size: int = HEATMAP_
     blended = cv2.addWeighted(face, 1.0 - _OVERLAY_ALPHA, colours, _OVERLAY_ALPHA, 0.0)
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise RuntimeError("OpenCV could not encode the heat map as PNG")
+        raise DfsFailure("OpenCV could not encode the heat map as PNG")
     return encoded.tobytes()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from export.manifest import Calibration
+from service.pipeline.failures import DfsInputError
 
 _EPS = 1e-7
 
@@ -51,7 +52,7 @@ def ensemble(scores: Mapping[str, float], weights: Mapping[str, float], bias: fl
     """Weighted mean of calibrated logits of the models that scored (weight 1 when unnamed), plus ``bias``."""
     total_weight = sum(weights.get(name, 1.0) for name in scores)
     if total_weight <= 0:
-        raise ValueError("ensemble weights of the scoring models sum to zero")
+        raise DfsInputError("ensemble weights of the scoring models sum to zero")
     mean_logit = sum(weights.get(name, 1.0) * logit(p) for name, p in scores.items()) / total_weight
     return sigmoid(mean_logit + bias)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from service.pipeline.decode import DecodeGuard, iter_frames
+from service.pipeline.failures import DfsFailure
 
 if TYPE_CHECKING:  # imported where used: the PyAV-only service never loads torch for this module
     import torch
@@ -53,14 +54,14 @@ class TensorFrameSource(Protocol):
     ) -> Iterator[TensorFrame]: ...
 
 
-class FrameSourceUnsupported(RuntimeError):
+class FrameSourceUnsupported(DfsFailure):
     """This source cannot decode this file (codec, pixel format, profile): decode it with PyAV instead.
 
     Raised only before the first frame is yielded, so a caller can fall back without undoing work.
     """
 
 
-class DecoderUnavailable(RuntimeError):
+class DecoderUnavailable(DfsFailure):
     """The configured decoder cannot run on this machine (a start-up error, not a per-file one)."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from export.manifest import Manifest, Plan
+from service.pipeline.failures import DfsFailure
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,11 @@ INSTALL_HINT = "pip install --extra-index-url https://pypi.nvidia.com tensorrt-c
 INPUT_NAME, OUTPUT_NAME = "input", "logit"
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(DfsFailure):
     """TensorRT cannot run here: the package is missing or no CUDA GPU is visible."""
 
 
-class PlanMismatch(RuntimeError):
+class PlanMismatch(DfsFailure):
     """A plan built for another GPU architecture or TensorRT version."""
 
 
@@ -118,7 +119,7 @@ class TensorRTEngine:
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(plan)
         if self._engine is None:
-            raise RuntimeError("TensorRT could not deserialize the engine")
+            raise DfsFailure("TensorRT could not deserialize the engine")
         self._context = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
         self.max_batch = max_batch
@@ -135,7 +136,7 @@ class TensorRTEngine:
                 self._context.set_tensor_address(INPUT_NAME, chunk.data_ptr())
                 self._context.set_tensor_address(OUTPUT_NAME, result.data_ptr())
                 if not self._context.execute_async_v3(self._stream.cuda_stream):
-                    raise RuntimeError("TensorRT execution failed")
+                    raise DfsFailure("TensorRT execution failed")
             self._stream.synchronize()
             outputs.append(result.cpu().numpy())
         return np.concatenate(outputs)

@@ -15,12 +15,12 @@ holds at most that x models x ``DFS_MAX_TRACKS`` entries.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from service.pipeline.crops import frame_positions
 from service.pipeline.decode import VideoInfo
+from service.pipeline.result import TimelineEntry
 
 #: entries per model per track at most; the sampling limits' defaults (16 clips, 32 frames) fit
 TIMELINE_MAX_PER_MODEL = 32
@@ -49,8 +49,8 @@ def track_timeline(
     per_model: dict[str, tuple[Sequence[np.ndarray], Sequence[float]]],
     info: VideoInfo,
     cap: int = TIMELINE_MAX_PER_MODEL,
-) -> list[dict[str, Any]]:
-    """Entries ``{"model", "start_s", "end_s", "score"}`` of one track, sorted by start.
+) -> list[TimelineEntry]:
+    """The entries of one track, sorted by start.
 
     ``per_model`` maps a model to its items' frame indices and calibrated probabilities, in item
     order (what :func:`service.pipeline.scores.track_model_score` returns as ``item_scores``). Empty
@@ -63,8 +63,7 @@ def track_timeline(
     for model, (indices, probabilities) in per_model.items():
         for position in frame_positions(len(indices), cap):  # all of them, or ``cap`` spread evenly
             start, end = item_span(indices[position], fps, info.duration_s)
-            entries.append(
-                {"model": model, "start_s": start, "end_s": end, "score": round(float(probabilities[position]), 6)}
-            )
-    entries.sort(key=lambda e: (e["start_s"], e["end_s"], e["model"]))
+            score = round(float(probabilities[position]), 6)
+            entries.append(TimelineEntry(model=model, start_s=start, end_s=end, score=score))
+    entries.sort(key=lambda e: (e.start_s, e.end_s, e.model))
     return entries

@@ -36,6 +36,7 @@ import numpy as np
 
 from service.pipeline import engine_metrics as metrics
 from service.pipeline.engines import EngineUnavailable
+from service.pipeline.failures import DfsError, DfsFailure, DfsInputError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class TritonUnavailable(EngineUnavailable):
     """Triton cannot be reached (after the retries), timed out, or the model is not ready there."""
 
 
-class TritonRejected(RuntimeError):
+class TritonRejected(DfsFailure):
     """Triton answered and refused the request (e.g. a wrong shape); retrying would not help."""
 
 
@@ -67,17 +68,17 @@ def parse_triton_url(url: str) -> tuple[str, bool]:
     """``http://host:port[/path]`` -> (``host:port[/path]``, ssl). Refuses what the client cannot do, saying why."""
     url = url.strip()
     if not url:
-        raise ValueError("DFS_RUNTIME=triton needs DFS_TRITON_URL, e.g. http://triton:8000")
+        raise DfsInputError("DFS_RUNTIME=triton needs DFS_TRITON_URL, e.g. http://triton:8000")
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ValueError(f"DFS_TRITON_URL={url!r} has no scheme; use http://host:port")
+        raise DfsInputError(f"DFS_TRITON_URL={url!r} has no scheme; use http://host:port")
     if scheme == "grpc":
-        raise ValueError(
+        raise DfsInputError(
             "DFS_TRITON_URL: grpc:// is not supported: tritonclient[grpc] needs protobuf >= 6.30, which clashes "
             "with mediapipe's protobuf < 5 in the service's environment; use Triton's HTTP port (http://host:8000)"
         )
     if scheme not in ("http", "https") or not rest.strip("/"):
-        raise ValueError(f"DFS_TRITON_URL={url!r}: expected http://host:port or https://host:port")
+        raise DfsInputError(f"DFS_TRITON_URL={url!r}: expected http://host:port or https://host:port")
     return rest.rstrip("/"), scheme == "https"
 
 
@@ -205,7 +206,7 @@ def call_with_retries(clients: TritonClients, model: str, what: str, call: Calla
         raise TritonRejected(f"Triton refused {what} of {model}: {describe(exc)}") from exc
 
 
-class _Retryable(Exception):
+class _Retryable(DfsError):
     """Carries a connection error (possibly a ``BaseException`` such as gevent's timeout) through tenacity."""
 
     def __init__(self, error: BaseException) -> None:
@@ -242,13 +243,13 @@ def served_model(clients: TritonClients, name: str, version: str, output_name: s
     inputs, outputs = config.get("input") or [], config.get("output") or []
     output_names = [o.get("name") for o in outputs]
     if len(inputs) != 1 or output_name not in output_names:
-        raise RuntimeError(
+        raise DfsFailure(
             f"Triton model {name}: expected one input and an output {output_name!r}, config has "
             f"{[i.get('name') for i in inputs]} / {output_names}"
         )
     datatype = TYPE_TO_WIRE.get(inputs[0].get("data_type", ""), "")
     if not datatype:
-        raise RuntimeError(f"Triton model {name}: input data type {inputs[0].get('data_type')} is not supported")
+        raise DfsFailure(f"Triton model {name}: input data type {inputs[0].get('data_type')} is not supported")
     return ServedModel(
         name=name,
         version=version,
@@ -288,7 +289,7 @@ class TritonEngine:
         elif len(dims) != len(item_shape) or any(d not in (-1, s) for d, s in zip(dims, item_shape, strict=False)):
             problems.append(f"input dims {list(dims)} (manifest: {list(item_shape)})")
         if problems:
-            raise RuntimeError(f"Triton model {name} v{version} does not match the manifest: " + "; ".join(problems))
+            raise DfsFailure(f"Triton model {name} v{version} does not match the manifest: " + "; ".join(problems))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Fake logits for ``batch``, in requests of at most the server's ``max_batch_size``."""

@@ -37,6 +37,7 @@ UNITS: dict[str, tuple[str, int]] = {
     "service.model_repository": ("engines", 2),
     "export.manifest": ("engines", 2),
     "export.ensemble": ("engines", 2),
+    "export.errors": ("engines", 2),  # no imports; the ensemble file format (engines) raises its kinds too
     "export": ("export", 3),
     "training": ("training", 3),
     "service": ("app", 4),

@@ -7,10 +7,10 @@ fixture and a PCL-I2G exported with its patch map) is shared by the tests of thi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import av
 import cv2
@@ -24,6 +24,7 @@ from service.pipeline.evidence import THUMBNAIL_SIZE, Evidence, safe_progress
 from service.pipeline.heatmap_runner import heatmap_runner
 from service.pipeline.heatmaps import HEATMAP_SIZE
 from service.pipeline.render import RENDER_MAX_SIDE, score_colour
+from service.pipeline.result import VideoResult
 from service.pipeline.timeline import frame_rate, item_span, track_timeline
 from service.runtime import Runtime
 
@@ -48,8 +49,8 @@ def evidence_repository(ftcn_repository: Path, tmp_path_factory: pytest.TempPath
 
 @dataclass
 class Analysed:
-    body: dict[str, Any]
-    plain: dict[str, Any]  # the same video through analyse_video, PCL-I2G only
+    body: VideoResult
+    plain: VideoResult  # the same video through analyse_video, PCL-I2G only
     evidence: Evidence
     calls: list[tuple[str, int, int]]
     ftcn_has_map: bool
@@ -84,34 +85,32 @@ def analysed(evidence_repository: Path, videos: dict[str, Path]) -> Analysed:
 
 def test_timeline_covers_every_scored_item_inside_the_video(analysed: Analysed) -> None:
     body = analysed.body
-    duration = body["video"]["duration_s"]
-    assert len(body["faces"]) == 2
-    for face in body["faces"]:
-        timeline = face["timeline"]
-        assert timeline == sorted(timeline, key=lambda e: e["start_s"])
-        for name, model in face["models"].items():
-            mine = [e for e in timeline if e["model"] == name]
-            assert len(mine) == model["items"]
+    duration = body.video.duration_s
+    assert len(body.faces) == 2
+    for face in body.faces:
+        timeline = face.timeline
+        assert timeline == sorted(timeline, key=lambda e: e.start_s)
+        for name, model in face.models.items():
+            mine = [e for e in timeline if e.model == name]
+            assert len(mine) == model.items
             # the track's model score is the mean of its items' calibrated probabilities
-            assert np.mean([e["score"] for e in mine]) == pytest.approx(model["score"], abs=1e-5)
+            assert np.mean([e.score for e in mine]) == pytest.approx(model.score, abs=1e-5)
         for entry in timeline:
-            assert 0 <= entry["start_s"] < entry["end_s"] <= duration
-        clips = [e for e in timeline if e["model"] == "ftcn"]
-        assert len(clips) == 1 and clips[0]["start_s"] == face["first_frame"] / FPS
-        assert clips[0]["end_s"] - clips[0]["start_s"] == pytest.approx(32 / FPS, abs=2e-3)
-        frames = [e for e in timeline if e["model"] == "pcl_i2g"]
-        assert all(e["end_s"] - e["start_s"] == pytest.approx(1 / FPS, abs=2e-3) for e in frames)
-        assert frames[-1]["end_s"] == pytest.approx((face["last_frame"] + 1) / FPS, abs=2e-3)  # its last frame
+            assert 0 <= entry.start_s < entry.end_s <= duration
+        clips = [e for e in timeline if e.model == "ftcn"]
+        assert len(clips) == 1 and clips[0].start_s == face.first_frame / FPS
+        assert clips[0].end_s - clips[0].start_s == pytest.approx(32 / FPS, abs=2e-3)
+        frames = [e for e in timeline if e.model == "pcl_i2g"]
+        assert all(e.end_s - e.start_s == pytest.approx(1 / FPS, abs=2e-3) for e in frames)
+        assert frames[-1].end_s == pytest.approx((face.last_frame + 1) / FPS, abs=2e-3)  # its last frame
 
 
 def test_plain_analysis_scores_the_same_items(analysed: Analysed) -> None:
     """analyse_video (no evidence crops) gives PCL-I2G the same items and probabilities."""
     plain, body = analysed.plain, analysed.body
-    assert [f["timeline"] for f in plain["faces"]] == [
-        [e for e in f["timeline"] if e["model"] == "pcl_i2g"] for f in body["faces"]
-    ]
-    assert [f["models"]["pcl_i2g"] for f in plain["faces"]] == [f["models"]["pcl_i2g"] for f in body["faces"]]
-    assert all("thumbnail_jpeg" not in face for face in plain["faces"] + body["faces"])
+    assert [f.timeline for f in plain.faces] == [[e for e in f.timeline if e.model == "pcl_i2g"] for f in body.faces]
+    assert [f.models["pcl_i2g"] for f in plain.faces] == [f.models["pcl_i2g"] for f in body.faces]
+    assert all(face.thumbnail_jpeg is None for face in plain.faces + body.faces)
 
 
 def test_timeline_helpers() -> None:
@@ -123,27 +122,27 @@ def test_timeline_helpers() -> None:
     assert frame_rate(VideoInfo(64, 64, 0.0, 0, 0.0, 0, "h264")) is None
     many = [np.array([i]) for i in range(50)]
     timeline = track_timeline({"m": (many, [0.5] * 50)}, info, cap=10)
-    assert len(timeline) == 10 and timeline[0]["start_s"] == 0.0 and timeline[-1]["end_s"] == 2.0
+    assert len(timeline) == 10 and timeline[0].start_s == 0.0 and timeline[-1].end_s == 2.0
     assert len(track_timeline({"m": (many[:3], [0.5] * 3)}, info, cap=10)) == 3
     assert track_timeline({"m": (many, [0.5] * 50)}, VideoInfo(64, 64, 0.0, 0, 0.0, 0, "h264")) == []
 
 
 def test_thumbnails_are_faces_as_jpeg(analysed: Analysed) -> None:
     thumbnails = analysed.evidence.thumbnails
-    assert sorted(thumbnails) == [f["track_id"] for f in analysed.body["faces"]]
+    assert sorted(thumbnails) == [f.track_id for f in analysed.body.faces]
     for data in thumbnails.values():
         assert data[:2] == b"\xff\xd8"  # JPEG
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         assert image.shape == (THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3)
         assert image.std() > 20  # a face, not an empty crop
-    faces = [dict(face) for face in analysed.body["faces"]]
+    faces = [dataclasses.replace(face) for face in analysed.body.faces]
     analysed.evidence.inline(faces)
-    assert all(face["thumbnail_jpeg"] and face["heatmap_png"] for face in faces)
+    assert all(face.thumbnail_jpeg and face.heatmap_png for face in faces)
 
 
 def test_heat_map_png_where_the_engine_gives_one(analysed: Analysed) -> None:
     heatmaps = analysed.evidence.heatmaps
-    assert sorted(heatmaps) == [f["track_id"] for f in analysed.body["faces"]]
+    assert sorted(heatmaps) == [f.track_id for f in analysed.body.faces]
     for data in heatmaps.values():
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -156,7 +155,7 @@ def test_render_annotated_draws_every_analysed_frame(
 ) -> None:
     out = tmp_path / "annotated.mp4"
     written = analysed.evidence.render_annotated(videos["two_faces"], out)
-    frames_analyzed = analysed.body["video"]["frames_analyzed"]
+    frames_analyzed = analysed.body.video.frames_analyzed
     assert written == frames_analyzed == 39  # detection every 2nd frame: the last one analysed is 38
     with av.open(str(out)) as container:
         stream = container.streams.video[0]
@@ -184,16 +183,16 @@ def test_progress_reports_every_stage_as_it_grows(analysed: Analysed, videos: di
     calls = analysis + analysed.calls[before:]
     stages = list(dict.fromkeys(stage for stage, _, _ in calls))
     assert stages == ["decode", "crops", "inference", "render"]
-    items = sum(model["items"] for face in analysed.body["faces"] for model in face["models"].values())
+    items = sum(model.items for face in analysed.body.faces for model in face.models.values())
     for stage in stages:
         done = [d for s, d, _ in calls if s == stage]
         totals = [t for s, _, t in calls if s == stage]
         assert done == sorted(done) and len(done) >= 2, (stage, done)
         assert totals == sorted(totals, reverse=True) and done[-1] == totals[-1], (stage, totals)
     assert [t for s, _, t in calls if s == "decode"][0] == 40  # planned: the container's 40 frames
-    assert [d for s, d, _ in calls if s == "decode"][-1] == analysed.body["video"]["frames_analyzed"]
+    assert [d for s, d, _ in calls if s == "decode"][-1] == analysed.body.video.frames_analyzed
     assert [d for s, d, _ in calls if s == "inference"][-1] == items
-    assert [d for s, d, _ in calls if s == "render"][-1] == analysed.body["video"]["frames_analyzed"]
+    assert [d for s, d, _ in calls if s == "render"][-1] == analysed.body.video.frames_analyzed
 
 
 def test_a_failing_progress_callback_is_ignored_after_the_first_failure() -> None:

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from training.data import FrameDataset, TrackRecord
 from training.degrade import DEGRADE_QUALITY, DEGRADE_SCALE, degrade, jpeg
+from training.errors import TrainingInputError
 from training.methods.base import Method
 from training.options import MethodOptions
 
@@ -166,7 +167,7 @@ class Augmentation:
     def __post_init__(self) -> None:
         unknown = {op for step in self.colour for op in step.ops} - set(COLOUR_OPS)
         if unknown:
-            raise ValueError(f"unknown colour ops {sorted(unknown)}; choose from {sorted(COLOUR_OPS)}")
+            raise TrainingInputError(f"unknown colour ops {sorted(unknown)}; choose from {sorted(COLOUR_OPS)}")
 
     def __call__(self, image: Image, mask: Mask, rng: np.random.Generator) -> tuple[Image, Mask]:
         if _happens(self.flip, rng):

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from models.ftcn import BACKBONES, RESNET
 from training.data import ClipDataset, EpochConcatDataset, TrackRecord
+from training.errors import TrainingInputError
 from training.methods.base import Method, StepContext
 from training.options import MethodOptions
 
@@ -113,7 +114,9 @@ class FtcnMethod(Method):
             model.load_backbone_weights(self.method_options.backbone_weights)
         if self.method_options.freeze_pointwise:
             if self.method_options.backbone == RESNET:
-                raise ValueError("--freeze-pointwise needs --backbone mobilenetv2_100 (ImageNet 1x1 convolutions)")
+                raise TrainingInputError(
+                    "--freeze-pointwise needs --backbone mobilenetv2_100 (ImageNet 1x1 convolutions)"
+                )
             for module in model.modules():
                 if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
                     module.weight.requires_grad = False

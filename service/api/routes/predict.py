@@ -28,6 +28,7 @@ from service.api.uploads import FileUpload
 from service.errors import BadRequest, ServiceError, Unavailable
 from service.pipeline.analyse import AnalysisOptions, analyse_video, analyse_video_with_evidence
 from service.pipeline.fetch import FetchedVideo, fetched_video, refuse_early, staged_upload
+from service.pipeline.result import VideoResult
 from service.runtime import Runtime
 
 router = APIRouter(tags=["predict"])
@@ -72,7 +73,7 @@ def unknown_models_detail(unknown: list[str], loaded: list[str]) -> str:
 
 
 #: ``analyse(path, request_id, options, runtime) -> body``: the analysis :func:`score_video` times and completes.
-Analyse = Callable[[Path, str, AnalysisOptions, Runtime], Awaitable[dict]]
+Analyse = Callable[[Path, str, AnalysisOptions, Runtime], Awaitable[VideoResult]]
 
 
 def analysis_options(body: PredictRequest, runtime: Runtime, max_frames_cap: int | None = None) -> AnalysisOptions:
@@ -97,11 +98,13 @@ def analysis_options(body: PredictRequest, runtime: Runtime, max_frames_cap: int
     return options
 
 
-async def analyse_with_thumbnails(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> dict:
+async def analyse_with_thumbnails(
+    path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime
+) -> VideoResult:
     """:func:`analyse_video` with each face's thumbnail and heat map inlined (``"thumbnails": true``)."""
-    body, evidence = await analyse_video_with_evidence(path, request_id, options, runtime)
-    evidence.inline(body["faces"])
-    return body
+    result, evidence = await analyse_video_with_evidence(path, request_id, options, runtime)
+    evidence.inline(result.faces)
+    return result
 
 
 async def _fetch_and_score(
@@ -110,7 +113,7 @@ async def _fetch_and_score(
     request: Request,
     runtime: Runtime,
     analyse: Analyse = analyse_video,
-) -> dict:
+) -> VideoResult:
     """Bring the video in (download or upload, timed as "fetch"), score it, always clean up."""
     started = time.perf_counter()
     async with source as video:
@@ -127,43 +130,42 @@ async def score_video(
     *,
     analyse: Analyse = analyse_video,
     timeout_s: float | None = None,
-) -> dict:
-    """Analyse a fetched video under a time limit and complete the body /predict answers (timings,
-    request id, untrained-model warnings, verdict metrics). Jobs and the CLI call it too, with their
+) -> VideoResult:
+    """Analyse a fetched video under a time limit and complete what /predict answers (timings,
+    untrained-model warnings, verdict metrics). Jobs and the CLI call it too, with their
     own ``analyse`` (progress, evidence) and limit (default DFS_REQUEST_TIMEOUT_S)."""
     limit = timeout_s if timeout_s is not None else runtime.settings.request_timeout_s
     started = time.perf_counter()
     try:
         async with asyncio.timeout(limit):
-            body = await analyse(video.path, request_id, options, runtime)
+            result = await analyse(video.path, request_id, options, runtime)
     except TimeoutError as exc:
         raise ServiceError(
             f"analysis did not finish within {limit:g} s",
             code="analysis_timeout",
             status_code=504,
         ) from exc
-    body["timings_ms"] = {"fetch": round(fetch_ms, 1), **body["timings_ms"]}
-    body["timings_ms"]["total"] = round(fetch_ms + (time.perf_counter() - started) * 1000.0, 1)
+    result.timings_ms = {"fetch": round(fetch_ms, 1), **result.timings_ms}
+    result.timings_ms["total"] = round(fetch_ms + (time.perf_counter() - started) * 1000.0, 1)
     metrics.STAGE_SECONDS.labels("fetch").observe(fetch_ms / 1000.0)
-    metrics.STAGE_SECONDS.labels("total").observe(body["timings_ms"]["total"] / 1000.0)
-    body["request_id"] = request_id
-    body["warnings"] = [
-        *body.get("warnings", []),
+    metrics.STAGE_SECONDS.labels("total").observe(result.timings_ms["total"] / 1000.0)
+    result.warnings = [
+        *result.warnings,
         *(
             f"model {name} is untrained (random init): its score carries no information"
             for name in options.models
             if runtime.models[name].version.manifest.untrained
         ),
     ]
-    _count_verdict(body)
-    return body
+    _count_verdict(result)
+    return result
 
 
-def _count_verdict(body: dict) -> None:
+def _count_verdict(result: VideoResult) -> None:
     """dfs_predictions_total by verdict, and the score histogram for videos that have a score."""
-    metrics.PREDICTIONS.labels(body["prediction"]).inc()
-    if body["df_probability"] is not None:
-        metrics.VIDEO_SCORE.observe(body["df_probability"])
+    metrics.PREDICTIONS.labels(result.prediction).inc()
+    if result.df_probability is not None:
+        metrics.VIDEO_SCORE.observe(result.df_probability)
 
 
 async def _admitted(
@@ -173,7 +175,7 @@ async def _admitted(
     request: Request,
     runtime: Runtime,
     analyse: Analyse = analyse_video,
-) -> dict:
+) -> VideoResult:
     """Wait for a processing slot, then fetch and score."""
     async with admission.slot():
         return await _fetch_and_score(source, options, request, runtime, analyse)
@@ -186,7 +188,7 @@ async def _admitted_score(
     request: Request,
     runtime: Runtime,
     fetch_ms: float,
-) -> dict:
+) -> VideoResult:
     """Wait for a processing slot, then score a video already staged."""
     async with admission.slot():
         return await score_video(video, options, request.state.request_id, runtime, fetch_ms)
@@ -199,7 +201,9 @@ def require_ready(runtime: Runtime) -> None:
 
 
 @router.post("/predict", response_model=PredictResponse, responses=_ERRORS)
-async def predict(body: PredictRequest, request: Request, runtime: RuntimeDep, admission: AdmissionDep) -> dict:
+async def predict(
+    body: PredictRequest, request: Request, runtime: RuntimeDep, admission: AdmissionDep
+) -> PredictResponse:
     """Fetch the video at ``file_path`` and score every face in it."""
     check_overrides(body, runtime.settings)  # part of validating the body: answered even before models load
     require_ready(runtime)
@@ -207,11 +211,12 @@ async def predict(body: PredictRequest, request: Request, runtime: RuntimeDep, a
     refuse_early(body.file_path, runtime.settings)  # 403/400 at once, not after waiting for a slot
     source = fetched_video(body.file_path, runtime.settings)
     analyse = analyse_with_thumbnails if body.thumbnails else analyse_video
-    return await cancel_on_disconnect(request, _admitted(admission, source, options, request, runtime, analyse))
+    result = await cancel_on_disconnect(request, _admitted(admission, source, options, request, runtime, analyse))
+    return PredictResponse.from_result(result)
 
 
 @upload_router.post("/predict/upload", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
-async def predict_upload(request: Request, runtime: RuntimeDep, admission: AdmissionDep) -> dict:
+async def predict_upload(request: Request, runtime: RuntimeDep, admission: AdmissionDep) -> PredictResponse:
     """Score an uploaded video (multipart field ``file``) for callers who hold the bytes.
 
     The file is streamed to its staging file as it arrives and refused at the byte cap; it is staged
@@ -224,7 +229,8 @@ async def predict_upload(request: Request, runtime: RuntimeDep, admission: Admis
     async with staged_upload(upload.chunks(), runtime.settings, upload.filename or "upload") as video:
         fetch_ms = (time.perf_counter() - started) * 1000.0
         work = _admitted_score(admission, video, options, request, runtime, fetch_ms)
-        return await cancel_on_disconnect(request, work)  # the body is read: now a disconnect can be seen
+        result = await cancel_on_disconnect(request, work)  # the body is read: now a disconnect can be seen
+    return PredictResponse.from_result(result)
 
 
 def new_request_id(header: str | None) -> str:
