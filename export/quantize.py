@@ -54,7 +54,7 @@ from export.served import (
 from service.config import Settings
 from service.model_repository import ModelVersion, discover
 from service.pipeline.engines import Engine, OnnxEngine
-from service.runtime import Runtime
+from service.serving import Serving
 from training.metrics import binary_metrics
 from training.sources import Source
 
@@ -95,24 +95,24 @@ class RecordingEngine:
 def record_inputs(settings: Settings, sources: list[Source], cap_per_video: int) -> dict[str, Recorded]:
     """Each model's inputs over ``sources``, served by fp32 ONNX Runtime (the file being quantized).
 
-    Videos go one at a time through one loaded runtime, so every batch belongs to the current video.
+    Videos go one at a time through one loaded Serving, so every batch belongs to the current video.
     """
     recorded: dict[str, Recorded] = defaultdict(Recorded)
     current = [""]
 
     async def run() -> None:
-        runtime = Runtime(settings)
-        await runtime.load()
-        if not runtime.ready:
-            raise ServedRunError(f"the models could not be loaded: {runtime.reason}")
-        for name, model in runtime.models.items():
+        serving = Serving(settings)
+        await serving.load()
+        if not serving.ready:
+            raise ServedRunError(f"the models could not be loaded: {serving.reason}")
+        for name, model in serving.models.items():
             model.batcher.engine = RecordingEngine(model.batcher.engine, recorded[name], cap_per_video, current)
         try:
             for source in tqdm(sources, desc="recording", unit="video"):
                 current[0] = str(source.path)
-                await served_logits(runtime, [source])
+                await served_logits(serving, [source])
         finally:
-            await runtime.close()
+            await serving.close()
 
     asyncio.run(run())
     return dict(recorded)

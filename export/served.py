@@ -2,7 +2,7 @@
 
 ``export.calibrate`` (fits calibrations and the ensemble) and ``bench/quality.py`` (reports them)
 both need, per video and per model, exactly what ``POST /predict`` computes. Rather than a
-second pipeline, both run :func:`collect`: a :class:`~service.runtime.Runtime` with the ``DFS_*``
+second pipeline, both run :func:`collect`: a :class:`~service.serving.Serving` with the ``DFS_*``
 settings, then :func:`~service.pipeline.analyse.video_logits` (decode, faces, tracks, sampling,
 crops, the exported engines) per video. :func:`served_scores` then applies step 1-2 of the score
 formula (``service/pipeline/scores.py``) per track, and :class:`VideoScores` steps 3-4, so a
@@ -31,7 +31,7 @@ from service.errors import RequestFailure
 from service.model_repository import ModelVersion
 from service.pipeline.analyse import AnalysisOptions, video_logits
 from service.pipeline.scores import EnsembleWeights, track_model_score
-from service.runtime import Runtime
+from service.serving import Serving
 from training.evaluate import Predictions
 from training.sources import Source, from_label_list
 
@@ -70,19 +70,19 @@ def labelled(labels: Path, split: str | None) -> list[Source]:
 
 
 async def served_logits(
-    runtime: Runtime, sources: list[Source], left_out: dict[str, str] | None = None
+    serving: Serving, sources: list[Source], left_out: dict[str, str] | None = None
 ) -> dict[str, Predictions]:
     """Raw logits per model of every face-track item of every video, as the service computes them.
 
     Videos the service refuses or finds no face in are logged and, when ``left_out`` is given,
     recorded there with the reason (a report must say what it could not score).
     """
-    options = AnalysisOptions.from_settings(runtime.settings, sorted(runtime.models))
+    options = AnalysisOptions.from_settings(serving.settings, sorted(serving.models))
     out = {name: Predictions([], [], [], []) for name in options.models}
     left_out = {} if left_out is None else left_out
     for source in tqdm(sources, desc="videos", unit="video"):
         try:
-            result = await video_logits(source.path, "calibrate", options, runtime)
+            result = await video_logits(source.path, "calibrate", options, serving)
         except RequestFailure as exc:  # a file the service refuses is reported and left out, as it would be served
             log.warning("%s: %s (%s); left out", source.path, exc.code, exc)
             left_out[str(source.path)] = f"{exc.code}: {exc}"
@@ -129,18 +129,18 @@ def collect(settings: Settings, sources: list[Source]) -> ServedRun:
     """Load the repository as the service does and run every video through the pipeline."""
 
     async def run() -> ServedRun:
-        runtime = Runtime(settings)
-        await runtime.load()
-        if not runtime.ready:
-            raise ServedRunError(f"the models could not be loaded: {runtime.reason}")
+        serving = Serving(settings)
+        await serving.load()
+        if not serving.ready:
+            raise ServedRunError(f"the models could not be loaded: {serving.reason}")
         try:
             left_out: dict[str, str] = {}
-            predictions = await served_logits(runtime, sources, left_out)
-            versions = {name: model.version for name, model in runtime.models.items()}
-            runtimes = {name: model.runtime for name, model in runtime.models.items()}
-            return ServedRun(predictions, versions, runtime.ensemble, left_out, runtimes)
+            predictions = await served_logits(serving, sources, left_out)
+            versions = {name: model.version for name, model in serving.models.items()}
+            runtimes = {name: model.runtime for name, model in serving.models.items()}
+            return ServedRun(predictions, versions, serving.ensemble, left_out, runtimes)
         finally:
-            await runtime.close()
+            await serving.close()
 
     return asyncio.run(run())
 

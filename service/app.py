@@ -1,7 +1,7 @@
 """The FastAPI application: ``create_app()`` builds it; ``python -m service`` serves it.
 
 Routers live in ``service/api/routes``; the pipeline stages in ``service/pipeline``. Creating the
-app loads nothing: engines load in the background once the server starts (see ``Runtime``).
+app loads nothing: engines load in the background once the server starts (see ``Serving``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from service.config import Settings, get_settings
 from service.jobs.runner import JobRunner
 from service.malloc import limit_malloc_arenas
 from service.metrics_server import start_metrics_server
-from service.runtime import Runtime
+from service.serving import Serving
 from service.version import service_version
 from service.web.page import install_web_page
 
@@ -76,9 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime: Runtime = app.state.runtime
+        serving: Serving = app.state.serving
         metrics_server = start_metrics_server(settings, _sample_gpu_memory)  # DFS_METRICS_PORT, else None
-        loading = asyncio.create_task(runtime.load(), name="load-models")
+        loading = asyncio.create_task(serving.load(), name="load-models")
         await app.state.jobs.start()  # its workers wait for the models; a store that cannot open disables jobs only
         try:
             yield
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.jobs.stop()  # running jobs are re-queued for the next start
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
-            await runtime.close()
+            await serving.close()
             if metrics_server is not None:
                 await asyncio.to_thread(metrics_server.stop)
 
@@ -99,9 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     version = service_version()
-    app.state.runtime = Runtime(settings)
+    app.state.serving = Serving(settings)
     app.state.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
-    app.state.jobs = JobRunner(settings, app.state.runtime, app.state.admission)  # opens its database at start-up
+    app.state.jobs = JobRunner(settings, app.state.serving, app.state.admission)  # opens its database at start-up
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)

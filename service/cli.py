@@ -1,6 +1,6 @@
 """``python -m service.cli score PATH_OR_URL ...``: score videos in-process, without a server.
 
-The same pipeline as ``POST /predict`` (the Runtime loaded from ``DFS_MODEL_REPOSITORY`` as the app
+The same pipeline as ``POST /predict`` (the Serving loaded from ``DFS_MODEL_REPOSITORY`` as the app
 loads it, ``score_video`` completing the same body, every ``DFS_*`` setting applying), with a
 progress bar per video on stderr and the results on stdout: one line per video, JSON Lines
 (``--json``) or CSV (``--csv``). The exit status is 0 when every video was scored, 1 when any failed
@@ -42,7 +42,7 @@ from service.pipeline.analyse import AnalysisOptions, analyse_video_with_evidenc
 from service.pipeline.evidence import Evidence
 from service.pipeline.fetch import fetched_video
 from service.pipeline.result import VideoResult
-from service.runtime import Runtime
+from service.serving import Serving
 
 log = logging.getLogger("service.cli")
 
@@ -79,10 +79,10 @@ def settings_for(source: str, settings: Settings) -> Settings:
 
 
 class Scorer:
-    """One loaded Runtime scoring one video after another."""
+    """One loaded Serving scoring one video after another."""
 
-    def __init__(self, runtime: Runtime, options: AnalysisOptions, annotate: Path | None, show_progress: bool) -> None:
-        self.runtime = runtime
+    def __init__(self, serving: Serving, options: AnalysisOptions, annotate: Path | None, show_progress: bool) -> None:
+        self.serving = serving
         self.options = options
         self.annotate = annotate
         self.show_progress = show_progress
@@ -117,12 +117,12 @@ class Scorer:
     async def _score(self, source: str, request_id: str, tracker: ProgressTracker) -> tuple[dict, str | None]:
         found: list[Evidence] = []
 
-        async def analyse(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> VideoResult:
-            result, evidence = await analyse_video_with_evidence(path, request_id, options, runtime, progress=tracker)
+        async def analyse(path: Path, request_id: str, options: AnalysisOptions, serving: Serving) -> VideoResult:
+            result, evidence = await analyse_video_with_evidence(path, request_id, options, serving, progress=tracker)
             found.append(evidence)
             return result
 
-        settings = self.runtime.settings
+        settings = self.serving.settings
         started = time.perf_counter()
         async with fetched_video(source, settings_for(source, settings)) as video:
             fetch_ms = (time.perf_counter() - started) * 1000.0
@@ -132,7 +132,7 @@ class Scorer:
                     video,
                     self.options,
                     request_id,
-                    self.runtime,
+                    self.serving,
                     fetch_ms,
                     analyse=analyse,
                     timeout_s=settings.job_timeout_s,
@@ -293,24 +293,24 @@ async def run_score(args: argparse.Namespace, settings: Settings, stdout: TextIO
             print("error: --models names no model", file=sys.stderr)
             return EXIT_USAGE
         settings = settings.model_copy(update={"models": args.models})
-    runtime = Runtime(settings)
+    serving = Serving(settings)
     try:
-        await runtime.load()
-        if not runtime.ready:
-            print(f"error: the models could not be loaded: {runtime.reason}", file=sys.stderr)
+        await serving.load()
+        if not serving.ready:
+            print(f"error: the models could not be loaded: {serving.reason}", file=sys.stderr)
             return EXIT_NOT_LOADED
         body = PredictRequest(
             file_path="cli", models=split_csv(args.models) if args.models else None, max_frames=args.max_frames
         )
         try:
             check_overrides(body, settings, job=True)
-            options = analysis_options(body, runtime, max_frames_cap=max(settings.job_max_frames, settings.max_frames))
+            options = analysis_options(body, serving, max_frames_cap=max(settings.job_max_frames, settings.max_frames))
         except Exception as exc:  # noqa: BLE001 - a RequestFailure naming the limit or the unknown model
             print(f"error: {getattr(exc, 'detail', exc)}", file=sys.stderr)
             return EXIT_USAGE
         if args.annotate is not None:
             args.annotate.mkdir(parents=True, exist_ok=True)
-        scorer = Scorer(runtime, options, args.annotate, show_progress=not args.no_progress)
+        scorer = Scorer(serving, options, args.annotate, show_progress=not args.no_progress)
         output = Output(args.format, stdout)
         failed = 0
         for source in args.inputs:
@@ -324,7 +324,7 @@ async def run_score(args: argparse.Namespace, settings: Settings, stdout: TextIO
                 )
         return EXIT_FAILED if failed else EXIT_OK
     finally:
-        await runtime.close()
+        await serving.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

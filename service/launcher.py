@@ -46,7 +46,7 @@ class LiveService:
         return self.log_path.read_text(errors="replace")
 
 
-LOAD_FAILED = "model loading failed"  # what service.runtime logs when loading ends in an error
+LOAD_FAILED = "model loading failed"  # what service.serving logs when loading ends in an error
 
 
 def start_service(env_overrides: dict[str, str], log_path: Path, ready_timeout: float = 180.0) -> LiveService:

@@ -7,16 +7,16 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.admission import Admission
-from service.runtime import Runtime
+from service.serving import Serving
 
 
-def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
+def get_serving(request: Request) -> Serving:
+    return request.app.state.serving
 
 
 def get_admission(request: Request) -> Admission:
     return request.app.state.admission
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]

@@ -15,18 +15,18 @@ from service.api.body_limits import CLOSE, too_large_detail
 from service.errors import RequestFailure, http_headers, http_status, redact_paths
 
 if TYPE_CHECKING:
-    from service.runtime import Runtime
+    from service.serving import Serving
 
 log = logging.getLogger(__name__)
 
 
-def public_reason(runtime: Runtime, reason: str | None = None) -> str:
+def public_reason(serving: Serving, reason: str | None = None) -> str:
     """Why the models are not loaded (or ``reason``, e.g. Triton's), as a caller may read it
     (``/healthcheck``, a 503 from ``/predict``). The raw reason names the model repository, checkpoints
     or the engine cache; it stays in the service log, where loading failures are logged in full."""
-    settings = runtime.settings
+    settings = serving.settings
     return redact_paths(
-        runtime.reason if reason is None else reason,
+        serving.reason if reason is None else reason,
         {
             "DFS_MODEL_REPOSITORY": settings.model_repository,
             "DFS_ENGINE_CACHE": settings.engine_cache,
@@ -69,7 +69,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 413:  # FastAPI's body limiter, counting a chunked body (service/api/body_limits.py)
-            settings = request.app.state.runtime.settings
+            settings = request.app.state.serving.settings
             return error_response(request, 413, "too_large", too_large_detail(request.url.path, settings), CLOSE)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(request, exc.status_code, code, exc.detail, getattr(exc, "headers", None))

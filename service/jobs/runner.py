@@ -41,7 +41,7 @@ from service.pipeline.analyse import AnalysisOptions, analyse_video_with_evidenc
 from service.pipeline.evidence import Evidence
 from service.pipeline.fetch import FetchedVideo, fetched_video, write_upload
 from service.pipeline.result import VideoResult
-from service.runtime import Runtime
+from service.serving import Serving
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,9 @@ def write_evidence(folder: Path, evidence: Evidence, video: Path) -> dict[str, A
 class JobRunner:
     """Submits, runs, cancels and expires jobs; one per app process."""
 
-    def __init__(self, settings: Settings, runtime: Runtime, admission: Admission) -> None:
+    def __init__(self, settings: Settings, serving: Serving, admission: Admission) -> None:
         self.settings = settings
-        self.runtime = runtime
+        self.serving = serving
         self.admission = admission
         self.store = JobStore(settings.jobs_db_path)
         self.owner = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"  # unique even when a restart reuses the pid
@@ -163,7 +163,7 @@ class JobRunner:
         """What /predict checks before it starts (limits with the jobs' frame cap, models)."""
         check_overrides(body, self.settings, job=True)
         cap = max(self.settings.job_max_frames, self.settings.max_frames)
-        return analysis_options(body, self.runtime, max_frames_cap=cap)
+        return analysis_options(body, self.serving, max_frames_cap=cap)
 
     async def submit_url(self, body: PredictRequest, request_id: str) -> JobRecord:
         self._require()
@@ -224,7 +224,7 @@ class JobRunner:
     async def _worker(self) -> None:
         while True:
             job = None
-            if self.runtime.ready:
+            if self.serving.ready:
                 job = await asyncio.to_thread(self.store.claim_next, self.owner)
             if job is None:
                 self._wake.clear()
@@ -318,8 +318,8 @@ class JobRunner:
         options = self.validate(body)  # models may have changed since it was queued
         found: list[Evidence] = []
 
-        async def analyse(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> VideoResult:
-            result, evidence = await analyse_video_with_evidence(path, request_id, options, runtime, progress=tracker)
+        async def analyse(path: Path, request_id: str, options: AnalysisOptions, serving: Serving) -> VideoResult:
+            result, evidence = await analyse_video_with_evidence(path, request_id, options, serving, progress=tracker)
             if body.thumbnails:  # as /predict inlines them when asked
                 evidence.inline(result.faces)
             found.append(evidence)
@@ -334,7 +334,7 @@ class JobRunner:
                 video,
                 options,
                 job.request_id,
-                self.runtime,
+                self.serving,
                 fetch_ms,
                 analyse=analyse,
                 timeout_s=self.settings.job_timeout_s,

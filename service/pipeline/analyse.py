@@ -33,7 +33,7 @@ from service.pipeline.result import FaceResult, ModelResult, TrackModelScore, Vi
 from service.pipeline.tensor_frames import tensor_frame_source
 from service.pipeline.timeline import track_timeline
 from service.pipeline.tracks import Track
-from service.runtime import Runtime
+from service.serving import Serving
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ async def video_logits(
     path: Path,
     request_id: str,
     options: AnalysisOptions,
-    runtime: Runtime,
+    serving: Serving,
     *,
     progress: Progress | None = None,
     evidence: EvidencePlan | None = None,
@@ -164,12 +164,12 @@ async def video_logits(
     apart and never scored); ``progress`` is told how the stages advance (see
     :mod:`service.pipeline.evidence`).
     """
-    settings = runtime.settings
-    if runtime.detector is None:
-        raise DfsFailure("video_logits needs a loaded runtime (Runtime.load() creates the face detector)")
+    settings = serving.settings
+    if serving.detector is None:
+        raise DfsFailure("video_logits needs a loaded Serving (Serving.load() creates the face detector)")
     # Seconds of decoding and face finding are not spent on a video whose engines are known to be
     # away: Triton's readiness, as /healthcheck reports it (cached ~1 s).
-    if runtime.remote is not None and (reason := await runtime.health_reason()):
+    if serving.remote is not None and (reason := await serving.health_reason()):
         raise Unavailable(
             f"the inference server is unavailable, the video was not decoded: {reason}",
             code="engine_unavailable",
@@ -187,13 +187,13 @@ async def video_logits(
     guard.check_plan(info.width, info.height, planned)
     clock.add("decode", time.perf_counter() - started)
 
-    frames = tensor_frame_source(runtime.decoder)  # None: the PyAV numpy path
+    frames = tensor_frame_source(serving.decoder)  # None: the PyAV numpy path
     tracks, frames_read = await _in_thread(
         guard,
         find_tracks,
         path,
         info,
-        runtime.detector,
+        serving.detector,
         settings,
         options.max_frames,
         clock,
@@ -205,7 +205,7 @@ async def video_logits(
     warnings = check_decoded_frames(info, guard.frames, options.max_frames, settings) + size_warnings(guard)
     metrics.FACES_FOUND.observe(len(tracks))
 
-    specs = {name: runtime.models[name].spec for name in options.models}
+    specs = {name: serving.models[name].spec for name in options.models}
     items: list[CropItem] = plan_crops(tracks, specs, options.sampling)
     extra_items, extra_specs = evidence.plan(tracks) if evidence is not None else ([], {})
     started = time.perf_counter()
@@ -234,7 +234,7 @@ async def video_logits(
             for item, crop in zip(items, crops, strict=True)
             if item.model == name
         ]
-        logits = await runtime.models[name].batcher.infer(request_id, mine)
+        logits = await serving.models[name].batcher.infer(request_id, mine)
         scored += len(mine)
         report("inference", scored, len(items))
         return logits
@@ -254,14 +254,14 @@ async def video_logits(
     )
 
 
-async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime) -> VideoResult:
+async def analyse_video(path: Path, request_id: str, options: AnalysisOptions, serving: Serving) -> VideoResult:
     """Score one local video file; the caller adds the fetch timing and the request id."""
-    result = await video_logits(path, request_id, options, runtime)
-    return _video_result(result, runtime, request_id)
+    result = await video_logits(path, request_id, options, serving)
+    return _video_result(result, serving, request_id)
 
 
 async def analyse_video_with_evidence(
-    path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime, progress: Progress | None = None
+    path: Path, request_id: str, options: AnalysisOptions, serving: Serving, progress: Progress | None = None
 ) -> tuple[VideoResult, Evidence]:
     """:func:`analyse_video`'s result, and the :class:`~service.pipeline.evidence.Evidence` a reviewer
     looks at: per-track thumbnails and heat maps, and the annotated video on demand.
@@ -272,12 +272,12 @@ async def analyse_video_with_evidence(
     """
     report = safe_progress(progress)
     plan = EvidencePlan.for_models(
-        {name: runtime.models[name].spec for name in options.models},
-        {name: runtime.models[name].batcher.engine for name in options.models},
+        {name: serving.models[name].spec for name in options.models},
+        {name: serving.models[name].batcher.engine for name in options.models},
     )
-    result = await video_logits(path, request_id, options, runtime, progress=report, evidence=plan)
-    video = _video_result(result, runtime, request_id)
-    guard = DecodeGuard(max_side=runtime.settings.max_video_side, max_pixels=runtime.settings.max_decode_pixels)
+    result = await video_logits(path, request_id, options, serving, progress=report, evidence=plan)
+    video = _video_result(result, serving, request_id)
+    guard = DecodeGuard(max_side=serving.settings.max_video_side, max_pixels=serving.settings.max_decode_pixels)
     thumbnails, heatmaps, warnings = await _in_thread(guard, plan.build, result.evidence_items, result.evidence_crops)
     video.warnings.extend(warnings)
     evidence = Evidence(
@@ -287,15 +287,15 @@ async def analyse_video_with_evidence(
         track_scores={face.track_id: face.score for face in video.faces},
         info=result.info,
         frames_analyzed=result.frames_read,
-        max_side=runtime.settings.max_video_side,
-        max_pixels=runtime.settings.max_decode_pixels,
-        decode_threads=runtime.settings.decode_threads,
+        max_side=serving.settings.max_video_side,
+        max_pixels=serving.settings.max_decode_pixels,
+        decode_threads=serving.settings.decode_threads,
         progress=report,
     )
     return video, evidence
 
 
-def _video_result(result: VideoLogits, runtime: Runtime, request_id: str) -> VideoResult:
+def _video_result(result: VideoLogits, serving: Serving, request_id: str) -> VideoResult:
     """One analysed video's result: scores, timelines, video summary, timings."""
     info = result.info
     summary = VideoSummary(
@@ -307,7 +307,7 @@ def _video_result(result: VideoLogits, runtime: Runtime, request_id: str) -> Vid
         frames_analyzed=result.frames_read,
     )
     video = build_scores(
-        result.tracks, result.items, result.logits, runtime, runtime.settings, summary, request_id, info
+        result.tracks, result.items, result.logits, serving, serving.settings, summary, request_id, info
     )
     video.timings_ms = result.clock.rounded()
     video.warnings = list(result.warnings)
@@ -320,7 +320,7 @@ def build_scores(
     tracks: list[Track],
     items: list[CropItem],
     logits: dict[str, np.ndarray],
-    runtime: Runtime,
+    serving: Serving,
     settings: Settings,
     summary: VideoSummary,
     request_id: str,
@@ -331,7 +331,7 @@ def build_scores(
     With ``info``, each face also gets its ``timeline`` (:mod:`service.pipeline.timeline`): every
     item's calibrated probability, the same ones its model's track score averages.
     """
-    combination = runtime.ensemble.combination  # DFS_ENSEMBLE_WEIGHTS, else the repository's ensemble.json
+    combination = serving.ensemble.combination  # DFS_ENSEMBLE_WEIGHTS, else the repository's ensemble.json
     per_model_items: dict[str, list[CropItem]] = {name: [i for i in items if i.model == name] for name in logits}
     faces = []
     for track in tracks:
@@ -345,7 +345,7 @@ def build_scores(
             ]
             if not mine:
                 continue
-            result = scores.track_model_score([v for _, v in mine], runtime.models[name].version.manifest.calibration)
+            result = scores.track_model_score([v for _, v in mine], serving.models[name].version.manifest.calibration)
             model_scores[name] = TrackModelScore(score=round(result.score, 6), items=result.items)
             spans[name] = ([item.frame_indices for item, _ in mine], result.item_scores)
         track_score = combination.combine({n: s.score for n, s in model_scores.items()}) if model_scores else None
@@ -368,9 +368,9 @@ def build_scores(
         track_scores = [f.models[name].score for f in scored if name in f.models]
         models_out[name] = ModelResult(
             score=max(track_scores) if track_scores else None,
-            kind=runtime.models[name].spec.kind,
+            kind=serving.models[name].spec.kind,
             items=len(per_model_items[name]),
-            version=runtime.models[name].version.version,
+            version=serving.models[name].version.version,
         )
     if df_probability is None:
         prediction = "NO_FACE"

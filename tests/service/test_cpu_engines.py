@@ -26,7 +26,7 @@ from service.model_repository import discover
 from service.pipeline.engine_choice import candidates
 from service.pipeline.engines import normalize
 from service.pipeline.openvino_engine import openvino_available
-from service.runtime import Runtime
+from service.serving import Serving
 
 if not openvino_available():  # never pytest.importorskip("openvino"): a bare import phones home
     pytest.skip("openvino is not installed", allow_module_level=True)
@@ -44,8 +44,8 @@ def advgame_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work / "repo"
 
 
-def load(repository: Path, **settings: object) -> Runtime:
-    state = Runtime(Settings(model_repository=repository, device="cpu", face_detector="blazeface", **settings))
+def load(repository: Path, **settings: object) -> Serving:
+    state = Serving(Settings(model_repository=repository, device="cpu", face_detector="blazeface", **settings))
     asyncio.run(state.load())
     assert state.ready, state.reason
     return state

@@ -40,4 +40,4 @@ def test_unloaded_models_do_not_reveal_the_repository_path(tmp_path: Path) -> No
     assert predict.status_code == 503 and predict.json()["error"] == "not_ready"
     for text in (health["reason"], predict.json()["detail"]):
         assert "internal-models" not in text and str(tmp_path) not in text, text
-    assert str(missing) in app.state.runtime.reason, "the operator's log keeps the full reason"
+    assert str(missing) in app.state.serving.reason, "the operator's log keeps the full reason"

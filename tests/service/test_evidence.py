@@ -26,7 +26,7 @@ from service.pipeline.heatmaps import HEATMAP_SIZE
 from service.pipeline.render import RENDER_MAX_SIDE, score_colour
 from service.pipeline.result import VideoResult
 from service.pipeline.timeline import frame_rate, item_span, track_timeline
-from service.runtime import Runtime
+from service.serving import Serving
 
 # real models on CPU, like tests/e2e: two exports and a full-size FTCN clip per track (minutes on a busy machine)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -59,24 +59,24 @@ class Analysed:
 @pytest.fixture(scope="module")
 def analysed(evidence_repository: Path, videos: dict[str, Path]) -> Analysed:
     async def run() -> Analysed:
-        runtime = Runtime(
+        serving = Serving(
             Settings(model_repository=evidence_repository, device="cpu", face_detector="blazeface", detect_every=2)
         )
-        await runtime.load()
-        assert runtime.ready, runtime.reason
+        await serving.load()
+        assert serving.ready, serving.reason
         try:
             options = AnalysisOptions.from_settings(
-                runtime.settings, ["ftcn", "pcl_i2g"], max_clips_per_track=1, frames_per_track=4
+                serving.settings, ["ftcn", "pcl_i2g"], max_clips_per_track=1, frames_per_track=4
             )
             calls: list[tuple[str, int, int]] = []
             body, evidence = await analyse_video_with_evidence(
-                videos["two_faces"], "evidence", options, runtime, lambda *call: calls.append(call)
+                videos["two_faces"], "evidence", options, serving, lambda *call: calls.append(call)
             )
             options.models = ["pcl_i2g"]
-            plain = await analyse_video(videos["two_faces"], "plain", options, runtime)
-            ftcn_has_map = heatmap_runner(runtime.models["ftcn"].batcher.engine) is not None
+            plain = await analyse_video(videos["two_faces"], "plain", options, serving)
+            ftcn_has_map = heatmap_runner(serving.models["ftcn"].batcher.engine) is not None
         finally:
-            for model in runtime.models.values():
+            for model in serving.models.values():
                 await model.batcher.stop()
         return Analysed(body, plain, evidence, calls, ftcn_has_map)
 

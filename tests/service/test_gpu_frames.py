@@ -289,10 +289,10 @@ def test_explicit_nvdec_without_it_fails_start_up(monkeypatch: pytest.MonkeyPatc
     import asyncio
 
     from service.pipeline import decode_nvdec
-    from service.runtime import Runtime
+    from service.serving import Serving
 
     monkeypatch.setattr(decode_nvdec, "nvdec_available", lambda: (False, "PyNvVideoCodec is not installed"))
-    state = Runtime(Settings(decoder="nvdec", model_repository=tmp_path, face_detector="blazeface"))
+    state = Serving(Settings(decoder="nvdec", model_repository=tmp_path, face_detector="blazeface"))
     asyncio.run(state.load())
     assert not state.ready and "DFS_DECODER=nvdec" in state.reason and "not installed" in state.reason
 

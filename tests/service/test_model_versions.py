@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from service.config import Settings, invalid_settings_message
 from service.model_repository import RepositoryError, discover
-from service.runtime import Runtime
+from service.serving import Serving
 from tests.conftest import REPO_ROOT
 
 BUNDLED_DCL = REPO_ROOT / "model_repository" / "dcl" / "1"
@@ -51,13 +51,13 @@ def test_the_service_loads_the_pinned_version(two_versions: Path) -> None:
     settings = Settings(model_repository=two_versions, device="cpu", face_detector="blazeface", model_versions="dcl:1")
 
     async def served_version() -> int:
-        runtime = Runtime(settings)
-        await runtime.load()
+        serving = Serving(settings)
+        await serving.load()
         try:
-            assert runtime.ready, runtime.reason
-            return runtime.models["dcl"].version.version
+            assert serving.ready, serving.reason
+            return serving.models["dcl"].version.version
         finally:
-            await runtime.close()
+            await serving.close()
 
     assert asyncio.run(served_version()) == 1
 

@@ -24,7 +24,7 @@ from service.pipeline.triton_engine import (
     TritonUnavailable,
     call_with_retries,
 )
-from service.runtime import Runtime
+from service.serving import Serving
 
 SPEC = get_spec("dcl")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -98,21 +98,21 @@ def _settings(**extra: object) -> Settings:
 
 def test_grpc_and_missing_urls_are_refused_at_load_with_the_reason() -> None:
     for url, expected in (("grpc://triton:8001", "protobuf >= 6.30"), ("", "needs DFS_TRITON_URL")):
-        runtime = Runtime(_settings(triton_url=url))
-        asyncio.run(runtime.load())
-        assert not runtime.ready and expected in runtime.reason, runtime.reason
+        serving = Serving(_settings(triton_url=url))
+        asyncio.run(serving.load())
+        assert not serving.ready and expected in serving.reason, serving.reason
 
 
 def test_a_triton_that_is_down_at_start_is_waited_for_with_the_reason() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    runtime = Runtime(_settings(triton_url=url, triton_retries=0, triton_connect_timeout_s=1))
+    serving = Serving(_settings(triton_url=url, triton_retries=0, triton_connect_timeout_s=1))
 
     async def scenario() -> str | None:
-        loading = asyncio.create_task(runtime.load())
+        loading = asyncio.create_task(serving.load())
         deadline = time.monotonic() + 120
-        while "waiting for the inference server" not in runtime.reason and time.monotonic() < deadline:
+        while "waiting for the inference server" not in serving.reason and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        reason = await runtime.health_reason()
+        reason = await serving.health_reason()
         assert not loading.done()  # still trying, not failed
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)
@@ -120,4 +120,4 @@ def test_a_triton_that_is_down_at_start_is_waited_for_with_the_reason() -> None:
 
     reason = asyncio.run(scenario())
     assert reason is not None and reason.startswith("waiting for the inference server: Triton at " + url), reason
-    assert not runtime.ready
+    assert not serving.ready

@@ -13,7 +13,7 @@ from export.manifest import Manifest
 from models import create_model, get_spec
 from service.config import Settings
 from service.pipeline.engines import normalize
-from service.runtime import Runtime
+from service.serving import Serving
 
 
 def test_onnx_and_torch_runtimes_agree(tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ def test_onnx_and_torch_runtimes_agree(tmp_path: Path) -> None:
 
     results = {}
     for runtime in ("onnxruntime", "torch"):
-        state = Runtime(Settings(model_repository=repository, runtime=runtime, device="cpu", face_detector="blazeface"))
+        state = Serving(Settings(model_repository=repository, runtime=runtime, device="cpu", face_detector="blazeface"))
         asyncio.run(state.load())
         assert state.ready, state.reason
         loaded = state.models["advgame"]
@@ -42,7 +42,7 @@ def test_torch_runtime_without_a_checkpoint_keeps_the_service_unhealthy(tmp_path
     repository = tmp_path / "repo"
     folder = export_model("pcl_i2g", repository, random_init=True, parity_batches=[1])
     assert Manifest.read(folder).untrained and Manifest.read(folder).source.path is None
-    state = Runtime(Settings(model_repository=repository, runtime="torch", device="cpu", face_detector="blazeface"))
+    state = Serving(Settings(model_repository=repository, runtime="torch", device="cpu", face_detector="blazeface"))
     asyncio.run(state.load())
     assert not state.ready and "DFS_RUNTIME=torch needs the source checkpoint" in state.reason
 

@@ -19,7 +19,7 @@ import pytest
 from export.manifest import Manifest, Plan, plan_file_name
 from service.config import Settings
 from service.pipeline.tensorrt_engine import plan_for_machine
-from service.runtime import Runtime
+from service.serving import Serving
 from tests.conftest import REPO_ROOT
 
 BUNDLED_DCL = REPO_ROOT / "model_repository" / "dcl" / "1"
@@ -80,14 +80,14 @@ def test_a_cpu_service_serves_the_onnx_file_beside_the_plans(
     caplog.set_level(logging.INFO)
 
     async def served() -> tuple[str, Path]:
-        runtime = Runtime(settings)
-        await runtime.load()
+        serving = Serving(settings)
+        await serving.load()
         try:
-            assert runtime.ready, runtime.reason
-            model = runtime.models["dcl"]
-            return model.runtime, runtime._served_file(model.version)
+            assert serving.ready, serving.reason
+            model = serving.models["dcl"]
+            return model.runtime, serving._served_file(model.version)
         finally:
-            await runtime.close()
+            await serving.close()
 
     engine, served_file = asyncio.run(served())
     assert engine.startswith("onnxruntime") and served_file.name == "model.onnx"

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from service.api.deps import RuntimeDep
+from service.api.deps import ServingDep
 from service.api.limits import check_overrides
 from service.api.routes.predict import _ERRORS, _UPLOAD_BODY, require_ready
 from service.api.schemas import ErrorResponse, PredictRequest
@@ -77,26 +77,26 @@ def _accepted(record: JobRecord, request: Request) -> JSONResponse:
 
 
 @router.post("/jobs", status_code=202, response_model=JobAccepted, responses=_ERRORS)
-async def create_job(body: PredictRequest, request: Request, runtime: RuntimeDep, jobs: JobsDep) -> JSONResponse:
+async def create_job(body: PredictRequest, request: Request, serving: ServingDep, jobs: JobsDep) -> JSONResponse:
     """Queue the analysis of the video at ``file_path`` (the body of ``POST /predict``); answers at once.
 
     ``max_frames`` may go up to DFS_JOB_MAX_FRAMES (default: DFS_MAX_FRAMES). A full queue
     (DFS_JOBS_MAX_QUEUED) is a 503 with Retry-After; errors of the video itself (fetch, decode) end
     the job ``failed`` with the error /predict would have answered."""
-    check_overrides(body, runtime.settings, job=True)
-    require_ready(runtime)
-    refuse_early(body.file_path, runtime.settings)  # a source refused without the network: no job at all
+    check_overrides(body, serving.settings, job=True)
+    require_ready(serving)
+    refuse_early(body.file_path, serving.settings)  # a source refused without the network: no job at all
     return _accepted(await jobs.submit_url(body, request.state.request_id), request)
 
 
 @upload_router.post(
     "/jobs/upload", status_code=202, response_model=JobAccepted, responses=_ERRORS, openapi_extra=_UPLOAD_BODY
 )
-async def create_upload_job(request: Request, runtime: RuntimeDep, jobs: JobsDep) -> JSONResponse:
+async def create_upload_job(request: Request, serving: ServingDep, jobs: JobsDep) -> JSONResponse:
     """Queue the analysis of an uploaded video (multipart field ``file``), staged in the job's folder
     until it has been analysed (so it survives a restart)."""
-    require_ready(runtime)
-    upload = await FileUpload(request, "file", runtime.settings.max_download_bytes).open()
+    require_ready(serving)
+    upload = await FileUpload(request, "file", serving.settings.max_download_bytes).open()
     record = await jobs.submit_upload(upload.chunks(), upload.filename or "upload", request.state.request_id)
     return _accepted(record, request)
 

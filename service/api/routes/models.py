@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import RuntimeDep
+from service.api.deps import ServingDep
 from service.api.schemas import EnsembleInfo, ModelInfo
 from service.version import service_version
 
@@ -13,9 +13,9 @@ router = APIRouter(tags=["models"])
 
 
 @router.get("/models", response_model=list[ModelInfo])
-async def list_models(runtime: RuntimeDep) -> list[dict]:
+async def list_models(serving: ServingDep) -> list[dict]:
     out = []
-    for name, loaded in sorted(runtime.models.items()):
+    for name, loaded in sorted(serving.models.items()):
         manifest = loaded.version.manifest
         out.append(
             {
@@ -27,7 +27,7 @@ async def list_models(runtime: RuntimeDep) -> list[dict]:
                 "parity": manifest.parity.model_dump() if manifest.parity else None,
                 "calibration": manifest.calibration.model_dump(),
                 "metrics": manifest.metrics,
-                "ensemble_weight": runtime.ensemble.combination.weight(name),
+                "ensemble_weight": serving.ensemble.combination.weight(name),
                 "file": loaded.file,
                 "sha256": loaded.sha256,
                 "service_version": service_version(),
@@ -37,7 +37,7 @@ async def list_models(runtime: RuntimeDep) -> list[dict]:
 
 
 @router.get("/ensemble", response_model=EnsembleInfo)
-async def served_ensemble(runtime: RuntimeDep) -> dict:
+async def served_ensemble(serving: ServingDep) -> dict:
     """The weights and bias applied to the loaded models, their source (DFS_ENSEMBLE_WEIGHTS, the
     repository's ensemble.json, or equal) and, for a file, what it was fitted on."""
-    return runtime.ensemble.describe(sorted(runtime.models))
+    return serving.ensemble.describe(sorted(serving.models))

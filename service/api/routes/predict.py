@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 
 from service import metrics
 from service.admission import Admission
-from service.api.deps import AdmissionDep, RuntimeDep
+from service.api.deps import AdmissionDep, ServingDep
 from service.api.disconnect import cancel_on_disconnect
 from service.api.errors import public_reason
 from service.api.limits import check_overrides
@@ -29,7 +29,7 @@ from service.errors import BadRequest, ServiceError, Unavailable
 from service.pipeline.analyse import AnalysisOptions, analyse_video, analyse_video_with_evidence
 from service.pipeline.fetch import FetchedVideo, fetched_video, refuse_early, staged_upload
 from service.pipeline.result import VideoResult
-from service.runtime import Runtime
+from service.serving import Serving
 
 router = APIRouter(tags=["predict"])
 upload_router = APIRouter(tags=["predict"])
@@ -72,21 +72,21 @@ def unknown_models_detail(unknown: list[str], loaded: list[str]) -> str:
     return f"unknown model(s) {', '.join(repr(name) for name in shown)}{more}; loaded: {', '.join(loaded)}"
 
 
-#: ``analyse(path, request_id, options, runtime) -> body``: the analysis :func:`score_video` times and completes.
-Analyse = Callable[[Path, str, AnalysisOptions, Runtime], Awaitable[VideoResult]]
+#: ``analyse(path, request_id, options, serving) -> VideoResult``: the analysis :func:`score_video` times and completes.
+Analyse = Callable[[Path, str, AnalysisOptions, Serving], Awaitable[VideoResult]]
 
 
-def analysis_options(body: PredictRequest, runtime: Runtime, max_frames_cap: int | None = None) -> AnalysisOptions:
+def analysis_options(body: PredictRequest, serving: Serving, max_frames_cap: int | None = None) -> AnalysisOptions:
     """The request's models (unknown names are a 400) and overrides as analysis options.
 
     ``max_frames_cap`` replaces DFS_MAX_FRAMES as the bound on ``max_frames`` (jobs allow up to
     DFS_JOB_MAX_FRAMES; the default stays DFS_MAX_FRAMES); the caller has checked the override."""
-    names = body.models or sorted(runtime.models)
-    unknown = [name for name in dict.fromkeys(names) if name not in runtime.models]  # in the order sent
+    names = body.models or sorted(serving.models)
+    unknown = [name for name in dict.fromkeys(names) if name not in serving.models]  # in the order sent
     if unknown:
-        raise BadRequest(unknown_models_detail(unknown, sorted(runtime.models)), code="unknown_model")
+        raise BadRequest(unknown_models_detail(unknown, sorted(serving.models)), code="unknown_model")
     options = AnalysisOptions.from_settings(
-        runtime.settings,
+        serving.settings,
         names,
         max_frames=body.max_frames,
         clip_stride=body.clip_stride,
@@ -99,10 +99,10 @@ def analysis_options(body: PredictRequest, runtime: Runtime, max_frames_cap: int
 
 
 async def analyse_with_thumbnails(
-    path: Path, request_id: str, options: AnalysisOptions, runtime: Runtime
+    path: Path, request_id: str, options: AnalysisOptions, serving: Serving
 ) -> VideoResult:
     """:func:`analyse_video` with each face's thumbnail and heat map inlined (``"thumbnails": true``)."""
-    result, evidence = await analyse_video_with_evidence(path, request_id, options, runtime)
+    result, evidence = await analyse_video_with_evidence(path, request_id, options, serving)
     evidence.inline(result.faces)
     return result
 
@@ -111,21 +111,21 @@ async def _fetch_and_score(
     source: AbstractAsyncContextManager[FetchedVideo],
     options: AnalysisOptions,
     request: Request,
-    runtime: Runtime,
+    serving: Serving,
     analyse: Analyse = analyse_video,
 ) -> VideoResult:
     """Bring the video in (download or upload, timed as "fetch"), score it, always clean up."""
     started = time.perf_counter()
     async with source as video:
         fetch_ms = (time.perf_counter() - started) * 1000.0
-        return await score_video(video, options, request.state.request_id, runtime, fetch_ms, analyse=analyse)
+        return await score_video(video, options, request.state.request_id, serving, fetch_ms, analyse=analyse)
 
 
 async def score_video(
     video: FetchedVideo,
     options: AnalysisOptions,
     request_id: str,
-    runtime: Runtime,
+    serving: Serving,
     fetch_ms: float,
     *,
     analyse: Analyse = analyse_video,
@@ -134,11 +134,11 @@ async def score_video(
     """Analyse a fetched video under a time limit and complete what /predict answers (timings,
     untrained-model warnings, verdict metrics). Jobs and the CLI call it too, with their
     own ``analyse`` (progress, evidence) and limit (default DFS_REQUEST_TIMEOUT_S)."""
-    limit = timeout_s if timeout_s is not None else runtime.settings.request_timeout_s
+    limit = timeout_s if timeout_s is not None else serving.settings.request_timeout_s
     started = time.perf_counter()
     try:
         async with asyncio.timeout(limit):
-            result = await analyse(video.path, request_id, options, runtime)
+            result = await analyse(video.path, request_id, options, serving)
     except TimeoutError as exc:
         raise ServiceError(
             f"analysis did not finish within {limit:g} s",
@@ -154,7 +154,7 @@ async def score_video(
         *(
             f"model {name} is untrained (random init): its score carries no information"
             for name in options.models
-            if runtime.models[name].version.manifest.untrained
+            if serving.models[name].version.manifest.untrained
         ),
     ]
     _count_verdict(result)
@@ -173,12 +173,12 @@ async def _admitted(
     source: AbstractAsyncContextManager[FetchedVideo],
     options: AnalysisOptions,
     request: Request,
-    runtime: Runtime,
+    serving: Serving,
     analyse: Analyse = analyse_video,
 ) -> VideoResult:
     """Wait for a processing slot, then fetch and score."""
     async with admission.slot():
-        return await _fetch_and_score(source, options, request, runtime, analyse)
+        return await _fetch_and_score(source, options, request, serving, analyse)
 
 
 async def _admitted_score(
@@ -186,49 +186,49 @@ async def _admitted_score(
     video: FetchedVideo,
     options: AnalysisOptions,
     request: Request,
-    runtime: Runtime,
+    serving: Serving,
     fetch_ms: float,
 ) -> VideoResult:
     """Wait for a processing slot, then score a video already staged."""
     async with admission.slot():
-        return await score_video(video, options, request.state.request_id, runtime, fetch_ms)
+        return await score_video(video, options, request.state.request_id, serving, fetch_ms)
 
 
-def require_ready(runtime: Runtime) -> None:
+def require_ready(serving: Serving) -> None:
     """503 not_ready (with Retry-After) until the models are loaded."""
-    if not runtime.ready:
-        raise Unavailable(f"models are not loaded: {public_reason(runtime)}", code="not_ready", retry_after_s=10)
+    if not serving.ready:
+        raise Unavailable(f"models are not loaded: {public_reason(serving)}", code="not_ready", retry_after_s=10)
 
 
 @router.post("/predict", response_model=PredictResponse, responses=_ERRORS)
 async def predict(
-    body: PredictRequest, request: Request, runtime: RuntimeDep, admission: AdmissionDep
+    body: PredictRequest, request: Request, serving: ServingDep, admission: AdmissionDep
 ) -> PredictResponse:
     """Fetch the video at ``file_path`` and score every face in it."""
-    check_overrides(body, runtime.settings)  # part of validating the body: answered even before models load
-    require_ready(runtime)
-    options = analysis_options(body, runtime)
-    refuse_early(body.file_path, runtime.settings)  # 403/400 at once, not after waiting for a slot
-    source = fetched_video(body.file_path, runtime.settings)
+    check_overrides(body, serving.settings)  # part of validating the body: answered even before models load
+    require_ready(serving)
+    options = analysis_options(body, serving)
+    refuse_early(body.file_path, serving.settings)  # 403/400 at once, not after waiting for a slot
+    source = fetched_video(body.file_path, serving.settings)
     analyse = analyse_with_thumbnails if body.thumbnails else analyse_video
-    result = await cancel_on_disconnect(request, _admitted(admission, source, options, request, runtime, analyse))
+    result = await cancel_on_disconnect(request, _admitted(admission, source, options, request, serving, analyse))
     return PredictResponse.from_result(result)
 
 
 @upload_router.post("/predict/upload", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
-async def predict_upload(request: Request, runtime: RuntimeDep, admission: AdmissionDep) -> PredictResponse:
+async def predict_upload(request: Request, serving: ServingDep, admission: AdmissionDep) -> PredictResponse:
     """Score an uploaded video (multipart field ``file``) for callers who hold the bytes.
 
     The file is streamed to its staging file as it arrives and refused at the byte cap; it is staged
     before waiting for a processing slot, so a slow upload does not hold one.
     """
-    require_ready(runtime)
-    options = analysis_options(PredictRequest(file_path="upload"), runtime)
+    require_ready(serving)
+    options = analysis_options(PredictRequest(file_path="upload"), serving)
     started = time.perf_counter()
-    upload = await FileUpload(request, "file", runtime.settings.max_download_bytes).open()
-    async with staged_upload(upload.chunks(), runtime.settings, upload.filename or "upload") as video:
+    upload = await FileUpload(request, "file", serving.settings.max_download_bytes).open()
+    async with staged_upload(upload.chunks(), serving.settings, upload.filename or "upload") as video:
         fetch_ms = (time.perf_counter() - started) * 1000.0
-        work = _admitted_score(admission, video, options, request, runtime, fetch_ms)
+        work = _admitted_score(admission, video, options, request, serving, fetch_ms)
         result = await cancel_on_disconnect(request, work)  # the body is read: now a disconnect can be seen
     return PredictResponse.from_result(result)
 

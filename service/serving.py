@@ -1,4 +1,7 @@
-"""What the running service holds: the face detector and one batcher per loaded model.
+"""What the running service holds (:class:`Serving`): the face detector and one batcher per loaded model.
+
+Named so that "runtime" keeps one meaning in this project: the inference engine a model runs on
+(``DFS_RUNTIME``, ``/models``' ``runtime`` field: ONNX Runtime, OpenVINO, torch, TensorRT, Triton).
 
 Loading happens in the background after start-up (``/healthcheck`` answers 503 with the reason
 meanwhile), so orchestrators can probe the pod while engines load or TensorRT engines build.
@@ -87,7 +90,9 @@ class LoadedModel:
 
 
 @dataclass
-class Runtime:
+class Serving:
+    """The loaded models, detector, decoder choice and ensemble one service process serves with."""
+
     settings: Settings
     models: dict[str, LoadedModel] = field(default_factory=dict)
     detector: FaceDetector | None = None
