@@ -195,3 +195,43 @@ def test_load_smoke_on_a_tiny_repository(videos: dict[str, Path], tmp_path: Path
     assert all(p["healthcheck"]["failures"] == 0 and p["metrics"]["failures"] == 0 for p in phases)
     assert sum(p["good_ok"] for p in phases) >= 1 and report["private_fetches"] == 0
     assert all(r.startswith("RSS grew") for r in report["reasons"]), report["reasons"]
+
+
+def test_long_jobs_smoke_on_a_tiny_repository(videos: dict[str, Path], tmp_path: Path) -> None:
+    """bench/long_jobs.py on a short video with the bundle's DCL alone: one job per frame count,
+    each analysed exactly the frames asked, the server's memory sampled while it ran, the table
+    and the JSON written."""
+    import json
+    import shutil
+
+    repository = tmp_path / "repo"
+    bundle = sorted(p for p in (REPO_ROOT / "model_repository" / "dcl").iterdir() if p.is_dir())[-1]
+    shutil.copytree(bundle, repository / "dcl" / bundle.name)
+    out = tmp_path / "long.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/long_jobs.py",
+            "--repository",
+            str(repository),
+            "--video",
+            str(videos["one_face"]),
+            "--seconds",
+            "3",
+            "--height",
+            "240",
+            "--frames",
+            "12,48",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RSS before MB" in result.stdout and "the frames: peak RSS" in result.stdout, result.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["frames_asked"], r["frames_analyzed"]) for r in runs] == [(12, 12), (48, 48)]
+    assert all(r["rss_peak_mb"] >= r["rss_before_mb"] > 50 and r["items"] > 0 and r["tracks"] >= 1 for r in runs)

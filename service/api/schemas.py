@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
-from service.pipeline.result import ModelResult, VideoResult
+from service.pipeline.result import ModelResult, VideoResult, VideoSummary  # the summary is served as it is
 
 
 class PredictRequest(BaseModel):
@@ -37,24 +37,18 @@ class PredictRequest(BaseModel):
     )
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class ModelScore(BaseModel):
     """One model over the video. A clip model counts ``clips``, a frame model ``frames``; the body
     holds the one that applies (the field the other kind would have is left out, not null)."""
 
     score: float | None
-    clips: int | None = Field(None, description="Clips scored (clip models such as FTCN).")
-    frames: int | None = Field(None, description="Frames scored (frame models).")
+    clips: int | None = Field(None, exclude_if=_absent, description="Clips scored (clip models such as FTCN).")
+    frames: int | None = Field(None, exclude_if=_absent, description="Frames scored (frame models).")
     version: int
-
-    @model_serializer(mode="wrap")
-    def _only_the_count_that_applies(
-        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
-    ) -> dict[str, Any]:
-        body = handler(self)
-        for count in ("clips", "frames"):
-            if body.get(count) is None:
-                body.pop(count, None)
-        return body
 
     @classmethod
     def from_result(cls, result: ModelResult) -> ModelScore:
@@ -98,15 +92,6 @@ class FaceTrack(BaseModel):
     )
 
 
-class VideoSummary(BaseModel):
-    width: int
-    height: int
-    fps: float
-    frames: int
-    duration_s: float
-    frames_analyzed: int
-
-
 class PredictResponse(BaseModel):
     df_probability: float | None = Field(
         ..., description="P(fake) of the video (its most suspicious face), null when no face."
@@ -130,7 +115,7 @@ class PredictResponse(BaseModel):
             request_id=result.request_id,
             models={name: ModelScore.from_result(model) for name, model in result.models.items()},
             faces=[FaceTrack.model_validate(asdict(face)) for face in result.faces],
-            video=VideoSummary.model_validate(asdict(result.video)),
+            video=result.video,
             timings_ms=result.timings_ms,
             warnings=result.warnings,
         )
