@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from service.pipeline.crops import box_matrix
 from service.pipeline.decode import iter_frames, probe
-from service.pipeline.face_tracks import StageClock, find_tracks
+from service.pipeline.face_tracks import StageClock, find_tracks, keep_face
 from service.pipeline.faces import FaceDetector, create_detector
 from service.pipeline.failures import RequestFailure
 from service.pipeline.media_settings import MediaSettings
@@ -194,8 +194,8 @@ def image_tracks(image_rgb: np.ndarray, detector: FaceDetector, settings: MediaS
     scale = min(1.0, settings.detection_max_side / max(height, width))
     small = cv2.resize(image_rgb, (round(width * scale), round(height * scale))) if scale < 1 else image_rgb
     tracker = IouTracker()
-    faces = [f.scaled(1 / scale) for f in detector.detect([small])[0] if f.score >= settings.min_face_score]
-    tracker.update(0, [f for f in faces if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= settings.min_face_size])
+    faces = [f.scaled(1 / scale) for f in detector.detect([small])[0]]
+    tracker.update(0, [f for f in faces if keep_face(f, settings)])
     return tracker.finish(max_tracks=settings.max_tracks)
 
 

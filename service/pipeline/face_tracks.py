@@ -55,7 +55,8 @@ class StageClock:
         return {k: round(v, 1) for k, v in self.ms.items()}
 
 
-def _keep(face: Face, settings: TrackingSettings) -> bool:
+def keep_face(face: Face, settings: TrackingSettings) -> bool:
+    """The one face filter: confident enough and big enough (serving's tracks and training's photos)."""
     side = min(face.box[2] - face.box[0], face.box[3] - face.box[1])
     return face.score >= settings.min_face_score and side >= settings.min_face_size
 
@@ -68,7 +69,7 @@ def _track_faces(
     originals = [face.scaled(info.width / frame_width) for face in faces]
     # boxes may overhang the frame edge; clip them (landmarks stay as found)
     clipped = [Face(np.clip(f.box, 0, limits), f.score, f.landmarks) for f in originals]
-    tracker.update(index, [f for f in clipped if _keep(f, settings)])
+    tracker.update(index, [f for f in clipped if keep_face(f, settings)])
 
 
 def find_tracks(
