@@ -8,6 +8,8 @@ strings (``DFS_MODELS=ftcn,dcl``) because that is what a ConfigMap or ``docker r
 from __future__ import annotations
 
 import math
+import re
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -18,6 +20,14 @@ from pydantic_settings import SettingsConfigDict
 from service.api_keys import hash_entries
 from service.pipeline.failures import DfsInputError
 from service.pipeline.media_settings import MediaSettings
+
+REPLICA_ID = r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}"  # a host name's characters: safe in a URL and a folder name
+
+
+def default_replica_id() -> str:
+    """The host name (a pod's name under Kubernetes), cut to what a replica id may hold."""
+    cleaned = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()).strip(".-")[:63]
+    return cleaned or "local"
 
 
 def split_csv(value: str) -> list[str]:
@@ -231,6 +241,13 @@ class Settings(MediaSettings):
         gt=0,
         description="A finished job (done, failed, cancelled) and its "
         "files are deleted this long after it finished; its id then answers 410 job_expired.",
+    )
+    replica_id: str = Field(
+        default_factory=default_replica_id,
+        pattern=f"^{REPLICA_ID}$",
+        description="This replica's name, the first part of every job id it gives (default: the host name, "
+        "a pod's name under Kubernetes). Jobs live in the database of the replica that took them; another "
+        "replica asked for one answers 421 job_on_another_replica naming it, instead of 404.",
     )
     jobs_max_queued: int = Field(64, ge=1, description="Jobs waiting to run, at most; more get 503 + Retry-After.")
     jobs_concurrency: int = Field(1, ge=1, description="Jobs run at once (each also takes a /predict admission slot).")

@@ -165,10 +165,14 @@ class JobRunner:
         cap = max(self.settings.job_max_frames, self.settings.max_frames)
         return analysis_options(body, self.serving, max_frames_cap=cap)
 
+    def new_job_id(self) -> str:
+        """``<replica>-<32 hex>``: unique, and it names the replica whose database holds the job."""
+        return f"{self.settings.replica_id}-{uuid.uuid4().hex}"
+
     async def submit_url(self, body: PredictRequest, request_id: str) -> JobRecord:
         self._require()
         self.validate(body)
-        return await self._create(uuid.uuid4().hex, URL, body.model_dump(exclude_none=True), request_id)
+        return await self._create(self.new_job_id(), URL, body.model_dump(exclude_none=True), request_id)
 
     async def submit_upload(self, chunks: AsyncIterator[bytes], filename: str, request_id: str) -> JobRecord:
         """Stage the upload in a new job's folder, then queue the job (refused before reading a byte
@@ -178,7 +182,7 @@ class JobRunner:
         self.validate(body)
         if await asyncio.to_thread(self.store.queued_count) >= self.settings.jobs_max_queued:
             raise queue_full(self.settings)
-        job_id = uuid.uuid4().hex
+        job_id = self.new_job_id()
         folder = self.store.folder(job_id)
         folder.mkdir(parents=True)
         try:

@@ -186,6 +186,9 @@ def test_service_monitor_hpa_and_pdb_select_the_pods(overlay: str) -> None:
     assert docs["ServiceMonitor"]["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert docs["ServiceMonitor"]["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert service["spec"]["ports"][0]["targetPort"] in ("http", PORT)
+    # jobs are per replica: a client's polls must reach the pod that took its job
+    assert service["spec"]["sessionAffinity"] == "ClientIP"
+    assert service["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] >= 3600
     hpa = docs["HorizontalPodAutoscaler"]["spec"]
     assert hpa["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
     metrics = {m["type"]: m for m in hpa["metrics"]}

@@ -36,6 +36,7 @@ def jobs_env(ftcn_repository: Path, videos: dict[str, Path], data_dir: Path, **e
         "DFS_JOB_MAX_FRAMES": str(LONG_FRAMES),
         "DFS_DATA_DIR": str(data_dir),
         "DFS_JOBS_DB": str(data_dir / "db" / "jobs.sqlite3"),
+        "DFS_REPLICA_ID": "replica-a",
         **extra,
     }
 
@@ -111,6 +112,7 @@ def test_job_life_cycle_progress_result_and_evidence(
 ) -> None:
     with jobs_service.client() as client:
         job_id = submit(client, file_server.url("long_face.mp4"), max_frames=LONG_FRAMES)
+        assert job_id.startswith("replica-a-"), job_id  # the replica that holds it
         seen: list[dict] = []
         final = wait_for(client, job_id, FINISHED, seen=seen, poll=0.05)
         assert final["status"] == "done", final
@@ -167,6 +169,12 @@ def test_over_the_job_frame_cap_and_unknown_ids(jobs_service: LiveService, file_
         malformed = client.get("/jobs/..%2f..%2fetc")
         deleted = client.delete("/jobs/" + "f" * 32)
         evidence = client.get("/jobs/" + "0" * 32 + "/annotated.mp4")
+        mine = client.get("/jobs/replica-a-" + "0" * 32)
+        elsewhere = [
+            client.get("/jobs/replica-b-" + "0" * 32),
+            client.delete("/jobs/replica-b-" + "0" * 32),
+            client.get("/jobs/replica-b-" + "0" * 32 + "/faces/0.jpg"),
+        ]
     assert over.status_code == 422 and over.json()["error"] == "limit_exceeded"
     assert "DFS_JOB_MAX_FRAMES" in over.json()["detail"]
     assert unknown_model.status_code == 400 and unknown_model.json()["error"] == "unknown_model"
@@ -175,6 +183,10 @@ def test_over_the_job_frame_cap_and_unknown_ids(jobs_service: LiveService, file_
         assert response.status_code == 404 and response.json()["error"] == "job_not_found", response.text
         assert response.json()["request_id"] == response.headers["x-request-id"]
     assert malformed.status_code == 404
+    assert mine.status_code == 404 and mine.json()["error"] == "job_not_found"
+    for response in elsewhere:  # another replica's job: say where it is instead of "no such job"
+        assert response.status_code == 421 and response.json()["error"] == "job_on_another_replica", response.text
+        assert "'replica-b'" in response.json()["detail"] and "'replica-a'" in response.json()["detail"]
 
 
 def test_bad_input_fails_the_job_with_predicts_error(

@@ -24,6 +24,20 @@ def test_well_formed_ensemble_weights_are_read() -> None:
     assert Settings(ensemble_weights=" dcl=0.6, ftcn = 0.4 ").ensemble_weight_map == {"dcl": 0.6, "ftcn": 0.4}
 
 
+@pytest.mark.parametrize("value", ["", "has space", "-leading-dash", "a/b", "x" * 64])
+def test_malformed_replica_ids_are_refused(value: str) -> None:
+    """A replica id starts every job id it gives, so it must be safe in a URL and as a folder name."""
+    with pytest.raises(ValidationError) as caught:
+        Settings(replica_id=value)
+    assert invalid_settings_message(caught.value).splitlines()[1].strip().startswith("DFS_REPLICA_ID:")
+
+
+def test_the_default_replica_id_is_a_valid_host_name() -> None:
+    from service.config import default_replica_id
+
+    assert Settings().replica_id == default_replica_id() and Settings(replica_id="pod-7.zone-a").replica_id
+
+
 @pytest.mark.parametrize("module", ["service", "service.cli"])
 def test_entry_points_exit_with_the_variable_named(module: str) -> None:
     """Before: `python -m service` started, reported healthy and answered 500 to every /predict."""

@@ -22,6 +22,7 @@ from service.api.limits import check_overrides
 from service.api.routes.predict import _ERRORS, _UPLOAD_BODY, require_ready
 from service.api.schemas import ErrorResponse, PredictRequest
 from service.api.uploads import FileUpload
+from service.config import REPLICA_ID
 from service.errors import ServiceError
 from service.jobs.runner import JobRunner, job_body
 from service.jobs.schemas import JobAccepted, JobStatus
@@ -31,10 +32,12 @@ from service.pipeline.fetch import refuse_early
 router = APIRouter(tags=["jobs"])
 upload_router = APIRouter(tags=["jobs"])
 
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
-_JOB_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 410, 422, 503)}
+#: ``<replica>-<32 hex>`` (service.jobs.runner.JobRunner.new_job_id), or the bare 32 hex of ids
+#: given before job ids named their replica (still in databases that outlived the change)
+_JOB_ID = re.compile(rf"(?:(?P<replica>{REPLICA_ID})-)?[0-9a-f]{{32}}")
+_JOB_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 410, 421, 422, 503)}
 _EVIDENCE_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (404, 409, 410, 422, 503)
+    code: {"model": ErrorResponse} for code in (404, 409, 410, 421, 422, 503)
 }
 
 
@@ -46,16 +49,30 @@ JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 
 
 def _not_found(job_id: str) -> ServiceError:
-    shown = job_id if len(job_id) <= 40 else job_id[:40] + "..."
+    shown = job_id if len(job_id) <= 100 else job_id[:100] + "..."
     return ServiceError(f"no job {shown!r} on this server", code="job_not_found", status_code=404)
 
 
+def _elsewhere(job_id: str, replica: str, here: str) -> ServiceError:
+    return ServiceError(
+        f"job {job_id} was taken by replica {replica!r} and lives in its database; this is replica {here!r}. "
+        "Send a job's requests to the replica that took it (session affinity, or one replica for /jobs)",
+        code="job_on_another_replica",
+        status_code=421,
+    )
+
+
 async def _job(jobs: JobRunner, job_id: str) -> JobRecord:
-    """The job, or 404 ``job_not_found`` / 410 ``job_expired`` with the service's error body."""
-    if not _JOB_ID.fullmatch(job_id):
+    """The job, or 404 ``job_not_found`` / 421 ``job_on_another_replica`` / 410 ``job_expired`` with
+    the service's error body."""
+    shape = _JOB_ID.fullmatch(job_id)
+    if not shape:
         raise _not_found(job_id)
     record = await jobs.get(job_id)
     if record is None:
+        replica, here = shape.group("replica"), jobs.settings.replica_id
+        if replica is not None and replica != here:
+            raise _elsewhere(job_id, replica, here)
         raise _not_found(job_id)
     if record.expired(time.time()):
         raise ServiceError(
