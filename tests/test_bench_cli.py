@@ -27,6 +27,16 @@ def test_bench_scripts_found() -> None:
     } <= set(SCRIPTS)
 
 
+def bundle_copy(target: Path, *names: str) -> Path:
+    """A repository holding the bundle's newest version of each of ``names`` (the bench smoke runs)."""
+    import shutil
+
+    for name in names:
+        newest = sorted(p for p in (REPO_ROOT / "model_repository" / name).iterdir() if p.is_dir())[-1]
+        shutil.copytree(newest, target / name / newest.name)
+    return target
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help(script: str) -> None:
     result = subprocess.run(
@@ -55,14 +65,10 @@ def test_quality_report_on_a_tiny_repository(videos: dict[str, Path], tmp_path: 
     """bench/quality.py end to end on the bundle's two models and four test videos: PNG, tables, JSON."""
     import csv
     import json
-    import shutil
 
     from tests import media
 
-    repository = tmp_path / "repo"
-    for name in ("dcl", "ftcn"):
-        bundle = sorted(p for p in (REPO_ROOT / "model_repository" / name).iterdir() if p.is_dir())[-1]
-        shutil.copytree(bundle, repository / name / bundle.name)
+    repository = bundle_copy(tmp_path / "repo", "dcl", "ftcn")
     lipsync = media.face_video(tmp_path / "fake_wav2lip_result_voice.mp4", faces=1, face_size=128)
     labels = tmp_path / "labels.csv"
     with labels.open("w", newline="") as handle:
@@ -152,11 +158,8 @@ def test_load_smoke_on_a_tiny_repository(videos: dict[str, Path], tmp_path: Path
     every kind of request got its documented answers (never a 500), the probes always answered.
     RSS may still be growing this early, so PASS itself is not asserted."""
     import json
-    import shutil
 
-    repository = tmp_path / "repo"
-    bundle = sorted(p for p in (REPO_ROOT / "model_repository" / "dcl").iterdir() if p.is_dir())[-1]
-    shutil.copytree(bundle, repository / "dcl" / bundle.name)
+    repository = bundle_copy(tmp_path / "repo", "dcl")
     out = tmp_path / "load.json"
     result = subprocess.run(
         [
@@ -202,11 +205,8 @@ def test_long_jobs_smoke_on_a_tiny_repository(videos: dict[str, Path], tmp_path:
     each analysed exactly the frames asked, the server's memory sampled while it ran, the table
     and the JSON written."""
     import json
-    import shutil
 
-    repository = tmp_path / "repo"
-    bundle = sorted(p for p in (REPO_ROOT / "model_repository" / "dcl").iterdir() if p.is_dir())[-1]
-    shutil.copytree(bundle, repository / "dcl" / bundle.name)
+    repository = bundle_copy(tmp_path / "repo", "dcl")
     out = tmp_path / "long.json"
     result = subprocess.run(
         [
