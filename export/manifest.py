@@ -47,16 +47,19 @@ class Parity(BaseModel):
 
 
 class Variant(BaseModel):
-    """Another file of the same model beside ``file``: today an INT8 post-training quantization.
+    """Another precision of the same model: an INT8 post-training quantization in a file of its own,
+    or bfloat16 compute of the fp32 file (``file`` is then the fp32 file, ``runtime`` the one runtime
+    that computes in bf16 on a CPU, OpenVINO).
 
-    Written by ``python -m export.quantize``. ``parity`` compares it with the fp32 file on real face
-    crops; ``auc`` / ``auc_fp32`` are the video AUC of both on held-out labelled videos through the
-    serving pipeline. The service's ``DFS_PRECISION=auto`` only considers a variant whose
+    Written by ``python -m export.quantize`` (``--precision``). ``parity`` compares it with fp32 on
+    real face crops; ``auc`` / ``auc_fp32`` are the video AUC of both on held-out labelled videos
+    through the serving pipeline. The service's ``DFS_PRECISION=auto`` only considers a variant whose
     ``auc_delta`` is known and within ``MAX_AUC_DELTA``.
     """
 
     file: str
-    precision: Literal["int8"] = "int8"
+    precision: Literal["int8", "bf16"] = "int8"
+    runtime: str | None = Field(None, description="The only runtime that serves this variant (bf16: openvino).")
     method: str = Field("", description="How it was made, e.g. 'onnxruntime quantize_static QDQ, per-channel'.")
     calibration: dict[str, Any] = Field(default_factory=dict, description="What the activation ranges came from.")
     max_abs_diff_logit: float | None = Field(None, description="Against the fp32 file, on held-out real crops.")

@@ -1,8 +1,9 @@
-"""``python -m export.quantize``: an INT8 variant of each exported model, calibrated on real face crops.
+"""``python -m export.quantize``: a faster precision of each exported model, measured on real faces.
 
     python -m export.quantize --repository model_repository --labels ../shared/data/corpus/labels.csv
+    python -m export.quantize --precision bf16 --repository model_repository --labels ../shared/data/corpus/labels.csv
 
-For every model in the repository (``--models`` narrows it) this
+``--precision int8`` (the default): for every model in the repository (``--models`` narrows it) this
 
 1. runs labelled videos of ``--calibration-split`` (default train: never the split quality is judged
    on) through the serving pipeline in this process, recording the normalised crops each model is
@@ -18,6 +19,11 @@ For every model in the repository (``--models`` narrows it) this
    video AUC both ways, with the manifest calibration;
 5. records all of it as the manifest's ``variants`` entry (and the command). The service's
    ``DFS_PRECISION=auto`` lets the variant compete for speed only when its AUC is within 0.01 of fp32.
+
+``--precision bf16`` writes no file: OpenVINO computes the fp32 file in bfloat16 (its
+``INFERENCE_PRECISION_HINT``), natively only on CPUs with AVX-512 BF16 or AMX, so it must run on such
+a CPU. Steps 1, 3 and 4 are the same (parity on every recorded crop, the AUC's second pass served by
+OpenVINO in bf16), and the variant entry names the fp32 file and ``runtime: openvino``.
 
 Why ONNX Runtime's quantizer and not NNCF: it is already a dependency, writes a standard QDQ ONNX file
 both runtimes read, and needs no second model format in the repository.
@@ -54,6 +60,7 @@ from export.served import (
 from service.config import Settings
 from service.model_repository import ModelVersion, discover
 from service.pipeline.engines import Engine, OnnxEngine
+from service.pipeline.openvino_engine import cpu_has_bf16
 from service.serving import Serving
 from training.metrics import binary_metrics
 from training.sources import Source
@@ -186,16 +193,19 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
 
-def parity(fp32: Path, int8: Path, items: list[np.ndarray]) -> dict[str, float]:
-    """Max |logit| and |P| differences of INT8 against fp32 on ``items``, per runtime."""
+def parity(fp32: Path, variant: Path, items: list[np.ndarray], precision: str = "int8") -> dict[str, float]:
+    """Max |logit| and |P| differences of the variant against fp32 ONNX Runtime on ``items``, per runtime
+    that serves it (INT8: both; bf16: OpenVINO's bf16 compute of the fp32 file)."""
     from service.pipeline.openvino_engine import OpenVinoEngine, openvino_available
 
     batch = np.stack(items)
     reference = OnnxEngine(fp32, device="cpu").run(batch)
     out: dict[str, float] = {}
-    runtimes: dict[str, Engine] = {"onnxruntime": OnnxEngine(int8, device="cpu")}
+    runtimes: dict[str, Engine] = {}
+    if precision == "int8":
+        runtimes["onnxruntime"] = OnnxEngine(variant, device="cpu")
     if openvino_available():
-        runtimes["openvino"] = OpenVinoEngine(int8)
+        runtimes["openvino"] = OpenVinoEngine(variant, precision=precision)
     for runtime, engine in runtimes.items():
         logits = engine.run(batch)
         out[f"{runtime}_logit"] = float(np.abs(logits - reference).max())
@@ -215,7 +225,7 @@ def video_aucs(run: ServedRun, versions: dict[str, ModelVersion]) -> dict[str, f
 
 
 def write_variant(version: ModelVersion, variant: Variant) -> None:
-    """Replace the manifest's INT8 entry with ``variant`` (re-read: the file on disk is the truth)."""
+    """Replace the manifest's entry of ``variant``'s precision with it (re-read: the file on disk is the truth)."""
     manifest = Manifest.read(version.folder)
     manifest.variants = [v for v in manifest.variants if v.precision != variant.precision] + [variant]
     manifest.write(version.folder)
@@ -229,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--labels", required=True, type=Path, help="label-list CSV of videos (label,path[,split])")
     parser.add_argument("--models", default="", help="comma list (default: every model in the repository)")
+    parser.add_argument(
+        "--precision",
+        choices=["int8", "bf16"],
+        default="int8",
+        help="int8: a quantized file beside each model; bf16: OpenVINO's bfloat16 compute of the fp32 file, "
+        "measured on this CPU, which must have AVX-512 BF16 or AMX (default int8)",
+    )
     parser.add_argument(
         "--calibration-split", default="train", help="videos whose crops set the ranges (default train)"
     )
@@ -259,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         model_repository=args.repository, models=",".join(versions), runtime="onnxruntime", precision="fp32"
     )
 
+    if args.precision == "bf16" and not cpu_has_bf16():  # before the recording pass: it would be wasted
+        raise ServedRunError(
+            "--precision bf16 must be measured on a CPU where OpenVINO computes bfloat16 natively "
+            "(AVX-512 BF16 or AMX); this one has none (or openvino is not installed)"
+        )
     # photos are refused by the video pipeline (too few frames): calibrate on the split's videos
     pool = [s for s in labelled(args.labels, args.calibration_split) if s.path.suffix.lower() not in PHOTO_SUFFIXES]
     if not pool:
@@ -268,68 +290,109 @@ def main(argv: list[str] | None = None) -> int:
     log.info("recording crops of %d %s videos", len(sources), args.calibration_split)
     recorded = record_inputs(fp32, sources, args.items_per_video)
 
+    if args.precision == "bf16":
+        report = measure_bf16(versions, recorded)
+    else:
+        report = quantize_int8(versions, recorded, args.method)
+    for name, version in versions.items():  # written now: the AUC pass below serves what the manifest lists
+        write_variant(version, variant_entry(args, report[name], version, len(sources), command))
+        report[name]["kept"] = False
+
+    if not args.no_auc:
+        auc_sources = labelled(args.labels, args.auc_split)
+        log.info("AUC on %d %s videos: fp32, then %s", len(auc_sources), args.auc_split, args.precision)
+        auc32 = video_aucs(collect(fp32, auc_sources), versions)
+        variant_settings = fp32.model_copy(update={"precision": args.precision})
+        if args.precision == "bf16":
+            variant_settings = variant_settings.model_copy(update={"runtime": "openvino"})
+        variant_run = collect(variant_settings, auc_sources)
+        not_served = {n: r for n, r in variant_run.runtimes.items() if not r.endswith(f":{args.precision}")}
+        if not_served:
+            raise ServedRunError(f"the {args.precision} pass did not serve {args.precision} for {not_served}")
+        auc_variant = video_aucs(variant_run, versions)
+        for name, version in versions.items():
+            variant = Manifest.read(version.folder).variant(args.precision)
+            if variant is None:  # written above, in this run
+                raise ServedRunError(
+                    f"{version.folder}: the {args.precision} variant written by this run is gone from its manifest"
+                )
+            variant.auc_fp32, variant.auc = auc32[name], auc_variant[name]
+            variant.auc_data = f"{args.labels} split {args.auc_split}, through the serving pipeline"
+            write_variant(version, variant)
+            report[name] |= {"auc_fp32": auc32[name], "auc": auc_variant[name], "kept": variant.quality_kept()}
+    print_table(report, args.precision)
+    return 0
+
+
+def quantize_int8(versions: dict[str, ModelVersion], recorded: dict[str, Recorded], method: str) -> dict[str, dict]:
+    """``model.int8.onnx`` beside each model, ranges from the first videos' crops, parity on the rest."""
     report: dict[str, dict] = {}
     for name, version in versions.items():
         calibration, held_out = split_by_video(recorded.get(name, Recorded()), CALIBRATION_SHARE)
         if not calibration:
-            raise ServedRunError(f"{name}: no crops were recorded (no faces in the {args.calibration_split} videos?)")
+            raise ServedRunError(f"{name}: no crops were recorded (no faces in the calibration videos?)")
         target = version.folder / INT8_FILE
         log.info("%s: quantizing on %d crops, parity on %d held-out crops", name, len(calibration), len(held_out))
-        quantize_file(version.engine_path, target, version.manifest.inputs[0].name, calibration, args.method)
+        quantize_file(version.engine_path, target, version.manifest.inputs[0].name, calibration, method)
         report[name] = {
             "calibration_items": len(calibration),
             "parity_items": len(held_out),
             **parity(version.engine_path, target, held_out),
         }
+    return report
 
-    for name, version in versions.items():  # written now: the INT8 pass below serves what the manifest lists
-        row = report[name]
-        variant = Variant(
-            file=INT8_FILE,
-            method="onnxruntime quantize_static: QDQ, per-channel INT8 weights, UINT8 activations, "
-            f"{args.method} ranges, first Conv and Gemm/MatMul kept fp32",
-            calibration={
-                "labels": str(args.labels),
-                "split": args.calibration_split,
-                "videos": len(sources),
-                "items": row["calibration_items"],
-            },
-            max_abs_diff_logit=max(row.get("onnxruntime_logit", 0.0), row.get("openvino_logit", 0.0)),
-            max_abs_diff_prob=max(row.get("onnxruntime_prob", 0.0), row.get("openvino_prob", 0.0)),
-            parity_samples=row["parity_items"],
-            command=command,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+
+def measure_bf16(versions: dict[str, ModelVersion], recorded: dict[str, Recorded]) -> dict[str, dict]:
+    """Parity of OpenVINO's bf16 compute against fp32 on every recorded crop (nothing is fitted on them)."""
+    report: dict[str, dict] = {}
+    for name, version in versions.items():
+        items = recorded.get(name, Recorded()).items
+        if not items:
+            raise ServedRunError(f"{name}: no crops were recorded (no faces in the calibration videos?)")
+        log.info("%s: bf16 parity on %d crops", name, len(items))
+        report[name] = {
+            "calibration_items": 0,
+            "parity_items": len(items),
+            **parity(version.engine_path, version.engine_path, items, precision="bf16"),
+        }
+    return report
+
+
+def variant_entry(args: argparse.Namespace, row: dict, version: ModelVersion, videos: int, command: str) -> Variant:
+    """The manifest entry of this run's variant, before its AUC is measured."""
+    if args.precision == "bf16":
+        how = "OpenVINO CPU plugin, INFERENCE_PRECISION_HINT=bf16 on the fp32 file"
+        file, runtime, calibration = version.manifest.file, "openvino", {}
+    else:
+        how = (
+            "onnxruntime quantize_static: QDQ, per-channel INT8 weights, UINT8 activations, "
+            f"{args.method} ranges, first Conv and Gemm/MatMul kept fp32"
         )
-        write_variant(version, variant)
-        row["kept"] = False
-
-    if not args.no_auc:
-        auc_sources = labelled(args.labels, args.auc_split)
-        log.info("AUC on %d %s videos: fp32, then INT8", len(auc_sources), args.auc_split)
-        auc32 = video_aucs(collect(fp32, auc_sources), versions)
-        int8_run = collect(fp32.model_copy(update={"precision": "int8"}), auc_sources)
-        not_int8 = {name: runtime for name, runtime in int8_run.runtimes.items() if not runtime.endswith(":int8")}
-        if not_int8:
-            raise ServedRunError(f"the INT8 pass did not serve INT8 for {not_int8}")
-        auc8 = video_aucs(int8_run, versions)
-        for name, version in versions.items():
-            variant = Manifest.read(version.folder).variant("int8")
-            if variant is None:  # written above, in this run
-                raise ServedRunError(
-                    f"{version.folder}: the int8 variant written by this run is gone from its manifest"
-                )
-            variant.auc_fp32, variant.auc = auc32[name], auc8[name]
-            variant.auc_data = f"{args.labels} split {args.auc_split}, through the serving pipeline"
-            write_variant(version, variant)
-            report[name] |= {"auc_fp32": auc32[name], "auc": auc8[name], "kept": variant.quality_kept()}
-    print_table(report)
-    return 0
+        file, runtime = INT8_FILE, None
+        calibration = {
+            "labels": str(args.labels),
+            "split": args.calibration_split,
+            "videos": videos,
+            "items": row["calibration_items"],
+        }
+    return Variant(
+        file=file,
+        precision=args.precision,
+        runtime=runtime,
+        method=how,
+        calibration=calibration,
+        max_abs_diff_logit=max(row.get("onnxruntime_logit", 0.0), row.get("openvino_logit", 0.0)),
+        max_abs_diff_prob=max(row.get("onnxruntime_prob", 0.0), row.get("openvino_prob", 0.0)),
+        parity_samples=row["parity_items"],
+        command=command,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
 
-def print_table(report: dict[str, dict]) -> None:
+def print_table(report: dict[str, dict], precision: str = "int8") -> None:
     print(
         f"\n{'model':10} {'calib':>5} {'parity':>6} {'max|dlogit| ort':>15} {'ov':>7} {'AUC fp32':>8} "
-        f"{'AUC int8':>8} {'delta':>7}  DFS_PRECISION=auto"
+        f"{'AUC ' + precision:>8} {'delta':>7}  DFS_PRECISION=auto"
     )
     for name, row in report.items():
         auc32, auc8 = row.get("auc_fp32"), row.get("auc")

@@ -129,11 +129,13 @@ class Settings(MediaSettings):
         "arena grown by exactly what is asked, OpenVINO keeps its buffers; false = hand it back after every "
         "batch: less steady memory, ~35-90% more engine time (bench/memory.py measures both).",
     )
-    precision: Literal["auto", "fp32", "int8"] = Field(
+    precision: Literal["auto", "fp32", "int8", "bf16"] = Field(
         "auto",
-        description="CPU engines: auto = the model's INT8 variant (model.int8.onnx, `python -m "
-        "export.quantize`) competes with fp32 when its manifest records a video AUC within 0.01 of fp32; "
-        "int8 = the INT8 variant wherever one exists; fp32 = never INT8.",
+        description="CPU engines: auto = the model's INT8 variant (model.int8.onnx) and its bf16 variant "
+        "(OpenVINO computing the fp32 file in bfloat16, only on CPUs with AVX-512 BF16 or AMX) compete with "
+        "fp32 when its manifest records a video AUC within 0.01 of fp32 (`python -m export.quantize "
+        "--precision int8|bf16` measures it); int8 / bf16 = that variant wherever one exists and the CPU can "
+        "run it; fp32 = neither.",
     )
     runtime: Literal["auto", "onnxruntime", "openvino", "torch", "triton"] = Field(
         "auto",

@@ -38,7 +38,7 @@ from service.pipeline.engines import (
 )
 from service.pipeline.faces import FaceDetector, create_detector, resolve_device
 from service.pipeline.failures import DfsFailure
-from service.pipeline.openvino_engine import OpenVinoEngine, openvino_available
+from service.pipeline.openvino_engine import OpenVinoEngine, cpu_has_bf16, openvino_available
 from service.pipeline.tensor_frames import choose_decoder
 
 if TYPE_CHECKING:  # tritonclient is imported only on DFS_RUNTIME=triton
@@ -261,7 +261,11 @@ class Serving:
                 gpu_memory_limit_mb=self.settings.gpu_memory_limit_mb,
             )
         options = candidates(
-            version, self.settings.runtime, self.settings.precision, openvino_installed=openvino_available()
+            version,
+            self.settings.runtime,
+            self.settings.precision,
+            openvino_installed=openvino_available(),
+            bf16_cpu=cpu_has_bf16(),
         )
         per_track = self.settings.max_clips_per_track if spec.kind == "clip" else self.settings.frames_per_track
         engine, chosen, _ = choose(
@@ -280,7 +284,9 @@ class Serving:
         engine: OpenVinoEngine | OnnxEngine
         arena = self.settings.cpu_memory_arena
         if candidate.runtime == "openvino":
-            engine = OpenVinoEngine(candidate.path, threads=threads, release_memory=not arena)
+            engine = OpenVinoEngine(
+                candidate.path, threads=threads, release_memory=not arena, precision=candidate.precision
+            )
         else:
             engine = OnnxEngine(candidate.path, device="cpu", threads=threads, memory_arena=arena)
         if candidate.precision != "fp32":

@@ -1,17 +1,19 @@
-"""Which CPU engine serves a model: ONNX Runtime or OpenVINO, fp32 or its INT8 variant, by measurement.
+"""Which CPU engine serves a model: ONNX Runtime or OpenVINO, in fp32, INT8 or bf16, by measurement.
 
-Neither runtime nor precision wins everywhere. On the 2-core development CPU (AVX2, no AVX-512 or
-VNNI exposed) OpenVINO ran FTCN's 3D convolutions 1.3x faster than ONNX Runtime in fp32 and 2x in
-INT8, where ONNX Runtime's INT8 was slower than its own fp32; for the 2D frame models ONNX
-Runtime was often the faster one. A CPU with VNNI or AMX changes that ranking again. So on a CPU the
-service opens every allowed candidate, times a few batches of the model's own input shape, keeps the
-fastest and closes the rest, logging the table (``DFS_RUNTIME`` / ``DFS_PRECISION`` narrow the
-candidates; with one candidate nothing is timed). The choice is kept in ``DFS_DATA_DIR``
-(:class:`ChoiceCache`), so the next start on the same machine and files opens the winner at once.
+Neither runtime nor precision wins everywhere. On a 2-core development CPU with AVX2 only, OpenVINO
+ran FTCN's 3D convolutions 1.3x faster than ONNX Runtime in fp32 and 2x in INT8, where ONNX
+Runtime's INT8 was slower than its own fp32; for the 2D frame models ONNX Runtime was often the
+faster one. On one with AVX-512 BF16, OpenVINO's bf16 compute ran every bundle model ~2x faster than
+ONNX Runtime's fp32. So on a CPU the service opens every allowed candidate, times a few batches of
+the model's own input shape, keeps the fastest and closes the rest, logging the table
+(``DFS_RUNTIME`` / ``DFS_PRECISION`` narrow the candidates; with one candidate nothing is timed).
+The choice is kept in ``DFS_DATA_DIR`` (:class:`ChoiceCache`), so the next start on the same machine
+and files opens the winner at once.
 
-An INT8 variant is a candidate under ``DFS_PRECISION=auto`` only when its manifest records a video
-AUC within :data:`export.manifest.MAX_AUC_DELTA` of fp32 (``python -m export.quantize``): speed is
-never bought with unmeasured quality. ``DFS_PRECISION=int8`` asks for it regardless.
+An INT8 or bf16 variant is a candidate under ``DFS_PRECISION=auto`` only when its manifest records a
+video AUC within :data:`export.manifest.MAX_AUC_DELTA` of fp32 (``python -m export.quantize
+--precision int8|bf16``): speed is never bought with unmeasured quality. ``DFS_PRECISION=int8`` or
+``bf16`` asks for it regardless; bf16 only where the CPU computes it natively.
 """
 
 from __future__ import annotations
@@ -53,37 +55,76 @@ class Candidate:
         return f"{self.runtime} {self.precision}"
 
 
-def candidates(version: ModelVersion, runtime: str, precision: str, *, openvino_installed: bool) -> list[Candidate]:
+def candidates(
+    version: ModelVersion, runtime: str, precision: str, *, openvino_installed: bool, bf16_cpu: bool = False
+) -> list[Candidate]:
     """The engines ``DFS_RUNTIME`` (auto/onnxruntime/openvino) and ``DFS_PRECISION`` allow for one model.
 
-    Raises ``RuntimeError`` for a request that cannot be met (OpenVINO asked for, not installed).
+    ``bf16_cpu``: OpenVINO computes bfloat16 natively on this CPU (:func:`cpu_has_bf16`); only then is
+    the model's bf16 variant (the fp32 file, computed in bf16 by OpenVINO) a candidate. Raises
+    ``DfsFailure`` for a request that cannot be met (OpenVINO asked for, not installed).
     """
     if runtime == "openvino" and not openvino_installed:
         raise DfsFailure("DFS_RUNTIME=openvino but the openvino package is not installed (pip install openvino)")
     runtimes = [
         r for r in CPU_RUNTIMES if r == runtime or (runtime == "auto" and (r != "openvino" or openvino_installed))
     ]
-    files: list[tuple[str, Path]] = []
-    variant = version.manifest.variant("int8")
-    if precision in ("auto", "int8") and variant is not None and (version.folder / variant.file).is_file():
-        if precision == "int8" or variant.quality_kept():
-            files.append(("int8", version.folder / variant.file))
-        else:
-            delta = variant.auc_delta
-            log.info(
-                "%s: INT8 variant not considered: AUC change %s (allowed +-0.01; DFS_PRECISION=int8 forces it)",
+    found: list[Candidate] = []
+    for kind in ("int8", "bf16"):
+        if precision in ("auto", kind):
+            found += _variant_candidates(version, kind, runtimes, forced=precision == kind, bf16_cpu=bf16_cpu)
+    if precision in ("auto", "fp32") or not found:
+        found += [Candidate(r, "fp32", version.engine_path) for r in runtimes]
+    return found
+
+
+def _variant_candidates(
+    version: ModelVersion, kind: str, runtimes: list[str], *, forced: bool, bf16_cpu: bool
+) -> list[Candidate]:
+    """The ``kind`` variant of ``version`` on each allowed runtime that can serve it; [] with the reason logged.
+
+    Under ``auto`` a variant competes only when its recorded AUC is within 0.01 of fp32; asked for by
+    name (``forced``) it is served whatever it measured, where the machine can run it at all.
+    """
+    variant = version.manifest.variant(kind)
+    fallback = "serving fp32" if forced else "not considered"
+    if variant is None or not (version.folder / variant.file).is_file():
+        if forced:
+            log.warning(
+                "%s v%d has no %s variant (python -m export.quantize --precision %s makes one); serving fp32",
                 version.name,
-                "not measured" if delta is None else f"{delta:+.3f}",
+                version.version,
+                kind.upper(),
+                kind,
             )
-    elif precision == "int8":
-        log.warning(
-            "%s v%d has no INT8 variant (python -m export.quantize makes one); serving fp32",
+        return []
+    if not (forced or variant.quality_kept()):
+        delta = variant.auc_delta
+        log.info(
+            "%s: %s variant not considered: AUC change %s (allowed +-0.01; DFS_PRECISION=%s forces it)",
             version.name,
-            version.version,
+            kind.upper(),
+            "not measured" if delta is None else f"{delta:+.3f}",
+            kind,
         )
-    if precision != "int8" or not files:
-        files.append(("fp32", version.engine_path))
-    return [Candidate(r, p, path) for p, path in files for r in runtimes]
+        return []
+    if kind == "bf16" and not bf16_cpu:
+        (log.warning if forced else log.info)(
+            "%s: bf16 variant %s: this CPU has no native bfloat16 (AVX-512 BF16 / AMX) for OpenVINO",
+            version.name,
+            fallback,
+        )
+        return []
+    usable = [r for r in runtimes if variant.runtime in (None, r)]
+    if not usable:
+        (log.warning if forced else log.info)(
+            "%s: %s variant runs on %s only, which DFS_RUNTIME excludes; %s",
+            version.name,
+            kind.upper(),
+            variant.runtime,
+            fallback,
+        )
+    return [Candidate(r, kind, version.folder / variant.file) for r in usable]
 
 
 def probe_shape(spec: ModelSpec, size: int) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ the way ``openvino/__init__.py`` already tolerates (``except ImportError``), for
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+
+from service.pipeline.failures import DfsInputError
 
 
 def import_openvino() -> ModuleType:
@@ -49,6 +52,25 @@ def openvino_available() -> bool:
     return True
 
 
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes in bfloat16 natively here (AVX-512 BF16 or AMX).
+
+    Asked of the plugin (``OPTIMIZATION_CAPABILITIES`` lists ``BF16``) rather than read from
+    /proc/cpuinfo: it is the plugin's kernels that must exist. Where it is absent, a bf16 hint would
+    be emulated or ignored, so the service never offers bf16 there.
+    """
+    if not openvino_available():
+        return False
+    capabilities = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in capabilities
+
+
+# What OpenVINO's INFERENCE_PRECISION_HINT is called for each of the service's precisions. fp32 is set
+# explicitly too: on CPUs with AMX the plugin's own default is bf16, which must never happen unasked.
+PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+
+
 class OpenVinoEngine:
     """A model compiled for OpenVINO's CPU device with one infer request, called from one thread.
 
@@ -59,15 +81,28 @@ class OpenVinoEngine:
     """
 
     def __init__(
-        self, path: Path, *, threads: int = 0, output_name: str = "logit", release_memory: bool = False
+        self,
+        path: Path,
+        *,
+        threads: int = 0,
+        output_name: str = "logit",
+        release_memory: bool = False,
+        precision: str = "fp32",
     ) -> None:
         """``release_memory``: hand the intermediate buffers back after every batch
         (``CompiledModel.release_memory``) rather than keep them sized for the largest batch seen, the
-        counterpart of turning ONNX Runtime's arena off (``DFS_CPU_MEMORY_ARENA=false``)."""
+        counterpart of turning ONNX Runtime's arena off (``DFS_CPU_MEMORY_ARENA=false``).
+        ``precision``: the compute precision of the file's float layers (:data:`PRECISION_HINTS`); an
+        INT8 file's quantized layers are INT8 either way."""
+        if precision not in PRECISION_HINTS:
+            raise DfsInputError(f"OpenVINO precision {precision!r}: expected one of {sorted(PRECISION_HINTS)}")
         self.release_memory = release_memory
         self._release_lock = threading.Lock()
         core = import_openvino().Core()
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, object] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
+        }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
@@ -76,6 +111,11 @@ class OpenVinoEngine:
         self.request = self.compiled.create_infer_request()
         self._names = names
         self.runtime = "openvino:CPU"
+
+    @property
+    def inference_precision(self) -> str:
+        """What the compiled model computes its float layers in, as OpenVINO reports it ("f32", "bf16")."""
+        return self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def heatmap_runner(self, output_name: str) -> Callable[[np.ndarray], np.ndarray] | None:
         """The ``output_name`` output (PCL-I2G's patch map) as a callable, or None when the model has none.

@@ -25,7 +25,7 @@ from service.config import Settings
 from service.model_repository import discover
 from service.pipeline.engine_choice import candidates
 from service.pipeline.engines import normalize
-from service.pipeline.openvino_engine import openvino_available
+from service.pipeline.openvino_engine import cpu_has_bf16, openvino_available
 from service.serving import Serving
 
 if not openvino_available():  # never pytest.importorskip("openvino"): a bare import phones home
@@ -122,9 +122,68 @@ def with_variant(repository: Path, tmp_path: Path, **fields: object) -> Path:
     folder = next(p for p in (copy / "advgame").iterdir() if p.is_dir())
     shutil.copy(folder / "model.onnx", folder / INT8_FILE)
     manifest = Manifest.read(folder)
-    manifest.variants = [Variant(file=INT8_FILE, **fields)]
+    manifest.variants = [Variant(**({"file": INT8_FILE} | fields))]
     manifest.write(folder)
     return copy
+
+
+def bf16_variant(**fields: object) -> dict[str, object]:
+    """A bf16 variant entry as ``export.quantize --precision bf16`` writes it: the fp32 file, OpenVINO only."""
+    return {"file": "model.onnx", "precision": "bf16", "runtime": "openvino"} | fields
+
+
+@pytest.mark.parametrize(
+    ("auc", "precision", "bf16_cpu", "expected"),
+    [
+        (0.80, "auto", True, {("openvino", "bf16"), ("openvino", "fp32"), ("onnxruntime", "fp32")}),
+        (0.80, "auto", False, {("openvino", "fp32"), ("onnxruntime", "fp32")}),  # no native bf16: never offered
+        (0.70, "auto", True, {("openvino", "fp32"), ("onnxruntime", "fp32")}),  # loses 0.105 AUC
+        (None, "auto", True, {("openvino", "fp32"), ("onnxruntime", "fp32")}),  # unmeasured
+        (0.70, "bf16", True, {("openvino", "bf16")}),  # asked for: served whatever it measured
+        (0.80, "bf16", False, {("openvino", "fp32"), ("onnxruntime", "fp32")}),  # asked for, CPU cannot: fp32
+        (0.80, "fp32", True, {("openvino", "fp32"), ("onnxruntime", "fp32")}),
+        (0.80, "int8", True, {("openvino", "fp32"), ("onnxruntime", "fp32")}),  # int8 asked, none there
+    ],
+)
+def test_bf16_variant_competes_only_on_a_bf16_cpu_and_when_its_auc_is_kept(
+    advgame_repository: Path,
+    tmp_path: Path,
+    auc: float | None,
+    precision: str,
+    bf16_cpu: bool,
+    expected: set[tuple[str, str]],
+) -> None:
+    repository = with_variant(advgame_repository, tmp_path, **bf16_variant(auc_fp32=0.805, auc=auc))
+    version = discover(repository)["advgame"]
+    options = candidates(version, "auto", precision, openvino_installed=True, bf16_cpu=bf16_cpu)
+    assert {(option.runtime, option.precision) for option in options} == expected
+    assert all(option.path.name == "model.onnx" for option in options)
+    # ONNX Runtime alone cannot compute bf16 on a CPU: asked for bf16 there, it serves fp32
+    only_ort = candidates(version, "onnxruntime", "bf16", openvino_installed=True, bf16_cpu=True)
+    assert [(o.runtime, o.precision) for o in only_ort] == [("onnxruntime", "fp32")]
+
+
+def test_openvino_is_told_its_precision_and_bf16_serves_where_the_cpu_computes_it(
+    advgame_repository: Path, tmp_path: Path
+) -> None:
+    """fp32 is set explicitly (AMX CPUs default to bf16); DFS_PRECISION=bf16 serves bf16 where the CPU
+    has it, within bf16's rounding of fp32, and fp32 (saying so) where it has not."""
+    crops = np.random.default_rng(3).integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
+    fp32 = load(advgame_repository, runtime="openvino", precision="fp32").models["advgame"]
+    assert fp32.batcher.engine.inference_precision == "f32"
+    reference = fp32.batcher.engine.run(normalize(fp32.spec, crops))
+
+    repository = with_variant(advgame_repository, tmp_path, **bf16_variant(auc_fp32=0.8, auc=0.8))
+    served = load(repository, runtime="openvino", precision="bf16").models["advgame"]
+    scores = served.batcher.engine.run(normalize(served.spec, crops))
+    hint = served.batcher.engine.inference_precision
+    if cpu_has_bf16():
+        assert (served.runtime, hint) == ("openvino:CPU:bf16", "bf16")
+        difference = float(np.abs(scores - reference).max())
+        assert 0 < difference < 0.5, difference  # bf16 keeps 8 bits of mantissa: close, not equal
+    else:
+        assert (served.runtime, hint) == ("openvino:CPU", "f32")
+        np.testing.assert_allclose(scores, reference, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -192,3 +251,62 @@ def test_quantize_writes_a_measured_int8_variant_that_the_service_serves(
     assert (loaded.file, loaded.runtime) == (INT8_FILE, "openvino:CPU:int8")
     crops = np.random.default_rng(2).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
     assert np.isfinite(loaded.batcher.engine.run(normalize(loaded.spec, crops))).all()
+
+
+@pytest.mark.slow
+def test_quantize_bf16_measures_the_fp32_file_in_bf16_or_refuses_a_cpu_without_it(
+    advgame_repository: Path,
+    shared_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--precision bf16`` writes no file: a variant naming the fp32 file and OpenVINO, with parity and
+    both AUCs, that DFS_PRECISION=bf16 then serves; a CPU without native bf16 gets exit 2 and why."""
+    import shutil
+
+    repository = tmp_path / "repo"
+    shutil.copytree(advgame_repository, repository)
+    labels = tmp_path / "labels.csv"
+    rows = [
+        ("real", "wild_real_Obama.mp4", "train"),
+        ("real", "wild_real_Bateman.mp4", "val"),
+        ("fake", "wild_fake_Reagan.mp4", "val"),
+    ]
+    with labels.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "path", "split"])
+        writer.writerows([label, str(shared_data / "videos" / name), split] for label, name, split in rows)
+    for key, value in {"DFS_MAX_FRAMES": "24", "DFS_FRAMES_PER_TRACK": "4"}.items():
+        monkeypatch.setenv(key, value)
+    files_before = sorted(p.name for p in repository.rglob("*") if p.is_file())
+    argv = ["--precision", "bf16", "--repository", str(repository), "--labels", str(labels), "--items-per-video", "4"]
+    status = quantize_main(argv)
+    folder = next(p for p in (repository / "advgame").iterdir() if p.is_dir())
+    if not cpu_has_bf16():
+        assert status == 2 and "AVX-512 BF16 or AMX" in capsys.readouterr().err
+        assert Manifest.read(folder).variant("bf16") is None
+        return
+    assert status == 0
+    assert sorted(p.name for p in repository.rglob("*") if p.is_file()) == files_before  # no new file
+    variant = Manifest.read(folder).variant("bf16")
+    assert variant is not None and (variant.file, variant.runtime) == ("model.onnx", "openvino")
+    assert variant.parity_samples >= 4 and 0 < (variant.max_abs_diff_logit or 0) < 1
+    assert variant.auc_fp32 is not None and variant.auc is not None and "split val" in variant.auc_data
+    assert "AUC bf16" in capsys.readouterr().out
+
+    loaded = load(repository, runtime="openvino", precision="bf16").models["advgame"]
+    assert (loaded.file, loaded.runtime) == ("model.onnx", "openvino:CPU:bf16")
+
+
+def test_quantize_bf16_on_a_cpu_without_native_bf16_exits_2_before_any_work(
+    advgame_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import export.quantize
+
+    monkeypatch.setattr(export.quantize, "cpu_has_bf16", lambda: False)  # as on an AVX2-only CPU
+    labels = tmp_path / "labels.csv"
+    labels.write_text("label,path,split\n")  # never read: refused first
+    status = quantize_main(["--precision", "bf16", "--repository", str(advgame_repository), "--labels", str(labels)])
+    assert status == 2
+    assert "must be measured on a CPU where OpenVINO computes bfloat16 natively" in capsys.readouterr().err
