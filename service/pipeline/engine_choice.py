@@ -83,8 +83,9 @@ def _variant_candidates(
 ) -> list[Candidate]:
     """The ``kind`` variant of ``version`` on each allowed runtime that can serve it; [] with the reason logged.
 
-    Under ``auto`` a variant competes only when its recorded AUC is within 0.01 of fp32; asked for by
-    name (``forced``) it is served whatever it measured, where the machine can run it at all.
+    Under ``auto`` a variant competes only when its recorded AUC (and the ensemble's, where recorded) is
+    within 0.01 of fp32 (:meth:`Variant.quality_kept`); asked for by name (``forced``) it is served
+    whatever it measured, where the machine can run it at all.
     """
     variant = version.manifest.variant(kind)
     fallback = "serving fp32" if forced else "not considered"
@@ -99,12 +100,14 @@ def _variant_candidates(
             )
         return []
     if not (forced or variant.quality_kept()):
-        delta = variant.auc_delta
+        delta, ensemble = variant.auc_delta, variant.ensemble_auc_delta
         log.info(
-            "%s: %s variant not considered: AUC change %s (allowed +-0.01; DFS_PRECISION=%s forces it)",
+            "%s: %s variant not considered: AUC change %s, the ensemble's %s (allowed +-0.01; DFS_PRECISION=%s "
+            "forces it)",
             version.name,
             kind.upper(),
             "not measured" if delta is None else f"{delta:+.3f}",
+            "not measured" if ensemble is None else f"{ensemble:+.3f}",
             kind,
         )
         return []
