@@ -127,14 +127,18 @@ def test_job_life_cycle_progress_result_and_evidence(
     statuses = [body["status"] for body in seen]
     assert set(statuses) <= {"queued", "running", "done"} and statuses[-1] == "done"
     assert statuses == sorted(statuses, key=["queued", "running", "done"].index), "statuses must only move forward"
-    decode = [
-        body["progress"] for body in seen if body["status"] == "running" and body["progress"]["stage"] == "decode"
-    ]
-    assert len({p["done"] for p in decode}) >= 2, f"progress must be seen growing: {seen}"
-    assert [p["done"] for p in decode] == sorted(p["done"] for p in decode)
-    assert all(p["total"] == LONG_FRAMES and 0 < p["fraction"] <= 1 for p in decode)
-    stages = [body["progress"]["stage"] for body in seen if body["status"] == "running"]
-    assert "render" in stages or "inference" in stages or "crops" in stages, stages
+    # progress is written a few times a second: on a fast CPU a stage (decode of 64 frames: ~0.14 s) may
+    # be seen once, so growth is asserted over the whole job, in the documented order of the stages
+    order = ["queued", "waiting", "fetch", "decode", "crops", "inference", "render"]
+    running = [body["progress"] for body in seen if body["status"] == "running"]
+    snapshots = list(dict.fromkeys((p["stage"], p["done"]) for p in running))
+    assert len(snapshots) >= 3, f"progress must be seen growing: {seen}"
+    assert snapshots == sorted(snapshots, key=lambda s: (order.index(s[0]), s[1])), snapshots
+    assert all(0 <= p["fraction"] <= 1 and p["done"] <= p["total"] for p in running)
+    decode = [p for p in running if p["stage"] == "decode"]
+    assert all(p["total"] == LONG_FRAMES for p in decode)
+    stages = {stage for stage, _ in snapshots}
+    assert stages & {"render", "inference", "crops"} and stages & {"fetch", "decode"}, stages
 
     # the result is /predict's body, over more frames than /predict may decode
     result, expected = final["result"], sync.json()
