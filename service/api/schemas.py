@@ -132,6 +132,21 @@ class HealthResponse(BaseModel):
     reason: str | None = None
 
 
+class VariantInfo(BaseModel):
+    """One INT8 or bf16 variant of a model as measured: why ``auto`` does or does not serve it."""
+
+    precision: str
+    file: str
+    runtime: str | None = Field(None, description="The only runtime that serves it (bf16: openvino).")
+    auc_fp32: float | None = None
+    auc: float | None = Field(None, description="This model's val video AUC in this precision.")
+    ensemble_auc_fp32: float | None = None
+    ensemble_auc: float | None = Field(None, description="The ensemble's, with every model in this precision.")
+    competes_under_auto: bool = Field(
+        ..., description="Both AUCs within 0.01 of fp32: DFS_PRECISION=auto may time and serve it."
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     version: int
@@ -148,6 +163,11 @@ class ModelInfo(BaseModel):
         "checkpoint with DFS_RUNTIME=torch.",
     )
     sha256: str = Field("", description="SHA-256 of that file, taken when it was loaded: which bytes answer.")
+    variants: list[VariantInfo] = Field(
+        default_factory=list,
+        description="Other precisions of this model the manifest records (python -m export.quantize) and "
+        "whether DFS_PRECISION=auto may serve them.",
+    )
     service_version: str = Field(
         "", description="Version of the service serving it (also the X-Service-Version header)."
     )

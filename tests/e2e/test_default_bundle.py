@@ -59,6 +59,20 @@ def test_manifests_record_how_each_model_was_made_and_measured() -> None:
     assert total < 100e6, f"the bundle should stay light, it is {total / 1e6:.1f} MB"
 
 
+def test_recorded_variants_say_what_they_change_and_none_that_moves_an_auc_competes() -> None:
+    """The bf16 entries (python -m export.quantize --precision bf16): own and ensemble AUC both ways."""
+    from export.manifest import MAX_AUC_DELTA
+
+    for name, manifest in _manifests().items():
+        for variant in manifest.variants:
+            assert variant.auc is not None and variant.auc_fp32 is not None, name
+            assert variant.ensemble_auc is not None and variant.ensemble_auc_fp32 is not None, name
+            moved = max(abs(variant.auc - variant.auc_fp32), abs(variant.ensemble_auc - variant.ensemble_auc_fp32))
+            assert variant.quality_kept() == (moved <= MAX_AUC_DELTA + 1e-9), (name, variant)
+            if variant.precision == "bf16":
+                assert (variant.file, variant.runtime) == (manifest.file, "openvino"), name
+
+
 def test_repository_carries_an_ensemble_fitted_on_its_models() -> None:
     ensemble = _ensemble_file()
     manifests = _manifests()
@@ -84,6 +98,11 @@ def test_default_bundle_serves_a_shared_video_with_its_ensemble(shared_data: Pat
             models = client.get("/models").json()
             assert sorted(m["name"] for m in models) == expected
             assert not any(m["untrained"] for m in models)
+            # each model's measured variants are listed with whether auto may serve them, and auto honours it
+            for model in models:
+                for variant in model["variants"]:
+                    if not variant["competes_under_auto"]:
+                        assert not model["runtime"].endswith(f":{variant['precision']}"), model
             served_ensemble = client.get("/ensemble").json()
             response = client.post("/predict", json={"file_path": str(shared_data / "videos" / "wild_fake_Putin.mp4")})
     finally:

@@ -30,6 +30,19 @@ async def list_models(serving: ServingDep) -> list[dict]:
                 "ensemble_weight": serving.ensemble.combination.weight(name),
                 "file": loaded.file,
                 "sha256": loaded.sha256,
+                "variants": [
+                    {
+                        "precision": v.precision,
+                        "file": v.file,
+                        "runtime": v.runtime,
+                        "auc_fp32": v.auc_fp32,
+                        "auc": v.auc,
+                        "ensemble_auc_fp32": v.ensemble_auc_fp32,
+                        "ensemble_auc": v.ensemble_auc,
+                        "competes_under_auto": v.quality_kept(),
+                    }
+                    for v in manifest.variants
+                ],
                 "service_version": service_version(),
             }
         )
