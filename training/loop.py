@@ -152,8 +152,9 @@ def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
     an explicit choice applies anywhere.
 
     On a CPU, bf16 autocast only pays where the cores have bf16 units (AVX-512 BF16 / AMX): measured
-    with ``bench/train.py --amp none,bf16`` on a 2-core AVX-512 BF16 EPYC, samples/s rose 1.71x for
-    advgame (EfficientNet-Lite0), 1.17x for dcl (MobileNetV2) and 1.09x for FTCN (1/4 width); on an
+    with ``bench/train.py --amp none,bf16`` on a 2-core AVX-512 BF16 EPYC, samples/s rose 1.88x for
+    lib, 1.71x for advgame (EfficientNet-Lite0), 1.25x for pcl_i2g, 1.17x for dcl (MobileNetV2) and
+    1.09x for FTCN (1/4 width); on an
     AVX2-only CPU it would be emulated, so ``auto`` stays fp32 there. fp16 autocast is CUDA's (a CPU
     has no fast fp16 path). The default bundle's recipe pins ``--amp none``: its models were trained
     in fp32, and a rerun on a bf16 CPU should reproduce them.

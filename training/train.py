@@ -76,7 +76,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         "--amp",
         choices=["auto", "none", "bf16", "fp16"],
         default="auto",
-        help="autocast dtype: auto = bf16 on CUDA and on a CPU with bf16 units (AVX-512 BF16 / AMX: 1.1-1.7x "
+        help="autocast dtype: auto = bf16 on CUDA and on a CPU with bf16 units (AVX-512 BF16 / AMX: 1.1-1.9x "
         "the samples/s there, bench/train.py), fp32 on other CPUs; none = fp32 everywhere",
     )
     parser.add_argument("--grad-clip", type=float, default=None, help="clip gradient norm to this value")
