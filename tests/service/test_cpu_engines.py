@@ -226,28 +226,38 @@ def test_openvino_asked_for_but_missing_is_a_clear_error(advgame_repository: Pat
     assert {o.runtime for o in candidates(version, "auto", "auto", openvino_installed=False)} == {"onnxruntime"}
 
 
-@pytest.mark.slow
-def test_quantize_writes_a_measured_int8_variant_that_the_service_serves(
-    advgame_repository: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The CLI end to end: crops recorded through the pipeline, QDQ file, parity and AUCs in the manifest."""
+def quantize_workspace(
+    repository: Path,
+    shared_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    train: list[tuple[str, str]],
+) -> tuple[Path, Path]:
+    """A copy of ``repository`` and a label list: ``train`` (label, shared video) rows and two val videos,
+    one of each class; the pipeline capped at 24 frames and 4 frames per track, to stay quick."""
     import shutil
 
-    repository = tmp_path / "repo"
-    shutil.copytree(advgame_repository, repository)
+    copy = tmp_path / "repo"
+    shutil.copytree(repository, copy)
     labels = tmp_path / "labels.csv"
-    rows = [
-        ("real", "wild_real_Obama.mp4", "train"),
-        ("fake", "wild_fake_Obama.mp4", "train"),
-        ("real", "wild_real_Bateman.mp4", "val"),
-        ("fake", "wild_fake_Reagan.mp4", "val"),
-    ]
+    rows = [(label, name, "train") for label, name in train]
+    rows += [("real", "wild_real_Bateman.mp4", "val"), ("fake", "wild_fake_Reagan.mp4", "val")]
     with labels.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["label", "path", "split"])
         writer.writerows([label, str(shared_data / "videos" / name), split] for label, name, split in rows)
     for key, value in {"DFS_MAX_FRAMES": "24", "DFS_FRAMES_PER_TRACK": "4"}.items():
         monkeypatch.setenv(key, value)
+    return copy, labels
+
+
+@pytest.mark.slow
+def test_quantize_writes_a_measured_int8_variant_that_the_service_serves(
+    advgame_repository: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI end to end: crops recorded through the pipeline, QDQ file, parity and AUCs in the manifest."""
+    train = [("real", "wild_real_Obama.mp4"), ("fake", "wild_fake_Obama.mp4")]
+    repository, labels = quantize_workspace(advgame_repository, shared_data, tmp_path, monkeypatch, train)
     assert quantize_main(["--repository", str(repository), "--labels", str(labels), "--items-per-video", "4"]) == 0
 
     folder = next(p for p in (repository / "advgame").iterdir() if p.is_dir())
@@ -276,22 +286,8 @@ def test_quantize_bf16_measures_the_fp32_file_in_bf16_or_refuses_a_cpu_without_i
 ) -> None:
     """``--precision bf16`` writes no file: a variant naming the fp32 file and OpenVINO, with parity and
     both AUCs, that DFS_PRECISION=bf16 then serves; a CPU without native bf16 gets exit 2 and why."""
-    import shutil
-
-    repository = tmp_path / "repo"
-    shutil.copytree(advgame_repository, repository)
-    labels = tmp_path / "labels.csv"
-    rows = [
-        ("real", "wild_real_Obama.mp4", "train"),
-        ("real", "wild_real_Bateman.mp4", "val"),
-        ("fake", "wild_fake_Reagan.mp4", "val"),
-    ]
-    with labels.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["label", "path", "split"])
-        writer.writerows([label, str(shared_data / "videos" / name), split] for label, name, split in rows)
-    for key, value in {"DFS_MAX_FRAMES": "24", "DFS_FRAMES_PER_TRACK": "4"}.items():
-        monkeypatch.setenv(key, value)
+    train = [("real", "wild_real_Obama.mp4")]
+    repository, labels = quantize_workspace(advgame_repository, shared_data, tmp_path, monkeypatch, train)
     files_before = sorted(p.name for p in repository.rglob("*") if p.is_file())
     argv = ["--precision", "bf16", "--repository", str(repository), "--labels", str(labels), "--items-per-video", "4"]
     status = quantize_main(argv)
