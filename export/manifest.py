@@ -94,13 +94,16 @@ class Variant(BaseModel):
     def quality_kept(self) -> bool:
         """Measured, its AUC within ``MAX_AUC_DELTA`` of fp32 (the issue's bar for a default), and the
         ensemble's too where it was measured (older entries measured the model alone)."""
-        delta, ensemble = self.auc_delta, self.ensemble_auc_delta
-        if delta is None or abs(delta) > MAX_AUC_DELTA + 1e-9:
-            return False
-        return ensemble is None or abs(ensemble) <= MAX_AUC_DELTA + 1e-9
+        ensemble = self.ensemble_auc_delta
+        return within_auc_bar(self.auc_delta) and (ensemble is None or within_auc_bar(ensemble))
 
 
 MAX_AUC_DELTA = 0.01
+
+
+def within_auc_bar(delta: float | None) -> bool:
+    """Whether an AUC change was measured and is within ``MAX_AUC_DELTA`` (float noise allowed)."""
+    return delta is not None and abs(delta) <= MAX_AUC_DELTA + 1e-9
 
 
 class Plan(BaseModel):

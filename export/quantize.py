@@ -48,7 +48,7 @@ import onnx
 from tqdm import tqdm
 
 from export.fp16_weights import weights_as_fp32
-from export.manifest import MAX_AUC_DELTA, Manifest, Variant
+from export.manifest import MAX_AUC_DELTA, Manifest, Variant, within_auc_bar
 from export.served import (
     ServedRun,
     ServedRunError,
@@ -328,29 +328,30 @@ def main(argv: list[str] | None = None) -> int:
             variant.auc_data = f"{args.labels} split {args.auc_split}, through the serving pipeline"
             write_variant(version, variant)
             report[name] |= {"auc_fp32": auc32[name], "auc": auc_variant[name], "kept": variant.quality_kept()}
-        print_table(report, args.precision)
+    print_table(report, args.precision)
+    if not args.no_auc:
         ensemble_delta = auc_variant[ENSEMBLE] - auc32[ENSEMBLE]
+        verdict = "" if within_auc_bar(ensemble_delta) else f": beyond +-{MAX_AUC_DELTA}, so no variant competes"
         print(
             f"ensemble (every model {args.precision}): video AUC {auc32[ENSEMBLE]:.3f} fp32 -> "
-            f"{auc_variant[ENSEMBLE]:.3f} ({ensemble_delta:+.3f})"
-            + (
-                ""
-                if abs(ensemble_delta) <= MAX_AUC_DELTA + 1e-9
-                else f": beyond +-{MAX_AUC_DELTA}, so no variant competes"
-            )
+            f"{auc_variant[ENSEMBLE]:.3f} ({ensemble_delta:+.3f}){verdict}"
         )
-    else:
-        print_table(report, args.precision)
     return 0
+
+
+def crops_of(recorded: dict[str, Recorded], name: str) -> Recorded:
+    """The crops recorded for ``name``; none at all is refused (nothing to calibrate or compare on)."""
+    record = recorded.get(name, Recorded())
+    if not record.items:
+        raise ServedRunError(f"{name}: no crops were recorded (no faces in the calibration videos?)")
+    return record
 
 
 def quantize_int8(versions: dict[str, ModelVersion], recorded: dict[str, Recorded], method: str) -> dict[str, dict]:
     """``model.int8.onnx`` beside each model, ranges from the first videos' crops, parity on the rest."""
     report: dict[str, dict] = {}
     for name, version in versions.items():
-        calibration, held_out = split_by_video(recorded.get(name, Recorded()), CALIBRATION_SHARE)
-        if not calibration:
-            raise ServedRunError(f"{name}: no crops were recorded (no faces in the calibration videos?)")
+        calibration, held_out = split_by_video(crops_of(recorded, name), CALIBRATION_SHARE)
         target = version.folder / INT8_FILE
         log.info("%s: quantizing on %d crops, parity on %d held-out crops", name, len(calibration), len(held_out))
         quantize_file(version.engine_path, target, version.manifest.inputs[0].name, calibration, method)
@@ -366,9 +367,7 @@ def measure_bf16(versions: dict[str, ModelVersion], recorded: dict[str, Recorded
     """Parity of OpenVINO's bf16 compute against fp32 on every recorded crop (nothing is fitted on them)."""
     report: dict[str, dict] = {}
     for name, version in versions.items():
-        items = recorded.get(name, Recorded()).items
-        if not items:
-            raise ServedRunError(f"{name}: no crops were recorded (no faces in the calibration videos?)")
+        items = crops_of(recorded, name).items
         log.info("%s: bf16 parity on %d crops", name, len(items))
         report[name] = {
             "calibration_items": 0,
