@@ -246,7 +246,9 @@ def test_cancel_a_running_job_stops_its_work(jobs_service: LiveService, file_ser
         again = client.delete(f"/jobs/{job_id}")
         later = client.get(f"/jobs/{job_id}").json()
         evidence = client.get(f"/jobs/{job_id}/annotated.mp4")
-        time.sleep(1.0)  # four progress flushes: a job whose work went on would move its progress
+        # JobStore.finish() overwrites whatever the row holds, so a late write by the runner (a progress
+        # flush or a second finish) would replace the cancelled record: none may come after the DELETE.
+        time.sleep(1.0)  # four progress flushes (FLUSH_S)
         settled = client.get(f"/jobs/{job_id}").json()
     assert running["progress"]["done"] < LONG_FRAMES
     assert cancelled.status_code == 200, cancelled.text
