@@ -4,6 +4,9 @@
     python bench/e2e.py --make-video 10 --height 1080 --clients 1,8,32 --json e2e.json   # the GPU acceptance run
     python bench/e2e.py --profiles service --clients 8 --soak 500                        # memory over 500 requests
     python bench/e2e.py --profiles ort,triton --clients 1,4 --max-frames 64              # the remote call's cost
+    git worktree add --detach /tmp/then d0344d0                                          # the code issue 17 measured
+    python bench/e2e.py --make-video 10 --height 720 --clients 1,4 --then-tree /tmp/then \
+        --profiles then,ort,openvino,openvino-bf16,service                                  # today vs then, one run
 
 Each *profile* is one ``python -m service`` process started by this script on loopback, fed by
 concurrent clients that POST the same local video (``DFS_LOCAL_ROOTS``), so the numbers include
@@ -16,6 +19,10 @@ HTTP, decoding, faces, crops, batching and every model in ``--repository``:
   Triton server (``--triton-url``, or one started here on loopback: nvidia-pytriton's tritonserver on
   the CPU with the python-backend variant of ``--repository``), so beside ``ort`` (in-process ONNX
   Runtime, same models) the remote call's cost is a measured ratio;
+- ``then``: the ``service`` package of another checkout (``--then-tree``, e.g. a worktree of the commit
+  an issue was filed at) serving the same repository with its own defaults, so "N x the path of then"
+  is measured in the same run on the same machine; the table's ``vs then`` column is that ratio
+  (``vs ort`` is against today's code pinned to ONNX Runtime fp32 with the old batch size);
 - ``baseline``: the recipe of the FTCN deploy this service replaces, run sequentially (one client):
   eager PyTorch fp32, CPU decode, face detection on every frame, clips at stride 1 and frame models
   on every frame, batches of 6, nothing shared across requests. The acceptance ratio is
@@ -312,6 +319,15 @@ def fmt(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def tree_commit(tree: Path) -> str | None:
+    """The commit ``tree`` has checked out (None outside git), so a JSON report says what "then" was."""
+    try:
+        out = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
 def start_local_triton(repository: Path, workdir: Path) -> TritonServer:
     """A tritonserver on loopback serving ``repository`` through the python backend (ONNX Runtime in
     model.py), the CPU stand-in for a GPU Triton: the remote call's cost, not a GPU's speed."""
@@ -327,18 +343,23 @@ def span(before: float | None, after: float | None) -> str:
     return "-" if before is None and after is None else f"{fmt(before)}->{fmt(after)}"
 
 
+def speedup(result: LevelResult, results: list[LevelResult], reference: str) -> float | None:
+    """``result``'s videos/s over the ``reference`` profile's at the same client count (None without it)."""
+    same = next((r for r in results if r.profile == reference and r.clients == result.clients and r.ok), None)
+    return result.videos_per_s / same.videos_per_s if same and result.ok else None
+
+
 def print_table(results: list[LevelResult]) -> None:
-    today = {r.clients: r for r in results if r.profile == "ort" and r.ok}
     print(
-        f"{'profile':13} {'clients':>7} {'ok/req':>8} {'s/video':>8} {'videos/s':>9} {'vs ort':>7} {'p50 ms':>9} "
-        f"{'p99 ms':>9} {'rss MB':>13} {'peak MB':>8} {'gpu MB':>13}  errors"
+        f"{'profile':13} {'clients':>7} {'ok/req':>8} {'s/video':>8} {'videos/s':>9} {'vs ort':>7} {'vs then':>8} "
+        f"{'p50 ms':>9} {'p99 ms':>9} {'rss MB':>13} {'peak MB':>8} {'gpu MB':>13}  errors"
     )
     for r in results:
         per_video = r.seconds * r.clients / r.ok if r.ok else None
-        ratio = r.videos_per_s / today[r.clients].videos_per_s if r.clients in today and r.ok else None
         print(
             f"{r.profile:13} {r.clients:7d} {f'{r.ok}/{r.requests}':>8} {fmt(per_video, '.2f'):>8} "
-            f"{r.videos_per_s:9.3f} {fmt(ratio, '.2f'):>7} {fmt(r.p50_ms):>9} {fmt(r.p99_ms):>9} "
+            f"{r.videos_per_s:9.3f} {fmt(speedup(r, results, 'ort'), '.2f'):>7} "
+            f"{fmt(speedup(r, results, 'then'), '.2f'):>8} {fmt(r.p50_ms):>9} {fmt(r.p99_ms):>9} "
             f"{span(r.rss_mb_before, r.rss_mb_after):>13} {fmt(r.rss_mb_peak):>8} "
             f"{span(r.gpu_mb_before, r.gpu_mb_after):>13}  {r.errors or ''}"
         )
@@ -388,8 +409,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profiles",
         default="service,torch,baseline",
-        help="comma list of service, torch, baseline and the CPU engine variants "
+        help="comma list of service, torch, baseline, then (needs --then-tree) and the CPU engine variants "
         f"{', '.join(CPU_PROFILES)} (e.g. --profiles ort,openvino,openvino-bf16,ort-int8,service)",
+    )
+    parser.add_argument(
+        "--then-tree",
+        type=Path,
+        help="the then profile's checkout: another commit's tree (git worktree add --detach DIR REV) whose "
+        "service runs with its own defaults on --repository, with this interpreter",
     )
     parser.add_argument("--clients", default="1,8,32", help="comma list of concurrent clients (default: %(default)s)")
     parser.add_argument("--requests", type=int, help="requests per client count (default: 2 x clients, at least 4)")
@@ -424,9 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
-    unknown = set(profiles) - {"service", "torch", "baseline", "triton", *CPU_PROFILES}
+    unknown = set(profiles) - {"service", "torch", "baseline", "triton", "then", *CPU_PROFILES}
     if unknown:
         parser.error(f"unknown profiles: {', '.join(sorted(unknown))}")
+    if "then" in profiles and not (args.then_tree and (args.then_tree / "service" / "__main__.py").is_file()):
+        parser.error("the then profile needs --then-tree: a checkout holding service/__main__.py")
     levels = [int(c) for c in args.clients.split(",")]
     work = Path(tempfile.mkdtemp(prefix="dfs-bench-"))
     video = args.video.resolve()
@@ -457,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         if {"torch", "baseline"} & set(profiles) or service_on_torch:
             torch_repo, stand_ins = torch_repository(args.repository, work / "torch_repository")
         for profile in profiles:
-            env = {**common, **(extra if profile != "baseline" else {})}
+            env = {**common, **(extra if profile not in ("baseline", "then") else {})}
             if profile == "service" and service_on_torch:
                 env["DFS_MODEL_REPOSITORY"] = str(torch_repo)
             if profile == "torch":
@@ -475,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
                 env |= {"DFS_RUNTIME": "triton", "DFS_TRITON_URL": url}
             print(f"[{profile}] starting the service", flush=True)
             try:
-                service = start_service(env, work / f"{profile}.log", ready_timeout=900)
+                tree = args.then_tree if profile == "then" else None
+                service = start_service(env, work / f"{profile}.log", ready_timeout=900, source_tree=tree)
             except RuntimeError as exc:  # this profile cannot run; the others' results still print
                 failed[profile] = str(exc).strip().splitlines()[-1][:300]
                 print(f"[{profile}] did not start: {failed[profile]}", file=sys.stderr, flush=True)
@@ -504,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"video: {video.name}")
+    if args.then_tree:
+        print(f"then: {args.then_tree.resolve()} at {tree_commit(args.then_tree) or 'an unknown commit'}")
     for profile in dict.fromkeys(r.profile for r in results):
         served = next(r.runtimes for r in results if r.profile == profile)
         print(f"  {profile}: " + ", ".join(f"{name} {runtime}" for name, runtime in served.items()))
@@ -534,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
             "random_init_stand_ins": stand_ins,
             "baseline_env": BASELINE_ENV,
             "extra_env": extra,
+            "then_tree": str(args.then_tree.resolve()) if args.then_tree else None,
+            "then_commit": tree_commit(args.then_tree) if args.then_tree else None,
         }
         args.json.write_text(
             json.dumps(

@@ -49,16 +49,29 @@ class LiveService:
 LOAD_FAILED = "model loading failed"  # what service.serving logs when loading ends in an error
 
 
-def start_service(env_overrides: dict[str, str], log_path: Path, ready_timeout: float = 180.0) -> LiveService:
+def start_service(
+    env_overrides: dict[str, str], log_path: Path, ready_timeout: float = 180.0, source_tree: Path | None = None
+) -> LiveService:
     """Start the service with ``env_overrides`` on a free loopback port; return once /healthcheck is 200.
 
-    The process log goes to ``log_path``; a process that exits or stays unhealthy raises with that log.
+    ``source_tree`` runs another checkout's ``service`` package (an earlier commit, for a benchmark's
+    before/after in one run) with this interpreter; default this one. The process log goes to
+    ``log_path``; a process that exits or stays unhealthy raises with that log.
     """
     port = free_port()
-    env = {**os.environ, "DFS_HOST": "127.0.0.1", "DFS_PORT": str(port), "PYTHONUNBUFFERED": "1", **env_overrides}
+    tree = (source_tree or REPO_ROOT).resolve()
+    env = {
+        **os.environ,
+        "DFS_HOST": "127.0.0.1",
+        "DFS_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+        "ORT_DISABLE_TELEMETRY": "1",  # an older tree may predate setting it itself
+        "PYTHONPATH": str(tree),  # its packages, not this checkout's
+        **env_overrides,
+    }
     handle = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "service"], cwd=tree, env=env, stdout=handle, stderr=subprocess.STDOUT
     )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + ready_timeout

@@ -235,3 +235,43 @@ def test_long_jobs_smoke_on_a_tiny_repository(videos: dict[str, Path], tmp_path:
     runs = json.loads(out.read_text())["runs"]
     assert [(r["frames_asked"], r["frames_analyzed"]) for r in runs] == [(12, 12), (48, 48)]
     assert all(r["rss_peak_mb"] >= r["rss_before_mb"] > 50 and r["items"] > 0 and r["tracks"] >= 1 for r in runs)
+
+
+def test_e2e_then_profile_serves_another_checkout_beside_today(videos: dict[str, Path], tmp_path: Path) -> None:
+    """bench/e2e.py's ``then`` profile: the service package of another tree (here a copy of this one
+    that leaves a mark when imported) serves the same repository in the same run as ``ort``, and the
+    table and JSON give each profile's ratio against it."""
+    import json
+    import shutil
+
+    then_tree = tmp_path / "then"
+    shutil.copytree(
+        REPO_ROOT,
+        then_tree,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "runs", "model_repository", "tmp", "__pycache__", "node_modules"
+        ),
+    )
+    marker = then_tree / "service" / "imported_from_here"
+    with (then_tree / "service" / "__init__.py").open("a") as handle:
+        handle.write("\n__import__('pathlib').Path(__file__).with_name('imported_from_here').touch()\n")
+    repository = bundle_copy(tmp_path / "repo", "dcl")
+    out = tmp_path / "e2e.json"
+    command = [sys.executable, "bench/e2e.py", "--repository", str(repository), "--video", str(videos["one_face"])]
+    command += ["--profiles", "then,ort", "--clients", "1", "--requests", "1", "--max-frames", "16", "--json", str(out)]
+    refused = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "needs --then-tree" in refused.stderr, "then without a tree is refused"
+    result = subprocess.run(
+        [*command, "--then-tree", str(then_tree)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert marker.exists(), "the then profile imported the other tree's service package"
+    table = [line.split() for line in result.stdout.splitlines() if line.startswith(("then ", "ort "))]
+    rows = {row[0]: row for row in table if row[1] == "1"}  # the speed table's rows (the stage table's say x1)
+    header = next(line.split() for line in result.stdout.splitlines() if line.startswith("profile"))
+    column = header.index("then") - 2  # "vs ort" and "vs then" are two words each in the header
+    assert rows["then"][column] == "1.00" and float(rows["ort"][column]) > 0, result.stdout
+    report = json.loads(out.read_text())
+    assert report["meta"]["then_tree"] == str(then_tree.resolve())
+    assert [level["profile"] for level in report["levels"]] == ["then", "ort"]
+    assert all(level["ok"] == 1 for level in report["levels"])
