@@ -241,6 +241,7 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         seed: int = 0,
         flip: bool = True,
         flicker: float = 0.0,
+        flicker_min: float | None = None,
         degrade: float = 0.0,
     ) -> None:
         reals = [r for r in records if r.label == 0]
@@ -252,6 +253,9 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         self.seed = seed
         self.flip = flip
         self.flicker = flicker
+        # A clip's drift is drawn from [flicker_min, flicker] when a range is given: real frame-wise
+        # forgeries drift by different amounts, and one fixed amount teaches only that amount.
+        self.flicker_min = flicker if flicker_min is None else flicker_min
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -281,6 +285,14 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         mask_tensor = torch.from_numpy(np.ascontiguousarray(mask, np.float32))
         return Sample(normalize(self.spec, np.ascontiguousarray(frames)), label, mask_tensor, video, track=record.key)
 
+    def clip_flicker(self, rng: np.random.Generator | None) -> float:
+        """This clip's drift amount: ``flicker``, or a draw from its range (none without ``rng``)."""
+        if rng is None:
+            return 0.0
+        if self.flicker_min < self.flicker:
+            return float(rng.uniform(self.flicker_min, self.flicker))
+        return self.flicker
+
     def blended_clip(
         self,
         record: TrackRecord,
@@ -297,7 +309,7 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         ``degradation`` applies to each blended frame at the stored crop's size, before the crop to the
         model's input, where :class:`ClipDataset` degrades the real clips.
         """
-        flicker = self.flicker if rng is not None else 0.0
+        flicker = self.clip_flicker(rng)
         size = self.spec.input_size
         matrices = loose_to_model(self.spec, record, list(window))
         frames, masks = [], []

@@ -209,6 +209,26 @@ def test_flicker_makes_a_blended_clip_drift_from_frame_to_frame(crops_dataset: P
     assert torch.equal(first.image, flickering[1].image), "the drift is drawn from the seeded rng: deterministic"
 
 
+def test_a_flicker_range_gives_each_clip_its_own_drift_inside_the_range(crops_dataset: Path) -> None:
+    """``flicker_min`` (``--blend-flicker-min``): each blended clip drifts by its own amount from the range,
+    subtle and strong alike, drawn from the clip's seeded rng; without a range every clip gets ``flicker``."""
+    from models import get_spec
+    from training.blended import BlendedClipDataset
+
+    records = load_index(crops_dataset)
+    spec = get_spec("ftcn")
+    ranged = BlendedClipDataset(records, spec, stride=32, max_clips_per_track=1, flicker=1.0, flicker_min=0.2)
+    fixed = BlendedClipDataset(records, spec, stride=32, max_clips_per_track=1, flicker=1.0)
+    amounts = [ranged.clip_flicker(np.random.default_rng(seed)) for seed in range(64)]
+    assert all(0.2 <= a <= 1.0 for a in amounts), amounts
+    assert min(amounts) < 0.4 and max(amounts) > 0.8, "the draws span the range"
+    assert ranged.clip_flicker(np.random.default_rng(3)) == amounts[3], "seeded: the same clip drifts the same"
+    assert {fixed.clip_flicker(np.random.default_rng(seed)) for seed in range(8)} == {1.0}
+    assert ranged.clip_flicker(None) == 0.0, "no rng (validation): no drift"
+    sample = ranged[1]
+    assert sample.label == 1 and torch.equal(sample.image, ranged[1].image), "deterministic per index"
+
+
 def test_degraded_clips_lose_detail_in_both_classes_and_degrade_zero_changes_nothing(crops_dataset: Path) -> None:
     """``degrade`` (FTCN's ``--degrade``): the real clip and its blended twin are both re-compressed and
     softened, so sharpness and compression carry no label; at 0 every clip is exactly as before."""

@@ -35,6 +35,7 @@ class FtcnOptions(MethodOptions):
     freeze_pointwise: bool  # keep the inflated 1x1 convolutions fixed
     input_size: int  # clip side in px
     blend_flicker: float  # how much blended clips drift frame to frame
+    blend_flicker_min: float | None  # with it, each clip's drift is drawn from [min, blend_flicker]
     degrade: float  # share of training clips that lose resolution and are re-compressed
 
 
@@ -88,6 +89,13 @@ class FtcnMethod(Method):
             default=0.0,
             help="blended clips drift frame to frame by this much (0 = one coherent blend per clip; "
             "1 = mask, placement and brightness jitter like a frame-wise forgery)",
+        )
+        group.add_argument(
+            "--blend-flicker-min",
+            type=float,
+            default=None,
+            help="draw each blended clip's drift uniformly from [this, --blend-flicker] instead of "
+            "always --blend-flicker (subtle and strong drift alike; default: no range)",
         )
         group.add_argument(
             "--degrade",
@@ -148,6 +156,7 @@ class FtcnMethod(Method):
                     max_clips_per_track=cap,
                     seed=seed,
                     flicker=self.method_options.blend_flicker,
+                    flicker_min=self.method_options.blend_flicker_min,
                     degrade=degrade,
                 )
             )
