@@ -1,9 +1,10 @@
 """Stage 5, crops: decide which clips/frames each model scores, and cut them out.
 
 Planning is cheap and pure (tracks + spec -> :class:`CropItem` list with one affine matrix per
-frame). Extraction decodes the video a second time at full resolution and warps only the frames
-some item needs, straight into the model's input size, so what travels onward are small uint8
-crops, never frames. Normalisation to float happens in the engine, at batch time.
+frame). Extraction decodes the video a second time at full resolution, converts to RGB only the
+part of each frame its crops read (the faces, not the frame) and warps it straight into the
+model's input size, so what travels onward are small uint8 crops, never frames. Normalisation to
+float happens in the engine, at batch time.
 
 Crop rules come from each model's :class:`models.spec.CropRule`:
 - ``align``: a least-squares similarity transform (Umeyama, via scikit-image) from the five
@@ -25,7 +26,7 @@ import numpy as np
 from skimage.transform import SimilarityTransform
 
 from models.spec import ModelSpec
-from service.pipeline.decode import DecodeGuard, Frame, iter_frames, same_shape_chunks
+from service.pipeline.decode import DecodedFrame, DecodeGuard, Frame, iter_frames, same_shape_chunks
 from service.pipeline.failures import DfsInputError
 from service.pipeline.gpu_streams import thread_stream
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrameSource
@@ -171,12 +172,20 @@ def extract_crops(
             return outputs
         except FrameSourceUnsupported as exc:
             log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)
-    decoded = iter_frames(path, max_frames=max_frames, wanted=uses.keys(), threads=threads, guard=guard)
+    regions = {
+        index: crop_region([(items[n].matrices[p], specs[items[n].model].input_size) for n, p in used])
+        for index, used in uses.items()
+    }
+    decoded = iter_frames(
+        path, max_frames=max_frames, wanted=uses.keys(), threads=threads, guard=guard, regions=regions
+    )
+    canvas = FrameCanvas()
     for frame in _reporting(decoded, progress, max_frames):
+        rgb = canvas.holding(frame)
         for item_no, position in uses[frame.index]:
             size = specs[items[item_no].model].input_size
             cv2.warpAffine(
-                frame.rgb,
+                rgb,
                 items[item_no].matrices[position],
                 (size, size),
                 dst=outputs[item_no][position],
@@ -184,6 +193,55 @@ def extract_crops(
                 borderMode=cv2.BORDER_CONSTANT,
             )
     return outputs
+
+
+#: Source pixels a crop's bilinear samples may read beyond its corners' footprint.
+_REGION_MARGIN = 2
+
+
+def crop_region(crops: list[tuple[np.ndarray, int]]) -> tuple[int, int, int, int]:
+    """The frame rectangle every (matrix, size) crop of one frame reads, with a margin: the part of
+    the frame the crop pass converts to RGB (:func:`~service.pipeline.decode.region_rgb`).
+
+    Each crop's output square maps back through its inverse matrix to a quadrilateral of the frame;
+    the rectangle bounds them all. Sampling outside it would read pixels the region lacks, so the
+    margin covers the bilinear neighbours; the decoder clips the rectangle to the frame, where the
+    border behaves as before.
+    """
+    corners = []
+    for matrix, size in crops:
+        inverse = cv2.invertAffineTransform(matrix)
+        square = np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], np.float64)
+        corners.append(square @ inverse.T)
+    points = np.concatenate(corners)
+    low = np.floor(points.min(axis=0)) - _REGION_MARGIN
+    high = np.ceil(points.max(axis=0)) + _REGION_MARGIN + 1
+    return int(low[0]), int(low[1]), int(high[0]), int(high[1])
+
+
+class FrameCanvas:
+    """One whole-frame buffer per frame size that regions are pasted into at their corner.
+
+    Each crop then warps with its own matrix on an image of the frame's size, which gives bit for
+    bit the crop the whole frame gives: a matrix shifted by the region's corner does not (OpenCV's
+    fixed-point rounding moves ~1 in 10^4 pixels of a rotated crop by 1). Pixels outside the region
+    are stale and never read (:func:`crop_region`'s margin).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[int, int], np.ndarray] = {}
+
+    def holding(self, frame: DecodedFrame) -> np.ndarray:
+        """``frame``'s pixels at their place in a frame-sized image (the frame itself when whole)."""
+        if frame.whole is None:
+            return frame.rgb
+        buffer = self._buffers.get(frame.whole)
+        if buffer is None:
+            buffer = self._buffers[frame.whole] = np.empty((*frame.whole, 3), np.uint8)
+        x, y = frame.origin
+        height, width = frame.rgb.shape[:2]
+        buffer[y : y + height, x : x + width] = frame.rgb
+        return buffer
 
 
 def _extract_crops_tensor(

@@ -5,8 +5,9 @@ sizes or durations are refused); every decoded frame is checked again by the req
 :class:`DecodeGuard` (a stream may change resolution mid-way, and each frame costs decode time in
 proportion to its pixels); and callers iterate frames one at a time, asking only for those they need
 (``wanted``) at the size they need (``max_side``, scaled by swscale in the same pass that converts to
-RGB, so a frame is never converted at full size for a small copy), so a whole decoded video never
-sits in memory.
+RGB, so a frame is never converted at full size for a small copy) or only the part they need
+(``regions``: the crop pass converts the faces, not the frame), so a whole decoded video never sits
+in memory.
 
 Frame indices are decode order (presentation order for the streams we meet), which is what the
 models' "consecutive frames" mean, also for variable-frame-rate files; ``time_s`` carries the real
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,7 +52,21 @@ class VideoInfo:
 class DecodedFrame:
     index: int
     time_s: float
-    rgb: np.ndarray  # (H, W, 3) uint8, upright
+    rgb: np.ndarray  # (H, W, 3) uint8, upright: the whole frame, or the region asked for
+    origin: tuple[int, int] = (0, 0)  # (x, y) of rgb[0, 0] in the frame: a region's corner
+    whole: tuple[int, int] | None = None  # (height, width) of the frame when ``rgb`` is a region of it
+
+
+Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels (x1, y1 exclusive)
+
+#: Pixel formats whose region converts to exactly the RGB the whole frame gives there: 8-bit planar
+#: 4:2:0, which swscale's unscaled conversion reads per pixel (its luma, its 2x2 block's chroma), so
+#: an even-aligned region converts alone (tests/service/test_decode_regions.py holds FFmpeg to it).
+#: Other formats (4:2:2, 10-bit, packed) are converted whole.
+REGION_FORMATS = frozenset({"yuv420p", "yuvj420p"})
+
+#: Above this share of the frame a region is converted whole: the copy would save nothing.
+_REGION_MAX_SHARE = 0.5
 
 
 #: Decode passes a request makes over its frames: detection at 640 px, then crops at full size
@@ -243,6 +258,44 @@ def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
+def _plane(frame: av.VideoFrame, number: int) -> np.ndarray:
+    """One plane of ``frame`` as a (height, width) uint8 view of FFmpeg's buffer (no copy)."""
+    plane = frame.planes[number]
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+
+
+def region_rgb(frame: av.VideoFrame, region: Region) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """RGB of ``region`` of ``frame`` (widened to even bounds) and its corner, converted by swscale from
+    the region's own planes: the same pixels as the whole frame's conversion, at the region's cost.
+
+    None where that cannot be promised or would not pay (see :data:`REGION_FORMATS`; a rotated or
+    odd-sized frame; a region over half the frame): the caller converts the whole frame.
+    """
+    width, height = frame.width, frame.height
+    if frame.format.name not in REGION_FORMATS or width % 2 or height % 2 or frame_rotation(frame):
+        return None
+    x0, y0 = max(0, region[0] // 2 * 2), max(0, region[1] // 2 * 2)
+    x1, y1 = min(width, -(-region[2] // 2) * 2), min(height, -(-region[3] // 2) * 2)
+    if x1 <= x0 or y1 <= y0 or (x1 - x0) * (y1 - y0) > _REGION_MAX_SHARE * width * height:
+        return None
+    luma = _plane(frame, 0)[y0:y1, x0:x1]
+    u, v = (_plane(frame, n)[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] for n in (1, 2))
+    packed = np.concatenate([luma.ravel(), u.ravel(), v.ravel()]).reshape(-1, x1 - x0)
+    part = av.VideoFrame.from_ndarray(packed, format=frame.format.name)
+    part.colorspace, part.color_range = frame.colorspace, frame.color_range  # the same matrix and range
+    return part.to_ndarray(format="rgb24"), (x0, y0)
+
+
+def converted(frame: av.VideoFrame, index: int, max_side: int | None, region: Region | None) -> DecodedFrame:
+    """``frame`` in upright RGB: ``region`` of it where :func:`region_rgb` can, else all of it at ``max_side``."""
+    time_s = float(frame.time or 0.0)
+    if region is not None and (part := region_rgb(frame, region)) is not None:
+        return DecodedFrame(index, time_s, part[0], part[1], (frame.height, frame.width))
+    out_w, out_h = scaled_size(frame.width, frame.height, max_side)
+    rgb = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
+    return DecodedFrame(index, time_s, upright(rgb, frame_rotation(frame)))
+
+
 def iter_frames(
     path: Path,
     *,
@@ -251,14 +304,18 @@ def iter_frames(
     max_side: int | None = None,
     threads: int = 0,
     guard: DecodeGuard | None = None,
+    regions: Mapping[int, Region] | None = None,
 ) -> Iterator[DecodedFrame]:
     """Yield upright RGB frames ``0..max_frames-1`` in order (only ``wanted`` ones if given).
 
     Frames not wanted are decoded (a codec needs its references) but never converted to RGB, which
-    is most of the per-frame cost at 1080p. A stream that breaks part-way (a truncated upload) ends
-    the iteration with a warning after the frames that did decode; one that yields no frame at all
-    is refused as not decodable. ``guard`` checks and charges every decoded frame, wanted or not
-    (:class:`DecodeGuard`), and stops the iteration when the request is cancelled.
+    is most of the per-frame cost at 1080p. A frame with an entry in ``regions`` (full size only) is
+    converted inside that region where :func:`region_rgb` can do it exactly, its ``origin`` then
+    the region's corner; the crop pass asks this for the faces it cuts. A stream that breaks
+    part-way (a truncated upload) ends the iteration with a warning after the frames that did
+    decode; one that yields no frame at all is refused as not decodable. ``guard`` checks and
+    charges every decoded frame, wanted or not (:class:`DecodeGuard`), and stops the iteration
+    when the request is cancelled.
     """
     with open_container(path) as container:
         if not container.streams.video:
@@ -278,10 +335,8 @@ def iter_frames(
                 if guard is not None:
                     guard.admit(index, frame.width, frame.height)
                 if wanted is None or index in wanted:
-                    rotation = frame_rotation(frame)
-                    out_w, out_h = scaled_size(frame.width, frame.height, max_side)
-                    rgb = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
-                    yield DecodedFrame(index=index, time_s=float(frame.time or 0.0), rgb=upright(rgb, rotation))
+                    region = regions.get(index) if regions is not None and max_side is None else None
+                    yield converted(frame, index, max_side, region)
                 index += 1
             else:  # the stream ended: with frame threads, FFmpeg drops a refused last frame silently
                 if guard is not None and (refusal := guard.refused_size(stream, index)) is not None:

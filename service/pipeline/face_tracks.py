@@ -20,6 +20,7 @@ import numpy as np
 from service.pipeline.decode import DecodedFrame, DecodeGuard, VideoInfo, iter_frames, same_shape_chunks
 from service.pipeline.faces import Face, FaceDetector
 from service.pipeline.gpu_streams import thread_stream
+from service.pipeline.read_ahead import read_ahead
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrame, TensorFrameSource
 from service.pipeline.tracks import IouTracker, Track
 
@@ -111,15 +112,16 @@ def find_tracks(
                 )
         except FrameSourceUnsupported as exc:
             log.info("%s: tensor decoder cannot decode it (%s); using PyAV", path.name, exc)
+    decoded = iter_frames(
+        path,
+        max_frames=max_frames,
+        wanted=wanted,
+        max_side=settings.detection_max_side,
+        threads=settings.decode_threads,
+        guard=guard,
+    )
     return _link_tracks(
-        iter_frames(
-            path,
-            max_frames=max_frames,
-            wanted=wanted,
-            max_side=settings.detection_max_side,
-            threads=settings.decode_threads,
-            guard=guard,
-        ),
+        read_ahead(decoded, _DETECT_CHUNK),  # the next chunk decodes while this one is detected
         detector.detect,
         lambda rgb: rgb.shape[1],  # (H, W, 3)
         info,
