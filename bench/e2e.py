@@ -323,7 +323,7 @@ def tree_commit(tree: Path) -> str | None:
     """The commit ``tree`` has checked out (None outside git), so a JSON report says what "then" was."""
     try:
         out = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
 

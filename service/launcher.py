@@ -66,9 +66,10 @@ def start_service(
         "DFS_PORT": str(port),
         "PYTHONUNBUFFERED": "1",
         "ORT_DISABLE_TELEMETRY": "1",  # an older tree may predate setting it itself
-        "PYTHONPATH": str(tree),  # its packages, not this checkout's
         **env_overrides,
     }
+    if source_tree is not None:  # its packages first, before this checkout's; the rest (e.g. a GPU run's site) kept
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
     handle = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "service"], cwd=tree, env=env, stdout=handle, stderr=subprocess.STDOUT

@@ -220,24 +220,25 @@ def crop_region(crops: list[tuple[np.ndarray, int]]) -> tuple[int, int, int, int
 
 
 class FrameCanvas:
-    """One whole-frame buffer per frame size that regions are pasted into at their corner.
+    """One whole-frame buffer that regions are pasted into at their corner (remade when the size changes).
 
     Each crop then warps with its own matrix on an image of the frame's size, which gives bit for
     bit the crop the whole frame gives: a matrix shifted by the region's corner does not (OpenCV's
     fixed-point rounding moves ~1 in 10^4 pixels of a rotated crop by 1). Pixels outside the region
-    are stale and never read (:func:`crop_region`'s margin).
+    are stale and never read (:func:`crop_region`'s margin). One buffer, not one per size: a stream
+    that changes size at every frame must not hold a frame of each.
     """
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple[int, int], np.ndarray] = {}
+        self._buffer = np.empty((0, 0, 3), np.uint8)
 
     def holding(self, frame: DecodedFrame) -> np.ndarray:
         """``frame``'s pixels at their place in a frame-sized image (the frame itself when whole)."""
         if frame.whole is None:
             return frame.rgb
-        buffer = self._buffers.get(frame.whole)
-        if buffer is None:
-            buffer = self._buffers[frame.whole] = np.empty((*frame.whole, 3), np.uint8)
+        if self._buffer.shape[:2] != frame.whole:
+            self._buffer = np.empty((*frame.whole, 3), np.uint8)
+        buffer = self._buffer
         x, y = frame.origin
         height, width = frame.rgb.shape[:2]
         buffer[y : y + height, x : x + width] = frame.rgb

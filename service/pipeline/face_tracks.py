@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,15 +121,9 @@ def find_tracks(
         threads=settings.decode_threads,
         guard=guard,
     )
-    return _link_tracks(
-        read_ahead(decoded, _DETECT_CHUNK),  # the next chunk decodes while this one is detected
-        detector.detect,
-        lambda rgb: rgb.shape[1],  # (H, W, 3)
-        info,
-        settings,
-        clock,
-        progress,
-    )
+    # The next chunk decodes while this one is detected; closed at once when detection fails.
+    with closing(read_ahead(decoded, _DETECT_CHUNK, guard.check_cancelled if guard else None)) as ahead:
+        return _link_tracks(ahead, detector.detect, lambda rgb: rgb.shape[1], info, settings, clock, progress)
 
 
 def _link_tracks(

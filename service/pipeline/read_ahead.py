@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -27,12 +27,14 @@ class _End:
     error: BaseException | None = None
 
 
-def read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
+def read_ahead(items: Iterator[T], depth: int, check: Callable[[], None] | None = None) -> Iterator[T]:
     """Yield ``items`` in order while a worker thread produces up to ``depth`` more.
 
     An exception raised by ``items`` is raised here, at its place in the sequence; when the caller
     stops early (``break``, an exception, ``close()``), the worker stops at its next item and
     ``items`` is closed in the worker thread, where it runs. ``depth`` bounds the memory held.
+    ``check`` runs before each item is handed over and may raise (a cancelled request's check), so
+    a stop is seen at once rather than after the items already read ahead.
     """
     ready: queue.Queue[T | _End] = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
@@ -66,6 +68,8 @@ def read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
     try:
         while True:
             item = ready.get()
+            if check is not None:
+                check()
             if isinstance(item, _End):
                 if item.error is not None:
                     raise item.error

@@ -105,3 +105,21 @@ def test_crops_cut_from_regions_equal_crops_cut_from_whole_frames(tmp_path: Path
                 whole[int(index)], matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
             )
             np.testing.assert_array_equal(got[position], expected, err_msg=f"{item.model} track {item.track_id}")
+
+
+def test_crops_across_a_mid_stream_size_change_equal_whole_frame_crops(tmp_path: Path) -> None:
+    """The canvas is remade when the frame size changes, and each size's crops stay exact."""
+    from models import get_spec
+    from service.pipeline.decode import iter_frames
+
+    video = media.resolution_switch(tmp_path / "switch.mp4", (320, 240, 12), (640, 360, 12))
+    specs = {"dcl": get_spec("dcl")}
+    matrix = box_matrix(np.array([100.0, 60.0, 180.0, 150.0]), specs["dcl"].crop.scale, specs["dcl"].input_size)
+    items = [CropItem("dcl", 0, np.arange(24), np.repeat(matrix[None], 24, axis=0))]
+    crops = extract_crops(video, items, specs, max_frames=24)
+    whole = [f.rgb for f in iter_frames(video, max_frames=24)]
+    assert {w.shape[:2] for w in whole} == {(240, 320), (360, 640)}
+    size = specs["dcl"].input_size
+    for position, frame in enumerate(whole):
+        expected = cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        np.testing.assert_array_equal(crops[0][position], expected)

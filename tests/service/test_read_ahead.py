@@ -74,3 +74,20 @@ def test_a_cancelled_decode_reaches_the_caller_through_the_worker(videos: dict[s
     with pytest.raises(RequestCancelled):
         for _ in frames:
             pass
+
+
+def test_a_check_stops_the_caller_before_the_items_already_read_ahead() -> None:
+    """A cancelled request's check runs before every hand-over, so the frames already decoded ahead
+    are not worked on after the cancel."""
+    stop = threading.Event()
+
+    def check() -> None:
+        if stop.is_set():
+            raise RequestCancelled("the request was cancelled")
+
+    stream = read_ahead(iter(range(100)), depth=8, check=check)
+    assert next(stream) == 0
+    time.sleep(0.2)  # the worker has filled the queue
+    stop.set()
+    with pytest.raises(RequestCancelled):
+        next(stream)
