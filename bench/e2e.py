@@ -456,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown profiles: {', '.join(sorted(unknown))}")
     if "then" in profiles and not (args.then_tree and (args.then_tree / "service" / "__main__.py").is_file()):
         parser.error("the then profile needs --then-tree: a checkout holding service/__main__.py")
+    then_tree = args.then_tree.resolve() if args.then_tree else None
+    then_commit = tree_commit(then_tree) if then_tree else None  # asked once: the table and the JSON say it
     levels = [int(c) for c in args.clients.split(",")]
     work = Path(tempfile.mkdtemp(prefix="dfs-bench-"))
     video = args.video.resolve()
@@ -504,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                 env |= {"DFS_RUNTIME": "triton", "DFS_TRITON_URL": url}
             print(f"[{profile}] starting the service", flush=True)
             try:
-                tree = args.then_tree if profile == "then" else None
+                tree = then_tree if profile == "then" else None
                 service = start_service(env, work / f"{profile}.log", ready_timeout=900, source_tree=tree)
             except RuntimeError as exc:  # this profile cannot run; the others' results still print
                 failed[profile] = str(exc).strip().splitlines()[-1][:300]
@@ -534,8 +536,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"video: {video.name}")
-    if args.then_tree:
-        print(f"then: {args.then_tree.resolve()} at {tree_commit(args.then_tree) or 'an unknown commit'}")
+    if then_tree:
+        print(f"then: {then_tree} at {then_commit or 'an unknown commit'}")
     for profile in dict.fromkeys(r.profile for r in results):
         served = next(r.runtimes for r in results if r.profile == profile)
         print(f"  {profile}: " + ", ".join(f"{name} {runtime}" for name, runtime in served.items()))
@@ -566,8 +568,8 @@ def main(argv: list[str] | None = None) -> int:
             "random_init_stand_ins": stand_ins,
             "baseline_env": BASELINE_ENV,
             "extra_env": extra,
-            "then_tree": str(args.then_tree.resolve()) if args.then_tree else None,
-            "then_commit": tree_commit(args.then_tree) if args.then_tree else None,
+            "then_tree": str(then_tree) if then_tree else None,
+            "then_commit": then_commit,
         }
         args.json.write_text(
             json.dumps(

@@ -26,7 +26,7 @@ import numpy as np
 from skimage.transform import SimilarityTransform
 
 from models.spec import ModelSpec
-from service.pipeline.decode import DecodedFrame, DecodeGuard, Frame, iter_frames, same_shape_chunks
+from service.pipeline.decode import DecodedFrame, DecodeGuard, Frame, Region, iter_frames, same_shape_chunks
 from service.pipeline.failures import DfsInputError
 from service.pipeline.gpu_streams import thread_stream
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrameSource
@@ -199,7 +199,7 @@ def extract_crops(
 _REGION_MARGIN = 2
 
 
-def crop_region(crops: list[tuple[np.ndarray, int]]) -> tuple[int, int, int, int]:
+def crop_region(crops: list[tuple[np.ndarray, int]]) -> Region:
     """The frame rectangle every (matrix, size) crop of one frame reads, with a margin: the part of
     the frame the crop pass converts to RGB (:func:`~service.pipeline.decode.region_rgb`).
 
