@@ -73,8 +73,15 @@ class Variant(BaseModel):
     )
     ensemble_auc: float | None = Field(
         None,
-        description="The same with every model of that run in this precision: a variant that keeps its own "
-        "AUC can still reorder the ensemble's videos, whose scores sit close together.",
+        description="The same with the models of ``ensemble_with`` in this precision and the rest in fp32 (older "
+        "entries: every model of that run): a variant that keeps its own AUC can still reorder the "
+        "ensemble's videos, whose scores sit close together.",
+    )
+    ensemble_with: list[str] | None = Field(
+        None,
+        description="The models in this precision when ``ensemble_auc`` was measured. For a model of the set "
+        "export.quantize chose (every subset of it kept the ensemble within MAX_AUC_DELTA), that set; for "
+        "another, the worst set it would join. None: every model of that run.",
     )
     command: str | None = None
     created_at: str = ""

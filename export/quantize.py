@@ -16,10 +16,13 @@
    difference| under ONNX Runtime and OpenVINO);
 4. unless ``--no-auc``, runs the ``--auc-split`` videos (default val) through the serving pipeline
    twice, fp32 and INT8 (ONNX Runtime both, so only the precision differs), and records each model's
-   video AUC both ways, with the manifest calibration, and the served ensemble's both ways;
+   video AUC both ways, with the manifest calibration, and the served ensemble's with every set of
+   models in the variant precision (:mod:`export.precision_mix`): the set that saves the most
+   inference time, each of its subsets keeping the ensemble within 0.01 of fp32, is chosen;
 5. records all of it as the manifest's ``variants`` entry (and the command). The service's
-   ``DFS_PRECISION=auto`` lets the variant compete for speed only when its AUC, and the ensemble's
-   with every model in that precision, are within 0.01 of fp32.
+   ``DFS_PRECISION=auto`` lets the variant compete for speed only when its own AUC, and the
+   ensemble's with the chosen set in that precision, are within 0.01 of fp32: the chosen set's
+   members compete, the others do not.
 
 ``--precision bf16`` writes no file: OpenVINO computes the fp32 file in bfloat16 (its
 ``INFERENCE_PRECISION_HINT``), natively only on CPUs with AVX-512 BF16 or AMX, so it must run on such
@@ -49,6 +52,7 @@ from tqdm import tqdm
 
 from export.fp16_weights import weights_as_fp32
 from export.manifest import MAX_AUC_DELTA, Manifest, Variant, within_auc_bar
+from export.precision_mix import MixChoice, choose_mix
 from export.served import (
     ServedRun,
     ServedRunError,
@@ -60,6 +64,7 @@ from export.served import (
 )
 from service.config import Settings
 from service.model_repository import ModelVersion, discover
+from service.pipeline.engine_choice import seconds_per_item
 from service.pipeline.engines import Engine, OnnxEngine
 from service.pipeline.openvino_engine import cpu_has_bf16
 from service.serving import Serving
@@ -70,6 +75,7 @@ log = logging.getLogger("export.quantize")
 
 INT8_FILE = "model.int8.onnx"
 CALIBRATION_SHARE = 0.75  # of the recorded videos: activation ranges; the rest: parity
+TIMING_BATCH = 16  # items per timed batch: a track's frames, as the pipeline batches them
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -200,7 +206,8 @@ def parity(fp32: Path, variant: Path, items: list[np.ndarray], precision: str = 
     from service.pipeline.openvino_engine import OpenVinoEngine, openvino_available
 
     batch = np.stack(items)
-    reference = OnnxEngine(fp32, device="cpu").run(batch)
+    reference_engine = OnnxEngine(fp32, device="cpu")
+    reference = reference_engine.run(batch)
     out: dict[str, float] = {}
     runtimes: dict[str, Engine] = {}
     if precision == "int8":
@@ -211,6 +218,13 @@ def parity(fp32: Path, variant: Path, items: list[np.ndarray], precision: str = 
         logits = engine.run(batch)
         out[f"{runtime}_logit"] = float(np.abs(logits - reference).max())
         out[f"{runtime}_prob"] = float(np.abs(_sigmoid(logits) - _sigmoid(reference)).max())
+    # Speed, as the service ranks its candidates (a probe batch of the pipeline's size): the fastest
+    # fp32 engine against the fastest engine of the variant; what the variant saves chooses the mix.
+    probe = batch[:TIMING_BATCH]
+    fp32_engines = [reference_engine] + ([OpenVinoEngine(fp32)] if openvino_available() else [])
+    out["fp32_ms"] = 1000 * min(seconds_per_item(engine, probe) for engine in fp32_engines)
+    if runtimes:
+        out["variant_ms"] = 1000 * min(seconds_per_item(engine, probe) for engine in runtimes.values())
     return out
 
 
@@ -229,6 +243,38 @@ def video_aucs(run: ServedRun, versions: dict[str, ModelVersion]) -> dict[str, f
 
 
 ENSEMBLE = "ensemble"  # the key of the ensemble's AUC in video_aucs
+
+
+def mixed_ensemble_auc(fp32: ServedRun, variant: ServedRun, in_variant: frozenset[str]) -> float:
+    """The served ensemble's video AUC with the models of ``in_variant`` scored by the variant pass and
+    the rest by the fp32 pass: both passes decoded the same videos and found the same faces and items,
+    so a model's logits of either pass stand in for a served run of that mix."""
+    predictions = {name: (variant if name in in_variant else fp32).predictions[name] for name in fp32.predictions}
+    mixed = ServedRun(predictions, fp32.versions, fp32.ensemble)
+    return video_aucs(mixed, fp32.versions)[ENSEMBLE]
+
+
+def items_per_video(run: ServedRun, name: str) -> float:
+    """How many engine items (frames or clips) ``name`` ran per scored video in ``run``."""
+    pred = run.predictions.get(name)
+    videos = len(set(pred.videos)) if pred is not None else 0
+    return len(pred.logits) / videos if videos else 0.0
+
+
+def choose_variant_mix(
+    fp32: ServedRun, variant: ServedRun, report: dict[str, dict], auc32: dict[str, float], auc_variant: dict[str, float]
+) -> MixChoice:
+    """The set of models that serve the variant together (:func:`export.precision_mix.choose_mix`),
+    ranked by the inference seconds per video each saves on this CPU."""
+    names = sorted(fp32.versions)
+    saving = {
+        n: (report[n].get("fp32_ms", 0.0) - report[n].get("variant_ms", float("inf"))) / 1000 * items_per_video(fp32, n)
+        for n in names
+    }
+    for name in names:
+        report[name]["saved_s_per_video"] = saving[name]
+    own = {n: within_auc_bar(auc_variant[n] - auc32[n]) for n in names}
+    return choose_mix(names, own, lambda group: mixed_ensemble_auc(fp32, variant, group), auc32[ENSEMBLE], saving)
 
 
 def write_variant(version: ModelVersion, variant: Variant) -> None:
@@ -308,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_auc:
         auc_sources = labelled(args.labels, args.auc_split)
         log.info("AUC on %d %s videos: fp32, then %s", len(auc_sources), args.auc_split, args.precision)
-        auc32 = video_aucs(collect(fp32, auc_sources), versions)
+        run32 = collect(fp32, auc_sources)
+        auc32 = video_aucs(run32, versions)
         variant_settings = fp32.model_copy(update={"precision": args.precision})
         if args.precision == "bf16":
             variant_settings = variant_settings.model_copy(update={"runtime": "openvino"})
@@ -317,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         if not_served:
             raise ServedRunError(f"the {args.precision} pass did not serve {args.precision} for {not_served}")
         auc_variant = video_aucs(variant_run, versions)
+        mix = choose_variant_mix(run32, variant_run, report, auc32, auc_variant)
         for name, version in versions.items():
             variant = Manifest.read(version.folder).variant(args.precision)
             if variant is None:  # written above, in this run
@@ -324,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{version.folder}: the {args.precision} variant written by this run is gone from its manifest"
                 )
             variant.auc_fp32, variant.auc = auc32[name], auc_variant[name]
-            variant.ensemble_auc_fp32, variant.ensemble_auc = auc32[ENSEMBLE], auc_variant[ENSEMBLE]
+            record = mix.records[name]
+            variant.ensemble_auc_fp32, variant.ensemble_auc = auc32[ENSEMBLE], record.ensemble_auc
+            variant.ensemble_with = list(record.together)
             variant.auc_data = f"{args.labels} split {args.auc_split}, through the serving pipeline"
             write_variant(version, variant)
             report[name] |= {"auc_fp32": auc32[name], "auc": auc_variant[name], "kept": variant.quality_kept()}
@@ -336,7 +386,25 @@ def main(argv: list[str] | None = None) -> int:
             f"ensemble (every model {args.precision}): video AUC {auc32[ENSEMBLE]:.3f} fp32 -> "
             f"{auc_variant[ENSEMBLE]:.3f} ({ensemble_delta:+.3f}){verdict}"
         )
+        print_mix(mix, auc32[ENSEMBLE], args.precision)
     return 0
+
+
+def print_mix(mix: MixChoice, auc32: float, precision: str) -> None:
+    """The chosen set and, for every other model, the measured set that keeps it out."""
+    if mix.chosen:
+        print(
+            f"served together in {precision} under DFS_PRECISION=auto: {', '.join(mix.chosen)} "
+            f"(ensemble {auc32:.3f} -> {mix.ensemble_auc:.3f}, every subset within +-{MAX_AUC_DELTA})"
+        )
+    else:
+        print(f"no set of models keeps the ensemble within +-{MAX_AUC_DELTA} in {precision}: none competes")
+    for name, record in mix.records.items():
+        if name not in mix.chosen:
+            print(
+                f"  {name}: kept out (with {', '.join(record.together)} in {precision} the ensemble reads "
+                f"{record.ensemble_auc:.3f}, or its own AUC moved)"
+            )
 
 
 def crops_of(recorded: dict[str, Recorded], name: str) -> Recorded:
@@ -410,8 +478,8 @@ def variant_entry(args: argparse.Namespace, row: dict, version: ModelVersion, vi
 
 def print_table(report: dict[str, dict], precision: str = "int8") -> None:
     print(
-        f"\n{'model':10} {'calib':>5} {'parity':>6} {'max|dlogit| ort':>15} {'ov':>7} {'AUC fp32':>8} "
-        f"{'AUC ' + precision:>8} {'delta':>7}  DFS_PRECISION=auto"
+        f"\n{'model':10} {'calib':>5} {'parity':>6} {'max|dlogit| ort':>15} {'ov':>7} {'ms fp32':>7} "
+        f"{'ms ' + precision:>7} {'AUC fp32':>8} {'AUC ' + precision:>8} {'delta':>7}  DFS_PRECISION=auto"
     )
     for name, row in report.items():
         auc32, auc8 = row.get("auc_fp32"), row.get("auc")
@@ -419,7 +487,8 @@ def print_table(report: dict[str, dict], precision: str = "int8") -> None:
         print(
             f"{name:10} {row['calibration_items']:>5} {row['parity_items']:>6} "
             f"{row.get('onnxruntime_logit', float('nan')):>15.3f} "
-            f"{row.get('openvino_logit', float('nan')):>7.3f} {'' if auc32 is None else f'{auc32:.3f}':>8} "
+            f"{row.get('openvino_logit', float('nan')):>7.3f} {row.get('fp32_ms', float('nan')):>7.1f} "
+            f"{row.get('variant_ms', float('nan')):>7.1f} {'' if auc32 is None else f'{auc32:.3f}':>8} "
             f"{'' if auc8 is None else f'{auc8:.3f}':>8} {delta:>7}  "
             f"{'competes' if row['kept'] else f'not used (its |delta| or the ensemble delta > {MAX_AUC_DELTA}, or unmeasured)'}"
         )

@@ -141,7 +141,11 @@ class VariantInfo(BaseModel):
     auc_fp32: float | None = None
     auc: float | None = Field(None, description="This model's val video AUC in this precision.")
     ensemble_auc_fp32: float | None = None
-    ensemble_auc: float | None = Field(None, description="The ensemble's, with every model in this precision.")
+    ensemble_auc: float | None = Field(
+        None,
+        description="The ensemble's, with the models of ensemble_with in this precision (null there: every model).",
+    )
+    ensemble_with: list[str] | None = None
     competes_under_auto: bool = Field(
         ..., description="Both AUCs within 0.01 of fp32: DFS_PRECISION=auto may time and serve it."
     )

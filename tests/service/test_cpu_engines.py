@@ -303,8 +303,12 @@ def test_quantize_bf16_measures_the_fp32_file_in_bf16_or_refuses_a_cpu_without_i
     assert variant.parity_samples >= 4 and 0 < (variant.max_abs_diff_logit or 0) < 1
     assert variant.auc_fp32 is not None and variant.auc is not None and "split val" in variant.auc_data
     assert variant.ensemble_auc_fp32 is not None and variant.ensemble_auc is not None
+    assert variant.ensemble_with == ["advgame"]  # the one model: the set measured is itself
     out = capsys.readouterr().out
     assert "AUC bf16" in out and "ensemble (every model bf16): video AUC" in out
+    # the mix line names the one model as served in bf16, or says no set keeps the ensemble
+    chosen = "served together in bf16 under DFS_PRECISION=auto: advgame" in out
+    assert chosen == variant.quality_kept() and (chosen or "none competes" in out)
 
     loaded = load(repository, runtime="openvino", precision="bf16").models["advgame"]
     assert (loaded.file, loaded.runtime) == ("model.onnx", "openvino:CPU:bf16")

@@ -39,6 +39,7 @@ async def list_models(serving: ServingDep) -> list[dict]:
                         "auc": v.auc,
                         "ensemble_auc_fp32": v.ensemble_auc_fp32,
                         "ensemble_auc": v.ensemble_auc,
+                        "ensemble_with": v.ensemble_with,
                         "competes_under_auto": v.quality_kept(),
                     }
                     for v in manifest.variants
