@@ -71,6 +71,16 @@ def test_recorded_variants_say_what_they_change_and_none_that_moves_an_auc_compe
             assert variant.quality_kept() == (moved <= MAX_AUC_DELTA + 1e-9), (name, variant)
             if variant.precision == "bf16":
                 assert (variant.file, variant.runtime) == (manifest.file, "openvino"), name
+    # The models that compete in a precision were measured together: each names the same set, itself in it
+    for precision in ("int8", "bf16"):
+        competing = {
+            name: variant
+            for name, manifest in _manifests().items()
+            for variant in manifest.variants
+            if variant.precision == precision and variant.quality_kept()
+        }
+        for name, variant in competing.items():
+            assert variant.ensemble_with is not None and set(variant.ensemble_with) == set(competing), (name, variant)
 
 
 def test_repository_carries_an_ensemble_fitted_on_its_models() -> None:
