@@ -59,7 +59,18 @@ class MediaSettings(BaseSettings):
 
     # --- faces and tracks -------------------------------------------------------------------
     face_detector: Literal["auto", "blazeface", "retinaface"] = Field(
-        "auto", description="auto = RetinaFace when its weights file exists, else mediapipe BlazeFace."
+        "auto", description="auto = RetinaFace when its weights file exists, else BlazeFace."
+    )
+    blazeface_runtime: Literal["auto", "litert", "mediapipe"] = Field(
+        "auto",
+        description="What runs BlazeFace: litert = the model file on LiteRT with every core (ai-edge-litert), "
+        "mediapipe = mediapipe's graph (one core, ~2x slower, same faces); auto = litert when installed.",
+    )
+    # One: the detection pass decodes in a read-ahead thread beside the detector (read_ahead.py), so on
+    # two cores a second detector thread only contends with it (find_tracks on a 10 s 720p video: 0.60 s
+    # on one thread or two, mediapipe's graph 0.64-0.71 s), and at 4 clients every core is busy anyway.
+    face_detector_threads: int = Field(
+        1, ge=0, description="LiteRT threads of the BlazeFace detector per request (0 = every core)."
     )
     retinaface_weights: Path | None = Field(
         None, description="Pytorch_Retinaface weights (MobileNet-0.25 or ResNet-50)."
