@@ -61,10 +61,14 @@ class MediaSettings(BaseSettings):
     face_detector: Literal["auto", "blazeface", "retinaface"] = Field(
         "auto", description="auto = RetinaFace when its weights file exists, else BlazeFace."
     )
-    blazeface_runtime: Literal["auto", "litert", "mediapipe"] = Field(
-        "auto",
-        description="What runs BlazeFace: litert = the model file on LiteRT with every core (ai-edge-litert), "
-        "mediapipe = mediapipe's graph (one core, ~2x slower, same faces); auto = litert when installed.",
+    # mediapipe by default: LiteRT finds the same faces to a fraction of a pixel, but served through it
+    # the bundle's val ensemble read 0.864 instead of 0.879 (one video pair of 66, fp32, recalibrated
+    # on its crops; held-out 0.667 both), beyond the 0.01 a speed option may move it (README).
+    blazeface_runtime: Literal["mediapipe", "litert"] = Field(
+        "mediapipe",
+        description="What runs BlazeFace: mediapipe = mediapipe's graph (one core); litert = the same model "
+        "file on LiteRT (ai-edge-litert) with the graph's steps in service/pipeline/blazeface.py, 3.3 vs 4.4 ms "
+        "a 720p frame on one core, faces within 0.5 px of mediapipe's on 90%+ of faces.",
     )
     # One: the detection pass decodes in a read-ahead thread beside the detector (read_ahead.py), so on
     # two cores a second detector thread only contends with it (find_tracks on a 10 s 720p video: 0.60 s

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.config import Settings
+pytest.importorskip("ai_edge_litert", reason="DFS_BLAZEFACE_RUNTIME=litert needs ai-edge-litert (the cpu extra)")
+
+from service.config import Settings  # noqa: E402
 from service.pipeline import blazeface
 from service.pipeline.decode import iter_frames
 from service.pipeline.faces import BlazeFaceDetector, LiteRtBlazeFaceDetector, create_detector
@@ -76,10 +78,9 @@ def test_blank_and_odd_frames_give_no_faces_and_keep_their_size() -> None:
 
 
 def test_the_runtime_setting_picks_the_detector(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert isinstance(create_detector(Settings(face_detector="blazeface")), LiteRtBlazeFaceDetector)
-    graph = create_detector(Settings(face_detector="blazeface", blazeface_runtime="mediapipe"))
-    assert isinstance(graph, BlazeFaceDetector)
+    assert isinstance(create_detector(Settings(face_detector="blazeface")), BlazeFaceDetector)  # the default
+    litert = create_detector(Settings(face_detector="blazeface", blazeface_runtime="litert"))
+    assert isinstance(litert, LiteRtBlazeFaceDetector) and litert.name == "blazeface"
     monkeypatch.setattr(blazeface, "litert_available", lambda: False)  # as without ai-edge-litert
-    assert isinstance(create_detector(Settings(face_detector="blazeface")), BlazeFaceDetector)
     with pytest.raises(DfsInputError, match="ai-edge-litert is not installed"):
         create_detector(Settings(face_detector="blazeface", blazeface_runtime="litert"))
