@@ -160,8 +160,10 @@ def blend(
     source_marks: np.ndarray,
     recipe: BlendRecipe,
     jitter: FrameJitter | None = None,
+    colour_match: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The blended fake (uint8) and its mask M (float32), both at the target's size."""
+    """The blended fake (uint8) and its mask M (float32), both at the target's size. ``colour_match``
+    False keeps the source's own colours (a self-blend's colour shift is its artefact)."""
     size = target.shape[0]
     jitter = jitter or FrameJitter()
     matrix = similarity_matrix(source_marks[None], target_marks).copy()
@@ -169,7 +171,8 @@ def blend(
     matrix[:, 2] += np.asarray(jitter.offset) * eye_distance
     aligned = cv2.warpAffine(source, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     mask = face_mask(target_marks, size, recipe) * jitter.opacity
-    shifted = colour_transfer(aligned, target, mask) * np.float32(jitter.gain)
+    matched = colour_transfer(aligned, target, mask) if colour_match else aligned.astype(np.float32)
+    shifted = matched * np.float32(jitter.gain)
     base = target.astype(np.float32)
     out = base + mask[..., None].astype(np.float32) * (shifted - base)  # M * shifted + (1 - M) * target
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), mask
@@ -222,6 +225,70 @@ class BlendedFakes:
             landmarks_in_crop(source_record, source_position),
             BlendRecipe.draw(rng),
         )
+
+
+def altered_copy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The face's own pixels, slightly off in colour and in sharpness: the source of a self-blend.
+
+    Self-blended images (Shiohara & Yamasaki, CVPR 2022) blend a face with such a copy of itself, so
+    the fake differs from the real only by a blending boundary and a colour/frequency mismatch inside
+    it, which every face swap leaves and which no identity or expression cue can stand in for. The
+    ranges are small on purpose: a shift a person would notice teaches nothing a good forgery has.
+    """
+    out = image.astype(np.float32)
+    out = out * np.float32(rng.uniform(0.9, 1.1)) + rng.uniform(-15, 15, size=3).astype(np.float32)  # contrast, RGB
+    hsv = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-4, 4)) % 180  # hue, OpenCV's 0-180 scale
+    hsv[..., 1] *= np.float32(rng.uniform(0.85, 1.15))
+    out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    kind = rng.integers(3)
+    if kind == 0:  # softer: a resampling loss
+        size = image.shape[1], image.shape[0]
+        factor = rng.uniform(0.5, 0.85)
+        small = cv2.resize(out, (max(1, round(size[0] * factor)), max(1, round(size[1] * factor))), cv2.INTER_AREA)
+        out = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
+    elif kind == 1:  # sharper: unsharp mask
+        blurred = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.8, 1.6))
+        out = out + np.float32(rng.uniform(0.3, 0.8)) * (out - blurred)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+class SelfBlendedFakes:
+    """A ``FakeMaker``: a real crop blended with an altered copy of itself (:func:`altered_copy`),
+    scaled by up to 5% and moved by up to 4% of the eye distance, through the same masks as the I2G
+    blends (hull or parts, deformed, blurred), at an opacity of 0.25-1 and without colour transfer."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def __call__(
+        self, record: TrackRecord, position: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        target = record.image(position)
+        marks = landmarks_in_crop(record, position)
+        centre = marks.mean(axis=0)
+        scale = rng.uniform(0.95, 1.05)
+        jitter = FrameJitter(
+            offset=(float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04))),
+            gain=1.0,
+            opacity=float(rng.choice([0.25, 0.5, 0.75, 1.0])),
+        )
+        source_marks = centre + (marks - centre) / scale  # the warp onto the target then scales by `scale`
+        return blend(
+            target, marks, altered_copy(target, rng), source_marks, BlendRecipe.draw(rng), jitter, colour_match=False
+        )
+
+
+class MixedFakes:
+    """Each blended fake from one of several makers, picked at random (``--blend-source mixed``)."""
+
+    def __init__(self, makers: Sequence) -> None:  # noqa: ANN001 - FakeMakers
+        self.makers = list(makers)
+
+    def __call__(
+        self, record: TrackRecord, position: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        return self.makers[int(rng.integers(len(self.makers)))](record, position, rng)
 
 
 class BlendedClipDataset(EpochSeeded, Dataset):

@@ -250,3 +250,41 @@ def test_degraded_clips_lose_detail_in_both_classes_and_degrade_zero_changes_not
         assert degraded[index].label == plain[index].label
         assert detail(degraded[index].image) < 0.95 * detail(plain[index].image), index
     assert torch.equal(degraded[1].image, degraded[1].image), "deterministic under the seed"
+
+
+def test_a_self_blend_alters_the_face_only_inside_its_mask_without_colour_matching(crops_dataset: Path) -> None:
+    """``--blend-source self``: the fake is the same face, its copy shifted in colour or sharpness
+    inside a blended mask; outside the mask every pixel is the real crop's."""
+    from training.blended import SelfBlendedFakes, altered_copy
+
+    record = next(r for r in load_index(crops_dataset) if r.label == 0)
+    image = record.image(0)
+    rng = np.random.default_rng(3)
+    copy = altered_copy(image, rng)
+    assert copy.shape == image.shape and copy.dtype == np.uint8 and not np.array_equal(copy, image)
+    assert np.abs(copy.astype(int) - image.astype(int)).mean() < 40  # slight, not another face
+    maker = SelfBlendedFakes()
+    changed = 0
+    for seed in range(6):
+        fake, mask = maker(record, 0, np.random.default_rng(seed))
+        assert fake.shape == image.shape and mask.shape == image.shape[:2]
+        assert np.array_equal(fake[mask == 0], image[mask == 0])
+        inside = mask > 0.5
+        if inside.any():
+            changed += int(np.abs(fake[inside].astype(int) - image[inside].astype(int)).mean() > 1)
+        again, again_mask = maker(record, 0, np.random.default_rng(seed))
+        assert np.array_equal(fake, again) and np.array_equal(mask, again_mask)
+    assert changed >= 4
+
+
+def test_blend_source_option_picks_the_fake_maker(crops_dataset: Path) -> None:
+    from training.blended import BlendedFakes, MixedFakes, SelfBlendedFakes
+    from training.methods import method_class
+    from training.train import parse_args
+
+    records = load_index(crops_dataset)
+    for choice, kind in [("other", BlendedFakes), ("self", SelfBlendedFakes), ("mixed", MixedFakes)]:
+        argv = ["--method", "dcl", "--fakes", "both", "--blend-source", choice, "--data", str(crops_dataset)]
+        options = parse_args([*argv, "--output", "unused"])
+        method = method_class("dcl")(options)
+        assert isinstance(method.fake_maker(records), kind), choice

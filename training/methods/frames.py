@@ -243,6 +243,7 @@ class FrameOptions(MethodOptions):
 
     degrade: float  # probability of a resolution loss and JPEG round trip per training frame
     frames_per_track: int  # training frames drawn from each track
+    blend_source: str  # other: I2G from another identity; self: self-blended; mixed: either, at random
 
 
 class FrameMethod(Method):
@@ -273,6 +274,14 @@ class FrameMethod(Method):
             default=cls.frames_per_track_train,
             help="training frames drawn from each track, evenly spaced (fewer = shorter epochs)",
         )
+        group.add_argument(
+            "--blend-source",
+            choices=["other", "self", "mixed"],
+            default="other",
+            help="what a blended fake (--fakes blended/both) takes its face from: other = another identity's "
+            "nearest face (I2G), self = an altered copy of the same face (self-blended images), mixed = "
+            "either at random (default other)",
+        )
 
     def training_augmentation(self) -> Augmentation:
         """The recipe the training frames get (validation frames are not augmented)."""
@@ -282,9 +291,13 @@ class FrameMethod(Method):
     def fake_maker(self, sources: Sequence[TrackRecord]):  # noqa: ANN201 - a FakeMaker or None
         if self.options.fakes == "data":
             return None
-        from training.blended import BlendedFakes
+        from training.blended import BlendedFakes, MixedFakes, SelfBlendedFakes
 
-        return BlendedFakes(sources, seed=self.options.seed)
+        choice = self.method_options.blend_source
+        if choice == "self":
+            return SelfBlendedFakes(seed=self.options.seed)
+        others = BlendedFakes(sources, seed=self.options.seed)
+        return others if choice == "other" else MixedFakes([others, SelfBlendedFakes(seed=self.options.seed)])
 
     def datasets(self, train: Sequence[TrackRecord], val: Sequence[TrackRecord]) -> tuple[Dataset, Dataset]:
         train_set = FrameDataset(
