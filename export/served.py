@@ -121,6 +121,7 @@ def analysis_settings(settings: Settings) -> dict[str, Any]:
         "max_clips_per_track": settings.max_clips_per_track,
         "frames_per_track": settings.frames_per_track,
         "face_detector": settings.face_detector,
+        "blazeface_runtime": settings.blazeface_runtime,
         "detect_every": settings.detect_every,
     }
 
