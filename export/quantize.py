@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report, args.precision)
     if not args.no_auc:
         ensemble_delta = auc_variant[ENSEMBLE] - auc32[ENSEMBLE]
-        verdict = "" if within_auc_bar(ensemble_delta) else f": beyond +-{MAX_AUC_DELTA}, so no variant competes"
+        verdict = "" if within_auc_bar(ensemble_delta) else f": beyond +-{MAX_AUC_DELTA}, so not all of them together"
         print(
             f"ensemble (every model {args.precision}): video AUC {auc32[ENSEMBLE]:.3f} fp32 -> "
             f"{auc_variant[ENSEMBLE]:.3f} ({ensemble_delta:+.3f}){verdict}"
