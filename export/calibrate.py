@@ -15,6 +15,9 @@ On the same videos, with the new calibrations, it then fits the ensemble (``expo
 non-negative weights from a strongly regularised logistic regression on each video's calibrated
 logits, and a bias that puts the ensemble's FAKE at 0.5 on the videos' equal-error point), which
 the service applies from ``<repository>/ensemble.json`` unless ``DFS_ENSEMBLE_WEIGHTS`` is set.
+Those figures are in-sample; the leave-one-identity-out AUCs (``export.cross_validate``: everything
+refitted without each identity in turn) are printed beside them and stored under
+``metrics.cross_validated``.
 
 ``--labels`` is a label-list CSV as ``training.preprocess`` reads it (``label,path[,split]``, paths
 relative to the CSV); ``--split`` keeps the rows of one split. Prints per model the calibration and
@@ -37,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from export import fit_ensemble
+from export import cross_validate, fit_ensemble
 from export.ensemble import ENSEMBLE_NAME, EnsembleFile
 from export.manifest import Calibration, Manifest
 from export.served import (
@@ -163,6 +166,16 @@ def print_ensemble(ensemble: EnsembleFile) -> None:
         )
 
 
+def print_cross_validated(crossed: cross_validate.OutOfFold, ensemble: EnsembleFile) -> None:
+    aucs = crossed.aucs()
+    in_sample = ensemble.metrics.get("fitted", {}).get("auc")
+    print(
+        f"  leave one identity out ({crossed.folds} folds, {len(crossed.labels)} videos): ensemble AUC "
+        f"{aucs.get('ensemble', float('nan')):.3f} (in sample {in_sample if in_sample is None else f'{in_sample:.3f}'}); "
+        + ", ".join(f"{name} {auc:.3f}" for name, auc in sorted(aucs.items()) if name != "ensemble")
+    )
+
+
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     print(
         f"\n{'model':8} {'videos':>6} {'items':>6} {'AUC':>6}  {'T':>6} {'threshold':>9} {'acc':>6}   "
@@ -212,6 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     if ensemble is not None:
         print_ensemble(ensemble)
+        crossed = cross_validate.out_of_fold(run, {str(s.path): s.identity for s in sources})
+        ensemble.metrics["cross_validated"] = {
+            "method": "leave one identity out: calibrations and ensemble fitted on the other identities' videos",
+            "folds": crossed.folds,
+            "videos": len(crossed.labels),
+            "auc": crossed.aucs(),
+        }
+        print_cross_validated(crossed, ensemble)
     if args.json:
         report_json = {**results, "ensemble": None if ensemble is None else ensemble.model_dump(mode="json")}
         args.json.write_text(json.dumps(report_json, indent=2))
