@@ -62,9 +62,12 @@ if wants lib; then
 fi
 if wants advgame; then
     # The blur game on EfficientNet-Lite0 (ImageNet); on a CPU one generator step per detector step and
-    # generators at 1/4 width (the reference's are 20 GMACs per 256 px image, 5x the detector).
+    # generators at 1/4 width (the reference's are 20 GMACs per 256 px image, 5x the detector). Its blended
+    # fakes are self-blends (the face with an altered copy of itself), not I2G: chosen by leave-one-identity-out
+    # ensemble AUC on val (RECIPES.md, tenth sitting).
     python -m training.train --method advgame --variant lite0 --backbone-weights packaged \
-        --output "$RUNS/advgame" --frames-per-track 4 --epochs 1 --batch-size 16 --g-per-d 1 --generator-width 16 "${COMMON[@]}"
+        --output "$RUNS/advgame" --frames-per-track 4 --epochs 1 --batch-size 16 --g-per-d 1 --generator-width 16 \
+        --blend-source self "${COMMON[@]}"
 fi
 if wants export; then
     # The bundle holds one version per model: a model's folder in OUT is replaced by its new export.
