@@ -166,8 +166,7 @@ def print_ensemble(ensemble: EnsembleFile) -> None:
         )
 
 
-def print_cross_validated(crossed: cross_validate.OutOfFold, ensemble: EnsembleFile) -> None:
-    aucs = crossed.aucs()
+def print_cross_validated(crossed: cross_validate.OutOfFold, aucs: dict[str, float], ensemble: EnsembleFile) -> None:
     in_sample = ensemble.metrics.get("fitted", {}).get("auc")
     print(
         f"  leave one identity out ({crossed.folds} folds, {len(crossed.labels)} videos): ensemble AUC "
@@ -226,13 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     if ensemble is not None:
         print_ensemble(ensemble)
         crossed = cross_validate.out_of_fold(run, {str(s.path): s.identity for s in sources})
+        crossed_aucs = crossed.aucs()
         ensemble.metrics["cross_validated"] = {
             "method": "leave one identity out: calibrations and ensemble fitted on the other identities' videos",
             "folds": crossed.folds,
             "videos": len(crossed.labels),
-            "auc": crossed.aucs(),
+            "auc": crossed_aucs,
         }
-        print_cross_validated(crossed, ensemble)
+        print_cross_validated(crossed, crossed_aucs, ensemble)
     if args.json:
         report_json = {**results, "ensemble": None if ensemble is None else ensemble.model_dump(mode="json")}
         args.json.write_text(json.dumps(report_json, indent=2))

@@ -76,12 +76,12 @@ def choose_mix(
 
     allowed = [n for n in names if own_kept.get(n, False)]
     best: frozenset[str] = frozenset()
-    best_key: tuple[float, int, tuple[str, ...]] = (0.0, 0, ())
+    best_key = (0.0, 0)  # (saving, size); subsets() lists groups alphabetically, so ties keep the first
     for group in subsets(allowed):
         if not closed(group):
             continue
-        key = (sum(max(0.0, saving.get(n, 0.0)) for n in group), len(group), tuple(sorted(group)))
-        if (key[0], key[1]) > (best_key[0], best_key[1]):
+        key = (sum(max(0.0, saving.get(n, 0.0)) for n in group), len(group))
+        if key > best_key:
             best, best_key = group, key
 
     records: dict[str, MixRecord] = {}

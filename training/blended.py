@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 
 from models.spec import ModelSpec
 from service.pipeline.crops import similarity_matrix
-from training.data import ClipDataset, EpochSeeded, Sample, TrackRecord, loose_to_model, normalize, warp
+from training.data import ClipDataset, EpochSeeded, FakeMaker, Sample, TrackRecord, loose_to_model, normalize, warp
 from training.degrade import Degradation
 
 HULL_SPREAD = 1.8  # five-point hull pushed outwards: eyes/mouth -> brows/chin
@@ -258,9 +258,6 @@ class SelfBlendedFakes:
     scaled by up to 5% and moved by up to 4% of the eye distance, through the same masks as the I2G
     blends (hull or parts, deformed, blurred), at an opacity of 0.25-1 and without colour transfer."""
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-
     def __call__(
         self, record: TrackRecord, position: int, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -282,7 +279,7 @@ class SelfBlendedFakes:
 class MixedFakes:
     """Each blended fake from one of several makers, picked at random (``--blend-source mixed``)."""
 
-    def __init__(self, makers: Sequence) -> None:  # noqa: ANN001 - FakeMakers
+    def __init__(self, makers: Sequence[FakeMaker]) -> None:
         self.makers = list(makers)
 
     def __call__(

@@ -29,6 +29,7 @@ tests/service/test_blazeface.py holds this to mediapipe's own output on real vid
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ import cv2
 import numpy as np
 
 from service.pipeline.failures import DfsFailure
+from service.pipeline.tracks import box_iou
 
 TENSOR_SIDE = 192  # the full-range model's input
 GRID = TENSOR_SIDE // 4  # SsdAnchors: one layer, stride 4
@@ -139,18 +141,6 @@ def _suppressed(regressors: np.ndarray, scores: np.ndarray, keep: np.ndarray) ->
     return weighted_nms(boxes[sizes_ok], keypoints[sizes_ok], scores[keep][sizes_ok].astype(np.float32))
 
 
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], others[:, 0])
-    y1 = np.maximum(box[1], others[:, 1])
-    x2 = np.minimum(box[2], others[:, 2])
-    y2 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray) -> Detections:
     """Step 4: take the best remaining face, average it with every face overlapping it by IoU > 0.3
     (weights: their scores), drop those, repeat."""
@@ -158,7 +148,7 @@ def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray) -
     out_boxes, out_points, out_scores = [], [], []
     while order.size:
         best = order[0]
-        overlap = _iou(boxes[best], boxes[order]) > NMS_IOU
+        overlap = box_iou(boxes[best][None], boxes[order])[0] > NMS_IOU
         group = order[overlap]
         weights = scores[group][:, None]
         total = float(weights.sum())
@@ -188,8 +178,6 @@ class LiteRtBlazeFace:
     each on ``threads`` XNNPACK threads (0 = every core)."""
 
     def __init__(self, model: Path | None = None, threads: int = 0) -> None:
-        import os
-
         from ai_edge_litert.interpreter import Interpreter
 
         self._interpreter_class = Interpreter

@@ -295,9 +295,9 @@ class FrameMethod(Method):
 
         choice = self.method_options.blend_source
         if choice == "self":
-            return SelfBlendedFakes(seed=self.options.seed)
+            return SelfBlendedFakes()
         others = BlendedFakes(sources, seed=self.options.seed)
-        return others if choice == "other" else MixedFakes([others, SelfBlendedFakes(seed=self.options.seed)])
+        return others if choice == "other" else MixedFakes([others, SelfBlendedFakes()])
 
     def datasets(self, train: Sequence[TrackRecord], val: Sequence[TrackRecord]) -> tuple[Dataset, Dataset]:
         train_set = FrameDataset(
