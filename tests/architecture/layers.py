@@ -5,7 +5,8 @@ From the ground up (issue 18): ``models`` (networks, specs, registry) -> the med
 (engines, scoring, the model repository and ensemble file formats) -> ``export`` and ``training``
 -> the web app (``service`` config, API, runtime, admission, jobs, CLI, the analysis that ties
 the stages to a runtime) -> the export tools that run the app on labelled videos (``export.served``,
-``calibrate``, ``fit_ensemble``, ``cross_validate``, ``quantize``) -> ``bench``. A module may import its own unit and the layers below.
+``calibrate``, ``fit_ensemble``, ``cross_validate``, ``quantize``) -> ``bench``. A module may
+import its own unit and the layers below.
 
 Imports are read with :mod:`ast`, not by importing anything, so the scan is fast and sees
 imports inside functions too (a lazy import is still a dependency).
