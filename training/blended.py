@@ -35,7 +35,7 @@ are 1) cannot see a coherent blend's spatial artefacts, only this.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -46,6 +46,7 @@ from models.spec import ModelSpec
 from service.pipeline.crops import similarity_matrix
 from training.data import ClipDataset, EpochSeeded, FakeMaker, Sample, TrackRecord, loose_to_model, normalize, warp
 from training.degrade import Degradation
+from training.options import BLEND_SOURCES
 
 HULL_SPREAD = 1.8  # five-point hull pushed outwards: eyes/mouth -> brows/chin
 GRID = 6
@@ -253,6 +254,43 @@ def altered_copy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class SelfBlendDraw:
+    """One self-blend's geometry and the seed of its alteration.
+
+    A frame takes a fresh draw; a clip (FTCN) takes one for all its frames, so its altered copy is
+    altered alike in every frame (``seed``) and only the flicker, if any, drifts.
+    """
+
+    scale: float  # the copy is scaled by this about the landmarks' centre
+    offset: tuple[float, float]  # and moved by this, in eye distances
+    opacity: float  # mask scale
+    seed: int  # altered_copy's draw, for a clip
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> SelfBlendDraw:
+        scale = float(rng.uniform(0.95, 1.05))
+        offset = (float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04)))
+        opacity = float(rng.choice([0.25, 0.5, 0.75, 1.0]))
+        return cls(scale, offset, opacity, 0)
+
+    def source_marks(self, marks: np.ndarray) -> np.ndarray:
+        """Where the copy's landmarks are said to be, so that the warp onto the target scales it by ``scale``."""
+        centre = marks.mean(axis=0)
+        return centre + (marks - centre) / self.scale
+
+    def jitter(self, flicker: FrameJitter | None = None) -> FrameJitter:
+        """The blend's placement and opacity, with a frame's flicker on top when given."""
+        if flicker is None:
+            return FrameJitter(offset=self.offset, gain=1.0, opacity=self.opacity)
+        offset = (self.offset[0] + flicker.offset[0], self.offset[1] + flicker.offset[1])
+        return FrameJitter(offset=offset, gain=flicker.gain, opacity=self.opacity * flicker.opacity)
+
+
+#: what a blended clip is blended with: another identity's track and start frame, one self-blend, or nothing
+ClipSource = tuple[TrackRecord, int] | SelfBlendDraw | None
+
+
 class SelfBlendedFakes:
     """A ``FakeMaker``: a real crop blended with an altered copy of itself (:func:`altered_copy`),
     scaled by up to 5% and moved by up to 4% of the eye distance, through the same masks as the I2G
@@ -263,16 +301,15 @@ class SelfBlendedFakes:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         target = record.image(position)
         marks = landmarks_in_crop(record, position)
-        centre = marks.mean(axis=0)
-        scale = rng.uniform(0.95, 1.05)
-        jitter = FrameJitter(
-            offset=(float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04))),
-            gain=1.0,
-            opacity=float(rng.choice([0.25, 0.5, 0.75, 1.0])),
-        )
-        source_marks = centre + (marks - centre) / scale  # the warp onto the target then scales by `scale`
+        geometry = SelfBlendDraw.draw(rng)
         return blend(
-            target, marks, altered_copy(target, rng), source_marks, BlendRecipe.draw(rng), jitter, colour_match=False
+            target,
+            marks,
+            altered_copy(target, rng),
+            geometry.source_marks(marks),
+            BlendRecipe.draw(rng),
+            geometry.jitter(),
+            colour_match=False,
         )
 
 
@@ -289,7 +326,9 @@ class MixedFakes:
 
 
 class BlendedClipDataset(EpochSeeded, Dataset):
-    """Real clips, each offered twice: as itself (label 0) and blended with another identity (label 1).
+    """Real clips, each offered twice: as itself (label 0) and blended (label 1) with another identity
+    (``blend_source`` other, I2G), with an altered copy of itself (self, one alteration for the whole
+    clip) or either at random (mixed).
 
     With ``flip`` (training) each clip, real or blended, is mirrored with p 0.5 as a whole: every frame
     and the mask together, as ``ClipDataset(flip=True)`` does for dataset clips. Validation passes False.
@@ -307,7 +346,10 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         flicker: float = 0.0,
         flicker_min: float | None = None,
         degrade: float = 0.0,
+        blend_source: str = "other",
     ) -> None:
+        if blend_source not in BLEND_SOURCES:
+            raise ValueError(f"blend_source must be other, self or mixed, not {blend_source!r}")
         reals = [r for r in records if r.label == 0]
         self.clips = ClipDataset(
             reals, spec, stride=stride, max_clips_per_track=max_clips_per_track, flip=flip, seed=seed, degrade=degrade
@@ -320,6 +362,7 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         # A clip's drift is drawn from [flicker_min, flicker] when a range is given: real frame-wise
         # forgeries drift by different amounts, and one fixed amount teaches only that amount.
         self.flicker_min = flicker if flicker_min is None else flicker_min
+        self.blend_source = blend_source
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -338,13 +381,17 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         r_index, window = self.clips.items[clip_index]
         record = self.clips.records[r_index]
         rng = self.rng(index)
-        found = self.pool.nearest(landmarks_in_crop(record, int(window[0])), record.identity)
+        source: ClipSource
+        if self.blend_source == "self" or (self.blend_source == "mixed" and rng.random() < 0.5):
+            source = replace(SelfBlendDraw.draw(rng), seed=int(rng.integers(2**31)))
+        else:
+            source = self.pool.nearest(landmarks_in_crop(record, int(window[0])), record.identity)
         recipe = BlendRecipe.draw(rng)
         degradation = self.clips.degradation(rng)  # as for the real clips: either class, one draw per clip
-        frames, mask = self.blended_clip(record, window, found, recipe, rng, degradation)
+        frames, mask = self.blended_clip(record, window, source, recipe, rng, degradation)
         if self.flip and rng.random() < 0.5:
             frames, mask = frames[:, :, ::-1], mask[:, ::-1]
-        label = 1 if found is not None else 0
+        label = 1 if source is not None else 0
         video = record.video + ("#blended" if label else "")
         mask_tensor = torch.from_numpy(np.ascontiguousarray(mask, np.float32))
         return Sample(normalize(self.spec, np.ascontiguousarray(frames)), label, mask_tensor, video, track=record.key)
@@ -361,13 +408,14 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         self,
         record: TrackRecord,
         window: np.ndarray,
-        found: tuple[TrackRecord, int] | None,
+        source: ClipSource,
         recipe: BlendRecipe,
         rng: np.random.Generator | None = None,
         degradation: Degradation | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Model-size frames (T, S, S, 3) of ``window`` blended with ``found``'s track, and their mean mask.
+        """Model-size frames (T, S, S, 3) of ``window`` blended with ``source``, and their mean mask.
 
+        ``source`` is another identity's track and start (I2G) or one self-blend draw for the whole clip.
         Without a source (no other identity) the frames stay real and the mask is zero. With
         ``self.flicker`` each frame's recipe and placement drift independently (drawn from ``rng``).
         ``degradation`` applies to each blended frame at the stored crop's size, before the crop to the
@@ -380,9 +428,7 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         for t, (position, matrix) in enumerate(zip(window, matrices, strict=True)):
             image = record.image(int(position))
             mask = np.zeros(image.shape[:2], np.float32)
-            if found is not None:
-                source_record, start = found
-                source_position = min(start + t, len(source_record) - 1)
+            if source is not None:
                 frame_recipe, jitter = recipe, None
                 if flicker > 0 and rng is not None:
                     frame_recipe = BlendRecipe(
@@ -391,14 +437,25 @@ class BlendedClipDataset(EpochSeeded, Dataset):
                         recipe.displacement + rng.normal(0.0, flicker, recipe.displacement.shape),
                     )
                     jitter = FrameJitter.draw(rng, flicker)
-                image, mask = blend(
-                    image,
-                    landmarks_in_crop(record, int(position)),
-                    source_record.image(source_position),
-                    landmarks_in_crop(source_record, source_position),
-                    frame_recipe,
-                    jitter,
-                )
+                marks = landmarks_in_crop(record, int(position))
+                if isinstance(source, SelfBlendDraw):
+                    # The same alteration in every frame (its own seed): a self-blend's colour and
+                    # sharpness mismatch is steady, only the flicker drifts.
+                    altered = altered_copy(image, np.random.default_rng(source.seed))
+                    image, mask = blend(
+                        image, marks, altered, source.source_marks(marks), frame_recipe, source.jitter(jitter), False
+                    )
+                else:
+                    source_record, start = source
+                    source_position = min(start + t, len(source_record) - 1)
+                    image, mask = blend(
+                        image,
+                        marks,
+                        source_record.image(source_position),
+                        landmarks_in_crop(source_record, source_position),
+                        frame_recipe,
+                        jitter,
+                    )
             frames.append(warp(degradation(image) if degradation else image, matrix, size))
             masks.append(warp(mask, matrix, size))
         return np.stack(frames), np.mean(masks, axis=0)

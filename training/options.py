@@ -74,3 +74,18 @@ class TrainingOptions:
         flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_options"}
         flat |= asdict(self.method_options)
         return {key: str(value) if isinstance(value, Path) else value for key, value in flat.items()}
+
+
+BLEND_SOURCES = ("other", "self", "mixed")
+
+
+def add_blend_source_argument(group: argparse._ArgumentGroup) -> None:
+    """``--blend-source``, which the frame methods and FTCN share (both make blended fakes)."""
+    group.add_argument(
+        "--blend-source",
+        choices=BLEND_SOURCES,
+        default="other",
+        help="what a blended fake (--fakes blended/both) takes its face from: other = another identity's "
+        "nearest face (I2G), self = an altered copy of the same face (self-blended images), mixed = "
+        "either at random (default other)",
+    )

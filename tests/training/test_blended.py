@@ -288,3 +288,51 @@ def test_blend_source_option_picks_the_fake_maker(crops_dataset: Path) -> None:
         options = parse_args([*argv, "--output", "unused"])
         method = method_class("dcl")(options)
         assert isinstance(method.fake_maker(records), kind), choice
+
+
+def test_self_blended_clips_need_no_other_identity_and_change_only_the_masked_face(crops_dataset: Path) -> None:
+    """FTCN's ``--blend-source self``: a clip blended with an altered copy of itself is a fake (label 1)
+    even where no other identity exists to blend from, and outside its mask every pixel of every frame
+    is the real clip's; the blend is deterministic under the seed, and ``mixed`` makes both kinds."""
+    from models import get_spec
+    from training.blended import BlendedClipDataset
+
+    records = load_index(crops_dataset)
+    reals = [r for r in records if r.label == 0]
+    one_identity = [r for r in reals if r.identity == reals[0].identity]
+    spec = get_spec("ftcn", input_size=96, width=0.25)
+    alone = BlendedClipDataset(one_identity, spec, stride=32, max_clips_per_track=1, flip=False)
+    assert alone[1].label == 0, "I2G needs another identity: without one the twin stays real"
+    selfish = BlendedClipDataset(one_identity, spec, stride=32, max_clips_per_track=1, flip=False, blend_source="self")
+    real, fake = selfish[0], selfish[1]
+    assert fake.label == 1 and fake.video.endswith("#blended") and fake.track == real.track
+    assert 0.0 < float(fake.mask.mean()) < 1.0
+    outside = (fake.mask == 0).expand_as(fake.image)  # (3, T, S, S): the mean mask is 0 in every frame there
+    inside = (fake.mask > 0.5).expand_as(fake.image)
+    assert outside.any() and inside.any()
+    assert float((fake.image - real.image)[outside].abs().max()) < 1e-5
+    assert float((fake.image - real.image)[inside].abs().mean()) > 0.01
+    assert torch.equal(selfish[1].image, fake.image), "deterministic under the seed"
+    with pytest.raises(ValueError, match="blend_source"):
+        BlendedClipDataset(one_identity, spec, stride=32, max_clips_per_track=1, blend_source="nobody")
+
+    # mixed: either maker per clip; with one identity only the self-blends become fakes
+    mixed = BlendedClipDataset(one_identity, spec, stride=32, max_clips_per_track=1, flip=False, blend_source="mixed")
+    labels = []
+    for epoch in range(16):
+        mixed.set_epoch(epoch)
+        labels.append(mixed[1].label)
+    assert 0 < sum(labels) < len(labels), labels
+
+
+def test_ftcn_takes_the_blend_source_option(crops_dataset: Path) -> None:
+    from training.blended import BlendedClipDataset
+    from training.methods import method_class
+    from training.train import parse_args
+
+    records = load_index(crops_dataset)
+    argv = ["--method", "ftcn", "--fakes", "blended", "--blend-source", "self", "--width", "0.25"]
+    options = parse_args([*argv, "--input-size", "96", "--data", str(crops_dataset), "--output", "unused"])
+    method = method_class("ftcn")(options)
+    train_set, _ = method.datasets(records, records)
+    assert isinstance(train_set, BlendedClipDataset) and train_set.blend_source == "self"

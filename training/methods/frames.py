@@ -27,7 +27,7 @@ from training.data import FrameDataset, TrackRecord
 from training.degrade import DEGRADE_QUALITY, DEGRADE_SCALE, degrade, jpeg
 from training.errors import TrainingInputError
 from training.methods.base import Method
-from training.options import MethodOptions
+from training.options import MethodOptions, add_blend_source_argument
 
 Image = np.ndarray  # (H, W, 3) uint8 RGB
 Mask = np.ndarray  # (H, W) float32, 1 where forged
@@ -274,14 +274,7 @@ class FrameMethod(Method):
             default=cls.frames_per_track_train,
             help="training frames drawn from each track, evenly spaced (fewer = shorter epochs)",
         )
-        group.add_argument(
-            "--blend-source",
-            choices=["other", "self", "mixed"],
-            default="other",
-            help="what a blended fake (--fakes blended/both) takes its face from: other = another identity's "
-            "nearest face (I2G), self = an altered copy of the same face (self-blended images), mixed = "
-            "either at random (default other)",
-        )
+        add_blend_source_argument(group)
 
     def training_augmentation(self) -> Augmentation:
         """The recipe the training frames get (validation frames are not augmented)."""

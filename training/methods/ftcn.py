@@ -22,7 +22,7 @@ from models.ftcn import BACKBONES, RESNET
 from training.data import ClipDataset, EpochConcatDataset, TrackRecord
 from training.errors import TrainingInputError
 from training.methods.base import Method, StepContext
-from training.options import MethodOptions
+from training.options import MethodOptions, add_blend_source_argument
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class FtcnOptions(MethodOptions):
     blend_flicker: float  # how much blended clips drift frame to frame
     blend_flicker_min: float | None  # with it, each clip's drift is drawn from [min, blend_flicker]
     degrade: float  # share of training clips that lose resolution and are re-compressed
+    blend_source: str  # other: I2G from another identity; self: self-blended; mixed: either, at random
 
 
 class FtcnMethod(Method):
@@ -104,6 +105,7 @@ class FtcnMethod(Method):
             help="share of training clips, real or fake, that lose resolution and are re-compressed "
             "as JPEG, one draw per clip for all its frames (0 = none; the frame models' recipes use 0.3)",
         )
+        add_blend_source_argument(group)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Only the options that differ from the paper's network, so a default run's checkpoint reads as before."""
@@ -158,6 +160,7 @@ class FtcnMethod(Method):
                     flicker=self.method_options.blend_flicker,
                     flicker_min=self.method_options.blend_flicker_min,
                     degrade=degrade,
+                    blend_source=own.blend_source,
                 )
             )
         train_set: Dataset = parts[0] if len(parts) == 1 else EpochConcatDataset(parts)
