@@ -46,6 +46,7 @@ from models.spec import ModelSpec
 from service.pipeline.crops import similarity_matrix
 from training.data import ClipDataset, EpochSeeded, FakeMaker, Sample, TrackRecord, loose_to_model, normalize, warp
 from training.degrade import Degradation
+from training.errors import TrainingInputError
 from training.options import BLEND_SOURCES
 
 HULL_SPREAD = 1.8  # five-point hull pushed outwards: eyes/mouth -> brows/chin
@@ -349,7 +350,7 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         blend_source: str = "other",
     ) -> None:
         if blend_source not in BLEND_SOURCES:
-            raise ValueError(f"blend_source must be other, self or mixed, not {blend_source!r}")
+            raise TrainingInputError(f"blend_source must be other, self or mixed, not {blend_source!r}")
         reals = [r for r in records if r.label == 0]
         self.clips = ClipDataset(
             reals, spec, stride=stride, max_clips_per_track=max_clips_per_track, flip=flip, seed=seed, degrade=degrade
