@@ -350,7 +350,7 @@ class BlendedClipDataset(EpochSeeded, Dataset):
         blend_source: str = "other",
     ) -> None:
         if blend_source not in BLEND_SOURCES:
-            raise TrainingInputError(f"blend_source must be other, self or mixed, not {blend_source!r}")
+            raise TrainingInputError(f"blend_source must be one of {', '.join(BLEND_SOURCES)}, not {blend_source!r}")
         reals = [r for r in records if r.label == 0]
         self.clips = ClipDataset(
             reals, spec, stride=stride, max_clips_per_track=max_clips_per_track, flip=flip, seed=seed, degrade=degrade

@@ -157,8 +157,8 @@ class FtcnMethod(Method):
                     stride=stride,
                     max_clips_per_track=cap,
                     seed=seed,
-                    flicker=self.method_options.blend_flicker,
-                    flicker_min=self.method_options.blend_flicker_min,
+                    flicker=own.blend_flicker,
+                    flicker_min=own.blend_flicker_min,
                     degrade=degrade,
                     blend_source=own.blend_source,
                 )
