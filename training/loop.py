@@ -285,7 +285,7 @@ def prepare_run(method: Method, options: TrainingOptions) -> TrainingRun:
         else None
     )
 
-    model = method.build_model()
+    model = _build_model(method, options.init_seed)
     if options.init:
         _load_init(model, method, options.init)
     model.to(device)
@@ -317,6 +317,19 @@ def prepare_run(method: Method, options: TrainingOptions) -> TrainingRun:
         method, options, rank, world, device, loader, val_loader, raw_model, model, optimizers, scalers, amp_dtype,
         progress, step_log,
     )  # fmt: skip
+
+
+def _build_model(method: Method, init_seed: int | None) -> nn.Module:
+    """The method's network; with ``init_seed``, drawn from that seed alone and leaving the run's generator as it was.
+
+    Runs that differ only in ``--seed`` then start from identical weights (a model soup averages
+    runs of one initialisation: heads drawn apart would average into a head neither run learned).
+    """
+    if init_seed is None:
+        return method.build_model()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return method.build_model()
 
 
 def train_epoch(run: TrainingRun, epoch: int) -> bool:

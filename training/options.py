@@ -44,6 +44,7 @@ class TrainingOptions:
     grad_clip: float | None = None
     workers: int = 2
     seed: int = 0
+    init_seed: int | None = None  # seeds only the network's random initialisation (None: --seed does)
     val_fraction: float = 0.1
     tensorboard: bool = True
     channels_last: bool = False

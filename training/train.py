@@ -85,6 +85,13 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of initialisation, data order, augmentation and blends"
     )
     parser.add_argument(
+        "--init-seed",
+        type=int,
+        metavar="SEED",
+        help="seed the network's random initialisation (heads, anything not loaded from ImageNet) on its own, "
+        "so runs of different --seed start from the same weights, as runs averaged by training.soup must",
+    )
+    parser.add_argument(
         "--val-fraction",
         type=float,
         default=0.1,

@@ -104,3 +104,28 @@ def test_the_soup_command_explains_itself() -> None:
         [sys.executable, "-m", "training.soup", "--help"], capture_output=True, text=True, timeout=120, check=True
     ).stdout
     assert "model soup" in shown and "--output" in shown and "different seeds" in shown
+
+
+def test_runs_of_one_init_seed_start_from_the_same_weights(tmp_path: Path) -> None:
+    from training.loop import _build_model
+    from training.methods import method_class
+    from training.train import parse_args
+
+    def method_for(*extra: str):  # noqa: ANN202 - a Method
+        options = parse_args(["--method", "dcl", "--data", str(tmp_path), "--output", str(tmp_path / "run"), *extra])
+        return method_class("dcl")(options), options
+
+    first, options = method_for("--seed", "0", "--init-seed", "5")
+    assert options.init_seed == 5 and options.config()["init_seed"] == 5
+    second, _ = method_for("--seed", "1", "--init-seed", "5")
+    torch.manual_seed(0)
+    a = _build_model(first, 5).state_dict()
+    after_a = torch.rand(3)
+    torch.manual_seed(1)
+    b = _build_model(second, 5).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "the same init seed draws the same network whatever --seed is"
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), after_a), "drawing the network leaves the run's own generator where it was"
+    torch.manual_seed(1)
+    c = _build_model(second, None).state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a if c[k].is_floating_point()), "without it --seed draws"
