@@ -383,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--detect-every", type=int, help="face detection every k-th frame (default: DFS_DETECT_EVERY)")
     parser.add_argument(
+        "--mirror-faces",
+        action=argparse.BooleanOptionalAction,
+        help="also score each crop mirrored and average (default: DFS_MIRROR_FACES)",
+    )
+    parser.add_argument(
         "--runtime", choices=("auto", "onnxruntime", "openvino", "torch"), help="engines (default: DFS_RUNTIME)"
     )
     parser.add_argument("--limit", type=int, help="score at most this many videos per data set (a quick look)")
@@ -409,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             "frames_per_track": args.frames_per_track,
             "face_detector": args.face_detector,
             "detect_every": args.detect_every,
+            "mirror_faces": args.mirror_faces,
             "runtime": args.runtime,
             "model_repository": repository,
         }.items()

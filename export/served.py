@@ -123,6 +123,7 @@ def analysis_settings(settings: Settings) -> dict[str, Any]:
         "face_detector": settings.face_detector,
         "blazeface_runtime": settings.blazeface_runtime,
         "detect_every": settings.detect_every,
+        "mirror_faces": settings.mirror_faces,
     }
 
 

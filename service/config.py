@@ -201,6 +201,13 @@ class Settings(MediaSettings):
     frames_per_track: int = Field(
         16, ge=1, description="Frames scored per track by frame models, spread evenly (bench/sampling.py chose 16)."
     )
+    mirror_faces: bool = Field(
+        False,
+        description=(
+            "Also score every crop mirrored left-right and average the two logits (test-time flip): "
+            "about twice the engine time; calibrate the repository with the same setting."
+        ),
+    )
     # Limits on a request's own sampling overrides (lowering the work is always allowed; asking for
     # more than these is a 422 limit_exceeded, see service/api/limits.py). Their defaults allow at
     # most bench/sampling.py's "16 clips at stride 16, 32 frames", about 1.6x the default's time,

@@ -148,6 +148,17 @@ async def _in_thread(guard: DecodeGuard, fn: Callable[..., T], /, *args: Any, **
         raise
 
 
+def mirrored(crops: list[np.ndarray]) -> list[np.ndarray]:
+    """Each crop flipped left-right: the width axis is the second from last in (S, S, 3) and (T, S, S, 3)."""
+    return [np.ascontiguousarray(crop[..., ::-1, :]) for crop in crops]
+
+
+def mirrored_mean(logits: np.ndarray) -> np.ndarray:
+    """The mean logit of each crop and its mirror, from one batch of the crops followed by their mirrors."""
+    half = len(logits) // 2
+    return (logits[:half] + logits[half:]) / 2
+
+
 async def video_logits(
     path: Path,
     request_id: str,
@@ -234,7 +245,10 @@ async def video_logits(
             for item, crop in zip(items, crops, strict=True)
             if item.model == name
         ]
-        logits = await serving.models[name].batcher.infer(request_id, mine)
+        if settings.mirror_faces:
+            logits = mirrored_mean(await serving.models[name].batcher.infer(request_id, mine + mirrored(mine)))
+        else:
+            logits = await serving.models[name].batcher.infer(request_id, mine)
         scored += len(mine)
         report("inference", scored, len(items))
         return logits
