@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ from service.pipeline.engines import (
     EngineUnavailable,
     OnnxEngine,
     TorchEngine,
+    on_host_cpu,
     onnx_providers,
 )
 from service.pipeline.faces import FaceDetector, create_detector, resolve_device
@@ -104,6 +106,7 @@ class Serving:
     remote: TritonHealth | None = None
     _triton: TritonClients | None = None
     _engine_files: dict[str, Path] = field(default_factory=dict)  # CPU engines: the file chosen per model
+    _cpu_turn: threading.Lock = field(default_factory=threading.Lock)  # DFS_CPU_ENGINES_IN_TURN
 
     async def load(self) -> None:
         """Load detector and engines off the event loop; record why if it fails."""
@@ -131,7 +134,12 @@ class Serving:
                 max_batch = self.settings.batch_max_clips if spec.kind == "clip" else frame_batch_cap(self.settings)
                 engine = await self._open_engine_waiting(version, spec, max_batch)
                 batcher = DynamicBatcher(
-                    name, engine, spec, max_batch=max_batch, max_wait_s=self.settings.batch_max_wait_ms / 1000
+                    name,
+                    engine,
+                    spec,
+                    max_batch=max_batch,
+                    max_wait_s=self.settings.batch_max_wait_ms / 1000,
+                    turn=self._cpu_turn if self.settings.cpu_engines_in_turn and on_host_cpu(engine.runtime) else None,
                 )
                 batcher.start()
                 served = self._served_file(version)

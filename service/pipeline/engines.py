@@ -4,7 +4,9 @@ Each loaded model gets one :class:`DynamicBatcher`. Requests submit their crops 
 one fake logit per crop; a single worker per model gathers crops from whichever requests are
 waiting — up to ``max_batch`` items or ``max_wait`` seconds after the first — normalises them and
 runs the engine in its own thread. So two requests' clips share a forward pass, and a model never
-runs two batches at once (which on one GPU would only contend).
+runs two batches at once (which on one GPU would only contend). On a CPU the models also take turns
+(``DFS_CPU_ENGINES_IN_TURN``): each engine's thread pool spans every core, so five models computing at
+once only contend for them.
 
 If a batch fails (e.g. out of memory at that size) it is split in halves and retried, down to single
 items; only an item that fails alone fails its request, with an error naming the model.
@@ -13,6 +15,7 @@ items; only an item that fails alone fails its request, with an error naming the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -159,6 +162,13 @@ class OnnxEngine:
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
 
+def on_host_cpu(runtime: str) -> bool:
+    """Whether an engine (by its ``runtime`` name) computes on this machine's CPU cores, where the
+    engines of several models contend for the same cores: ONNX Runtime's CPU provider, OpenVINO on the
+    CPU, torch on the CPU. GPU, TensorRT and Triton engines compute elsewhere."""
+    return runtime.startswith(("onnxruntime:CPUExecutionProvider", "openvino:CPU", "torch:cpu"))
+
+
 def batch_bucket(size: int, max_batch: int) -> int:
     """The padded batch size: the next power of two, at most ``max_batch`` (and never below ``size``).
 
@@ -250,8 +260,20 @@ class _Pending:
 class DynamicBatcher:
     """Cross-request batching for one model (see module docstring)."""
 
-    def __init__(self, name: str, engine: Engine, spec: ModelSpec, *, max_batch: int, max_wait_s: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        engine: Engine,
+        spec: ModelSpec,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        turn: threading.Lock | None = None,
+    ) -> None:
+        """``turn``: a lock the engines sharing the host's cores hold while they compute (see
+        :func:`on_host_cpu`), so one batch at a time uses every core; None runs whenever a batch is ready."""
         self.name = name
+        self._turn = turn if turn is not None else contextlib.nullcontext()
         self.engine = engine
         self.spec = spec
         self.max_batch = max_batch
@@ -357,7 +379,9 @@ class DynamicBatcher:
         """Run a batch; on failure retry its halves, so only items that fail alone fail."""
         started = time.perf_counter()
         try:
-            logits = self.engine.run(normalize(self.spec, np.stack(crops)))
+            batch = normalize(self.spec, np.stack(crops))  # outside the turn: numpy work of its own
+            with self._turn:
+                logits = self.engine.run(batch)
             metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
             if logits.shape != (len(crops),):
                 raise DfsFailure(f"engine returned shape {logits.shape} for {len(crops)} inputs")

@@ -4,6 +4,9 @@ size) is split and retried so no request fails, and an item that fails alone fai
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 from export.__main__ import export_model
 from models import get_spec
 from service.errors import InferenceFailed
-from service.pipeline.engines import DynamicBatcher, OnnxEngine, normalize
+from service.pipeline.engines import DynamicBatcher, OnnxEngine, normalize, on_host_cpu
 
 SPEC = get_spec("advgame")
 
@@ -137,3 +140,51 @@ def test_a_lone_request_does_not_wait_for_company(onnx_engine: OnnxEngine) -> No
 
     got = asyncio.run(lone())
     assert got.shape == (3,) and engine.batch_sizes == [3]
+
+
+class TimedEngine:
+    """A real ONNX engine that records when each of its runs started and ended."""
+
+    def __init__(self, engine: OnnxEngine) -> None:
+        self.engine, self.runtime, self.spans = engine, engine.runtime, []
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        out = self.engine.run(batch)
+        self.spans.append((started, time.perf_counter()))
+        return out
+
+
+def _overlaps(spans: list[tuple[float, float]]) -> int:
+    return sum(later[0] < earlier[1] for earlier, later in itertools.pairwise(sorted(spans)))
+
+
+def test_cpu_engines_taking_turns_never_compute_at_once(onnx_engine: OnnxEngine) -> None:
+    """DFS_CPU_ENGINES_IN_TURN: two models' batchers that share a turn run their batches one after the
+    other; the same two without it run side by side (each ONNX Runtime run releases the GIL)."""
+    assert on_host_cpu(onnx_engine.runtime) and not on_host_cpu("triton:1@http://x") and not on_host_cpu("tensorrt:10")
+
+    def run_both(turn: threading.Lock | None) -> list[tuple[float, float]]:
+        engines = [TimedEngine(onnx_engine), TimedEngine(onnx_engine)]
+
+        async def go() -> None:
+            batchers = [
+                DynamicBatcher(f"m{i}", engine, SPEC, max_batch=1, max_wait_s=0.0, turn=turn)
+                for i, engine in enumerate(engines)
+            ]
+            for batcher in batchers:
+                batcher.start()
+            try:
+                results = await asyncio.gather(*[b.infer("r", crops(6, seed=i)) for i, b in enumerate(batchers)])
+                assert all(len(r) == 6 for r in results)
+            finally:
+                for batcher in batchers:
+                    await batcher.stop()
+
+        asyncio.run(go())
+        return engines[0].spans + engines[1].spans
+
+    in_turn = run_both(threading.Lock())
+    assert len(in_turn) == 12 and _overlaps(in_turn) == 0
+    side_by_side = run_both(None)
+    assert len(side_by_side) == 12 and _overlaps(side_by_side) > 0
