@@ -29,6 +29,7 @@ from service.pipeline.decode import DecodeGuard, VideoInfo, probe
 from service.pipeline.evidence import Evidence, EvidencePlan, Progress, safe_progress
 from service.pipeline.face_tracks import StageClock, find_tracks
 from service.pipeline.failures import DfsFailure, NotAVideo, Unavailable
+from service.pipeline.kept_faces import KeptFaces
 from service.pipeline.result import FaceResult, ModelResult, TrackModelScore, VideoResult, VideoSummary
 from service.pipeline.tensor_frames import tensor_frame_source
 from service.pipeline.timeline import track_timeline
@@ -199,6 +200,8 @@ async def video_logits(
     clock.add("decode", time.perf_counter() - started)
 
     frames = tensor_frame_source(serving.decoder)  # None: the PyAV numpy path
+    # The faces' pixels, kept by the detection pass so the crop pass need not decode again (PyAV path).
+    kept = KeptFaces(settings.keep_faces_mb * 2**20) if frames is None and settings.keep_faces_mb else None
     tracks, frames_read = await _in_thread(
         guard,
         find_tracks,
@@ -211,6 +214,7 @@ async def video_logits(
         frames,
         guard,
         lambda done: report("decode", done, max(planned, done)),
+        kept,
     )
     report("decode", frames_read, frames_read)  # done: the plan revised to the frames actually read
     warnings = check_decoded_frames(info, guard.frames, options.max_frames, settings) + size_warnings(guard)
@@ -231,7 +235,9 @@ async def video_logits(
         frames=frames,
         guard=guard,
         progress=lambda done, total: report("crops", done, total),
+        kept=kept,
     )
+    del kept  # the planes are crops now
     crops, extra_crops = crops[: len(items)], crops[len(items) :]
     clock.add("crops", time.perf_counter() - started)
 

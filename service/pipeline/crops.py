@@ -3,8 +3,10 @@
 Planning is cheap and pure (tracks + spec -> :class:`CropItem` list with one affine matrix per
 frame). Extraction decodes the video a second time at full resolution, converts to RGB only the
 part of each frame its crops read (the faces, not the frame) and warps it straight into the
-model's input size, so what travels onward are small uint8 crops, never frames. Normalisation to
-float happens in the engine, at batch time.
+model's input size, so what travels onward are small uint8 crops, never frames; with
+``DFS_KEEP_FACES_MB`` it takes those parts from the planes the detection pass kept
+(:mod:`service.pipeline.kept_faces`) and decodes again only the frames they miss. Normalisation
+to float happens in the engine, at batch time.
 
 Crop rules come from each model's :class:`models.spec.CropRule`:
 - ``align``: a least-squares similarity transform (Umeyama, via scikit-image) from the five
@@ -15,6 +17,7 @@ Crop rules come from each model's :class:`models.spec.CropRule`:
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +32,7 @@ from models.spec import ModelSpec
 from service.pipeline.decode import DecodedFrame, DecodeGuard, Frame, Region, iter_frames, same_shape_chunks
 from service.pipeline.failures import DfsInputError
 from service.pipeline.gpu_streams import thread_stream
+from service.pipeline.kept_faces import KeptFaces
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrameSource
 from service.pipeline.tracks import Track
 
@@ -142,6 +146,7 @@ def extract_crops(
     warp_chunk: int = 16,
     guard: DecodeGuard | None = None,
     progress: Callable[[int, int], None] | None = None,
+    kept: KeptFaces | None = None,
 ) -> list[np.ndarray]:
     """Decode the needed frames once and warp every item: returns, per item, uint8 (T, S, S, 3).
 
@@ -150,7 +155,9 @@ def extract_crops(
     host. None, or a file that source cannot decode, runs the PyAV + OpenCV path. Decoding stops
     after the last frame an item uses; ``guard`` checks every decoded frame (see
     :class:`~service.pipeline.decode.DecodeGuard`). ``progress(done, total)`` is told, at every
-    frame an item uses, how far into the pass's ``total`` frames the decode is.
+    frame an item uses, how far into the pass's ``total`` frames the decode is. ``kept`` holds the
+    planes the detection pass kept around the faces (:mod:`service.pipeline.kept_faces`): frames
+    whose crops lie inside them are converted from there, and only the others are decoded again.
     """
     outputs = [
         np.zeros((len(it.frame_indices), specs[it.model].input_size, specs[it.model].input_size, 3), np.uint8)
@@ -176,11 +183,24 @@ def extract_crops(
         index: crop_region([(items[n].matrices[p], specs[items[n].model].input_size) for n, p in used])
         for index, used in uses.items()
     }
-    decoded = iter_frames(
-        path, max_frames=max_frames, wanted=uses.keys(), threads=threads, guard=guard, regions=regions
+    covered = {index for index, region in regions.items() if kept is not None and kept.covers(index, region)}
+    missing = sorted(uses.keys() - covered)
+    frames_in: Iterable[DecodedFrame] = ()
+    if missing:
+        frames_in = iter_frames(
+            path, max_frames=missing[-1] + 1, wanted=set(missing), threads=threads, guard=guard, regions=regions
+        )
+    if covered and kept is not None:
+        from_kept = kept.frames_for({i: regions[i] for i in covered}, guard.check_cancelled if guard else None)
+        frames_in = heapq.merge(from_kept, frames_in, key=lambda frame: frame.index)
+    log.debug(
+        "%s: %d frames cropped from the detection pass's planes, %d decoded again",
+        path.name,
+        len(covered),
+        len(missing),
     )
     canvas = FrameCanvas()
-    for frame in _reporting(decoded, progress, max_frames):
+    for frame in _reporting(frames_in, progress, max_frames):
         rgb = canvas.holding(frame)
         for item_no, position in uses[frame.index]:
             size = specs[items[item_no].model].input_size

@@ -55,6 +55,7 @@ class DecodedFrame:
     rgb: np.ndarray  # (H, W, 3) uint8, upright: the whole frame, or the region asked for
     origin: tuple[int, int] = (0, 0)  # (x, y) of rgb[0, 0] in the frame: a region's corner
     whole: tuple[int, int] | None = None  # (height, width) of the frame when ``rgb`` is a region of it
+    planes: PlaneRegion | None = None  # a copy of the full-size frame's 4:2:0 planes, when ``iter_frames`` was asked
 
 
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels (x1, y1 exclusive)
@@ -264,6 +265,101 @@ def _plane(frame: av.VideoFrame, number: int) -> np.ndarray:
     return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
 
 
+def even_bounds(region: Region, width: int, height: int) -> Region | None:
+    """``region`` widened to even corners (4:2:0 chroma covers 2x2 pixels) and clipped to the frame;
+    None when nothing of it is inside."""
+    x0, y0 = max(0, region[0] // 2 * 2), max(0, region[1] // 2 * 2)
+    x1, y1 = min(width, -(-region[2] // 2) * 2), min(height, -(-region[3] // 2) * 2)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+@dataclass(frozen=True)
+class PlaneRegion:
+    """The 4:2:0 planes of an even-aligned rectangle of one frame, copied out of FFmpeg's buffers.
+
+    What :func:`region_rgb` converts, as data: the detection pass keeps the faces' surroundings in
+    this form (half the bytes of RGB) so the crop pass converts them later instead of decoding the
+    video a second time (:mod:`service.pipeline.kept_faces`). A cut of a cut is the cut of the
+    frame, so the RGB is the one the whole frame gives there.
+    """
+
+    luma: np.ndarray  # (h, w) uint8
+    chroma: tuple[np.ndarray, np.ndarray]  # (h/2, w/2) uint8 each: U, V
+    origin: tuple[int, int]  # (x, y) of luma[0, 0] in the frame, both even
+    whole: tuple[int, int]  # (height, width) of the frame
+    pixel_format: str
+    colorspace: int
+    color_range: int
+
+    @property
+    def bounds(self) -> Region:
+        x, y = self.origin
+        return x, y, x + self.luma.shape[1], y + self.luma.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.luma.nbytes + self.chroma[0].nbytes + self.chroma[1].nbytes
+
+    def _inside(self, region: Region) -> Region | None:
+        """``region`` widened to even and clipped to the frame, if that lies wholly inside these planes."""
+        inner = even_bounds(region, self.whole[1], self.whole[0])
+        x0, y0, x1, y1 = self.bounds
+        if inner is None or inner[0] < x0 or inner[1] < y0 or inner[2] > x1 or inner[3] > y1:
+            return None
+        return inner
+
+    def contains(self, region: Region) -> bool:
+        """Whether these planes hold every pixel of ``region`` (as clipped to the frame)."""
+        return self._inside(region) is not None
+
+    def cut(self, region: Region) -> PlaneRegion | None:
+        """The part of these planes that ``region`` (widened to even, clipped to the frame) covers,
+        copied; None unless it lies wholly inside them."""
+        inner = self._inside(region)
+        if inner is None:
+            return None
+        x0, y0 = self.origin
+        left, top, right, bottom = inner[0] - x0, inner[1] - y0, inner[2] - x0, inner[3] - y0
+        return PlaneRegion(
+            self.luma[top:bottom, left:right].copy(),
+            tuple(c[top // 2 : bottom // 2, left // 2 : right // 2].copy() for c in self.chroma),  # type: ignore[arg-type]
+            (inner[0], inner[1]),
+            self.whole,
+            self.pixel_format,
+            self.colorspace,
+            self.color_range,
+        )
+
+    def rgb(self) -> np.ndarray:
+        """(h, w, 3) uint8 RGB, converted by swscale with the frame's own matrix and range."""
+        height, width = self.luma.shape
+        packed = np.concatenate([self.luma.ravel(), self.chroma[0].ravel(), self.chroma[1].ravel()])
+        part = av.VideoFrame.from_ndarray(packed.reshape(-1, width), format=self.pixel_format)
+        part.colorspace, part.color_range = self.colorspace, self.color_range  # the same matrix and range
+        return part.to_ndarray(format="rgb24")
+
+
+def frame_planes(frame: av.VideoFrame, region: Region | None = None) -> PlaneRegion | None:
+    """The planes of ``region`` of ``frame`` (all of it by default) as a :class:`PlaneRegion`; None
+    where its conversion could not be exact (see :data:`REGION_FORMATS`; a rotated or odd-sized frame)."""
+    width, height = frame.width, frame.height
+    if frame.format.name not in REGION_FORMATS or width % 2 or height % 2 or frame_rotation(frame):
+        return None
+    bounds = even_bounds(region or (0, 0, width, height), width, height)
+    if bounds is None:
+        return None
+    x0, y0, x1, y1 = bounds
+    return PlaneRegion(
+        _plane(frame, 0)[y0:y1, x0:x1].copy(),
+        tuple(_plane(frame, n)[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].copy() for n in (1, 2)),  # type: ignore[arg-type]
+        (x0, y0),
+        (height, width),
+        frame.format.name,
+        frame.colorspace,
+        frame.color_range,
+    )
+
+
 def region_rgb(frame: av.VideoFrame, region: Region) -> tuple[np.ndarray, tuple[int, int]] | None:
     """RGB of ``region`` of ``frame`` (widened to even bounds) and its corner, converted by swscale from
     the region's own planes: the same pixels as the whole frame's conversion, at the region's cost.
@@ -271,29 +367,28 @@ def region_rgb(frame: av.VideoFrame, region: Region) -> tuple[np.ndarray, tuple[
     None where that cannot be promised or would not pay (see :data:`REGION_FORMATS`; a rotated or
     odd-sized frame; a region over half the frame): the caller converts the whole frame.
     """
-    width, height = frame.width, frame.height
-    if frame.format.name not in REGION_FORMATS or width % 2 or height % 2 or frame_rotation(frame):
+    bounds = even_bounds(region, frame.width, frame.height)
+    if (
+        bounds is None
+        or (bounds[2] - bounds[0]) * (bounds[3] - bounds[1]) > _REGION_MAX_SHARE * frame.width * frame.height
+    ):
         return None
-    x0, y0 = max(0, region[0] // 2 * 2), max(0, region[1] // 2 * 2)
-    x1, y1 = min(width, -(-region[2] // 2) * 2), min(height, -(-region[3] // 2) * 2)
-    if x1 <= x0 or y1 <= y0 or (x1 - x0) * (y1 - y0) > _REGION_MAX_SHARE * width * height:
-        return None
-    luma = _plane(frame, 0)[y0:y1, x0:x1]
-    u, v = (_plane(frame, n)[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] for n in (1, 2))
-    packed = np.concatenate([luma.ravel(), u.ravel(), v.ravel()]).reshape(-1, x1 - x0)
-    part = av.VideoFrame.from_ndarray(packed, format=frame.format.name)
-    part.colorspace, part.color_range = frame.colorspace, frame.color_range  # the same matrix and range
-    return part.to_ndarray(format="rgb24"), (x0, y0)
+    planes = frame_planes(frame, bounds)
+    return None if planes is None else (planes.rgb(), planes.origin)
 
 
-def converted(frame: av.VideoFrame, index: int, max_side: int | None, region: Region | None) -> DecodedFrame:
-    """``frame`` in upright RGB: ``region`` of it where :func:`region_rgb` can, else all of it at ``max_side``."""
+def converted(
+    frame: av.VideoFrame, index: int, max_side: int | None, region: Region | None, planes: bool = False
+) -> DecodedFrame:
+    """``frame`` in upright RGB: ``region`` of it where :func:`region_rgb` can, else all of it at ``max_side``
+    (with a copy of its full-size planes when ``planes``, where :func:`frame_planes` can)."""
     time_s = float(frame.time or 0.0)
     if region is not None and (part := region_rgb(frame, region)) is not None:
         return DecodedFrame(index, time_s, part[0], part[1], (frame.height, frame.width))
     out_w, out_h = scaled_size(frame.width, frame.height, max_side)
     rgb = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
-    return DecodedFrame(index, time_s, upright(rgb, frame_rotation(frame)))
+    copied = frame_planes(frame) if planes else None
+    return DecodedFrame(index, time_s, upright(rgb, frame_rotation(frame)), planes=copied)
 
 
 def iter_frames(
@@ -305,13 +400,17 @@ def iter_frames(
     threads: int = 0,
     guard: DecodeGuard | None = None,
     regions: Mapping[int, Region] | None = None,
+    planes: bool = False,
 ) -> Iterator[DecodedFrame]:
     """Yield upright RGB frames ``0..max_frames-1`` in order (only ``wanted`` ones if given).
 
     Frames not wanted are decoded (a codec needs its references) but never converted to RGB, which
     is most of the per-frame cost at 1080p. A frame with an entry in ``regions`` (full size only) is
     converted inside that region where :func:`region_rgb` can do it exactly, its ``origin`` then
-    the region's corner; the crop pass asks this for the faces it cuts. A stream that breaks
+    the region's corner; the crop pass asks this for the faces it cuts. With ``planes``, each wanted
+    frame also carries a copy of its full-size 4:2:0 planes (``DecodedFrame.planes``, where exact;
+    copied here, in the decoding thread: holding FFmpeg's own frames instead slowed its decoding
+    more): the detection pass keeps their part around the faces for the crop pass. A stream that breaks
     part-way (a truncated upload) ends the iteration with a warning after the frames that did
     decode; one that yields no frame at all is refused as not decodable. ``guard`` checks and
     charges every decoded frame, wanted or not (:class:`DecodeGuard`), and stops the iteration
@@ -336,7 +435,7 @@ def iter_frames(
                     guard.admit(index, frame.width, frame.height)
                 if wanted is None or index in wanted:
                     region = regions.get(index) if regions is not None and max_side is None else None
-                    yield converted(frame, index, max_side, region)
+                    yield converted(frame, index, max_side, region, planes)
                 index += 1
             else:  # the stream ended: with frame threads, FFmpeg drops a refused last frame silently
                 if guard is not None and (refusal := guard.refused_size(stream, index)) is not None:

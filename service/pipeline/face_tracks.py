@@ -21,6 +21,7 @@ import numpy as np
 from service.pipeline.decode import DecodedFrame, DecodeGuard, VideoInfo, iter_frames, same_shape_chunks
 from service.pipeline.faces import Face, FaceDetector
 from service.pipeline.gpu_streams import thread_stream
+from service.pipeline.kept_faces import KeptFaces
 from service.pipeline.read_ahead import read_ahead
 from service.pipeline.tensor_frames import FrameSourceUnsupported, TensorFrame, TensorFrameSource
 from service.pipeline.tracks import IouTracker, Track
@@ -65,13 +66,15 @@ def keep_face(face: Face, settings: TrackingSettings) -> bool:
 
 def _track_faces(
     tracker: IouTracker, index: int, faces: list[Face], frame_width: int, info: VideoInfo, settings: TrackingSettings
-) -> None:
-    """Map one frame's detections to original pixels, clip, filter and feed them to the tracker."""
+) -> list[Face]:
+    """Map one frame's detections to original pixels, clip, filter and feed them to the tracker; returns those fed."""
     limits = np.array([info.width, info.height, info.width, info.height], np.float32)
     originals = [face.scaled(info.width / frame_width) for face in faces]
     # boxes may overhang the frame edge; clip them (landmarks stay as found)
     clipped = [Face(np.clip(f.box, 0, limits), f.score, f.landmarks) for f in originals]
-    tracker.update(index, [f for f in clipped if keep_face(f, settings)])
+    fed = [f for f in clipped if keep_face(f, settings)]
+    tracker.update(index, fed)
+    return fed
 
 
 def find_tracks(
@@ -84,13 +87,15 @@ def find_tracks(
     frames: TensorFrameSource | None = None,
     guard: DecodeGuard | None = None,
     progress: Callable[[int], None] | None = None,
+    kept: KeptFaces | None = None,
 ) -> tuple[list[Track], int]:
     """Decode at detection size, detect every ``detect_every`` frames, link detections into tracks.
 
     ``frames`` is a tensor decoder (NVDEC when ``DFS_DECODER`` chose it): frames then stay tensors
     on their device through detection. None, or a file that source cannot decode, runs the PyAV
     numpy path. ``guard`` checks every decoded frame (see :class:`DecodeGuard`). ``progress`` is
-    told the frames read so far after every detector chunk.
+    told the frames read so far after every detector chunk. ``kept`` (PyAV path) is given the
+    full-size planes around every face found, for the crop pass (:mod:`service.pipeline.kept_faces`).
     """
     wanted = range(0, max_frames, settings.detect_every)
     if frames is not None:
@@ -120,10 +125,11 @@ def find_tracks(
         max_side=settings.detection_max_side,
         threads=settings.decode_threads,
         guard=guard,
+        planes=kept is not None,
     )
     # The next chunk decodes while this one is detected; closed at once when detection fails.
     with closing(read_ahead(decoded, _DETECT_CHUNK, guard.check_cancelled if guard else None)) as ahead:
-        return _link_tracks(ahead, detector.detect, lambda rgb: rgb.shape[1], info, settings, clock, progress)
+        return _link_tracks(ahead, detector.detect, lambda rgb: rgb.shape[1], info, settings, clock, progress, kept)
 
 
 def _link_tracks(
@@ -134,8 +140,10 @@ def _link_tracks(
     settings: TrackingSettings,
     clock: StageClock,
     progress: Callable[[int], None] | None = None,
+    kept: KeptFaces | None = None,
 ) -> tuple[list[Track], int]:
-    """Detect on chunks of decoded frames (numpy or tensor, whichever ``detect`` takes) and track them."""
+    """Detect on chunks of decoded frames (numpy or tensor, whichever ``detect`` takes) and track them
+    (and hand ``kept`` the planes around each face tracked)."""
     tracker = IouTracker(iou_threshold=settings.track_iou, max_gap=settings.track_max_gap)
     frames_read = 0
     faces_before = clock.ms.get("faces", 0.0)
@@ -146,7 +154,9 @@ def _link_tracks(
         found = detect([frame.rgb for frame in chunk])
         clock.add("faces", time.perf_counter() - detect_started)
         for frame, faces in zip(chunk, found, strict=True):
-            _track_faces(tracker, frame.index, faces, width_of(frame.rgb), info, settings)
+            tracked = _track_faces(tracker, frame.index, faces, width_of(frame.rgb), info, settings)
+            if kept is not None and isinstance(frame, DecodedFrame):
+                kept.keep(frame, [face.box for face in tracked])
         if progress is not None:
             progress(frames_read)
     faces_ms = clock.ms.get("faces", 0.0) - faces_before

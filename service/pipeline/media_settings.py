@@ -50,6 +50,20 @@ class MediaSettings(BaseSettings):
         description="Fewer decoded frames than this (or than a request's max_frames, if lower) is a 415 "
         "too_few_frames; fewer than the container claims is a warning in the response.",
     )
+    # The crop pass decodes the video a second time to read the pixels around the faces; the detection
+    # pass can keep those pixels instead (service/pipeline/kept_faces.py), at a memory cost, so it is
+    # off by default. Measured on the 2-core machine, detection + crops of a 10 s close-up face video
+    # (bench/e2e.py's, median of 6 alternated): 720p 2.07 s keeping 86 MB vs 2.23 s; 1080p 2.35 s
+    # keeping 193 MB vs 2.83 s, but 2.71 vs 2.72 s within 96 MB (copying the planes costs the detection
+    # pass ~0.1-0.2 s; what does not fit is decoded again). Served end to end at 96 MB, 3 alternated
+    # rounds: s/video within the machine's noise, server RSS at 4 clients +150-250 MB.
+    keep_faces_mb: int = Field(
+        0,
+        ge=0,
+        description="Megabytes per request of the pixels around the faces the detection pass keeps for the crop "
+        "pass, which then decodes again only the frames they do not cover (0 = off: decode the video twice). "
+        "Pays only when a request's whole video fits: ~0.75 MB a frame of a 720p close-up, ~1.6 MB at 1080p.",
+    )
     decoder: Literal["auto", "pyav", "nvdec"] = Field(
         "auto",
         description="auto = NVDEC (PyNvVideoCodec; frames stay on the GPU through detection and crops) when it is "

@@ -54,6 +54,9 @@ MAX_FRAMES = 8
 MAX_SIDE = 1024
 MAX_PIXELS = MAX_SIDE * MAX_SIDE * MAX_FRAMES * 2
 MAX_LEN = 256 * 1024  # libFuzzer's -max_len default here: every seed fits
+#: The detection pass keeps the faces' planes for the crop pass (DFS_KEEP_FACES_MB, off by default): on
+#: here so mutated streams go through that path too; half of MAX_FRAMES at MAX_SIDE, so some are decoded again.
+KEPT_FACES_BYTES = MAX_SIDE * MAX_SIDE * 3 // 2 * MAX_FRAMES // 2
 
 
 # ---- seeds --------------------------------------------------------------------------------------
@@ -162,6 +165,7 @@ class MediaPath:
         from service.pipeline.crops import SamplingOptions, extract_crops, plan_crops
         from service.pipeline.decode import DecodeGuard, probe
         from service.pipeline.face_tracks import StageClock, find_tracks
+        from service.pipeline.kept_faces import KeptFaces
 
         self.scratch.write_bytes(data)
         settings = self.settings
@@ -169,14 +173,15 @@ class MediaPath:
         try:
             info = probe(self.scratch, max_side=settings.max_video_side, max_duration_s=settings.max_duration_s)
             guard.check_plan(info.width, info.height, planned_frames(info, MAX_FRAMES))
+            kept = KeptFaces(KEPT_FACES_BYTES)  # the faces' planes, as serving keeps them with DFS_KEEP_FACES_MB
             tracks, frames_read = find_tracks(
-                self.scratch, info, self.detector, settings, MAX_FRAMES, StageClock(), guard=guard
+                self.scratch, info, self.detector, settings, MAX_FRAMES, StageClock(), guard=guard, kept=kept
             )
             check_decoded_frames(info, guard.frames, MAX_FRAMES, settings)
             items = plan_crops(
                 tracks, self.specs, SamplingOptions(clip_stride=2, max_clips_per_track=2, frames_per_track=2)
             )
-            extract_crops(self.scratch, items, self.specs, max_frames=frames_read, threads=1, guard=guard)
+            extract_crops(self.scratch, items, self.specs, max_frames=frames_read, threads=1, guard=guard, kept=kept)
         except RequestFailure as exc:
             return f"{http_status(exc)} {exc.code}"
         return f"ok: {len(tracks)} tracks"
