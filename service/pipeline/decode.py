@@ -339,9 +339,12 @@ class PlaneRegion:
         return part.to_ndarray(format="rgb24")
 
 
-def frame_planes(frame: av.VideoFrame, region: Region | None = None) -> PlaneRegion | None:
+def frame_planes(frame: av.VideoFrame, region: Region | None = None, *, copy: bool = True) -> PlaneRegion | None:
     """The planes of ``region`` of ``frame`` (all of it by default) as a :class:`PlaneRegion`; None
-    where its conversion could not be exact (see :data:`REGION_FORMATS`; a rotated or odd-sized frame)."""
+    where its conversion could not be exact (see :data:`REGION_FORMATS`; a rotated or odd-sized frame).
+
+    ``copy=False`` gives views of FFmpeg's buffers, valid only while ``frame`` is: for converting at once
+    (:func:`region_rgb`), where a copy would only be copied again."""
     width, height = frame.width, frame.height
     if frame.format.name not in REGION_FORMATS or width % 2 or height % 2 or frame_rotation(frame):
         return None
@@ -349,9 +352,11 @@ def frame_planes(frame: av.VideoFrame, region: Region | None = None) -> PlaneReg
     if bounds is None:
         return None
     x0, y0, x1, y1 = bounds
+    luma = _plane(frame, 0)[y0:y1, x0:x1]
+    chroma = tuple(_plane(frame, n)[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] for n in (1, 2))
     return PlaneRegion(
-        _plane(frame, 0)[y0:y1, x0:x1].copy(),
-        tuple(_plane(frame, n)[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].copy() for n in (1, 2)),  # type: ignore[arg-type]
+        luma.copy() if copy else luma,
+        tuple(c.copy() for c in chroma) if copy else chroma,  # type: ignore[arg-type]
         (x0, y0),
         (height, width),
         frame.format.name,
@@ -373,7 +378,7 @@ def region_rgb(frame: av.VideoFrame, region: Region) -> tuple[np.ndarray, tuple[
         or (bounds[2] - bounds[0]) * (bounds[3] - bounds[1]) > _REGION_MAX_SHARE * frame.width * frame.height
     ):
         return None
-    planes = frame_planes(frame, bounds)
+    planes = frame_planes(frame, bounds, copy=False)
     return None if planes is None else (planes.rgb(), planes.origin)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.pipeline.decode import DecodedFrame, PlaneRegion, Region
+from service.pipeline.decode import DecodedFrame, PlaneRegion, Region, even_bounds
 
 #: Side of a kept square over the face box's longer side. A box crop reads up to 1.7 x the side
 #: (PCL-I2G); FTCN's aligned crop of a close-up face reads ~2.1 x, more where the face moves within
@@ -63,8 +63,11 @@ class KeptFaces:
             max(s[3] for s in squares),
         )
         height, width = frame.planes.whole
+        inside = even_bounds(bounds, width, height)  # what a cut of ``bounds`` holds
+        if inside is None:
+            return
         # a close-up: the rest of the frame costs little, and FTCN's crop of a moving face needs it
-        whole = _area(bounds, width, height) > WHOLE_FRAME_SHARE * width * height
+        whole = (inside[2] - inside[0]) * (inside[3] - inside[1]) > WHOLE_FRAME_SHARE * width * height
         planes = frame.planes if whole else frame.planes.cut(bounds)
         if planes is None or planes.nbytes > self.budget_bytes:
             return
@@ -97,11 +100,6 @@ class KeptFaces:
             if part is None:
                 raise KeyError(f"frame {index}: the kept planes do not cover {regions[index]}")
             yield DecodedFrame(index, time_s, part.rgb(), part.origin, part.whole)
-
-
-def _area(bounds: Region, width: int, height: int) -> int:
-    """Pixels of ``bounds`` inside a ``width`` x ``height`` frame."""
-    return max(0, min(bounds[2], width) - max(bounds[0], 0)) * max(0, min(bounds[3], height) - max(bounds[1], 0))
 
 
 def _square_around(box: np.ndarray) -> Region:
