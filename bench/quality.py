@@ -19,9 +19,11 @@ Default data sets (``--data`` replaces them):
 - ``held_out``: the ``test`` rows of ``training/recipes/default_bundle.csv``, the older shared
   in-the-wild videos in ``../shared/data/videos/`` (bench/held_out.py's list).
 
-Per model and for the ensemble: video AUC, AP, EER, accuracy, FPR and FNR at the served threshold
-(0.5 for a model, whose calibration maps its threshold there; ``DFS_THRESHOLD`` for the ensemble),
-and the number of videos scored (a video without a face is served NO_FACE: listed, not scored).
+Per model and for the ensemble: video AUC with its 95% bootstrap interval (fakes and reals
+resampled apart: on tens of videos one pair moves the AUC by hundredths), AP, EER, accuracy, FPR
+and FNR at the served threshold (0.5 for a model, whose calibration maps its threshold there;
+``DFS_THRESHOLD`` for the ensemble), and the number of videos scored (a video without a face is
+served NO_FACE: listed, not scored).
 Per source (a group of videos by origin: the label list's ``dataset_of_origin``, else
 ``source_repo``, else the file name's prefix; fakes by manipulation method where the file name or
 origin names one: FF++ Deepfakes/Face2Face/FaceSwap/NeuralTextures, Wav2Lip, SadTalker,
@@ -59,7 +61,7 @@ from export.served import (  # noqa: E402
     served_scores,
 )
 from service.config import Settings  # noqa: E402
-from training.metrics import binary_metrics  # noqa: E402
+from training.metrics import auc_interval, binary_metrics  # noqa: E402
 from training.sources import Source  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +162,12 @@ def metrics_of(
     return binary_metrics([labels[v] for v in keep], [scored[v] for v in keep], threshold)
 
 
+def data_set_metrics(labels: dict[str, int], scored: dict[str, float], threshold: float) -> dict[str, Any]:
+    """``metrics_of`` over all of a data set's videos, with the AUC's 95% bootstrap interval (``auc_ci``)."""
+    interval = auc_interval([labels[v] for v in scored], list(scored.values()))
+    return {**metrics_of(labels, scored, threshold), "auc_ci": list(interval)}
+
+
 def per_source(
     data: DataSet, labels: dict[str, int], table: dict[str, dict[str, float]], thresholds: dict[str, float]
 ) -> list[dict[str, Any]]:
@@ -195,6 +203,13 @@ def fmt(value: float, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def interval(bounds: list[float] | None) -> str:
+    """``0.62-0.97``; ``-`` where a report has none (one class, or written before intervals)."""
+    if not bounds or any(math.isnan(b) for b in bounds):
+        return "-"
+    return f"{bounds[0]:.2f}-{bounds[1]:.2f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Detection quality of `{report['repository']}`",
@@ -214,13 +229,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"not scored: {len(data['left_out'])}"
             + "".join(f"\n- `{Path(v).name}`: {why}" for v, why in data["left_out"].items()),
             "",
-            "| model | videos | AUC | AP | EER | accuracy | FPR | FNR |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | videos | AUC | AUC 95% interval | AP | EER | accuracy | FPR | FNR |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for column, m in data["metrics"].items():
             lines.append(
-                f"| {column} | {int(m['n'])} | {fmt(m['auc'])} | {fmt(m['ap'])} | {fmt(m['eer'])} | "
-                f"{fmt(m['accuracy'])} | {fmt(m['fpr'])} | {fmt(m['fnr'])} |"
+                f"| {column} | {int(m['n'])} | {fmt(m['auc'])} | {interval(m.get('auc_ci'))} | {fmt(m['ap'])} | "
+                f"{fmt(m['eer'])} | {fmt(m['accuracy'])} | {fmt(m['fpr'])} | {fmt(m['fnr'])} |"
             )
         names = list(data["metrics"])
         lines += [
@@ -303,7 +318,7 @@ def evaluate(data_sets: list[DataSet], run: ServedRun, settings: Settings) -> tu
             "fakes": sum(s.label for s in data.sources),
             "reals": sum(1 - s.label for s in data.sources),
             "left_out": {v: why for v, why in run.left_out.items() if v in videos},
-            "metrics": {c: metrics_of(mine.labels, scored, thresholds[c]) for c, scored in table.items()},
+            "metrics": {c: data_set_metrics(mine.labels, scored, thresholds[c]) for c, scored in table.items()},
             "per_source": per_source(data, mine.labels, table, thresholds),
             "per_video": {
                 v: {

@@ -124,6 +124,8 @@ def test_quality_report_on_a_tiny_repository(videos: dict[str, Path], tmp_path: 
     assert tiny["videos"] == 4 and tiny["fakes"] == 2 and report["ensemble"]["source"] == "equal"
     assert set(tiny["metrics"]) == {"dcl", "ftcn", "ensemble"}
     assert all(0 <= m["auc"] <= 1 for m in tiny["metrics"].values())
+    assert all(m["auc_ci"][0] <= m["auc"] <= m["auc_ci"][1] for m in tiny["metrics"].values())
+    assert "| AUC 95% interval |" in table
     assert report["settings"]["detect_every"] == 1
     assert {m["runtime"] for m in report["models"].values()} == {"onnxruntime:CPUExecutionProvider"}
 

@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import bootstrap, mannwhitneyu
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
@@ -45,6 +46,43 @@ def binary_metrics(labels: Sequence[int], scores: Sequence[float], threshold: fl
         "ap": float(average_precision_score(y, s)),
         "eer": equal_error_rate(y, s),
     }
+
+
+def auc_interval(
+    labels: Sequence[int], scores: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """A bootstrap confidence interval of the ROC AUC (NaN, NaN when only one class is present).
+
+    Why: on the few videos a quality report has (17 val, 12 held out here), one misranked fake-real
+    pair moves the AUC by several hundredths, and a reader needs to see that beside the number.
+    The fakes and the reals are resampled separately (``scipy.stats.bootstrap`` with two independent
+    samples), so every resample holds both classes and the AUC is always defined; the AUC of a
+    resample is the Mann-Whitney U over (fakes x reals), ties counting half, as ``roc_auc_score``.
+    Percentile intervals, seeded, so a report is reproducible.
+    """
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    fakes, reals = s[y == 1], s[y == 0]
+    if not len(fakes) or not len(reals):
+        return float("nan"), float("nan")
+    # scipy resamples only samples of two or more; a class of one is the same in every resample, and
+    # twice that one score leaves every AUC unchanged (a share of pairs), so it is passed twice.
+    fakes, reals = (np.repeat(c, 2) if len(c) == 1 else c for c in (fakes, reals))
+
+    def auc_of(fake: np.ndarray, real: np.ndarray, axis: int = -1) -> np.ndarray:
+        return mannwhitneyu(fake, real, axis=axis).statistic / (fake.shape[axis] * real.shape[axis])
+
+    result = bootstrap(
+        (fakes, reals),
+        auc_of,
+        vectorized=True,
+        paired=False,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def per_video(

@@ -18,7 +18,7 @@ from service.pipeline.scores import track_model_score
 from training import evaluate as evaluate_module
 from training.data import ClipDataset, Sample, TrackRecord, collate
 from training.evaluate import Predictions, fit_calibration, report, video_flip_offsets
-from training.metrics import binary_metrics, equal_error_rate, per_video
+from training.metrics import auc_interval, binary_metrics, equal_error_rate, per_video
 
 
 def synthetic_predictions(seed: int, videos: int = 120) -> Predictions:
@@ -126,6 +126,28 @@ def test_eer_on_a_flat_roc_segment_and_on_ties() -> None:
     labels, scores = [1, 1, 0, 0, 1, 0], [0.9, 0.5, 0.5, 0.5, 0.2, 0.1]
     assert equal_error_rate(labels, scores) == pytest.approx(4 / 9)
     assert binary_metrics(labels, scores)["eer"] == pytest.approx(4 / 9)
+
+
+def test_auc_interval_holds_the_auc_and_narrows_with_more_videos() -> None:
+    rng = np.random.default_rng(3)
+
+    def draw(n: int) -> tuple[list[int], list[float]]:
+        labels = [1] * n + [0] * n
+        return labels, list(rng.normal(size=2 * n) + np.array(labels) * 1.0)
+
+    few, many = draw(8), draw(200)
+    for labels, scores in (few, many):
+        low, high = auc_interval(labels, scores)
+        assert 0 <= low < binary_metrics(labels, scores)["auc"] < high <= 1
+    assert np.diff(auc_interval(*many)) < np.diff(auc_interval(*few)) / 2
+    assert auc_interval(*few) == auc_interval(*few)  # seeded: a report is reproducible
+    # a perfect ranking stays perfect in every resample; one class has no AUC; a class of one is fixed
+    assert auc_interval([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1]) == (1.0, 1.0)
+    assert all(np.isnan(auc_interval([1, 1], [0.3, 0.4])))
+    low, high = auc_interval([1, 0, 0, 0], [0.5, 0.4, 0.6, 0.1])
+    assert (low, high) == (0.0, 1.0) and binary_metrics([1, 0, 0, 0], [0.5, 0.4, 0.6, 0.1])["auc"] == pytest.approx(
+        2 / 3
+    )
 
 
 def test_per_video_takes_the_max_of_track_means() -> None:
