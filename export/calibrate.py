@@ -168,9 +168,11 @@ def print_ensemble(ensemble: EnsembleFile) -> None:
 
 def print_cross_validated(crossed: cross_validate.OutOfFold, aucs: dict[str, float], ensemble: EnsembleFile) -> None:
     in_sample = ensemble.metrics.get("fitted", {}).get("auc")
+    low, high = crossed.intervals().get("ensemble", (float("nan"), float("nan")))
     print(
         f"  leave one identity out ({crossed.folds} folds, {len(crossed.labels)} videos): ensemble AUC "
-        f"{aucs.get('ensemble', float('nan')):.3f} (in sample {in_sample if in_sample is None else f'{in_sample:.3f}'}); "
+        f"{aucs.get('ensemble', float('nan')):.3f}, 95% interval {low:.2f}-{high:.2f} "
+        f"(in sample {in_sample if in_sample is None else f'{in_sample:.3f}'}); "
         + ", ".join(f"{name} {auc:.3f}" for name, auc in sorted(aucs.items()) if name != "ensemble")
     )
 
@@ -231,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             "folds": crossed.folds,
             "videos": len(crossed.labels),
             "auc": crossed_aucs,
+            "auc_interval_95": {name: list(bounds) for name, bounds in crossed.intervals().items()},
         }
         print_cross_validated(crossed, crossed_aucs, ensemble)
     if args.json:

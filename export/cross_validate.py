@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from export import fit_ensemble
 from export.served import ServedRun, served_scores
 from training.evaluate import Predictions, fit_calibration
-from training.metrics import binary_metrics
+from training.metrics import auc_interval, binary_metrics
 
 ENSEMBLE = "ensemble"
 
@@ -44,6 +44,16 @@ class OutOfFold:
             labels = [self.labels[v] for v in videos]
             if len(set(labels)) == 2:
                 out[name] = binary_metrics(labels, [by_video[v] for v in videos])["auc"]
+        return out
+
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """The 95% bootstrap interval of each AUC of ``aucs`` (``training.metrics.auc_interval``)."""
+        out = {}
+        for name, by_video in self.scores.items():
+            videos = sorted(by_video)
+            labels = [self.labels[v] for v in videos]
+            if len(set(labels)) == 2:
+                out[name] = auc_interval(labels, [by_video[v] for v in videos])
         return out
 
 

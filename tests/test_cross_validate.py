@@ -34,6 +34,9 @@ def test_every_identity_is_scored_by_a_fit_that_never_saw_it() -> None:
     assert crossed.folds == 6 and set(crossed.labels) == set(videos)
     aucs = crossed.aucs()
     assert aucs["clear"] == 1.0 and aucs["noise"] < 0.9
+    intervals = crossed.intervals()
+    assert intervals["clear"] == (1.0, 1.0)  # a perfect ranking stays perfect in every resample
+    assert intervals["noise"][0] <= aucs["noise"] <= intervals["noise"][1] and intervals["noise"][0] < 0.5
     assert set(crossed.scores["ensemble"]) == set(videos)
 
 
@@ -48,4 +51,4 @@ def test_a_fold_whose_rest_holds_one_class_is_left_out() -> None:
     run = SimpleNamespace(predictions={"m": predictions(per_video)})
     crossed = out_of_fold(run, {"a.mp4": "only_fakes", "b.mp4": "only_fakes", "c.mp4": "r1", "d.mp4": "r2"})
     assert crossed.folds == 2 and set(crossed.labels) == {"c.mp4", "d.mp4"}
-    assert crossed.aucs() == {}  # one class scored: no AUC to report
+    assert crossed.aucs() == {} and crossed.intervals() == {}  # one class scored: no AUC to report

@@ -116,6 +116,9 @@ def test_calibrate_writes_the_ensemble_the_service_then_serves(
     fitted = ensemble.metrics["fitted"]
     assert fitted["n"] == len(VIDEOS) and set(fitted) >= {"auc", "ap", "eer", "accuracy"}
     assert ensemble.threshold == pytest.approx(1 / (1 + math.exp(ensemble.bias)))
+    crossed = ensemble.metrics["cross_validated"]  # leave one identity out, each AUC with its interval
+    assert "ensemble" in crossed["auc"] and set(crossed["auc_interval_95"]) == set(crossed["auc"])
+    assert all(low <= crossed["auc"][n] <= high for n, (low, high) in crossed["auc_interval_95"].items())
 
     # The service picks it up as fitted (no warning: versions and calibrations match) and serves what it reported.
     video = shared_data / "videos" / "wild_fake_Obama.mp4"
