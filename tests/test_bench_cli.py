@@ -277,3 +277,18 @@ def test_e2e_then_profile_serves_another_checkout_beside_today(videos: dict[str,
     assert report["meta"]["then_tree"] == str(then_tree.resolve())
     assert [level["profile"] for level in report["levels"]] == ["then", "ort"]
     assert all(level["ok"] == 1 for level in report["levels"])
+
+
+def test_the_quality_reports_default_data_sets_name_real_labelled_videos() -> None:
+    """The three default data sets resolve to files that exist; older_shared is every older shared video
+    (held_out's and the rest, so a video cannot silently drop out), labelled as the bundle's own list."""
+    from bench.quality import DEFAULT_DATA, parse_data
+    from export.served import labelled
+
+    sets = {name: labelled(csv_path, split) for name, csv_path, split in map(parse_data, DEFAULT_DATA)}
+    assert set(sets) == {"corpus_val", "held_out", "older_shared"}
+    assert all(source.path.is_file() for sources in sets.values() for source in sources)
+    older = {source.path.resolve(): source.label for source in sets["older_shared"]}
+    assert set(older) == {p.resolve() for p in (REPO_ROOT.parent / "shared" / "data" / "videos").glob("*.mp4")}
+    assert {source.path.resolve(): source.label for source in sets["held_out"]}.items() <= older.items()
+    assert sum(older.values()) == 9 and len(older) - sum(older.values()) == 8
