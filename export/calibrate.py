@@ -166,9 +166,14 @@ def print_ensemble(ensemble: EnsembleFile) -> None:
         )
 
 
-def print_cross_validated(crossed: cross_validate.OutOfFold, aucs: dict[str, float], ensemble: EnsembleFile) -> None:
+def print_cross_validated(
+    crossed: cross_validate.OutOfFold,
+    aucs: dict[str, float],
+    intervals: dict[str, tuple[float, float]],
+    ensemble: EnsembleFile,
+) -> None:
     in_sample = ensemble.metrics.get("fitted", {}).get("auc")
-    low, high = crossed.intervals().get("ensemble", (float("nan"), float("nan")))
+    low, high = intervals.get("ensemble", (float("nan"), float("nan")))
     print(
         f"  leave one identity out ({crossed.folds} folds, {len(crossed.labels)} videos): ensemble AUC "
         f"{aucs.get('ensemble', float('nan')):.3f}, 95% interval {low:.2f}-{high:.2f} "
@@ -228,14 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         print_ensemble(ensemble)
         crossed = cross_validate.out_of_fold(run, {str(s.path): s.identity for s in sources})
         crossed_aucs = crossed.aucs()
+        crossed_intervals = crossed.intervals()
         ensemble.metrics["cross_validated"] = {
             "method": "leave one identity out: calibrations and ensemble fitted on the other identities' videos",
             "folds": crossed.folds,
             "videos": len(crossed.labels),
             "auc": crossed_aucs,
-            "auc_interval_95": {name: list(bounds) for name, bounds in crossed.intervals().items()},
+            "auc_interval_95": {name: list(bounds) for name, bounds in crossed_intervals.items()},
         }
-        print_cross_validated(crossed, crossed_aucs, ensemble)
+        print_cross_validated(crossed, crossed_aucs, crossed_intervals, ensemble)
     if args.json:
         report_json = {**results, "ensemble": None if ensemble is None else ensemble.model_dump(mode="json")}
         args.json.write_text(json.dumps(report_json, indent=2))

@@ -37,24 +37,22 @@ class OutOfFold:
     labels: dict[str, int]
     folds: int
 
-    def aucs(self) -> dict[str, float]:
+    def scored(self) -> dict[str, tuple[list[int], list[float]]]:
+        """Per model (and "ensemble") that scored both classes: its videos' labels and scores, sorted by video."""
         out = {}
         for name, by_video in self.scores.items():
             videos = sorted(by_video)
             labels = [self.labels[v] for v in videos]
             if len(set(labels)) == 2:
-                out[name] = binary_metrics(labels, [by_video[v] for v in videos])["auc"]
+                out[name] = (labels, [by_video[v] for v in videos])
         return out
+
+    def aucs(self) -> dict[str, float]:
+        return {name: binary_metrics(labels, scores)["auc"] for name, (labels, scores) in self.scored().items()}
 
     def intervals(self) -> dict[str, tuple[float, float]]:
         """The 95% bootstrap interval of each AUC of ``aucs`` (``training.metrics.auc_interval``)."""
-        out = {}
-        for name, by_video in self.scores.items():
-            videos = sorted(by_video)
-            labels = [self.labels[v] for v in videos]
-            if len(set(labels)) == 2:
-                out[name] = auc_interval(labels, [by_video[v] for v in videos])
-        return out
+        return {name: auc_interval(labels, scores) for name, (labels, scores) in self.scored().items()}
 
 
 def out_of_fold(run: ServedRun, identity_of: Mapping[str, str]) -> OutOfFold:
